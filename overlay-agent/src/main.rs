@@ -1,0 +1,4 @@
+fn main() {
+    env_logger::init();
+    println!("overlay-agent: not wired yet");
+}

@@ -1,0 +1,162 @@
+//! Map keys and values. Addresses and MACs are stored as network-order
+//! byte arrays so `bpftool map dump` shows them readably and the BPF side
+//! compares them with packet bytes directly; numbers are host order.
+//!
+//! Every type has explicit padding: the verifier rejects map keys with
+//! uninitialised holes, and userspace must write every byte.
+
+/// How a remote subnet is reached.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Encapsulate in VXLAN to the node's public IP.
+    Vxlan = 1,
+    /// Route unencapsulated via the node's public IP (host-gw, or
+    /// DirectRouting for a peer on the uplink's own L2 segment).
+    Direct = 2,
+}
+
+impl Mode {
+    pub fn from_u8(v: u8) -> Option<Mode> {
+        match v {
+            1 => Some(Mode::Vxlan),
+            2 => Some(Mode::Direct),
+            _ => None,
+        }
+    }
+}
+
+/// Data of the `SUBNETS` LPM trie key: a remote pod subnet's network
+/// address (the prefix length is the LPM key's own `prefix_len`).
+pub type SubnetAddr = [u8; 4];
+
+/// Value of `SUBNETS`: where a remote pod subnet lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The remote node's PublicIP (outer destination / direct next hop).
+    pub public_ip: [u8; 4],
+    /// The remote node's VtepMAC: inner destination MAC of VXLAN frames.
+    pub vtep_mac: [u8; 6],
+    /// A [`Mode`] as u8.
+    pub mode: u8,
+    pub _pad: u8,
+}
+
+/// Key of `NODES`: a remote node's PublicIP.
+pub type NodeKey = [u8; 4];
+
+/// Value of `NODES`: what a known node may send us.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// Network address of the subnet leased to that node: the only inner
+    /// source addresses accepted in VXLAN from it.
+    pub subnet: [u8; 4],
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `ENDPOINTS`: a local pod's IPv4 address.
+pub type EndpointKey = [u8; 4];
+
+/// Value of `ENDPOINTS`: how to hand a packet straight to a local pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host-side veth of the pod (target of `bpf_redirect_peer`).
+    pub ifindex: u32,
+    /// The pod's own MAC (destination MAC written before delivery).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Bits of [`LocalConfig::flags`].
+pub mod config_flags {
+    /// The entry is filled in; until then every program passes everything.
+    pub const READY: u32 = 1 << 0;
+}
+
+/// Value of the one-entry `CONFIG` array: this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// This node's PublicIP: the outer source of what we send.
+    pub public_ip: [u8; 4],
+    /// The flannel Network.
+    pub cluster_net: [u8; 4],
+    /// This node's own lease (network address).
+    pub local_subnet: [u8; 4],
+    pub vni: u32,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+    /// MTU of the uplink: encapsulated frames must fit in it.
+    pub uplink_mtu: u32,
+    /// VXLAN UDP port, host order.
+    pub port: u16,
+    pub cluster_prefix_len: u8,
+    pub local_prefix_len: u8,
+    /// Our VtepMAC: inner source of what we send, inner destination we accept.
+    pub vtep_mac: [u8; 6],
+    /// MAC of the bridge: source MAC of frames delivered to local pods.
+    pub bridge_mac: [u8; 6],
+    /// [`config_flags`].
+    pub flags: u32,
+}
+
+// SAFETY: all types are #[repr(C)], made only of integers and byte arrays,
+// with every padding byte spelled out as a field (checked by the tests
+// below), so any bit pattern is valid and no byte is uninitialised.
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for NodeEntry {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for LocalConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn next_hop_layout() {
+        assert_eq!(size_of::<NextHop>(), 12);
+        assert_eq!(align_of::<NextHop>(), 1);
+        // LPM trie keys are {u32 prefix_len, [u8; 4]}: 8 bytes, and the value
+        // is stored right after the key, so it must not need more than 8.
+        assert!(8 % align_of::<NextHop>() == 0);
+    }
+
+    #[test]
+    fn node_entry_layout() {
+        assert_eq!(size_of::<NodeKey>(), 4);
+        assert_eq!(size_of::<NodeEntry>(), 8);
+        assert_eq!(align_of::<NodeEntry>(), 1);
+    }
+
+    #[test]
+    fn endpoint_layout() {
+        assert_eq!(size_of::<EndpointKey>(), 4);
+        assert_eq!(size_of::<Endpoint>(), 12);
+        assert_eq!(align_of::<Endpoint>(), 4);
+    }
+
+    #[test]
+    fn local_config_layout() {
+        assert_eq!(size_of::<LocalConfig>(), 48);
+        assert_eq!(align_of::<LocalConfig>(), 4);
+        // The sum of the fields equals the size: no hidden padding.
+        assert_eq!(4 + 4 + 4 + 4 + 4 + 4 + 4 + 2 + 1 + 1 + 6 + 6 + 4, 48);
+    }
+
+    #[test]
+    fn mode_round_trips() {
+        assert_eq!(Mode::from_u8(Mode::Vxlan as u8), Some(Mode::Vxlan));
+        assert_eq!(Mode::from_u8(Mode::Direct as u8), Some(Mode::Direct));
+        assert_eq!(Mode::from_u8(0), None);
+        assert_eq!(Mode::from_u8(3), None);
+    }
+}

@@ -1,0 +1,30 @@
+//! The maps, BTF-typed so `bpftool map dump` prints named fields.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    macros::btf_map,
+};
+use overlay_common::{
+    maps::{Endpoint, EndpointKey, LocalConfig, NextHop, NodeEntry, NodeKey, SubnetAddr},
+    stats::{Counter, REASON_COUNT},
+    MAX_ENDPOINTS, MAX_NODES, MAX_SUBNETS,
+};
+
+/// Remote pod subnet -> next hop.
+#[btf_map]
+pub static SUBNETS: LpmTrie<SubnetAddr, NextHop, { MAX_SUBNETS as usize }> = LpmTrie::new();
+
+/// Remote node PublicIP -> the subnet it may send from.
+#[btf_map]
+pub static NODES: HashMap<NodeKey, NodeEntry, { MAX_NODES as usize }> = HashMap::new();
+
+/// Local pod IP -> host-side veth and pod MAC.
+#[btf_map]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// This node (index 0).
+#[btf_map]
+pub static CONFIG: Array<LocalConfig, 1> = Array::new();
+
+/// Per-reason counters.
+#[btf_map]
+pub static STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
