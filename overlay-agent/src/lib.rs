@@ -1,4 +1,13 @@
 //! overlay-agent: a flannel-compatible overlay network agent whose data path
-//! is eBPF. The binary is a thin clap front over these modules.
+//! is eBPF. The binary (main.rs) is a thin front over these modules.
+//!
+//! Flow, one direction: etcd -> `etcd::watch` (typed lease events) -> `node`
+//! (decides) -> `datapath::maps` (whole entries) -> the BPF programs.
 
+pub mod cli;
+pub mod config;
 pub mod datapath;
+pub mod docker_opts;
+pub mod etcd;
+pub mod host;
+pub mod subnet_env;
