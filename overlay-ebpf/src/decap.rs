@@ -1,0 +1,116 @@
+//! Remote node -> local pod or host: accept VXLAN only from nodes that hold
+//! a lease, only for our VNI and VtepMAC, and only with an inner source in
+//! the sender's own lease; strip it and hand it to the pod directly.
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_FIXED_GSO,
+    },
+    helpers::bpf_redirect_peer,
+    programs::TcContext,
+};
+use overlay_common::{
+    maps::{Endpoint, LocalConfig, NodeEntry},
+    stats::Reason,
+    ETH_HLEN, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
+};
+
+use crate::{
+    maps::{ENDPOINTS, NODES},
+    parse::{eth_ipv4, in_subnet, load, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    route::{config, decrement_ttl},
+    verdict::Outcome,
+};
+
+// FIXED_GSO keeps gso_size as it is: without it the kernel grows it by the
+// 50 bytes removed and segments then exceed the pod MTU (TCP stalls).
+const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64;
+
+pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
+    let Some(cfg) = config() else {
+        return Ok(Outcome::pass(Reason::PassedToKernel));
+    };
+    let not_ours = Outcome::pass(Reason::PassedNotOurs);
+    let (_eth, ip) = eth_ipv4(ctx).ok_or(not_ours)?;
+    if ip.proto != IPPROTO_UDP || ip.dst != cfg.public_ip || ip.is_fragment() {
+        return Ok(not_ours);
+    }
+    let l4 = ETH_HLEN + ip.header_len();
+    let udp: UdpHdr = load(ctx, l4).ok_or(not_ours)?;
+    if u16::from_be_bytes(udp.dst_port) != cfg.port {
+        return Ok(not_ours);
+    }
+
+    // Our VXLAN port from here on: anything wrong is dropped and counted.
+    let node = node(ip.src).ok_or(Outcome::drop(Reason::DropUnknownSender))?;
+    let malformed = Outcome::drop(Reason::DropMalformed);
+    let vxlan: VxlanHdr = load(ctx, l4 + UDP_HLEN).ok_or(malformed)?;
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
+        return Err(malformed);
+    }
+    if vxlan.vni() != cfg.vni {
+        return Err(Outcome::drop(Reason::DropBadVni));
+    }
+    let inner_eth_off = l4 + UDP_HLEN + VXLAN_HLEN;
+    let inner_eth: EthHdr = load(ctx, inner_eth_off).ok_or(malformed)?;
+    if inner_eth.dst != cfg.vtep_mac {
+        return Err(Outcome::drop(Reason::DropWrongVtepMac));
+    }
+    if inner_eth.proto() != ETH_P_IP {
+        return Err(malformed);
+    }
+    let inner: Ipv4Hdr = load(ctx, inner_eth_off + ETH_HLEN).ok_or(malformed)?;
+    if !inner.is_valid() {
+        return Err(malformed);
+    }
+    // A node speaks for its own lease (and for itself, when a host process
+    // binds its PublicIP), nothing else.
+    if !in_subnet(inner.src, node.subnet, node.prefix_len) && inner.src != ip.src {
+        return Err(Outcome::drop(Reason::DropSpoofedSource));
+    }
+
+    let strip = (inner_eth_off + ETH_HLEN - ETH_HLEN) as i32;
+    ctx.adjust_room(-strip, BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+        .map_err(|_| Outcome::drop(Reason::DropError))?;
+    Ok(deliver(ctx, &cfg, &inner))
+}
+
+/// The decapsulated packet (inner IPv4 right after the outer Ethernet
+/// header) goes straight into the pod when we know the pod; otherwise the
+/// host's stack routes it (to itself, or over the bridge to a pod we have
+/// not learnt yet, or answers TTL expiry).
+#[inline(always)]
+fn deliver(ctx: &TcContext, cfg: &LocalConfig, inner: &Ipv4Hdr) -> Outcome {
+    let to_host = Outcome::pass(Reason::DecapToHost);
+    if inner.ttl <= 1 {
+        return to_host;
+    }
+    let Some(ep) = endpoint(inner.dst) else {
+        return to_host;
+    };
+    if decrement_ttl(ctx, ETH_HLEN, inner).is_err() {
+        return Outcome::drop(Reason::DropError);
+    }
+    // bpf_redirect_peer hands the frame to the pod as it is: it must carry
+    // the pod's own MAC.
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&ep.mac);
+    macs[6..].copy_from_slice(&cfg.bridge_mac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return Outcome::drop(Reason::DropError);
+    }
+    // SAFETY: plain helper call.
+    let ret = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
+    Outcome::redirected(ret, Reason::DecapToPod)
+}
+
+#[inline(always)]
+fn node(addr: [u8; 4]) -> Option<NodeEntry> {
+    // Copied out at once: a hash map slot may be reused by a later update.
+    NODES.get_ptr(addr).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn endpoint(addr: [u8; 4]) -> Option<Endpoint> {
+    ENDPOINTS.get_ptr(addr).map(|p| unsafe { *p })
+}

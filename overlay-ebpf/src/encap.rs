@@ -1,0 +1,156 @@
+//! Pod or host -> remote pod: look up the next hop and send it there, in
+//! VXLAN exactly as flannel.1 frames it, or unencapsulated for direct peers.
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+    },
+    btf_maps::lpm_trie::Key,
+    helpers::{bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use overlay_common::{
+    maps::{LocalConfig, Mode, NextHop},
+    stats::Reason,
+    ETH_HLEN, ETH_P_IP, IPPROTO_UDP, VXLAN_FLAG_VNI, VXLAN_OVERHEAD,
+};
+
+use crate::{
+    csum, direct,
+    maps::SUBNETS,
+    parse::{eth_ipv4, in_subnet, Ipv4Hdr},
+    route::{config, decrement_ttl, is_gso},
+    verdict::Outcome,
+};
+
+/// Where the packet comes from decides whether we forward it like a router
+/// (TTL decremented) or send it like the host (untouched).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Entering the bridge from a local pod (TC ingress on the bridge).
+    Pod,
+    /// Sent by the host itself via the cluster route (TC egress on the bridge).
+    Host,
+}
+
+/// Outer IPv4 TTL: what kernel VXLAN uses when no TTL is configured.
+const OUTER_TTL: u8 = 64;
+/// Source ports for ECMP entropy: Linux's default ephemeral range, which
+/// kernel VXLAN also uses.
+const SPORT_MIN: u32 = 32768;
+const SPORT_MAX: u32 = 60999;
+
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    // BPF_F_ADJ_ROOM_ENCAP_L2(14): the inner MAC header's length.
+    | ((ETH_HLEN as u64 & 0xff) << 56);
+
+pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
+    let Some(cfg) = config() else {
+        return Ok(Outcome::pass(Reason::PassedToKernel));
+    };
+    let Some((_eth, ip)) = eth_ipv4(ctx) else {
+        return Ok(Outcome::pass(Reason::PassedNotOurs));
+    };
+    let Some(nh) = SUBNETS.get(&Key::new(32, ip.dst)).copied() else {
+        // The host reaches remote pods through a cluster-wide route via the
+        // bridge; with no lease covering the destination there is nowhere
+        // to send it.
+        if origin == Origin::Host
+            && in_subnet(ip.dst, cfg.cluster_net, cfg.cluster_prefix_len)
+            && !in_subnet(ip.dst, cfg.local_subnet, cfg.local_prefix_len)
+        {
+            return Err(Outcome::drop(Reason::DropNoRoute));
+        }
+        return Ok(Outcome::pass(Reason::PassedNotOurs));
+    };
+    match Mode::from_u8(nh.mode) {
+        Some(Mode::Vxlan) => vxlan(ctx, &cfg, &nh, &ip, origin),
+        Some(Mode::Direct) => direct::forward(ctx, &cfg, &nh, &ip, origin),
+        None => Err(Outcome::drop(Reason::DropError)),
+    }
+}
+
+/// Checks shared by both modes before the packet leaves: what does not fit
+/// and what is out of hops goes to the kernel, which fragments or answers
+/// with ICMP (frag-needed via the bridge's MTU, time exceeded) like any
+/// router, and sends what it forwards back through our egress program.
+#[inline(always)]
+pub fn router_checks(
+    ctx: &TcContext,
+    cfg: &LocalConfig,
+    ip: &Ipv4Hdr,
+    origin: Origin,
+    overhead: u32,
+) -> Result<(), Outcome> {
+    let l3_len = ctx.len().saturating_sub(ETH_HLEN as u32);
+    if !is_gso(ctx) && l3_len + overhead > cfg.uplink_mtu {
+        return Err(match origin {
+            Origin::Pod => Outcome::pass(Reason::PassedToKernel),
+            // The host's own packets already obeyed the bridge MTU; one
+            // that still does not fit cannot be helped here.
+            Origin::Host => Outcome::drop(Reason::DropTooBig),
+        });
+    }
+    if origin == Origin::Pod {
+        if ip.ttl <= 1 {
+            return Err(Outcome::pass(Reason::PassedToKernel));
+        }
+        decrement_ttl(ctx, ETH_HLEN, ip).map_err(|_| Outcome::drop(Reason::DropError))?;
+    }
+    Ok(())
+}
+
+fn vxlan(
+    ctx: &TcContext,
+    cfg: &LocalConfig,
+    nh: &NextHop,
+    ip: &Ipv4Hdr,
+    origin: Origin,
+) -> Result<Outcome, Outcome> {
+    router_checks(ctx, cfg, ip, origin, VXLAN_OVERHEAD as u32)?;
+
+    // SAFETY: helpers called with the context pointer the kernel gave us.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let sport = (((hash as u64) * ((SPORT_MAX - SPORT_MIN + 1) as u64)) >> 32) as u32 + SPORT_MIN;
+    let ip_id = unsafe { bpf_get_prandom_u32() } as u16;
+
+    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .map_err(|_| Outcome::drop(Reason::DropError))?;
+
+    // A GSO packet longer than 64 KiB has its lengths rewritten per segment
+    // by the kernel; clamp so the field does not wrap.
+    let outer_len = ctx.len().saturating_sub(ETH_HLEN as u32).min(0xffff) as u16;
+    let udp_len = outer_len.saturating_sub(20);
+    let mut hdr = [0u8; VXLAN_OVERHEAD];
+    // Outer IPv4: no options, DF clear and a varying ID, as kernel VXLAN.
+    hdr[0] = 0x45;
+    hdr[2..4].copy_from_slice(&outer_len.to_be_bytes());
+    hdr[4..6].copy_from_slice(&ip_id.to_be_bytes());
+    hdr[8] = OUTER_TTL;
+    hdr[9] = IPPROTO_UDP;
+    hdr[12..16].copy_from_slice(&cfg.public_ip);
+    hdr[16..20].copy_from_slice(&nh.public_ip);
+    let mut ip_hdr = [0u8; 20];
+    ip_hdr.copy_from_slice(&hdr[..20]);
+    hdr[10..12].copy_from_slice(&csum::ipv4_header(&ip_hdr).to_be_bytes());
+    // UDP, checksum 0: allowed for IPv4 (RFC 7348) and accepted by kernel
+    // VXLAN; it also survives a second NAT of the outer header (flannel #1279).
+    hdr[20..22].copy_from_slice(&(sport as u16).to_be_bytes());
+    hdr[22..24].copy_from_slice(&cfg.port.to_be_bytes());
+    hdr[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    // VXLAN: I flag and the VNI in the top 24 bits of the second word.
+    hdr[28] = VXLAN_FLAG_VNI;
+    hdr[32..36].copy_from_slice(&(cfg.vni << 8).to_be_bytes());
+    // Inner Ethernet: between VtepMACs, as flannel.1 frames it.
+    hdr[36..42].copy_from_slice(&nh.vtep_mac);
+    hdr[42..48].copy_from_slice(&cfg.vtep_mac);
+    hdr[48..50].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    ctx.store(ETH_HLEN, &hdr, 0).map_err(|_| Outcome::drop(Reason::DropError))?;
+
+    // The kernel routes the outer packet and fills in the underlay MACs.
+    let ret = unsafe { bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(Outcome::redirected(ret, Reason::Encapsulated))
+}

@@ -1,0 +1,114 @@
+//! Bounds-checked header access. Every read goes through
+//! `bpf_skb_load_bytes` (via `TcContext::load`), which fails cleanly past the
+//! end of the packet, so no byte sequence can make a program read out of
+//! bounds, and non-linear skbs need no `pull_data`.
+use aya_ebpf::programs::TcContext;
+use overlay_common::ETH_HLEN;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn proto(&self) -> u16 {
+        u16::from_be_bytes(self.proto)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub csum: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    /// A plausible IPv4 header: version 4 and a header length of at least
+    /// 20 bytes.
+    #[inline(always)]
+    pub fn is_valid(&self) -> bool {
+        self.version_ihl >> 4 == 4 && self.header_len() >= 20
+    }
+
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        ((self.version_ihl & 0x0f) as usize) * 4
+    }
+
+    /// Any fragment but the first, or a first fragment with more to come.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        let frag = u16::from_be_bytes(self.frag_off);
+        frag & 0x3fff != 0
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpHdr {
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub len: [u8; 2],
+    pub csum: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VxlanHdr {
+    pub flags: u8,
+    pub _reserved1: [u8; 3],
+    /// VNI in the first three bytes, the fourth reserved.
+    pub vni: [u8; 4],
+}
+
+impl VxlanHdr {
+    #[inline(always)]
+    pub fn vni(&self) -> u32 {
+        u32::from_be_bytes(self.vni) >> 8
+    }
+}
+
+#[inline(always)]
+pub fn load<T>(ctx: &TcContext, offset: usize) -> Option<T> {
+    ctx.load::<T>(offset).ok()
+}
+
+/// The Ethernet header and, when the frame is IPv4, its IPv4 header.
+#[inline(always)]
+pub fn eth_ipv4(ctx: &TcContext) -> Option<(EthHdr, Ipv4Hdr)> {
+    let eth: EthHdr = load(ctx, 0)?;
+    if eth.proto() != overlay_common::ETH_P_IP {
+        return None;
+    }
+    let ip: Ipv4Hdr = load(ctx, ETH_HLEN)?;
+    if !ip.is_valid() {
+        return None;
+    }
+    Some((eth, ip))
+}
+
+/// Whether `addr` lies in `net/prefix_len` (both network order bytes).
+#[inline(always)]
+pub fn in_subnet(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
+    if prefix_len == 0 {
+        return true;
+    }
+    if prefix_len > 32 {
+        return false;
+    }
+    let mask = u32::MAX << (32 - prefix_len as u32);
+    (u32::from_be_bytes(addr) & mask) == (u32::from_be_bytes(net) & mask)
+}

@@ -1,0 +1,36 @@
+//! What every router does to a packet it forwards.
+use aya_ebpf::programs::TcContext;
+use overlay_common::maps::LocalConfig;
+
+use crate::{csum, maps::CONFIG, parse::Ipv4Hdr};
+
+/// The local configuration, copied to the stack so one packet sees one
+/// consistent version. `None` until the agent has filled it in.
+#[inline(always)]
+pub fn config() -> Option<LocalConfig> {
+    let cfg = *CONFIG.get(0)?;
+    if cfg.flags & overlay_common::maps::config_flags::READY == 0 {
+        return None;
+    }
+    Some(cfg)
+}
+
+/// Decrements the TTL of the IPv4 header at `l3_off` (already loaded as
+/// `ip`, TTL > 1 checked by the caller) and patches its checksum.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, l3_off: usize, ip: &Ipv4Hdr) -> Result<(), ()> {
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
+    let sum = csum::replace_word(u16::from_be_bytes(ip.csum), old, new).to_be_bytes();
+    // TTL, protocol and checksum are adjacent (bytes 8..12): one store.
+    let patch = [ip.ttl - 1, ip.proto, sum[0], sum[1]];
+    ctx.store(l3_off + 8, &patch, 0).map_err(|_| ())
+}
+
+/// Whether the skb is a GSO super-packet (segmented later, so its length is
+/// not what goes on the wire).
+#[inline(always)]
+pub fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: ctx.skb.skb is the context pointer the kernel passed in.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
