@@ -1,2 +1,344 @@
+//! Loads the embedded BPF object, attaches its programs and pins programs,
+//! links and maps under the versioned pin folder, so the data path keeps
+//! forwarding while the agent is down. A restarted (or upgraded) agent
+//! adopts what is pinned: the maps are reused as they are and each link is
+//! switched to the new program atomically (BPF_LINK_UPDATE), so no packet
+//! ever meets a missing program.
+use std::{
+    fs,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use log::{debug, info, warn};
+use overlay_common::{map_names, program_names, PIN_VERSION};
+
+use super::{maps::DatapathMaps, DatapathError};
+
 /// The BPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("OVERLAY_EBPF_OBJECT"));
+
+/// Opt-in XDP early drop of VXLAN from strangers on the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpGuard {
+    Off,
+    /// Native driver mode: the point of it (drop before an skb exists).
+    Native,
+    /// Generic mode: works everywhere, saves little; for testing.
+    Generic,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// Root of the pin folders; the state lives in `{pin_root}/v{PIN_VERSION}`.
+    pub pin_root: PathBuf,
+    pub uplink: String,
+    pub bridge: String,
+    pub xdp_guard: XdpGuard,
+}
+
+/// What happened to each attachment: adopted from a previous agent, or new.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachReport {
+    pub adopted: Vec<String>,
+    pub created: Vec<String>,
+}
+
+pub struct Datapath {
+    pub maps: DatapathMaps,
+    pub report: AttachReport,
+    pin_dir: PathBuf,
+    // Keeps program fds open for the agent's lifetime (the pins keep them
+    // in the kernel after it exits).
+    _ebpf: Ebpf,
+}
+
+/// `{pin_root}/v{PIN_VERSION}`.
+pub fn pin_dir(pin_root: &Path) -> PathBuf {
+    pin_root.join(format!("v{PIN_VERSION}"))
+}
+
+impl Datapath {
+    /// Loads, attaches (or adopts) and pins everything.
+    pub fn install(opts: &DatapathOptions) -> Result<Datapath, DatapathError> {
+        ensure_bpffs(&opts.pin_root)?;
+        let pin_dir = pin_dir(&opts.pin_root);
+        for dir in [pin_dir.clone(), pin_dir.join("links"), pin_dir.join("progs")] {
+            fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir { path: dir, source })?;
+        }
+        for iface in [&opts.uplink, &opts.bridge] {
+            if !Path::new("/sys/class/net").join(iface).exists() {
+                return Err(DatapathError::NoInterface(iface.clone()));
+            }
+        }
+
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&'static str, PathBuf)> =
+            map_names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+
+        let mut report = AttachReport::default();
+        let tc = [
+            (program_names::FROM_PODS, opts.bridge.as_str(), TcAttachType::Ingress),
+            (program_names::FROM_HOST, opts.bridge.as_str(), TcAttachType::Egress),
+            (program_names::FROM_UPLINK, opts.uplink.as_str(), TcAttachType::Ingress),
+        ];
+        for (name, iface, hook) in tc {
+            attach_tc(&mut ebpf, &pin_dir, name, iface, hook, &mut report)?;
+        }
+        let xdp_pin = link_pin(&pin_dir, program_names::XDP_GUARD, &opts.uplink);
+        match opts.xdp_guard {
+            XdpGuard::Off => detach_pinned(&xdp_pin),
+            mode => attach_xdp(&mut ebpf, &pin_dir, &opts.uplink, mode, &mut report)?,
+        }
+        info!(
+            "data path ready in {} (adopted: [{}], attached: [{}])",
+            pin_dir.display(),
+            report.adopted.join(", "),
+            report.created.join(", ")
+        );
+        Ok(Datapath { maps, report, pin_dir, _ebpf: ebpf })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+/// Removes everything the agent pinned under `pin_root` (all versions):
+/// unpinning the links detaches the programs, unpinning the maps frees them.
+pub fn uninstall(pin_root: &Path) -> Result<bool, DatapathError> {
+    if !pin_root.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(pin_root)?;
+    Ok(true)
+}
+
+fn link_pin(pin_dir: &Path, program: &str, iface: &str) -> PathBuf {
+    pin_dir.join("links").join(format!("{program}@{iface}"))
+}
+
+fn prog_err<E>(program: &'static str, what: impl Into<String>) -> impl FnOnce(E) -> DatapathError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    move |e| DatapathError::Program { program, what, source: Box::new(e) }
+}
+
+/// Pins the program itself too, so `bpftool prog show pinned` finds it;
+/// replaces the pin of an older version.
+fn pin_program(
+    prog: &mut aya::programs::Program,
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let path = pin_dir.join("progs").join(name);
+    let _ = fs::remove_file(&path);
+    prog.pin(&path).map_err(prog_err(name, format!("pin at {}", path.display())))
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    name: &'static str,
+    iface: &str,
+    hook: TcAttachType,
+    report: &mut AttachReport,
+) -> Result<(), DatapathError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name, "not a TC classifier"))?;
+    prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    let pin = link_pin(pin_dir, name, iface);
+    let label = format!("{name} on {iface} {}", hook_name(hook));
+
+    let mut adopted = None;
+    if let Some(old) = open_pinned_link(&pin) {
+        // Unpin first: the pin is re-created below for whatever link ends up
+        // attached. Our fd keeps the old link alive meanwhile.
+        match old.unpin() {
+            Ok(fd_link) => match SchedClassifierLink::try_from(fd_link) {
+                Ok(link) => match prog.attach_to_link(link) {
+                    Ok(id) => adopted = Some(id),
+                    Err(e) => warn!("{label}: cannot update the pinned link ({e}); attaching anew"),
+                },
+                Err(e) => warn!("{label}: pinned link is not a TC link ({e}); attaching anew"),
+            },
+            Err(e) => warn!("{label}: cannot unpin {}: {e}", pin.display()),
+        }
+    }
+    // A link adopted from a device that was deleted and re-created since is
+    // defunct: updating it succeeds but attaches nothing. Check.
+    let prog_id = prog.info().map_err(prog_err(name, "info"))?.id();
+    if adopted.is_some() && !tcx_has_program(iface, hook, prog_id) {
+        warn!("{label}: the pinned link was no longer attached; attaching anew");
+        adopted = None;
+    }
+    let id = match adopted {
+        Some(id) => {
+            report.adopted.push(label.clone());
+            id
+        }
+        None => {
+            let id = prog
+                .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(prog_err(name, format!("TCX attach to {iface} (needs Linux 6.6+)")))?;
+            report.created.push(label.clone());
+            id
+        }
+    };
+    let link = prog.take_link(id).map_err(prog_err(name, "take link"))?;
+    let fd_link = FdLink::try_from(link).map_err(prog_err(name, "link fd"))?;
+    fd_link.pin(&pin).map_err(prog_err(name, format!("pin link at {}", pin.display())))?;
+    debug!("{label}: pinned at {}", pin.display());
+    pin_program(ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?, pin_dir, name)
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    iface: &str,
+    mode: XdpGuard,
+    report: &mut AttachReport,
+) -> Result<(), DatapathError> {
+    let name = program_names::XDP_GUARD;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name, "not an XDP program"))?;
+    prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    let pin = link_pin(pin_dir, name, iface);
+    let label = format!("{name} on {iface} xdp");
+    let mut adopted = None;
+    if let Some(old) = open_pinned_link(&pin) {
+        if let Ok(fd_link) = old.unpin() {
+            if let Ok(link) = XdpLink::try_from(fd_link) {
+                match prog.attach_to_link(link) {
+                    Ok(id) => adopted = Some(id),
+                    Err(e) => warn!("{label}: cannot update the pinned link ({e}); attaching anew"),
+                }
+            }
+        }
+    }
+    let id = match adopted {
+        Some(id) => {
+            report.adopted.push(label);
+            id
+        }
+        None => {
+            let flags = match mode {
+                XdpGuard::Generic => XdpMode::Skb,
+                _ => XdpMode::Driver,
+            };
+            let id = prog.attach(iface, flags).map_err(prog_err(
+                name,
+                format!("XDP attach to {iface} in {mode:?} mode (native mode needs driver support)"),
+            ))?;
+            report.created.push(label);
+            id
+        }
+    };
+    let link = prog.take_link(id).map_err(prog_err(name, "take link"))?;
+    let fd_link = FdLink::try_from(link).map_err(prog_err(name, "link fd"))?;
+    fd_link.pin(&pin).map_err(prog_err(name, format!("pin link at {}", pin.display())))?;
+    pin_program(ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?, pin_dir, name)
+}
+
+fn open_pinned_link(pin: &Path) -> Option<PinnedLink> {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => Some(link),
+        Err(e) => {
+            if pin.exists() {
+                warn!("cannot open pinned link {}: {e}", pin.display());
+                let _ = fs::remove_file(pin);
+            }
+            None
+        }
+    }
+}
+
+/// Detaches a pinned link that should no longer exist (e.g. the XDP guard
+/// after it was turned off).
+fn detach_pinned(pin: &Path) {
+    if pin.exists() {
+        match fs::remove_file(pin) {
+            Ok(()) => info!("detached {}", pin.display()),
+            Err(e) => warn!("cannot remove {}: {e}", pin.display()),
+        }
+    }
+}
+
+fn tcx_has_program(iface: &str, hook: TcAttachType, prog_id: u32) -> bool {
+    match SchedClassifier::query_tcx(iface, hook) {
+        Ok((_, progs)) => progs.iter().any(|p| p.id() == prog_id),
+        Err(e) => {
+            warn!("cannot query TCX programs on {iface}: {e}");
+            false
+        }
+    }
+}
+
+fn hook_name(hook: TcAttachType) -> &'static str {
+    match hook {
+        TcAttachType::Ingress => "tc ingress",
+        TcAttachType::Egress => "tc egress",
+        TcAttachType::Custom(_) => "tc custom",
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (fresh
+/// machines), as Cilium's agent does. Pins elsewhere must already be on a
+/// bpffs.
+pub fn ensure_bpffs(pin_root: &Path) -> Result<(), DatapathError> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    let bpf_mounts: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_src, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "bpf").then_some(target)
+        })
+        .collect();
+    if bpf_mounts.iter().any(|m| pin_root.starts_with(m)) {
+        return Ok(());
+    }
+    if !pin_root.starts_with("/sys/fs/bpf") {
+        return Err(DatapathError::Bpffs(format!(
+            "{} is not on a bpf filesystem; mount one there or use a folder under /sys/fs/bpf",
+            pin_root.display()
+        )));
+    }
+    info!("mounting bpffs at /sys/fs/bpf");
+    let ret = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        let e = io::Error::last_os_error();
+        return Err(DatapathError::Bpffs(format!("mount -t bpf bpf /sys/fs/bpf failed: {e}")));
+    }
+    Ok(())
+}

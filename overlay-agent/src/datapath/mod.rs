@@ -1,1 +1,51 @@
+//! Everything that touches BPF: loading, attaching and pinning the programs
+//! (`loader`), the typed map API (`maps`), and the pod endpoint table kept
+//! from netlink (`endpoints`).
+
+pub mod endpoints;
 pub mod loader;
+pub mod maps;
+
+use std::path::PathBuf;
+
+pub use loader::{AttachReport, Datapath, DatapathOptions, XdpGuard};
+pub use maps::{DatapathMaps, Peer, PodEndpoint, Stats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("cannot create the pin folder {path}: {source}")]
+    PinDir { path: PathBuf, source: std::io::Error },
+    #[error("loading the BPF object failed (the kernel needs BTF, CAP_BPF and CAP_NET_ADMIN): {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the BPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the BPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("program {program}: {what}: {source}")]
+    Program {
+        program: &'static str,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot open pinned map {path}: {source} (is the agent's data path installed? see `overlay-agent inspect`)")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinned state looks corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,241 @@
+//! The typed API over the pinned maps: the only way the control plane
+//! changes what the BPF programs see. Every write is a whole entry (one
+//! map update), so a packet sees either the old or the new next hop.
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use ipnet::Ipv4Net;
+use overlay_common::{
+    map_names,
+    maps::{Endpoint, LocalConfig, Mode, NextHop, NodeEntry},
+    stats::{Counter, Reason, REASON_COUNT},
+};
+
+use super::DatapathError;
+
+/// A remote node as the data path knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: [u8; 6],
+    pub mode: Mode,
+}
+
+/// A local pod the decap path can deliver to directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PodEndpoint {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// Packet and byte counters, summed over CPUs, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub counters: Vec<(Reason, Counter)>,
+}
+
+impl Stats {
+    pub fn get(&self, reason: Reason) -> Counter {
+        self.counters
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+    }
+}
+
+pub struct DatapathMaps {
+    subnets: LpmTrie<MapData, [u8; 4], NextHop>,
+    nodes: HashMap<MapData, [u8; 4], NodeEntry>,
+    endpoints: HashMap<MapData, [u8; 4], Endpoint>,
+    config: Array<MapData, LocalConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl DatapathMaps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+        };
+        Self::from_maps(
+            take(map_names::SUBNETS)?,
+            take(map_names::NODES)?,
+            take(map_names::ENDPOINTS)?,
+            take(map_names::CONFIG)?,
+            take(map_names::STATS)?,
+        )
+    }
+
+    /// Opens the maps pinned in `pin_dir` (the versioned folder), without
+    /// loading anything: what `inspect` and tests use.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let open = |name: &'static str| -> Result<Map, DatapathError> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
+                path: path.clone(),
+                source,
+            })?;
+            Map::from_map_data(data).map_err(map_err(name))
+        };
+        Self::from_maps(
+            open(map_names::SUBNETS)?,
+            open(map_names::NODES)?,
+            open(map_names::ENDPOINTS)?,
+            open(map_names::CONFIG)?,
+            open(map_names::STATS)?,
+        )
+    }
+
+    fn from_maps(
+        subnets: Map,
+        nodes: Map,
+        endpoints: Map,
+        config: Map,
+        stats: Map,
+    ) -> Result<Self, DatapathError> {
+        Ok(DatapathMaps {
+            subnets: LpmTrie::try_from(subnets).map_err(map_err(map_names::SUBNETS))?,
+            nodes: HashMap::try_from(nodes).map_err(map_err(map_names::NODES))?,
+            endpoints: HashMap::try_from(endpoints).map_err(map_err(map_names::ENDPOINTS))?,
+            config: Array::try_from(config).map_err(map_err(map_names::CONFIG))?,
+            stats: PerCpuArray::try_from(stats).map_err(map_err(map_names::STATS))?,
+        })
+    }
+
+    pub fn set_config(&mut self, cfg: &LocalConfig) -> Result<(), DatapathError> {
+        self.config.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
+    }
+
+    /// The configuration, or `None` when the agent never filled it in.
+    pub fn config(&self) -> Result<Option<LocalConfig>, DatapathError> {
+        let cfg = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        Ok((cfg.flags & overlay_common::maps::config_flags::READY != 0).then_some(cfg))
+    }
+
+    /// Adds or replaces a remote node's lease. The node entry is written
+    /// first, so its VXLAN is accepted as soon as we start sending to it.
+    pub fn upsert_peer(&mut self, peer: &Peer) -> Result<(), DatapathError> {
+        let node = NodeEntry {
+            subnet: peer.subnet.network().octets(),
+            prefix_len: peer.subnet.prefix_len(),
+            _pad: [0; 3],
+        };
+        self.nodes
+            .insert(peer.public_ip.octets(), node, 0)
+            .map_err(map_err(map_names::NODES))?;
+        let hop = NextHop {
+            public_ip: peer.public_ip.octets(),
+            vtep_mac: peer.vtep_mac,
+            mode: peer.mode as u8,
+            _pad: 0,
+        };
+        self.subnets
+            .insert(&subnet_key(peer.subnet), hop, 0)
+            .map_err(map_err(map_names::SUBNETS))
+    }
+
+    /// Removes a remote subnet and, if no other subnet still points at it,
+    /// its node. Absent entries are not an error.
+    pub fn remove_peer(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
+        let key = subnet_key(subnet);
+        let old = match self.subnets.get(&key, 0) {
+            Ok(hop) => Some(hop),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(map_err(map_names::SUBNETS)(e)),
+        };
+        ignore_missing(self.subnets.remove(&key)).map_err(map_err(map_names::SUBNETS))?;
+        if let Some(hop) = old {
+            let still_used = self.peers()?.iter().any(|p| p.public_ip.octets() == hop.public_ip);
+            if !still_used {
+                ignore_missing(self.nodes.remove(&hop.public_ip)).map_err(map_err(map_names::NODES))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Result<Vec<Peer>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.subnets.iter() {
+            let (key, hop) = item.map_err(map_err(map_names::SUBNETS))?;
+            let Some(mode) = Mode::from_u8(hop.mode) else { continue };
+            let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(|_| DatapathError::Corrupt("SUBNETS key with a prefix over 32"))?;
+            out.push(Peer {
+                subnet,
+                public_ip: Ipv4Addr::from(hop.public_ip),
+                vtep_mac: hop.vtep_mac,
+                mode,
+            });
+        }
+        out.sort_by_key(|p| (p.subnet.network(), p.subnet.prefix_len()));
+        Ok(out)
+    }
+
+    /// Known senders: PublicIP -> the subnet it may send from.
+    pub fn nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Net)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.nodes.iter() {
+            let (ip, node) = item.map_err(map_err(map_names::NODES))?;
+            let subnet = Ipv4Net::new(Ipv4Addr::from(node.subnet), node.prefix_len)
+                .map_err(|_| DatapathError::Corrupt("NODES value with a prefix over 32"))?;
+            out.push((Ipv4Addr::from(ip), subnet));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn upsert_endpoint(&mut self, ep: &PodEndpoint) -> Result<(), DatapathError> {
+        let value = Endpoint { ifindex: ep.ifindex, mac: ep.mac, _pad: [0; 2] };
+        self.endpoints
+            .insert(ep.ip.octets(), value, 0)
+            .map_err(map_err(map_names::ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        ignore_missing(self.endpoints.remove(&ip.octets())).map_err(map_err(map_names::ENDPOINTS))
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<PodEndpoint>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.endpoints.iter() {
+            let (ip, ep) = item.map_err(map_err(map_names::ENDPOINTS))?;
+            out.push(PodEndpoint { ip: Ipv4Addr::from(ip), ifindex: ep.ifindex, mac: ep.mac });
+        }
+        out.sort_by_key(|e| e.ip);
+        Ok(out)
+    }
+
+    /// Counters summed over all CPUs.
+    pub fn stats(&self) -> Result<Stats, DatapathError> {
+        let mut counters = Vec::with_capacity(REASON_COUNT as usize);
+        for reason in Reason::ALL {
+            let per_cpu = self.stats.get(&(reason as u32), 0).map_err(map_err(map_names::STATS))?;
+            let mut total = Counter::default();
+            for c in per_cpu.iter() {
+                total.packets += c.packets;
+                total.bytes += c.bytes;
+            }
+            counters.push((reason, total));
+        }
+        Ok(Stats { counters })
+    }
+}
+
+fn subnet_key(subnet: Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(subnet.prefix_len() as u32, subnet.network().octets())
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
