@@ -118,6 +118,30 @@ impl Datapath {
     }
 }
 
+/// Loads the object and every program into the kernel (the verifier runs)
+/// without pinning or attaching anything: for BPF_PROG_TEST_RUN tests and
+/// for checking that this kernel accepts the programs. The maps are fresh
+/// and private to the returned object.
+pub fn load_unattached() -> Result<(Ebpf, DatapathMaps), DatapathError> {
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+    let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+    for name in [program_names::FROM_PODS, program_names::FROM_HOST, program_names::FROM_UPLINK] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(prog_err(name, "not a TC classifier"))?;
+        prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    }
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program_names::XDP_GUARD)
+        .ok_or(DatapathError::MissingProgram(program_names::XDP_GUARD))?
+        .try_into()
+        .map_err(prog_err(program_names::XDP_GUARD, "not an XDP program"))?;
+    xdp.load().map_err(prog_err(program_names::XDP_GUARD, "load (verifier)"))?;
+    Ok((ebpf, maps))
+}
+
 /// Removes everything the agent pinned under `pin_root` (all versions):
 /// unpinning the links detaches the programs, unpinning the maps frees them.
 pub fn uninstall(pin_root: &Path) -> Result<bool, DatapathError> {

@@ -1,0 +1,558 @@
+//! The BPF programs run through BPF_PROG_TEST_RUN with crafted frames: exact
+//! output bytes for encapsulation and decapsulation, the verdict and counter
+//! for every drop reason and malformed input, and a randomized run.
+//! Needs root (CAP_BPF); runs entirely inside the kernel's test harness, so
+//! no packet goes anywhere.
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use overlay_agent::datapath::{loader::load_unattached, DatapathMaps, Peer, PodEndpoint};
+use overlay_common::{
+    maps::{config_flags, LocalConfig, Mode},
+    program_names::{FROM_HOST, FROM_PODS, FROM_UPLINK, XDP_GUARD},
+    stats::Reason,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use support::packet::*;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 10);
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+const DIRECT_PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 12);
+const STRANGER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 99);
+const OUR_VTEP: [u8; 6] = [0x0a, 0x11, 0x22, 0x33, 0x44, 0x01];
+const PEER_VTEP: [u8; 6] = [0x0a, 0x11, 0x22, 0x33, 0x44, 0x02];
+const BRIDGE_MAC: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x00, 0xb1];
+const UPLINK_MAC: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x00, 0xe0];
+const UNDERLAY_GW_MAC: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x00, 0xe1];
+const POD_MAC: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x01, 0x05];
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 5);
+const UNKNOWN_LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 9);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 2, 7);
+const DIRECT_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 3, 7);
+const VNI: u32 = 1;
+const PORT: u16 = 8472;
+const POD_VETH_IFINDEX: u32 = 1; // never used for real: test runs do not redirect
+
+struct Lab {
+    ebpf: Ebpf,
+    maps: DatapathMaps,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let (ebpf, mut maps) = load_unattached().expect("load the BPF object (needs root)");
+        maps.set_config(&LocalConfig {
+            public_ip: OUR_IP.octets(),
+            cluster_net: [10, 42, 0, 0],
+            local_subnet: [10, 42, 1, 0],
+            vni: VNI,
+            uplink_ifindex: 1,
+            bridge_ifindex: 1,
+            uplink_mtu: 1500,
+            port: PORT,
+            cluster_prefix_len: 16,
+            local_prefix_len: 24,
+            vtep_mac: OUR_VTEP,
+            bridge_mac: BRIDGE_MAC,
+            flags: config_flags::READY,
+        })
+        .unwrap();
+        maps.upsert_peer(&Peer {
+            subnet: "10.42.2.0/24".parse().unwrap(),
+            public_ip: PEER_IP,
+            vtep_mac: PEER_VTEP,
+            mode: Mode::Vxlan,
+        })
+        .unwrap();
+        maps.upsert_peer(&Peer {
+            subnet: "10.42.3.0/24".parse().unwrap(),
+            public_ip: DIRECT_PEER_IP,
+            vtep_mac: [0; 6],
+            mode: Mode::Direct,
+        })
+        .unwrap();
+        maps.upsert_endpoint(&PodEndpoint { ip: LOCAL_POD, ifindex: POD_VETH_IFINDEX, mac: POD_MAC })
+            .unwrap();
+        Lab { ebpf, maps }
+    }
+
+    /// Runs `prog` once on `frame`; returns the verdict, the output frame
+    /// and the one reason whose counter moved (asserting exactly one did).
+    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>, Reason) {
+        self.run_ctx(prog, frame, None)
+    }
+
+    fn run_ctx(&self, prog: &str, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>, Reason) {
+        let before = self.maps.stats().unwrap();
+        let (ret, out) = self.try_run(prog, frame, ctx).expect("test run");
+        let after = self.maps.stats().unwrap();
+        let moved: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| after.get(*r).packets != before.get(*r).packets)
+            .collect();
+        assert_eq!(moved.len(), 1, "exactly one counter must move, moved: {moved:?}");
+        let r = moved[0];
+        assert_eq!(after.get(r).packets, before.get(r).packets + 1);
+        assert_eq!(after.get(r).bytes, before.get(r).bytes + frame.len() as u64);
+        (ret, out, r)
+    }
+
+    fn try_run(&self, prog: &str, frame: &[u8], ctx: Option<&[u8]>) -> Result<(u32, Vec<u8>), String> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx_out = vec![0u8; 192];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            ctx_out: ctx.map(|_| ctx_out.as_mut_slice()),
+            ..Default::default()
+        };
+        let program = self.ebpf.program(prog).unwrap();
+        let result = if prog == XDP_GUARD {
+            let p: &Xdp = program.try_into().unwrap();
+            p.test_run(opts)
+        } else {
+            let p: &SchedClassifier = program.try_into().unwrap();
+            p.test_run(opts)
+        }
+        .map_err(|e| format!("{e:?}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+}
+
+/// A frame from a local pod (to the bridge's MAC) carrying `l4` to `dst`.
+fn from_pod(dst: Ipv4Addr, proto: u8, l4: &[u8], ttl: u8) -> Vec<u8> {
+    let ip = Ipv4::new(LOCAL_POD, dst, proto).ttl(ttl).build(l4);
+    eth(BRIDGE_MAC, POD_MAC, ETH_P_IP, &ip)
+}
+
+/// A frame the host sends via the cluster route (to our own VtepMAC).
+fn from_host(dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+    let ip = Ipv4::new(Ipv4Addr::new(10, 42, 1, 1), dst, 1).build(l4);
+    eth(OUR_VTEP, BRIDGE_MAC, ETH_P_IP, &ip)
+}
+
+struct Vx {
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    dport: u16,
+    vni: u32,
+    inner_dst_mac: [u8; 6],
+    inner_src: Ipv4Addr,
+    inner_dst: Ipv4Addr,
+    inner_ttl: u8,
+    outer: Option<Ipv4>,
+}
+
+impl Default for Vx {
+    fn default() -> Self {
+        Vx {
+            outer_src: PEER_IP,
+            outer_dst: OUR_IP,
+            dport: PORT,
+            vni: VNI,
+            inner_dst_mac: OUR_VTEP,
+            inner_src: REMOTE_POD,
+            inner_dst: LOCAL_POD,
+            inner_ttl: 63,
+            outer: None,
+        }
+    }
+}
+
+impl Vx {
+    fn inner_ip(&self) -> Vec<u8> {
+        Ipv4::new(self.inner_src, self.inner_dst, 1).ttl(self.inner_ttl).build(&icmp_echo(7, 1, b"hello overlay"))
+    }
+    fn frame(&self) -> Vec<u8> {
+        let inner = eth(self.inner_dst_mac, PEER_VTEP, ETH_P_IP, &self.inner_ip());
+        let mut outer = self.outer.clone().unwrap_or_else(|| Ipv4::new(self.outer_src, self.outer_dst, 17));
+        outer.df = false;
+        let ip = outer.build(&udp(40000, self.dport, &vxlan(self.vni, &inner)));
+        eth(UPLINK_MAC, UNDERLAY_GW_MAC, ETH_P_IP, &ip)
+    }
+}
+
+/// Checks an encapsulated frame against what flannel.1 would send for
+/// `original` (a frame as it entered), with the inner TTL lowered by
+/// `ttl_drop`. Returns the UDP source port.
+fn assert_vxlan_of(out: &[u8], original: &[u8], ttl_drop: u8, outer_dst: Ipv4Addr) -> u16 {
+    assert_eq!(out.len(), original.len() + 50, "50 bytes of VXLAN overhead");
+    let outer = &out[14..34];
+    assert_eq!(&out[12..14], &ETH_P_IP.to_be_bytes());
+    assert_eq!(outer[0], 0x45, "outer IPv4 without options");
+    assert_eq!(outer[1], 0, "outer TOS");
+    assert_eq!(u16::from_be_bytes([outer[2], outer[3]]) as usize, out.len() - 14, "outer total length");
+    assert_eq!(u16::from_be_bytes([outer[6], outer[7]]), 0, "DF clear, not a fragment (as kernel VXLAN)");
+    assert_eq!(outer[8], 64, "outer TTL");
+    assert_eq!(outer[9], 17, "UDP");
+    assert!(ipv4_header_ok(outer), "outer header checksum");
+    assert_eq!(&outer[12..16], &OUR_IP.octets());
+    assert_eq!(&outer[16..20], &outer_dst.octets());
+    let udp = &out[34..42];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!((32768..=60999).contains(&sport), "source port {sport} in the ephemeral range");
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), PORT);
+    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]) as usize, out.len() - 34, "UDP length");
+    assert_eq!(&udp[6..8], &[0, 0], "UDP checksum 0");
+    assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, VNI as u8, 0], "VXLAN header");
+    assert_eq!(&out[50..56], &PEER_VTEP, "inner destination MAC = peer VtepMAC");
+    assert_eq!(&out[56..62], &OUR_VTEP, "inner source MAC = our VtepMAC");
+    assert_eq!(&out[62..64], &ETH_P_IP.to_be_bytes());
+    let mut expected_inner = original[14..].to_vec();
+    expected_inner[8] -= ttl_drop;
+    let hl = ((expected_inner[0] & 0x0f) as usize) * 4;
+    expected_inner[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&expected_inner[..hl]);
+    expected_inner[10..12].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(&out[64..], &expected_inner[..], "inner packet: TTL and checksum updated, rest unchanged");
+    sport
+}
+
+#[test]
+fn encapsulates_icmp_tcp_udp_from_pods_like_flannel() {
+    let lab = Lab::new();
+    let payloads: [(u8, Vec<u8>); 3] = [
+        (1, icmp_echo(1, 1, &[0xab; 56])),
+        (6, tcp(43210, 80, b"GET / HTTP/1.1\r\n\r\n")),
+        (17, udp(5353, 53, &[0x42; 33])),
+    ];
+    for (proto, l4) in payloads {
+        let frame = from_pod(REMOTE_POD, proto, &l4, 64);
+        let (ret, out, reason) = lab.run(FROM_PODS, &frame);
+        assert_eq!(ret, TC_ACT_REDIRECT, "proto {proto}");
+        assert_eq!(reason, Reason::Encapsulated);
+        assert_vxlan_of(&out, &frame, 1, PEER_IP);
+    }
+}
+
+#[test]
+fn host_traffic_is_encapsulated_without_ttl_change() {
+    let lab = Lab::new();
+    let frame = from_host(REMOTE_POD, &icmp_echo(1, 1, b"from the node"));
+    let (ret, out, reason) = lab.run(FROM_HOST, &frame);
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &frame, 0, PEER_IP);
+}
+
+#[test]
+fn source_port_follows_the_flow() {
+    let lab = Lab::new();
+    let port_of = |sport: u16| {
+        let frame = from_pod(REMOTE_POD, 6, &tcp(sport, 80, b"x"), 64);
+        let (_, out, _) = lab.run(FROM_PODS, &frame);
+        u16::from_be_bytes([out[34], out[35]])
+    };
+    assert_eq!(port_of(1000), port_of(1000), "same flow, same outer port");
+    let distinct: std::collections::HashSet<u16> = (1000..1032).map(port_of).collect();
+    assert!(distinct.len() > 8, "different flows spread over outer ports: {distinct:?}");
+}
+
+#[test]
+fn outer_ip_id_varies() {
+    let lab = Lab::new();
+    let frame = from_pod(REMOTE_POD, 1, &icmp_echo(1, 1, b"id"), 64);
+    let ids: std::collections::HashSet<u16> = (0..16)
+        .map(|_| {
+            let (_, out, _) = lab.run(FROM_PODS, &frame);
+            u16::from_be_bytes([out[18], out[19]])
+        })
+        .collect();
+    assert!(ids.len() > 1, "outer IP ID must not be constant");
+}
+
+#[test]
+fn gso_super_packets_are_encapsulated_whole() {
+    let lab = Lab::new();
+    // 8 KB of TCP payload: far over the MTU, legal only as a GSO packet.
+    let frame = from_pod(REMOTE_POD, 6, &tcp(43210, 80, &vec![0x5a; 8000]), 64);
+    let (ret, _, reason) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, reason), (TC_ACT_OK, Reason::PassedToKernel), "too big without GSO: the kernel decides");
+    let mut ctx = vec![0u8; 192];
+    ctx[164..168].copy_from_slice(&6u32.to_ne_bytes()); // gso_segs
+    ctx[176..180].copy_from_slice(&1398u32.to_ne_bytes()); // gso_size
+    let (ret, out, reason) = lab.run_ctx(FROM_PODS, &frame, Some(&ctx));
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &frame, 1, PEER_IP);
+}
+
+#[test]
+fn decapsulates_to_a_known_pod_with_its_mac() {
+    let lab = Lab::new();
+    let vx = Vx::default();
+    let (ret, out, reason) = lab.run(FROM_UPLINK, &vx.frame());
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::DecapToPod));
+    let mut inner = vx.inner_ip();
+    inner[8] -= 1;
+    inner[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&inner[..20]);
+    inner[10..12].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(out, eth(POD_MAC, BRIDGE_MAC, ETH_P_IP, &inner));
+}
+
+#[test]
+fn decapsulates_to_the_host_stack_when_the_pod_is_unknown() {
+    let lab = Lab::new();
+    let vx = Vx { inner_dst: UNKNOWN_LOCAL_POD, ..Default::default() };
+    let (ret, out, reason) = lab.run(FROM_UPLINK, &vx.frame());
+    assert_eq!((ret, reason), (TC_ACT_OK, Reason::DecapToHost));
+    assert_eq!(out, eth(UPLINK_MAC, UNDERLAY_GW_MAC, ETH_P_IP, &vx.inner_ip()), "untouched inner packet");
+}
+
+#[test]
+fn decapsulates_despite_outer_ip_options() {
+    let lab = Lab::new();
+    let mut outer = Ipv4::new(PEER_IP, OUR_IP, 17);
+    outer.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let vx = Vx { outer: Some(outer), ..Default::default() };
+    let (ret, out, reason) = lab.run(FROM_UPLINK, &vx.frame());
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::DecapToPod));
+    assert_eq!(out.len(), 14 + vx.inner_ip().len());
+}
+
+#[test]
+fn inner_ttl_one_goes_to_the_kernel_for_time_exceeded() {
+    let lab = Lab::new();
+    let frame = from_pod(REMOTE_POD, 1, &icmp_echo(1, 1, b"ttl"), 1);
+    let (ret, out, reason) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, reason), (TC_ACT_OK, Reason::PassedToKernel));
+    assert_eq!(out, frame, "untouched");
+    let vx = Vx { inner_ttl: 1, ..Default::default() };
+    let (ret, _, reason) = lab.run(FROM_UPLINK, &vx.frame());
+    assert_eq!((ret, reason), (TC_ACT_OK, Reason::DecapToHost));
+}
+
+#[test]
+fn each_drop_reason() {
+    let lab = Lab::new();
+    let cases: Vec<(&str, Vx, u32, Reason)> = vec![
+        ("unknown sender", Vx { outer_src: STRANGER_IP, ..Default::default() }, TC_ACT_SHOT, Reason::DropUnknownSender),
+        (
+            "inner source outside the sender's lease",
+            Vx { inner_src: Ipv4Addr::new(10, 42, 5, 1), ..Default::default() },
+            TC_ACT_SHOT,
+            Reason::DropSpoofedSource,
+        ),
+        (
+            "inner source of another node's lease",
+            Vx { inner_src: DIRECT_POD, ..Default::default() },
+            TC_ACT_SHOT,
+            Reason::DropSpoofedSource,
+        ),
+        ("wrong VNI", Vx { vni: 2, ..Default::default() }, TC_ACT_SHOT, Reason::DropBadVni),
+        (
+            "inner MAC not our VtepMAC",
+            Vx { inner_dst_mac: [2, 2, 2, 2, 2, 2], ..Default::default() },
+            TC_ACT_SHOT,
+            Reason::DropWrongVtepMac,
+        ),
+        ("another UDP port", Vx { dport: 4789, ..Default::default() }, TC_ACT_OK, Reason::PassedNotOurs),
+        (
+            "to another address",
+            Vx { outer_dst: Ipv4Addr::new(192, 168, 77, 50), ..Default::default() },
+            TC_ACT_OK,
+            Reason::PassedNotOurs,
+        ),
+    ];
+    for (what, vx, verdict, reason) in cases {
+        let (ret, _, r) = lab.run(FROM_UPLINK, &vx.frame());
+        assert_eq!((ret, r), (verdict, reason), "{what}");
+    }
+
+    // VXLAN without the I flag.
+    let mut frame = Vx::default().frame();
+    frame[42] = 0;
+    assert_eq!(lab.run(FROM_UPLINK, &frame).2, Reason::DropMalformed);
+    // Inner frame that is not IPv4.
+    let inner = eth(OUR_VTEP, PEER_VTEP, ETH_P_ARP, &[0u8; 28]);
+    let ip = Ipv4::new(PEER_IP, OUR_IP, 17).build(&udp(40000, PORT, &vxlan(VNI, &inner)));
+    assert_eq!(lab.run(FROM_UPLINK, &eth(UPLINK_MAC, UNDERLAY_GW_MAC, ETH_P_IP, &ip)).2, Reason::DropMalformed);
+
+    // Egress: the host to a cluster address nobody leases.
+    let frame = from_host(Ipv4Addr::new(10, 42, 200, 1), b"nobody");
+    assert_eq!(lab.run(FROM_HOST, &frame).0, TC_ACT_SHOT);
+    assert_eq!(lab.run(FROM_HOST, &frame).2, Reason::DropNoRoute);
+    // The host's own frame that cannot fit the uplink once encapsulated.
+    let big = from_host(REMOTE_POD, &vec![0u8; 1460]);
+    assert_eq!(lab.run(FROM_HOST, &big).2, Reason::DropTooBig);
+    // A pod's: handed to the kernel (which fragments or says frag-needed).
+    let big = from_pod(REMOTE_POD, 17, &udp(1, 2, &vec![0u8; 1440]), 64);
+    let (ret, out, r) = lab.run(FROM_PODS, &big);
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedToKernel));
+    assert_eq!(out, big);
+    // Exactly the largest that fits is encapsulated.
+    let fits = from_pod(REMOTE_POD, 17, &udp(1, 2, &vec![0u8; 1500 - 50 - 28]), 64);
+    assert_eq!(lab.run(FROM_PODS, &fits).2, Reason::Encapsulated);
+}
+
+#[test]
+fn what_is_not_ours_passes_untouched() {
+    let lab = Lab::new();
+    let arp = eth([0xff; 6], POD_MAC, ETH_P_ARP, &[0u8; 28]);
+    let vlan = {
+        let ip = Ipv4::new(LOCAL_POD, REMOTE_POD, 1).build(&icmp_echo(1, 1, b"v"));
+        let mut tagged = vec![0x00, 0x64];
+        tagged.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        tagged.extend_from_slice(&ip);
+        eth(BRIDGE_MAC, POD_MAC, ETH_P_8021Q, &tagged)
+    };
+    let ipv6 = eth(BRIDGE_MAC, POD_MAC, 0x86dd, &[0x60; 60]);
+    let local = from_pod(Ipv4Addr::new(10, 42, 1, 1), 1, &icmp_echo(1, 1, b"gw"), 64);
+    let internet = from_pod(Ipv4Addr::new(10, 99, 0, 1), 1, &icmp_echo(1, 1, b"out"), 64);
+    let mut fragment = Ipv4::new(PEER_IP, OUR_IP, 17);
+    fragment.mf = true;
+    let frag = eth(UPLINK_MAC, UNDERLAY_GW_MAC, ETH_P_IP, &fragment.build(&udp(1, PORT, &[0u8; 64])));
+    for (prog, frame) in [
+        (FROM_PODS, &arp),
+        (FROM_PODS, &vlan),
+        (FROM_PODS, &ipv6),
+        (FROM_PODS, &local),
+        (FROM_PODS, &internet),
+        (FROM_HOST, &local),
+        (FROM_UPLINK, &arp),
+        (FROM_UPLINK, &vlan),
+        (FROM_UPLINK, &frag),
+    ] {
+        let (ret, out, r) = lab.run(prog, frame);
+        assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedNotOurs), "{prog}");
+        assert_eq!(&out, frame, "{prog}: untouched");
+    }
+}
+
+#[test]
+fn direct_peers_are_routed_without_encapsulation() {
+    let lab = Lab::new();
+    let frame = from_pod(DIRECT_POD, 1, &icmp_echo(1, 1, b"direct"), 64);
+    let (ret, out, reason) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::DirectRouted));
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert!(ipv4_header_ok(&out[14..]));
+    let host = from_host(DIRECT_POD, b"direct");
+    let (ret, out, reason) = lab.run(FROM_HOST, &host);
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::DirectRouted));
+    assert_eq!(out, host, "host traffic leaves as it is");
+}
+
+#[test]
+fn nothing_happens_before_the_agent_configures_the_node() {
+    let (ebpf, maps) = load_unattached().unwrap();
+    let lab = Lab { ebpf, maps };
+    let frame = from_pod(REMOTE_POD, 1, &icmp_echo(1, 1, b"early"), 64);
+    let (ret, out, r) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedToKernel));
+    assert_eq!(out, frame);
+}
+
+#[test]
+fn truncated_frames_at_every_length() {
+    let lab = Lab::new();
+    let cases = [
+        (FROM_UPLINK, Vx::default().frame()),
+        (FROM_PODS, from_pod(REMOTE_POD, 6, &tcp(1, 2, b"payload"), 64)),
+        (FROM_HOST, from_host(REMOTE_POD, b"payload")),
+    ];
+    for (prog, full) in cases {
+        for len in 0..full.len() {
+            let cut = &full[..len];
+            if len < 14 {
+                // The kernel refuses to run a TC program on less than an
+                // Ethernet header; nothing to check beyond that refusal.
+                assert!(lab.try_run(prog, cut, None).is_err(), "{prog} len {len} accepted");
+                continue;
+            }
+            let (ret, out, r) = lab.run(prog, cut);
+            let allowed = matches!(
+                (ret, r),
+                (TC_ACT_OK, Reason::PassedNotOurs)
+                    | (TC_ACT_OK, Reason::PassedToKernel)
+                    | (TC_ACT_SHOT, Reason::DropMalformed)
+                    | (TC_ACT_SHOT, Reason::DropError)
+            );
+            // A frame cut inside the payload only is still a valid packet
+            // to the programs (they never read the payload).
+            let headers_whole = match prog {
+                FROM_UPLINK => len >= 14 + 20 + 8 + 8 + 14 + 20,
+                _ => len >= 14 + 20,
+            };
+            assert!(allowed || headers_whole, "{prog} len {len}: verdict {ret} reason {r:?}");
+            if ret == TC_ACT_OK && !headers_whole {
+                assert_eq!(out, cut, "{prog} len {len}: passed frames are untouched");
+            }
+        }
+    }
+}
+
+#[test]
+fn xdp_guard_drops_only_strangers() {
+    let lab = Lab::new();
+    let stranger = Vx { outer_src: STRANGER_IP, ..Default::default() }.frame();
+    let (ret, _, r) = lab.run(XDP_GUARD, &stranger);
+    assert_eq!((ret, r), (XDP_DROP, Reason::DropUnknownSender));
+    for frame in [Vx::default().frame(), Vx { dport: 53, outer_src: STRANGER_IP, ..Default::default() }.frame()] {
+        let (ret, _) = lab.try_run(XDP_GUARD, &frame, None).unwrap();
+        assert_eq!(ret, XDP_PASS);
+    }
+}
+
+/// 100,000 random and mutated frames: every verdict is one the kernel
+/// accepts from that program, and every run lands in exactly one counter.
+#[test]
+fn randomized_frames_never_confuse_the_programs() {
+    let lab = Lab::new();
+    let mut rng = StdRng::seed_from_u64(0x0e4a_7ee5);
+    let seeds = [
+        Vx::default().frame(),
+        Vx { inner_dst: UNKNOWN_LOCAL_POD, ..Default::default() }.frame(),
+        from_pod(REMOTE_POD, 6, &tcp(1, 2, &[7u8; 100]), 64),
+        from_pod(DIRECT_POD, 17, &udp(1, 2, &[7u8; 100]), 64),
+        from_host(REMOTE_POD, b"seed"),
+    ];
+    let progs = [FROM_PODS, FROM_HOST, FROM_UPLINK];
+    let before = lab.maps.stats().unwrap();
+    let mut runs = 0u64;
+    let mut verdicts = std::collections::HashMap::new();
+    for i in 0..100_000u32 {
+        let frame: Vec<u8> = if i % 4 == 0 {
+            let len = rng.random_range(14..300);
+            (0..len).map(|_| rng.random()).collect()
+        } else {
+            let mut f = seeds[rng.random_range(0..seeds.len())].clone();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..f.len());
+                f[at] = rng.random();
+            }
+            if rng.random_bool(0.2) {
+                let keep = rng.random_range(14..=f.len());
+                f.truncate(keep);
+            }
+            f
+        };
+        let prog = progs[rng.random_range(0..progs.len())];
+        let (ret, _) = lab.try_run(prog, &frame, None).expect("test run");
+        assert!(
+            matches!(ret, TC_ACT_OK | TC_ACT_SHOT | TC_ACT_REDIRECT),
+            "{prog} returned {ret} for {frame:02x?}"
+        );
+        *verdicts.entry(ret).or_insert(0u32) += 1;
+        runs += 1;
+    }
+    let after = lab.maps.stats().unwrap();
+    let counted: u64 = Reason::ALL.iter().map(|r| after.get(*r).packets - before.get(*r).packets).sum();
+    assert_eq!(counted, runs, "every run is counted exactly once");
+    assert!(verdicts.len() == 3, "all three verdicts seen: {verdicts:?}");
+}

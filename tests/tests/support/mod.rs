@@ -1,0 +1,2 @@
+//! Helpers shared by the integration tests (not a test binary itself).
+pub mod packet;
