@@ -134,6 +134,20 @@ impl Lab {
     }
 }
 
+/// BPF_PROG_TEST_RUN itself rejects (EINVAL) frames shorter than an
+/// Ethernet header, and IPv4/IPv6 frames shorter than the fixed IP header:
+/// such skbs cannot reach a TC program from a real device either.
+fn kernel_refuses(frame: &[u8]) -> bool {
+    if frame.len() < 14 {
+        return true;
+    }
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETH_P_IP => frame.len() < 14 + 20,
+        0x86dd => frame.len() < 14 + 40,
+        _ => false,
+    }
+}
+
 /// A frame from a local pod (to the bridge's MAC) carrying `l4` to `dst`.
 fn from_pod(dst: Ipv4Addr, proto: u8, l4: &[u8], ttl: u8) -> Vec<u8> {
     let ip = Ipv4::new(LOCAL_POD, dst, proto).ttl(ttl).build(l4);
@@ -276,18 +290,16 @@ fn outer_ip_id_varies() {
 }
 
 #[test]
-fn gso_super_packets_are_encapsulated_whole() {
+fn oversized_pod_packets_go_to_the_kernel_untouched() {
+    // Without GSO a frame this size cannot fit the uplink once encapsulated:
+    // the kernel must fragment it or answer frag-needed. (GSO super-packets
+    // cannot be built by BPF_PROG_TEST_RUN, which sets no GSO type; the
+    // netns tests carry real ones.)
     let lab = Lab::new();
-    // 8 KB of TCP payload: far over the MTU, legal only as a GSO packet.
-    let frame = from_pod(REMOTE_POD, 6, &tcp(43210, 80, &vec![0x5a; 8000]), 64);
-    let (ret, _, reason) = lab.run(FROM_PODS, &frame);
-    assert_eq!((ret, reason), (TC_ACT_OK, Reason::PassedToKernel), "too big without GSO: the kernel decides");
-    let mut ctx = vec![0u8; 192];
-    ctx[164..168].copy_from_slice(&6u32.to_ne_bytes()); // gso_segs
-    ctx[176..180].copy_from_slice(&1398u32.to_ne_bytes()); // gso_size
-    let (ret, out, reason) = lab.run_ctx(FROM_PODS, &frame, Some(&ctx));
-    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::Encapsulated));
-    assert_vxlan_of(&out, &frame, 1, PEER_IP);
+    let frame = from_pod(REMOTE_POD, 6, &tcp(43210, 80, &vec![0x5a; 3000]), 64);
+    let (ret, out, reason) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, reason), (TC_ACT_OK, Reason::PassedToKernel));
+    assert_eq!(out, frame);
 }
 
 #[test]
@@ -469,9 +481,7 @@ fn truncated_frames_at_every_length() {
     for (prog, full) in cases {
         for len in 0..full.len() {
             let cut = &full[..len];
-            if len < 14 {
-                // The kernel refuses to run a TC program on less than an
-                // Ethernet header; nothing to check beyond that refusal.
+            if kernel_refuses(cut) {
                 assert!(lab.try_run(prog, cut, None).is_err(), "{prog} len {len} accepted");
                 continue;
             }
@@ -543,6 +553,10 @@ fn randomized_frames_never_confuse_the_programs() {
             f
         };
         let prog = progs[rng.random_range(0..progs.len())];
+        if kernel_refuses(&frame) {
+            assert!(lab.try_run(prog, &frame, None).is_err());
+            continue;
+        }
         let (ret, _) = lab.try_run(prog, &frame, None).expect("test run");
         assert!(
             matches!(ret, TC_ACT_OK | TC_ACT_SHOT | TC_ACT_REDIRECT),
