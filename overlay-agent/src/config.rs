@@ -1,1 +1,754 @@
-//! (being written)
+//! flannel's network config (the JSON stored at `<prefix>/config`) turned into
+//! a validated [`NetworkConfig`].
+//!
+//! Rules follow flannel (`pkg/subnet/config.go`), see
+//! shared/reference/flannel-compat.md:
+//! - field names match case-insensitively at every level (Go's
+//!   `encoding/json`: an exact match wins, else the first case-insensitive one);
+//!   unknown fields are ignored (with a warning, to catch typos);
+//! - `SubnetLen` defaults to 24 when `Network` is /22 or larger, else to the
+//!   network prefix + 2; at most 30; the network must hold at least four subnets;
+//! - `SubnetMin` defaults to the second subnet, `SubnetMax` to the last one;
+//!   both must be inside `Network` and on a `SubnetLen` boundary (and we also
+//!   require `SubnetMin <= SubnetMax`); `"0.0.0.0"` means "unset" as in flannel;
+//! - a missing `Backend` means vxlan here ([`NetworkConfig::backend_defaulted`]
+//!   tells the caller so it can say so; flannel's code would pick udp);
+//! - only the vxlan and host-gw backends exist; IPv6 is refused clearly.
+//!
+//! Every error names the field and the offending value.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value};
+
+/// The kernel's default VXLAN UDP port, which flannel uses for `Port: 0`
+/// (not IANA's 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// flannel's default VNI.
+pub const DEFAULT_VNI: u32 = 1;
+/// VNIs are 24 bits.
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// What an unsupported backend type error lists.
+pub const SUPPORTED_BACKENDS: &str = "vxlan, host-gw";
+/// VXLAN over IPv4 costs 50 bytes (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Errors of [`NetworkConfig::parse`]. The messages name the field (with its
+/// path, e.g. `Backend.Port`) and the bad value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("network config is not valid JSON: {reason}")]
+    Json { reason: String },
+    #[error("network config must be a JSON object, found {found}")]
+    NotAnObject { found: String },
+    #[error("network config field {field} is missing: {hint}")]
+    Missing { field: String, hint: String },
+    #[error("network config field {field} = {value}: expected {expected}")]
+    WrongType {
+        field: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("network config field {field} = {value}: {reason}")]
+    Invalid {
+        field: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "network config field {field} = {value}: backend type not supported \
+         (supported: {SUPPORTED_BACKENDS})"
+    )]
+    UnsupportedBackend { field: String, value: String },
+    #[error("network config field {field} = {value}: IPv6 is not supported yet (IPv4 only for now)")]
+    Ipv6NotSupported { field: String, value: String },
+}
+
+/// The backends this agent implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendType {
+    Vxlan,
+    HostGw,
+}
+
+impl BackendType {
+    /// The name flannel uses in the config and in leases' `BackendType`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendType::Vxlan => "vxlan",
+            BackendType::HostGw => "host-gw",
+        }
+    }
+
+    /// Parses a backend name (case-insensitive, surrounding blanks ignored).
+    pub fn from_name(name: &str) -> Option<BackendType> {
+        let n = name.trim();
+        if n.eq_ignore_ascii_case("vxlan") {
+            Some(BackendType::Vxlan)
+        } else if n.eq_ignore_ascii_case("host-gw") {
+            Some(BackendType::HostGw)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for BackendType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendType {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendType::from_name(s).ok_or_else(|| ConfigError::UnsupportedBackend {
+            field: "Backend.Type".into(),
+            value: json_str(s),
+        })
+    }
+}
+
+/// `Backend` of the network config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub kind: BackendType,
+    /// VXLAN network identifier (default 1).
+    pub vni: u32,
+    /// VXLAN UDP port; `Port: 0` or missing gives 8472.
+    pub port: u16,
+    /// Uplink MTU override (`MTU: 0` or missing → `None`: use the uplink's).
+    pub mtu: Option<u32>,
+    /// vxlan only: peers on the same L2 segment get a plain route.
+    pub direct_routing: bool,
+    pub gbp: bool,
+    pub learning: bool,
+}
+
+impl BackendConfig {
+    /// flannel's vxlan defaults.
+    pub fn vxlan() -> BackendConfig {
+        BackendConfig {
+            kind: BackendType::Vxlan,
+            vni: DEFAULT_VNI,
+            port: DEFAULT_VXLAN_PORT,
+            mtu: None,
+            direct_routing: false,
+            gbp: false,
+            learning: false,
+        }
+    }
+
+    /// host-gw (VNI/port are carried but unused).
+    pub fn host_gw() -> BackendConfig {
+        BackendConfig {
+            kind: BackendType::HostGw,
+            ..BackendConfig::vxlan()
+        }
+    }
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::vxlan()
+    }
+}
+
+/// A validated network config with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The whole overlay network (host bits cleared).
+    pub network: Ipv4Net,
+    /// Prefix length of each node's subnet.
+    pub subnet_len: u8,
+    /// First subnet that may be handed out (its network address).
+    pub subnet_min: Ipv4Addr,
+    /// Last subnet that may be handed out (its network address).
+    pub subnet_max: Ipv4Addr,
+    pub enable_ipv4: bool,
+    pub enable_ipv6: bool,
+    pub backend: BackendConfig,
+    /// `Backend` (or its `Type`) was missing and vxlan was assumed: the caller
+    /// should log it (flannel's code would have used udp).
+    pub backend_defaulted: bool,
+}
+
+impl NetworkConfig {
+    /// Parses and validates flannel's config JSON.
+    pub fn parse(json: &str) -> Result<NetworkConfig, ConfigError> {
+        let root: Value = serde_json::from_str(json).map_err(|e| ConfigError::Json {
+            reason: e.to_string(),
+        })?;
+        let obj = match &root {
+            Value::Object(m) => m,
+            other => {
+                return Err(ConfigError::NotAnObject {
+                    found: short_json(other),
+                })
+            }
+        };
+        warn_unknown_fields(obj, "", TOP_LEVEL_FIELDS);
+
+        let enable_ipv4 = opt_bool(obj, "EnableIPv4", "EnableIPv4")?.unwrap_or(true);
+        let enable_ipv6 = opt_bool(obj, "EnableIPv6", "EnableIPv6")?.unwrap_or(false);
+        if enable_ipv6 {
+            return Err(ConfigError::Ipv6NotSupported {
+                field: "EnableIPv6".into(),
+                value: "true".into(),
+            });
+        }
+        if !enable_ipv4 {
+            return Err(ConfigError::Invalid {
+                field: "EnableIPv4".into(),
+                value: "false".into(),
+                reason: "an IPv4 network is required (IPv6-only networks are not supported yet)"
+                    .into(),
+            });
+        }
+        if let Some((_, v)) = field(obj, "Networks") {
+            if matches!(v, Value::Array(a) if !a.is_empty()) {
+                log::warn!(
+                    "network config field Networks = {} is ignored (multiple cluster CIDRs are \
+                     not supported); only Network is used",
+                    short_json(v)
+                );
+            }
+        }
+
+        // Network
+        let network = match field(obj, "Network") {
+            None | Some((_, Value::Null)) => {
+                return Err(ConfigError::Missing {
+                    field: "Network".into(),
+                    hint: "it must be an IPv4 CIDR such as \"10.244.0.0/16\"".into(),
+                })
+            }
+            Some((_, Value::String(s))) => parse_network(s)?,
+            Some((_, v)) => {
+                return Err(ConfigError::WrongType {
+                    field: "Network".into(),
+                    value: short_json(v),
+                    expected: "an IPv4 CIDR string such as \"10.244.0.0/16\"",
+                })
+            }
+        };
+        let net_len = network.prefix_len();
+
+        // SubnetLen
+        let subnet_len = match opt_u64(obj, "SubnetLen", "SubnetLen")? {
+            None | Some(0) => {
+                if net_len > 28 {
+                    return Err(ConfigError::Invalid {
+                        field: "Network".into(),
+                        value: json_str(&network.to_string()),
+                        reason: "network is too small: the smallest useful Network is a /28 \
+                                 (four subnets of /30)"
+                            .into(),
+                    });
+                } else if net_len <= 22 {
+                    24
+                } else {
+                    net_len + 2
+                }
+            }
+            Some(n) => {
+                if n > 30 {
+                    return Err(ConfigError::Invalid {
+                        field: "SubnetLen".into(),
+                        value: n.to_string(),
+                        reason: "must be at most 30 (each node needs room for a tunnel and a \
+                                 bridge address)"
+                            .into(),
+                    });
+                }
+                let n = n as u8;
+                if n < net_len.saturating_add(2) {
+                    return Err(ConfigError::Invalid {
+                        field: "SubnetLen".into(),
+                        value: n.to_string(),
+                        reason: format!(
+                            "Network {network} must be able to hold at least four subnets, so \
+                             SubnetLen must be at least {}",
+                            net_len + 2
+                        ),
+                    });
+                }
+                n
+            }
+        };
+        let size: u32 = 1u32 << (32 - subnet_len);
+        let net_start = u32::from(network.network());
+        let net_last_subnet = u32::from(network.broadcast()) - (size - 1);
+        let mask: u32 = u32::MAX << (32 - subnet_len);
+
+        let check_bound = |name: &str, ip: Option<Ipv4Addr>, default: u32| -> Result<Ipv4Addr, ConfigError> {
+            match ip {
+                None => Ok(Ipv4Addr::from(default)),
+                Some(ip) if ip.is_unspecified() => Ok(Ipv4Addr::from(default)),
+                Some(ip) => {
+                    if !network.contains(&ip) {
+                        return Err(ConfigError::Invalid {
+                            field: name.into(),
+                            value: json_str(&ip.to_string()),
+                            reason: format!("not inside Network {network}"),
+                        });
+                    }
+                    let v = u32::from(ip);
+                    if v & mask != v {
+                        return Err(ConfigError::Invalid {
+                            field: name.into(),
+                            value: json_str(&ip.to_string()),
+                            reason: format!(
+                                "not on a SubnetLen (/{subnet_len}) boundary (e.g. {})",
+                                Ipv4Addr::from(v & mask)
+                            ),
+                        });
+                    }
+                    Ok(ip)
+                }
+            }
+        };
+        let subnet_min = check_bound(
+            "SubnetMin",
+            opt_ipv4(obj, "SubnetMin", "SubnetMin")?,
+            net_start + size,
+        )?;
+        let subnet_max = check_bound(
+            "SubnetMax",
+            opt_ipv4(obj, "SubnetMax", "SubnetMax")?,
+            net_last_subnet,
+        )?;
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(ConfigError::Invalid {
+                field: "SubnetMin".into(),
+                value: json_str(&subnet_min.to_string()),
+                reason: format!("greater than SubnetMax {subnet_max}"),
+            });
+        }
+
+        let (backend, backend_defaulted) = parse_backend(obj)?;
+
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            enable_ipv4,
+            enable_ipv6,
+            backend,
+            backend_defaulted,
+        })
+    }
+
+    /// Number of addresses in one node subnet.
+    pub fn subnet_size(&self) -> u32 {
+        1u32 << (32 - self.subnet_len)
+    }
+
+    /// Number of subnets between SubnetMin and SubnetMax inclusive.
+    pub fn subnet_count(&self) -> u64 {
+        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) / self.subnet_size()) as u64 + 1
+    }
+
+    /// Whether `sn` is a subnet this config could hand out: right prefix length,
+    /// aligned, inside Network and between SubnetMin and SubnetMax
+    /// (flannel's `isSubnetConfigCompat`, plus the alignment/Network checks).
+    pub fn is_compatible_subnet(&self, sn: Ipv4Net) -> bool {
+        let a = u32::from(sn.addr());
+        sn.prefix_len() == self.subnet_len
+            && sn.addr() == sn.network()
+            && self.network.contains(&sn.addr())
+            && a >= u32::from(self.subnet_min)
+            && a <= u32::from(self.subnet_max)
+    }
+
+    /// Every subnet from SubnetMin to SubnetMax, in order.
+    pub fn candidate_subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        let size = self.subnet_size() as u64;
+        let min = u32::from(self.subnet_min) as u64;
+        let max = u32::from(self.subnet_max) as u64;
+        let len = self.subnet_len;
+        (0..)
+            .map(move |i: u64| min + i * size)
+            .take_while(move |a| *a <= max)
+            .map(move |a| Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("prefix <= 30"))
+    }
+}
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "EnableIPv4",
+    "EnableIPv6",
+    "EnableNFTables",
+    "Network",
+    "IPv6Network",
+    "Networks",
+    "IPv6Networks",
+    "SubnetMin",
+    "SubnetMax",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "SubnetLen",
+    "IPv6SubnetLen",
+    "Backend",
+];
+
+const BACKEND_FIELDS: &[&str] = &[
+    "Type",
+    "VNI",
+    "Port",
+    "MTU",
+    "DirectRouting",
+    "GBP",
+    "Learning",
+];
+
+fn parse_network(s: &str) -> Result<Ipv4Net, ConfigError> {
+    let t = s.trim();
+    match t.parse::<Ipv4Net>() {
+        Ok(n) => {
+            let trunc = n.trunc();
+            if trunc != n {
+                log::warn!(
+                    "network config field Network = \"{s}\" has host bits set; using {trunc}"
+                );
+            }
+            Ok(trunc)
+        }
+        Err(_) => {
+            let reason = if t.parse::<ipnet::Ipv6Net>().is_ok() {
+                return Err(ConfigError::Ipv6NotSupported {
+                    field: "Network".into(),
+                    value: json_str(s),
+                });
+            } else if t.parse::<Ipv4Addr>().is_ok() {
+                "missing the /prefix length (expected e.g. \"10.244.0.0/16\")".to_string()
+            } else {
+                "not an IPv4 CIDR (expected e.g. \"10.244.0.0/16\")".to_string()
+            };
+            Err(ConfigError::Invalid {
+                field: "Network".into(),
+                value: json_str(s),
+                reason,
+            })
+        }
+    }
+}
+
+fn parse_backend(obj: &Map<String, Value>) -> Result<(BackendConfig, bool), ConfigError> {
+    let be = match field(obj, "Backend") {
+        None | Some((_, Value::Null)) => return Ok((BackendConfig::vxlan(), true)),
+        Some((_, Value::Object(m))) => m,
+        Some((_, v)) => {
+            return Err(ConfigError::WrongType {
+                field: "Backend".into(),
+                value: short_json(v),
+                expected: "an object such as {\"Type\":\"vxlan\"}",
+            })
+        }
+    };
+    warn_unknown_fields(be, "Backend.", BACKEND_FIELDS);
+
+    let (kind, defaulted) = match field(be, "Type") {
+        None | Some((_, Value::Null)) => (BackendType::Vxlan, true),
+        Some((_, Value::String(s))) if s.trim().is_empty() => (BackendType::Vxlan, true),
+        Some((_, Value::String(s))) => (s.parse::<BackendType>()?, false),
+        Some((_, v)) => {
+            return Err(ConfigError::WrongType {
+                field: "Backend.Type".into(),
+                value: short_json(v),
+                expected: "a string (vxlan or host-gw)",
+            })
+        }
+    };
+
+    let mut cfg = match kind {
+        BackendType::Vxlan => BackendConfig::vxlan(),
+        BackendType::HostGw => BackendConfig::host_gw(),
+    };
+    if let Some(vni) = opt_u64(be, "VNI", "Backend.VNI")? {
+        if vni > MAX_VNI as u64 {
+            return Err(ConfigError::Invalid {
+                field: "Backend.VNI".into(),
+                value: vni.to_string(),
+                reason: format!("a VNI is 24 bits: at most {MAX_VNI}"),
+            });
+        }
+        cfg.vni = vni as u32;
+    }
+    if let Some(port) = opt_u64(be, "Port", "Backend.Port")? {
+        if port > u16::MAX as u64 {
+            return Err(ConfigError::Invalid {
+                field: "Backend.Port".into(),
+                value: port.to_string(),
+                reason: "not a UDP port (0..65535; 0 means 8472)".into(),
+            });
+        }
+        cfg.port = if port == 0 {
+            DEFAULT_VXLAN_PORT
+        } else {
+            port as u16
+        };
+    }
+    if let Some(mtu) = opt_u64(be, "MTU", "Backend.MTU")? {
+        if mtu != 0 {
+            let min = match kind {
+                BackendType::Vxlan => 68 + VXLAN_OVERHEAD as u64,
+                BackendType::HostGw => 68,
+            };
+            if mtu < min || mtu > 65535 {
+                return Err(ConfigError::Invalid {
+                    field: "Backend.MTU".into(),
+                    value: mtu.to_string(),
+                    reason: format!("must be between {min} and 65535 for {kind} (0 = uplink MTU)"),
+                });
+            }
+            cfg.mtu = Some(mtu as u32);
+        }
+    }
+    if let Some(b) = opt_bool(be, "DirectRouting", "Backend.DirectRouting")? {
+        cfg.direct_routing = b;
+    }
+    if let Some(b) = opt_bool(be, "GBP", "Backend.GBP")? {
+        cfg.gbp = b;
+    }
+    if let Some(b) = opt_bool(be, "Learning", "Backend.Learning")? {
+        cfg.learning = b;
+    }
+    Ok((cfg, defaulted))
+}
+
+// ---- case-insensitive JSON access (Go encoding/json semantics) ----
+
+/// Looks `name` up in `obj` like Go's `encoding/json`: an exact match first,
+/// else the first key equal ignoring ASCII case. Returns the key as written.
+pub(crate) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<(&'a str, &'a Value)> {
+    if let Some((k, v)) = obj.get_key_value(name) {
+        return Some((k.as_str(), v));
+    }
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(k, v)| (k.as_str(), v))
+}
+
+fn warn_unknown_fields(obj: &Map<String, Value>, path: &str, known: &[&str]) {
+    for k in obj.keys() {
+        if !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+            log::warn!("network config: unknown field {path}{k} ignored");
+        }
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, name: &str, path: &str) -> Result<Option<bool>, ConfigError> {
+    match field(obj, name) {
+        None | Some((_, Value::Null)) => Ok(None),
+        Some((_, Value::Bool(b))) => Ok(Some(*b)),
+        Some((_, v)) => Err(ConfigError::WrongType {
+            field: path.into(),
+            value: short_json(v),
+            expected: "true or false",
+        }),
+    }
+}
+
+fn opt_u64(obj: &Map<String, Value>, name: &str, path: &str) -> Result<Option<u64>, ConfigError> {
+    match field(obj, name) {
+        None | Some((_, Value::Null)) => Ok(None),
+        Some((_, v @ Value::Number(n))) => match n.as_u64() {
+            Some(x) => Ok(Some(x)),
+            None => Err(ConfigError::WrongType {
+                field: path.into(),
+                value: short_json(v),
+                expected: "a non-negative integer",
+            }),
+        },
+        Some((_, v)) => Err(ConfigError::WrongType {
+            field: path.into(),
+            value: short_json(v),
+            expected: "a non-negative integer",
+        }),
+    }
+}
+
+fn opt_ipv4(obj: &Map<String, Value>, name: &str, path: &str) -> Result<Option<Ipv4Addr>, ConfigError> {
+    match field(obj, name) {
+        None | Some((_, Value::Null)) => Ok(None),
+        Some((_, Value::String(s))) if s.trim().is_empty() => Ok(None),
+        Some((_, Value::String(s))) => s.trim().parse::<Ipv4Addr>().map(Some).map_err(|_| {
+            ConfigError::Invalid {
+                field: path.into(),
+                value: json_str(s),
+                reason: "not an IPv4 address (expected e.g. \"10.244.1.0\")".into(),
+            }
+        }),
+        Some((_, v)) => Err(ConfigError::WrongType {
+            field: path.into(),
+            value: short_json(v),
+            expected: "an IPv4 address string",
+        }),
+    }
+}
+
+/// A JSON rendering of a value for error messages, cut to a sane length.
+pub(crate) fn short_json(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        let cut: String = s.chars().take(77).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+fn json_str(s: &str) -> String {
+    short_json(&Value::String(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> NetworkConfig {
+        NetworkConfig::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+    fn err(s: &str) -> String {
+        NetworkConfig::parse(s).expect_err(s).to_string()
+    }
+
+    #[test]
+    fn defaults_for_a_16() {
+        let c = p(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(c.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert!(c.enable_ipv4 && !c.enable_ipv6);
+        assert_eq!(c.backend, BackendConfig::vxlan());
+        assert_eq!(c.backend.port, 8472);
+        assert_eq!(c.backend.vni, 1);
+        assert!(!c.backend_defaulted);
+        assert_eq!(c.subnet_count(), 255);
+    }
+
+    #[test]
+    fn subnet_len_default_rule() {
+        assert_eq!(p(r#"{"Network":"10.0.0.0/22"}"#).subnet_len, 24);
+        assert_eq!(p(r#"{"Network":"10.0.0.0/8"}"#).subnet_len, 24);
+        assert_eq!(p(r#"{"Network":"10.0.0.0/23"}"#).subnet_len, 25);
+        assert_eq!(p(r#"{"Network":"10.0.0.0/28"}"#).subnet_len, 30);
+        let c = p(r#"{"Network":"10.0.0.0/28"}"#);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 0, 0, 4));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 0, 0, 12));
+        assert!(err(r#"{"Network":"10.0.0.0/29"}"#).contains("too small"));
+    }
+
+    #[test]
+    fn case_insensitive_fields_and_defaulted_backend() {
+        let c = p(r#"{"NetWork":"10.0.0.0/16"}"#);
+        assert_eq!(c.network, "10.0.0.0/16".parse().unwrap());
+        assert!(c.backend_defaulted);
+        assert_eq!(c.backend.kind, BackendType::Vxlan);
+        let c = p(r#"{"network":"10.0.0.0/16","subnetlen":26,"backend":{"type":"host-gw"}}"#);
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.backend.kind, BackendType::HostGw);
+        assert!(!c.backend_defaulted);
+        let c = p(r#"{"NETWORK":"10.0.0.0/16","BACKEND":{"TYPE":"VXLAN","vni":7,"port":4789,"directrouting":true,"gbp":true,"LEARNING":true,"mtu":9000}}"#);
+        assert_eq!(
+            c.backend,
+            BackendConfig {
+                kind: BackendType::Vxlan,
+                vni: 7,
+                port: 4789,
+                mtu: Some(9000),
+                direct_routing: true,
+                gbp: true,
+                learning: true
+            }
+        );
+        // exact match wins over a case-insensitive one
+        let c = p(r#"{"network":"10.9.0.0/16","Network":"10.0.0.0/16"}"#);
+        assert_eq!(c.network, "10.0.0.0/16".parse().unwrap());
+    }
+
+    #[test]
+    fn port_zero_is_8472_and_mtu_zero_is_none() {
+        let c = p(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"MTU":0}}"#);
+        assert_eq!(c.backend.port, 8472);
+        assert_eq!(c.backend.mtu, None);
+    }
+
+    #[test]
+    fn errors_name_field_and_value() {
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp"}}"#);
+        assert!(e.contains("Backend.Type") && e.contains("\"udp\"") && e.contains("vxlan, host-gw"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert!(e.contains("wireguard") && e.contains("host-gw"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#);
+        assert!(e.contains("EnableIPv6") && e.contains("not supported yet"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#);
+        assert!(e.contains("SubnetLen") && e.contains("31") && e.contains("at most 30"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#);
+        assert!(e.contains("SubnetLen") && e.contains("17") && e.contains("four subnets"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#);
+        assert!(e.contains("SubnetMin") && e.contains("10.1.0.0") && e.contains("inside"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.3.128"}"#);
+        assert!(e.contains("SubnetMax") && e.contains("10.0.3.128") && e.contains("boundary"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#);
+        assert!(e.contains("SubnetMin") && e.contains("SubnetMax"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/33"}"#);
+        assert!(e.contains("Network") && e.contains("10.0.0.0/33"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0"}"#);
+        assert!(e.contains("Network") && e.contains("prefix"), "{e}");
+        let e = err(r#"{"Network":"fd00::/48"}"#);
+        assert!(e.contains("Network") && e.contains("IPv6"), "{e}");
+        let e = err(r#"{"Network":16}"#);
+        assert!(e.contains("Network") && e.contains("16"), "{e}");
+        let e = err(r#"{"SubnetLen":24}"#);
+        assert!(e.contains("Network") && e.contains("missing"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#);
+        assert!(e.contains("SubnetLen") && e.contains("\"24\""), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"VNI":16777216}}"#);
+        assert!(e.contains("Backend.VNI") && e.contains("16777216"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"Port":70000}}"#);
+        assert!(e.contains("Backend.Port") && e.contains("70000"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"Port":-1}}"#);
+        assert!(e.contains("Backend.Port") && e.contains("-1"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"DirectRouting":"yes"}}"#);
+        assert!(e.contains("Backend.DirectRouting") && e.contains("yes"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#);
+        assert!(e.contains("Backend") && e.contains("vxlan"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"MTU":100}}"#);
+        assert!(e.contains("Backend.MTU") && e.contains("100"), "{e}");
+        let e = err(r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#);
+        assert!(e.contains("EnableIPv4"), "{e}");
+        assert!(err("[1]").contains("object"));
+        assert!(err("{").contains("JSON"));
+    }
+
+    #[test]
+    fn subnet_min_max_explicit() {
+        let c = p(r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.10.0","SubnetMax":"10.0.20.0"}"#);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 0, 10, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 0, 20, 0));
+        assert_eq!(c.subnet_count(), 11);
+        let all: Vec<_> = c.candidate_subnets().collect();
+        assert_eq!(all.len(), 11);
+        assert_eq!(all[0], "10.0.10.0/24".parse().unwrap());
+        assert_eq!(all[10], "10.0.20.0/24".parse().unwrap());
+        // "0.0.0.0" means unset, as in flannel
+        let c = p(r#"{"Network":"10.0.0.0/16","SubnetMin":"0.0.0.0"}"#);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 0, 1, 0));
+        assert!(c.is_compatible_subnet("10.0.1.0/24".parse().unwrap()));
+        assert!(!c.is_compatible_subnet("10.0.0.0/24".parse().unwrap()));
+        assert!(!c.is_compatible_subnet("10.0.1.0/25".parse().unwrap()));
+        assert!(!c.is_compatible_subnet("10.1.1.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn host_bits_are_cleared() {
+        let c = p(r#"{"Network":"10.0.0.5/16"}"#);
+        assert_eq!(c.network, "10.0.0.0/16".parse().unwrap());
+    }
+}

@@ -1,1 +1,26 @@
-//! (being written)
+//! The etcd side of the control plane, laid out as flannel does it
+//! (shared/reference/flannel-compat.md).
+//!
+//! - [`registry`]: key names and lease values (pure, no I/O)
+//! - [`client`]: settings, connecting (TLS, auth, several endpoints), retries
+//! - [`lease`]: acquiring, renewing, releasing our own lease; the lease keeper
+//! - [`watch`]: everyone's leases as typed events (list + watch + resync)
+
+pub mod client;
+pub mod error;
+pub mod lease;
+pub mod registry;
+pub mod status;
+pub mod watch;
+
+pub use client::{connect, EtcdSettings};
+pub use error::EtcdError;
+pub use lease::{spawn_lease_keeper, SubnetManager};
+pub use registry::{
+    config_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
+    DEFAULT_PREFIX,
+};
+pub use status::EtcdStatus;
+pub use watch::{spawn_lease_watch, spawn_lease_watch_with_status, LeaseEvent};
+
+mod backoff;

@@ -1,0 +1,478 @@
+//! Connecting to etcd the way flanneld does (same settings), plus the retry
+//! discipline every request here goes through.
+//!
+//! - TLS client certificate only when both `keyfile` and `certfile` are set
+//!   (flannel's rule; one without the other is ignored with a warning);
+//!   `cafile` (alone or with them) turns TLS on with that CA. With TLS on,
+//!   `http://` endpoints are switched to `https://`.
+//! - several endpoints: etcd-client balances over them; a dead member makes
+//!   some requests fail fast with a transport error, which [`Conn::run`]
+//!   retries, so requests fail over to the live members.
+//! - nothing hangs: connecting has a deadline ([`CONNECT_TIMEOUT`]) and so
+//!   does every request ([`REQUEST_TIMEOUT`]), retried with backoff inside it.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+
+use crate::etcd::backoff::Backoff;
+use crate::etcd::error::EtcdError;
+use crate::etcd::registry::{config_key, normalize_prefix, DEFAULT_PREFIX};
+
+/// How long [`connect`] tries before reporting etcd unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Overall deadline of one logical request, retries included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+/// Deadline of one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// TCP connect timeout per endpoint.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// flanneld's `--etcd-*` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// `http://host:port` or `https://host:port` (bare `host:port` works too).
+    pub endpoints: Vec<String>,
+    /// `--etcd-prefix`, default `/coreos.com/network`.
+    pub prefix: String,
+    pub keyfile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub cafile: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for EtcdSettings {
+    /// flanneld's defaults: `http://127.0.0.1:4001,http://127.0.0.1:2379`,
+    /// prefix `/coreos.com/network`, no TLS, no auth.
+    fn default() -> Self {
+        EtcdSettings {
+            endpoints: vec![
+                "http://127.0.0.1:4001".to_string(),
+                "http://127.0.0.1:2379".to_string(),
+            ],
+            prefix: DEFAULT_PREFIX.to_string(),
+            keyfile: None,
+            certfile: None,
+            cafile: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl EtcdSettings {
+    /// Plain settings for `endpoints` under `prefix`.
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> EtcdSettings {
+        EtcdSettings {
+            endpoints,
+            prefix: prefix.into(),
+            ..EtcdSettings::default()
+        }
+    }
+
+    /// The prefix as used in keys (`path.Join` semantics).
+    pub fn normalized_prefix(&self) -> String {
+        normalize_prefix(&self.prefix)
+    }
+
+    /// Whether TLS is used: a CA file, or both a key and a certificate.
+    pub fn tls_enabled(&self) -> bool {
+        self.cafile.is_some() || (self.keyfile.is_some() && self.certfile.is_some())
+    }
+
+    /// The endpoints as they will be dialled (split on commas, trimmed, the
+    /// scheme switched to https when TLS is on).
+    pub fn effective_endpoints(&self) -> Vec<String> {
+        let tls = self.tls_enabled();
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if tls {
+                    if let Some(rest) = e.strip_prefix("http://") {
+                        return format!("https://{rest}");
+                    }
+                }
+                e.to_string()
+            })
+            .collect()
+    }
+
+    pub(crate) fn endpoints_display(&self) -> String {
+        format!("[{}]", self.effective_endpoints().join(", "))
+    }
+}
+
+/// Connects to etcd and checks that it answers (a count-only read of
+/// `<prefix>/config`), so a dead endpoint list gives
+/// [`EtcdError::Unreachable`] after [`CONNECT_TIMEOUT`] instead of hanging,
+/// and bad credentials give [`EtcdError::Auth`].
+pub async fn connect(s: &EtcdSettings) -> Result<Client, EtcdError> {
+    Ok(Conn::connect(s).await?.client)
+}
+
+/// A connected client plus what is needed to retry and reconnect.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    pub(crate) settings: EtcdSettings,
+    endpoints: String,
+}
+
+impl Conn {
+    pub(crate) async fn connect(s: &EtcdSettings) -> Result<Conn, EtcdError> {
+        let endpoints = s.effective_endpoints();
+        if endpoints.is_empty() {
+            return Err(EtcdError::Settings("no etcd endpoints given".into()));
+        }
+        let shown = s.endpoints_display();
+        if !s.tls_enabled() && endpoints.iter().any(|e| e.starts_with("https://")) {
+            log::warn!(
+                "etcd endpoints {shown} use https but no --etcd-cafile is set: the server \
+                 certificate cannot be verified"
+            );
+        }
+        let opts = connect_options(s)?;
+        let started = Instant::now();
+        let deadline = started + CONNECT_TIMEOUT;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        let client = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, Client::connect(&endpoints, Some(opts.clone()))).await {
+                Ok(Ok(c)) => break c,
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(EtcdError::Unreachable {
+                        endpoints: shown,
+                        timeout: CONNECT_TIMEOUT,
+                        reason: "no answer".into(),
+                    })
+                }
+            };
+            // With credentials, connecting authenticates: a refused password
+            // is final, an unreachable endpoint is retried until the deadline.
+            if !is_transient(&err) {
+                if let Some(user) = &s.username {
+                    return Err(EtcdError::Auth {
+                        user: user.clone(),
+                        endpoints: shown,
+                        reason: describe(&err),
+                    });
+                }
+                return Err(EtcdError::Unreachable {
+                    endpoints: shown,
+                    timeout: CONNECT_TIMEOUT,
+                    reason: describe(&err),
+                });
+            }
+            let d = backoff.next_delay();
+            if Instant::now() + d >= deadline {
+                return Err(EtcdError::Unreachable {
+                    endpoints: shown,
+                    timeout: CONNECT_TIMEOUT,
+                    reason: describe(&err),
+                });
+            }
+            tokio::time::sleep(d).await;
+        };
+        let conn = Conn {
+            client,
+            settings: s.clone(),
+            endpoints: shown.clone(),
+        };
+        let key = config_key(&s.prefix);
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        let probe = conn
+            .run_until("probe read", &key, left, |mut c, k| async move {
+                c.get(k, Some(GetOptions::new().with_count_only())).await
+            })
+            .await;
+        match probe {
+            Ok(_) => Ok(conn),
+            Err(EtcdError::Request { source, .. }) if !is_transient(&source) => {
+                if let Some(user) = &s.username {
+                    Err(EtcdError::Auth {
+                        user: user.clone(),
+                        endpoints: shown,
+                        reason: describe(&source),
+                    })
+                } else {
+                    Err(EtcdError::Unreachable {
+                        endpoints: shown,
+                        timeout: CONNECT_TIMEOUT,
+                        reason: describe(&source),
+                    })
+                }
+            }
+            Err(EtcdError::Request { source, .. }) => Err(EtcdError::Unreachable {
+                endpoints: shown,
+                timeout: CONNECT_TIMEOUT,
+                reason: describe(&source),
+            }),
+            Err(EtcdError::Timeout { .. }) => Err(EtcdError::Unreachable {
+                endpoints: shown,
+                timeout: CONNECT_TIMEOUT,
+                reason: "no answer".into(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one logical request with [`REQUEST_TIMEOUT`]; see [`Conn::run_until`].
+    pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client, String) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.run_until(op, key, REQUEST_TIMEOUT, f).await
+    }
+
+    /// Runs `f` (given a client handle and `key`) until it succeeds, fails for
+    /// good, or `budget` is spent. Transport failures and etcd's
+    /// "unavailable"-class errors are retried with backoff (this is what makes
+    /// several endpoints fail over); an expired auth token is refreshed.
+    pub(crate) async fn run_until<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        budget: Duration,
+        mut f: F,
+    ) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client, String) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + budget;
+        let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
+        let mut refreshed = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = left.min(ATTEMPT_TIMEOUT);
+            let err = match tokio::time::timeout(attempt, f(self.client.clone(), key.to_string())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => Some(e),
+                Err(_) => None,
+            };
+            if let Some(e) = &err {
+                if is_invalid_token(e) && !refreshed && self.settings.username.is_some() {
+                    refreshed = true;
+                    log::info!("etcd auth token rejected; authenticating again");
+                    if let Err(re) = self.client.refresh_token().await {
+                        log::warn!("etcd re-authentication failed: {}", describe(&re));
+                    }
+                    continue;
+                }
+                if !is_transient(e) {
+                    return Err(EtcdError::Request {
+                        op,
+                        key: key.to_string(),
+                        source: err.expect("checked"),
+                    });
+                }
+            }
+            let d = backoff.next_delay();
+            if Instant::now() + d >= deadline {
+                return Err(match err {
+                    Some(source) => EtcdError::Request {
+                        op,
+                        key: key.to_string(),
+                        source,
+                    },
+                    None => EtcdError::Timeout {
+                        op,
+                        key: key.to_string(),
+                        after: budget,
+                        endpoints: self.endpoints.clone(),
+                    },
+                });
+            }
+            log::debug!(
+                "etcd {op} of {key:?}: {}; retrying in {d:?}",
+                err.as_ref().map(describe).unwrap_or_else(|| "attempt timed out".into())
+            );
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+fn connect_options(s: &EtcdSettings) -> Result<ConnectOptions, EtcdError> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(DIAL_TIMEOUT)
+        // HTTP/2 pings find a silently dead member under a long-lived watch
+        // (etcd's default --grpc-keepalive-min-time is 5 s).
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_tcp_keepalive(Duration::from_secs(30));
+    match (&s.username, &s.password) {
+        (Some(u), p) if !u.is_empty() => {
+            opts = opts.with_user(u.clone(), p.clone().unwrap_or_default());
+        }
+        (None, Some(_)) => log::warn!("--etcd-password given without --etcd-username: ignored"),
+        _ => {}
+    }
+    if let Some(tls) = tls_options(s)? {
+        opts = opts.with_tls(tls);
+    }
+    Ok(opts)
+}
+
+fn tls_options(s: &EtcdSettings) -> Result<Option<TlsOptions>, EtcdError> {
+    let identity = match (&s.certfile, &s.keyfile) {
+        (Some(cert), Some(key)) => {
+            let c = read_file("certfile", cert)?;
+            let k = read_file("keyfile", key)?;
+            Some(Identity::from_pem(c, k))
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            log::warn!(
+                "only one of --etcd-certfile/--etcd-keyfile is set: no client certificate is \
+                 used (both are needed, as with flannel)"
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let ca = match &s.cafile {
+        Some(p) => Some(Certificate::from_pem(read_file("cafile", p)?)),
+        None => None,
+    };
+    if identity.is_none() && ca.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(ca);
+    } else {
+        log::warn!("TLS to etcd without --etcd-cafile: the server certificate cannot be verified");
+    }
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    Ok(Some(tls))
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
+    let data = std::fs::read(path).map_err(|e| EtcdError::TlsFile {
+        what,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if !String::from_utf8_lossy(&data).contains("-----BEGIN") {
+        return Err(EtcdError::TlsFile {
+            what,
+            path: path.to_path_buf(),
+            reason: "not a PEM file".into(),
+        });
+    }
+    Ok(data)
+}
+
+/// Errors worth retrying: the request may not have reached a healthy member.
+pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
+        E::LeaseKeepAliveError(m) => !m.contains("lease not found"),
+        E::GRpcStatus(s) => {
+            // gRPC codes: 1 Cancelled, 2 Unknown, 4 DeadlineExceeded,
+            // 8 ResourceExhausted, 10 Aborted, 13 Internal, 14 Unavailable.
+            matches!(s.code() as i32, 1 | 2 | 4 | 8 | 10 | 13 | 14)
+        }
+        _ => false,
+    }
+}
+
+fn is_invalid_token(e: &etcd_client::Error) -> bool {
+    match e {
+        // 16 Unauthenticated: etcd's "invalid auth token" (e.g. after an etcd
+        // restart, simple tokens are kept in memory only).
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 16,
+        _ => false,
+    }
+}
+
+/// A one-line description of an etcd-client error (the gRPC message rather
+/// than the whole status dump).
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let mut m = s.message().to_string();
+            if m.is_empty() {
+                m = format!("{:?}", s.code());
+            }
+            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+            while let Some(inner) = src {
+                m.push_str(": ");
+                m.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            m
+        }
+        other => {
+            let mut m = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(inner) = src {
+                m.push_str(": ");
+                m.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            m
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_rule_and_endpoints() {
+        let mut s = EtcdSettings::new(
+            vec!["http://127.0.0.1:2379, http://127.0.0.1:4001".into(), " ".into()],
+            "/x/",
+        );
+        assert!(!s.tls_enabled());
+        assert_eq!(s.effective_endpoints(), vec!["http://127.0.0.1:2379", "http://127.0.0.1:4001"]);
+        assert_eq!(s.normalized_prefix(), "/x");
+        s.keyfile = Some("/k".into());
+        assert!(!s.tls_enabled(), "key without cert: no TLS (flannel's rule)");
+        s.certfile = Some("/c".into());
+        assert!(s.tls_enabled());
+        assert_eq!(s.effective_endpoints()[0], "https://127.0.0.1:2379");
+        let s2 = EtcdSettings {
+            cafile: Some("/ca".into()),
+            ..EtcdSettings::default()
+        };
+        assert!(s2.tls_enabled());
+    }
+
+    #[tokio::test]
+    async fn dead_endpoints_error_instead_of_hanging() {
+        // A port nobody listens on (bound then released).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let s = EtcdSettings::new(vec![format!("http://127.0.0.1:{port}")], "/t");
+        let t = Instant::now();
+        let e = connect(&s).await.err().expect("must fail");
+        assert!(t.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(3));
+        let m = e.to_string();
+        assert!(m.contains(&port.to_string()) && m.contains("cannot reach etcd"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn missing_tls_file_is_named() {
+        let s = EtcdSettings {
+            cafile: Some("/nonexistent/ca.pem".into()),
+            endpoints: vec!["https://127.0.0.1:1".into()],
+            ..EtcdSettings::default()
+        };
+        let m = connect(&s).await.err().unwrap().to_string();
+        assert!(m.contains("cafile") && m.contains("/nonexistent/ca.pem"), "{m}");
+    }
+}

@@ -1,0 +1,902 @@
+//! Acquiring and keeping our own subnet lease (flannel's life cycle, minus its
+//! weak points: a lost creation race is retried with another subnet, and a
+//! deleted lease key is taken back instead of exiting, flannel #904).
+//!
+//! Life cycle:
+//! - create: grant an etcd lease (86400 s), then put the key only if absent
+//!   (`Compare::version(key, Equal, 0)`);
+//! - on (re)start, in order: an existing lease whose PublicIP is ours (its
+//!   value is updated if our attributes changed, its etcd lease kept and
+//!   refreshed); the previous subnet (from the subnet file) if valid and free;
+//!   else a random one among the first 100 free subnets from SubnetMin;
+//! - renew at expiry minus the renew margin (a keep-alive of the same etcd
+//!   lease: the TTL goes back to the granted 86400 s);
+//! - reservations (a key an administrator put without an etcd lease) are used
+//!   as they are and never renewed, as flannel does.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
+use ipnet::Ipv4Net;
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::config::NetworkConfig;
+use crate::etcd::backoff::Backoff;
+use crate::etcd::client::{describe, Conn, EtcdSettings};
+use crate::etcd::error::EtcdError;
+use crate::etcd::registry::{config_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError};
+
+/// flannel's lease TTL: 24 h.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How many list-and-create rounds [`SubnetManager::acquire`] makes before
+/// giving up (each lost race re-lists and picks another subnet).
+pub const MAX_ACQUIRE_ATTEMPTS: u32 = 16;
+/// A new subnet is picked at random among this many first free ones.
+const RANDOM_POOL: usize = 100;
+
+/// One key under `<prefix>/subnets/` as listed: its subnet (the key parsed)
+/// and its value (parsed, or why not).
+struct Entry {
+    key: String,
+    subnet: Ipv4Net,
+    lease: Result<Lease, RegistryError>,
+    mod_revision: i64,
+}
+
+/// The state of our own lease key, as read from etcd.
+enum Own {
+    /// The key holds our PublicIP; attached to this etcd lease (0: none).
+    Ours { etcd_lease: i64 },
+    /// The key is gone or belongs to someone else.
+    Lost(String),
+}
+
+/// Acquires, renews and releases this node's lease.
+pub struct SubnetManager {
+    conn: Conn,
+    lease_ttl: Duration,
+}
+
+impl SubnetManager {
+    /// Connects (see [`crate::etcd::connect`]); fails if etcd does not answer.
+    pub async fn new(s: EtcdSettings) -> Result<SubnetManager, EtcdError> {
+        let conn = Conn::connect(&s).await?;
+        Ok(SubnetManager {
+            conn,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        })
+    }
+
+    /// TTL of the etcd leases granted for new subnet leases (default 24 h).
+    /// etcd rounds tiny TTLs up to its minimum (about 2 s).
+    pub fn set_lease_ttl(&mut self, ttl: Duration) {
+        self.lease_ttl = ttl.max(Duration::from_secs(1));
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    pub fn settings(&self) -> &EtcdSettings {
+        &self.conn.settings
+    }
+
+    /// `<prefix>` as used in keys.
+    pub fn prefix(&self) -> String {
+        self.conn.settings.normalized_prefix()
+    }
+
+    /// The key of `subnet`'s lease.
+    pub fn lease_key(&self, subnet: Ipv4Net) -> String {
+        subnet_key(&self.conn.settings.prefix, subnet)
+    }
+
+    /// A handle on the underlying client (cheap clone).
+    pub fn client(&self) -> etcd_client::Client {
+        self.conn.client.clone()
+    }
+
+    /// Replaces the connection with a fresh one (the old one is kept if
+    /// connecting fails).
+    pub async fn reconnect(&mut self) -> Result<(), EtcdError> {
+        self.conn = Conn::connect(&self.conn.settings).await?;
+        Ok(())
+    }
+
+    /// Reads and validates `<prefix>/config`. Logs when vxlan is assumed
+    /// because the config has no Backend.
+    pub async fn network_config(&mut self) -> Result<NetworkConfig, EtcdError> {
+        let key = config_key(&self.conn.settings.prefix);
+        let resp = self
+            .conn
+            .run("read", &key, |mut c, k| async move { c.get(k, None).await })
+            .await?;
+        let kv = match resp.kvs().first() {
+            Some(kv) => kv,
+            None => return Err(EtcdError::ConfigMissing { key }),
+        };
+        let text = String::from_utf8_lossy(kv.value());
+        let cfg = NetworkConfig::parse(&text).map_err(|source| EtcdError::Config {
+            key: key.clone(),
+            source,
+        })?;
+        if cfg.backend_defaulted {
+            log::warn!(
+                "network config {key} names no Backend type: assuming vxlan (flannel's code would \
+                 pick udp, which this agent does not implement)"
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// Every lease under `<prefix>/subnets/` with a valid key and value (any
+    /// subnet length), with the revision of the read. One range request.
+    pub async fn list_leases(&mut self) -> Result<(Vec<Lease>, i64), EtcdError> {
+        let (entries, rev) = self.list_entries().await?;
+        Ok((entries.into_iter().filter_map(|e| e.lease.ok()).collect(), rev))
+    }
+
+    async fn list_entries(&self) -> Result<(Vec<Entry>, i64), EtcdError> {
+        let prefix = self.conn.settings.prefix.clone();
+        let dir = subnets_prefix(&prefix);
+        let resp = self
+            .conn
+            .run("list", &dir, |mut c, k| async move {
+                c.get(k, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let key = match kv.key_str() {
+                Ok(k) => k.to_string(),
+                Err(_) => continue,
+            };
+            let subnet = match crate::etcd::registry::parse_subnet_key(&prefix, &key) {
+                Some(s) => s,
+                None => {
+                    log::debug!("ignoring {key:?}: not a subnet lease key");
+                    continue;
+                }
+            };
+            let lease = Lease::from_kv(&prefix, &key, kv.value(), kv.lease());
+            out.push(Entry {
+                key,
+                subnet,
+                lease,
+                mod_revision: kv.mod_revision(),
+            });
+        }
+        Ok((out, rev))
+    }
+
+    /// The lease whose PublicIP is `public_ip`, if any (for reusing the
+    /// VtepMAC across restarts). Its expiration is filled in (one TimeToLive
+    /// RPC for this one lease).
+    pub async fn find_own_lease(&mut self, public_ip: Ipv4Addr) -> Result<Option<Lease>, EtcdError> {
+        let (entries, _) = self.list_entries().await?;
+        let mut found = entries
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .filter(|l| l.attrs.public_ip == public_ip);
+        let mut lease = match found.next() {
+            Some(l) => l,
+            None => return Ok(None),
+        };
+        if lease.etcd_lease != 0 {
+            let id = lease.etcd_lease;
+            let key = self.lease_key(lease.subnet);
+            let ttl = self
+                .conn
+                .run("lease time-to-live", &key, move |mut c, _| async move {
+                    c.lease_time_to_live(id, None).await
+                })
+                .await?
+                .ttl();
+            lease.expiration = (ttl > 0).then(|| SystemTime::now() + Duration::from_secs(ttl as u64));
+        }
+        Ok(Some(lease))
+    }
+
+    /// Acquires our lease (see the module docs for the order of preference).
+    /// A lost creation race re-lists and tries another subnet, up to
+    /// [`MAX_ACQUIRE_ATTEMPTS`] times.
+    pub async fn acquire(
+        &mut self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous_subnet: Option<Ipv4Net>,
+    ) -> Result<Lease, EtcdError> {
+        let mut granted: Option<(i64, i64)> = None;
+        let result = self.acquire_inner(cfg, attrs, previous_subnet, &mut granted).await;
+        if let Some((id, _)) = granted {
+            let used = matches!(&result, Ok(l) if l.etcd_lease == id);
+            if !used {
+                self.revoke_quietly(id).await;
+            }
+        }
+        result
+    }
+
+    async fn acquire_inner(
+        &mut self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous_subnet: Option<Ipv4Net>,
+        granted: &mut Option<(i64, i64)>,
+    ) -> Result<Lease, EtcdError> {
+        let value = attrs.to_json();
+        let mut preferred = previous_subnet;
+        for attempt in 1..=MAX_ACQUIRE_ATTEMPTS {
+            let (entries, _) = self.list_entries().await?;
+
+            // 1. A lease that already carries our PublicIP.
+            let mut reuse: Option<&Entry> = None;
+            for e in &entries {
+                let Ok(l) = &e.lease else { continue };
+                if l.attrs.public_ip != attrs.public_ip {
+                    continue;
+                }
+                if !cfg.is_compatible_subnet(l.subnet) {
+                    log::info!(
+                        "lease {} carries our PublicIP {} but does not fit the network config \
+                         (Network {}, /{} between {} and {}); deleting it",
+                        e.key,
+                        attrs.public_ip,
+                        cfg.network,
+                        cfg.subnet_len,
+                        cfg.subnet_min,
+                        cfg.subnet_max
+                    );
+                    self.delete_if_unchanged(&e.key, e.mod_revision).await?;
+                } else if reuse.is_none() {
+                    reuse = Some(e);
+                } else {
+                    log::warn!(
+                        "lease {} also carries our PublicIP {}; using {} and leaving it to expire",
+                        e.key,
+                        attrs.public_ip,
+                        reuse.map(|r| r.key.as_str()).unwrap_or("")
+                    );
+                }
+            }
+            if let Some(e) = reuse {
+                match self.reuse(e, attrs, &value).await? {
+                    Some(lease) => return Ok(lease),
+                    None => {
+                        preferred = Some(e.subnet);
+                        continue;
+                    }
+                }
+            }
+
+            // 2. The previous subnet, 3. a random free one.
+            let taken = Taken::new(entries.iter().map(|e| e.subnet));
+            let mut chosen = None;
+            if let Some(p) = preferred {
+                if !cfg.is_compatible_subnet(p) {
+                    log::warn!(
+                        "previous subnet {p} does not fit the network config (Network {}, /{} \
+                         between {} and {}); ignoring it",
+                        cfg.network,
+                        cfg.subnet_len,
+                        cfg.subnet_min,
+                        cfg.subnet_max
+                    );
+                    preferred = None;
+                } else if taken.overlaps(p) {
+                    log::info!("previous subnet {p} is leased by another node; picking another");
+                    preferred = None;
+                } else {
+                    chosen = Some(p);
+                }
+            }
+            let subnet = match chosen {
+                Some(s) => s,
+                None => {
+                    let free: Vec<Ipv4Net> = cfg
+                        .candidate_subnets()
+                        .filter(|s| !taken.overlaps(*s))
+                        .take(RANDOM_POOL)
+                        .collect();
+                    if free.is_empty() {
+                        return Err(EtcdError::OutOfSubnets {
+                            network: cfg.network,
+                            subnet_len: cfg.subnet_len,
+                            subnet_min: cfg.subnet_min,
+                            subnet_max: cfg.subnet_max,
+                            total: cfg.subnet_count(),
+                            subnets: subnets_prefix(&self.conn.settings.prefix),
+                        });
+                    }
+                    free[rand::rng().random_range(0..free.len())]
+                }
+            };
+
+            // Create: grant once (reused across attempts), then put-if-absent.
+            let (lease_id, ttl) = match *granted {
+                Some(g) => g,
+                None => {
+                    let g = self.grant().await?;
+                    *granted = Some(g);
+                    g
+                }
+            };
+            let key = self.lease_key(subnet);
+            if self.create(&key, &value, lease_id).await? {
+                log::info!(
+                    "acquired lease {key} for PublicIP {} (etcd lease {lease_id:x}, TTL {ttl} s)",
+                    attrs.public_ip
+                );
+                return Ok(Lease {
+                    subnet,
+                    attrs: attrs.clone(),
+                    etcd_lease: lease_id,
+                    expiration: Some(SystemTime::now() + Duration::from_secs(ttl.max(0) as u64)),
+                });
+            }
+            log::info!("subnet {subnet} was taken by another node meanwhile (attempt {attempt}); trying another");
+            if preferred == Some(subnet) {
+                preferred = None;
+            }
+        }
+        Err(EtcdError::TooManyConflicts {
+            attempts: MAX_ACQUIRE_ATTEMPTS,
+            subnets: subnets_prefix(&self.conn.settings.prefix),
+        })
+    }
+
+    /// Reuses an existing lease of ours: updates its value if our attributes
+    /// changed (keeping its etcd lease) and refreshes its TTL. `None` when it
+    /// changed or vanished meanwhile (the caller re-lists).
+    async fn reuse(&self, e: &Entry, attrs: &LeaseAttrs, value: &str) -> Result<Option<Lease>, EtcdError> {
+        let Ok(old) = &e.lease else { return Ok(None) };
+        let etcd_lease = old.etcd_lease;
+        if old.attrs != *attrs {
+            let mod_rev = e.mod_revision;
+            let val = value.to_string();
+            let put_opts = (etcd_lease != 0).then(|| PutOptions::new().with_lease(etcd_lease));
+            let r = self
+                .conn
+                .run("update", &e.key, move |mut c, k| {
+                    let txn = Txn::new()
+                        .when(vec![Compare::mod_revision(k.clone(), CompareOp::Equal, mod_rev)])
+                        .and_then(vec![TxnOp::put(k, val.clone(), put_opts.clone())]);
+                    async move { c.txn(txn).await }
+                })
+                .await;
+            match r {
+                Ok(resp) if resp.succeeded() => {
+                    log::info!("updated the attributes of our lease {}", e.key);
+                }
+                Ok(_) => return Ok(None),
+                Err(EtcdError::Request { ref source, .. }) if is_lease_not_found(source) => return Ok(None),
+                Err(err) => return Err(err),
+            }
+        }
+        let expiration = if etcd_lease != 0 {
+            match self.keep_alive_once(&e.key, etcd_lease).await? {
+                Some(ttl) => Some(SystemTime::now() + Duration::from_secs(ttl as u64)),
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+        log::info!(
+            "reusing lease {} (found with our PublicIP {}{})",
+            e.key,
+            attrs.public_ip,
+            if etcd_lease == 0 { ", a reservation" } else { "" }
+        );
+        Ok(Some(Lease {
+            subnet: e.subnet,
+            attrs: attrs.clone(),
+            etcd_lease,
+            expiration,
+        }))
+    }
+
+    /// Extends our lease to its full TTL again. [`EtcdError::LeaseLost`] when
+    /// the key was deleted, now carries another PublicIP, or its etcd lease
+    /// expired: the caller should acquire again.
+    pub async fn renew(&mut self, lease: &Lease) -> Result<Lease, EtcdError> {
+        let key = self.lease_key(lease.subnet);
+        let (own, _) = self.check_own(lease).await?;
+        let etcd_lease = match own {
+            Own::Lost(reason) => return Err(EtcdError::LeaseLost { key, reason }),
+            Own::Ours { etcd_lease } => etcd_lease,
+        };
+        if etcd_lease != lease.etcd_lease {
+            log::info!(
+                "our lease {key} is now attached to etcd lease {etcd_lease:x} (was {:x})",
+                lease.etcd_lease
+            );
+        }
+        if etcd_lease == 0 {
+            return Ok(Lease {
+                etcd_lease: 0,
+                expiration: None,
+                ..lease.clone()
+            });
+        }
+        match self.keep_alive_once(&key, etcd_lease).await? {
+            Some(ttl) => Ok(Lease {
+                etcd_lease,
+                expiration: Some(SystemTime::now() + Duration::from_secs(ttl as u64)),
+                ..lease.clone()
+            }),
+            None => Err(EtcdError::LeaseLost {
+                key,
+                reason: format!("its etcd lease {etcd_lease:x} expired"),
+            }),
+        }
+    }
+
+    /// Gives our lease up (`cleanup --release-lease`): deletes the key if it
+    /// is still ours and revokes its etcd lease.
+    pub async fn release(&mut self, lease: &Lease) -> Result<(), EtcdError> {
+        let key = self.lease_key(lease.subnet);
+        let resp = self
+            .conn
+            .run("read", &key, |mut c, k| async move { c.get(k, None).await })
+            .await?;
+        let mut ids: Vec<i64> = Vec::new();
+        if lease.etcd_lease != 0 {
+            ids.push(lease.etcd_lease);
+        }
+        if let Some(kv) = resp.kvs().first() {
+            let ours = LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value()))
+                .map(|a| a.public_ip == lease.attrs.public_ip)
+                .unwrap_or(false);
+            if ours {
+                if kv.lease() != 0 && !ids.contains(&kv.lease()) {
+                    ids.push(kv.lease());
+                }
+                self.delete_if_unchanged(&key, kv.mod_revision()).await?;
+                log::info!("released lease {key}");
+            } else {
+                log::warn!("lease {key} no longer carries our PublicIP {}; leaving it", lease.attrs.public_ip);
+                ids.retain(|id| *id != kv.lease());
+            }
+        }
+        for id in ids {
+            self.revoke_quietly(id).await;
+        }
+        Ok(())
+    }
+
+    // ---- helpers ----
+
+    /// Reads our key: is it still ours? Also returns the header revision.
+    async fn check_own(&self, lease: &Lease) -> Result<(Own, i64), EtcdError> {
+        let key = self.lease_key(lease.subnet);
+        let resp = self
+            .conn
+            .run("read", &key, |mut c, k| async move { c.get(k, None).await })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kv = match resp.kvs().first() {
+            None => return Ok((Own::Lost("the key was deleted".into()), rev)),
+            Some(kv) => kv,
+        };
+        match LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value())) {
+            Ok(a) if a.public_ip == lease.attrs.public_ip => Ok((Own::Ours { etcd_lease: kv.lease() }, rev)),
+            Ok(a) => Ok((Own::Lost(format!("the key now carries PublicIP {}", a.public_ip)), rev)),
+            Err(e) => Ok((Own::Lost(format!("the key now holds an invalid value ({e})")), rev)),
+        }
+    }
+
+    async fn grant(&self) -> Result<(i64, i64), EtcdError> {
+        let ttl = self.lease_ttl.as_secs() as i64;
+        let dir = subnets_prefix(&self.conn.settings.prefix);
+        let resp = self
+            .conn
+            .run("lease grant", &dir, move |mut c, _| async move { c.lease_grant(ttl, None).await })
+            .await?;
+        Ok((resp.id(), resp.ttl()))
+    }
+
+    /// Put-if-absent. `Ok(false)` when the key exists.
+    async fn create(&self, key: &str, value: &str, lease_id: i64) -> Result<bool, EtcdError> {
+        let val = value.to_string();
+        let resp = self
+            .conn
+            .run("create", key, move |mut c, k| {
+                let txn = Txn::new()
+                    .when(vec![Compare::version(k.clone(), CompareOp::Equal, 0)])
+                    .and_then(vec![TxnOp::put(
+                        k,
+                        val.clone(),
+                        Some(PutOptions::new().with_lease(lease_id)),
+                    )]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn delete_if_unchanged(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
+        let resp = self
+            .conn
+            .run("delete", key, move |mut c, k| {
+                let txn = Txn::new()
+                    .when(vec![Compare::mod_revision(k.clone(), CompareOp::Equal, mod_revision)])
+                    .and_then(vec![TxnOp::delete(k, None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    /// One keep-alive of `id`; its remaining TTL, or `None` if it is gone.
+    async fn keep_alive_once(&self, key: &str, id: i64) -> Result<Option<i64>, EtcdError> {
+        let alive = self
+            .conn
+            .run("lease keep-alive", key, move |mut c, _| async move {
+                match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_lease_not_found(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if !alive {
+            return Ok(None);
+        }
+        let ttl = self
+            .conn
+            .run("lease time-to-live", key, move |mut c, _| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await?
+            .ttl();
+        Ok((ttl > 0).then_some(ttl))
+    }
+
+    async fn revoke_quietly(&self, id: i64) {
+        let dir = subnets_prefix(&self.conn.settings.prefix);
+        if let Err(e) = self
+            .conn
+            .run("lease revoke", &dir, move |mut c, _| async move { c.lease_revoke(id).await })
+            .await
+        {
+            match &e {
+                EtcdError::Request { source, .. } if is_lease_not_found(source) => {}
+                _ => log::debug!("revoking etcd lease {id:x}: {e}"),
+            }
+        }
+    }
+
+    /// A watch on our key from `start_revision`, once etcd confirmed it.
+    async fn watch_key(&self, key: &str, start_revision: i64) -> Result<WatchStream, EtcdError> {
+        self.conn
+            .run_until("watch", key, Duration::from_secs(3), move |mut c, k| async move {
+                let mut ws = c
+                    .watch(k, Some(WatchOptions::new().with_start_revision(start_revision)))
+                    .await?;
+                match ws.message().await? {
+                    Some(r) if r.created() && !r.canceled() => Ok(ws),
+                    Some(r) => Err(etcd_client::Error::WatchError(format!(
+                        "watch not created: {}",
+                        r.cancel_reason()
+                    ))),
+                    None => Err(etcd_client::Error::WatchError("watch stream closed".into())),
+                }
+            })
+            .await
+    }
+}
+
+fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+        _ => false,
+    }
+}
+
+/// The subnets in use, for overlap checks: same-length ones hashed, the
+/// (rare) others scanned.
+struct Taken {
+    by_net: HashSet<Ipv4Net>,
+    all: Vec<Ipv4Net>,
+}
+
+impl Taken {
+    fn new(subnets: impl Iterator<Item = Ipv4Net>) -> Taken {
+        let all: Vec<Ipv4Net> = subnets.collect();
+        Taken {
+            by_net: all.iter().copied().collect(),
+            all,
+        }
+    }
+
+    fn overlaps(&self, sn: Ipv4Net) -> bool {
+        if self.by_net.contains(&sn) {
+            return true;
+        }
+        self.all
+            .iter()
+            .any(|t| t.contains(&sn.network()) || sn.contains(&t.network()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The lease keeper.
+
+/// Background task keeping our lease. Renews at expiry minus `renew_margin`
+/// (or halfway through when the TTL is shorter than the margin); when the key
+/// is deleted by someone, taken over, or its etcd lease expired, logs it and
+/// takes a lease back (the same subnet if still free, else a new one).
+/// Publishes the current lease: receivers are notified when the subnet,
+/// attributes or etcd lease change (not on plain renewals, which only update
+/// the expiration). The task ends when every receiver is dropped.
+pub fn spawn_lease_keeper(
+    mgr: SubnetManager,
+    cfg: NetworkConfig,
+    lease: Lease,
+    renew_margin: Duration,
+    attrs: LeaseAttrs,
+) -> watch::Receiver<Lease> {
+    let (tx, rx) = watch::channel(lease.clone());
+    tokio::spawn(Keeper { mgr, cfg, attrs, renew_margin, tx }.run(lease));
+    rx
+}
+
+struct Keeper {
+    mgr: SubnetManager,
+    cfg: NetworkConfig,
+    attrs: LeaseAttrs,
+    renew_margin: Duration,
+    tx: watch::Sender<Lease>,
+}
+
+impl Keeper {
+    async fn run(mut self, mut lease: Lease) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        'outer: loop {
+            if self.tx.is_closed() {
+                return;
+            }
+            let key = self.mgr.lease_key(lease.subnet);
+            // Read our key, then watch it from just after that read.
+            let (own, rev) = match self.mgr.check_own(&lease).await {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("checking our lease {key}: {e}");
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match own {
+                Own::Lost(reason) => {
+                    log::warn!("our lease {key} is lost: {reason}; taking a lease back");
+                    match self.reacquire(&lease).await {
+                        Some(l) => lease = l,
+                        None => return,
+                    }
+                    continue;
+                }
+                Own::Ours { etcd_lease } if etcd_lease != lease.etcd_lease => {
+                    lease.etcd_lease = etcd_lease;
+                    self.publish(&lease, true);
+                }
+                Own::Ours { .. } => {}
+            }
+            let mut ws = match self.mgr.watch_key(&key, rev + 1).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    log::warn!("watching our lease {key}: {e}");
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            let mut retry_at: Option<Instant> = None;
+            let mut renew_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            loop {
+                let renew_at = retry_at.or_else(|| renew_deadline(&lease, self.renew_margin));
+                tokio::select! {
+                    _ = self.tx.closed() => return,
+                    _ = sleep_until_opt(renew_at) => {
+                        match self.mgr.renew(&lease).await {
+                            Ok(l) => {
+                                log::debug!("renewed lease {key} (expires {:?})", l.expiration);
+                                let changed = l.etcd_lease != lease.etcd_lease;
+                                lease = l;
+                                self.publish(&lease, changed);
+                                retry_at = None;
+                                renew_backoff.reset();
+                            }
+                            Err(EtcdError::LeaseLost { reason, .. }) => {
+                                log::warn!("our lease {key} is lost: {reason}; taking a lease back");
+                                match self.reacquire(&lease).await {
+                                    Some(l) => lease = l,
+                                    None => return,
+                                }
+                                continue 'outer;
+                            }
+                            Err(e) => {
+                                let d = renew_backoff.next_delay();
+                                log::warn!("renewing lease {key} failed: {e}; retrying in {d:?}");
+                                retry_at = Some(Instant::now() + d);
+                            }
+                        }
+                    }
+                    msg = ws.message() => {
+                        let resp = match msg {
+                            Ok(Some(r)) => r,
+                            Ok(None) | Err(_) => {
+                                let why = match msg { Err(e) => describe(&e), _ => "closed".into() };
+                                log::info!("watch on our lease {key} broke ({why}); re-establishing");
+                                if !self.pause(&mut backoff).await {
+                                    return;
+                                }
+                                continue 'outer;
+                            }
+                        };
+                        if resp.canceled() {
+                            log::info!("watch on our lease {key} canceled ({}); re-establishing", resp.cancel_reason());
+                            continue 'outer;
+                        }
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            match ev.event_type() {
+                                EventType::Delete => {
+                                    log::warn!(
+                                        "our lease key {key} was deleted (by someone, or its etcd lease \
+                                         expired); taking a lease back"
+                                    );
+                                    match self.reacquire(&lease).await {
+                                        Some(l) => lease = l,
+                                        None => return,
+                                    }
+                                    continue 'outer;
+                                }
+                                EventType::Put => {
+                                    match LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value())) {
+                                        Ok(a) if a.public_ip == self.attrs.public_ip => {
+                                            if kv.lease() != lease.etcd_lease {
+                                                lease.etcd_lease = kv.lease();
+                                                self.publish(&lease, true);
+                                            }
+                                        }
+                                        other => {
+                                            let what = match other {
+                                                Ok(a) => format!("PublicIP {}", a.public_ip),
+                                                Err(e) => format!("an invalid value ({e})"),
+                                            };
+                                            log::warn!(
+                                                "our lease key {key} was overwritten with {what}; \
+                                                 taking another lease"
+                                            );
+                                            match self.reacquire(&lease).await {
+                                                Some(l) => lease = l,
+                                                None => return,
+                                            }
+                                            continue 'outer;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acquires until it works (backing off between failures); `None` when
+    /// every receiver is gone.
+    async fn reacquire(&mut self, old: &Lease) -> Option<Lease> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            if self.tx.is_closed() {
+                return None;
+            }
+            match self.mgr.acquire(&self.cfg, &self.attrs, Some(old.subnet)).await {
+                Ok(l) => {
+                    if l.subnet == old.subnet {
+                        log::info!("took lease {} back", self.mgr.lease_key(l.subnet));
+                    } else {
+                        log::warn!(
+                            "lease {} could not be taken back; now using {}",
+                            self.mgr.lease_key(old.subnet),
+                            self.mgr.lease_key(l.subnet)
+                        );
+                    }
+                    if old.etcd_lease != 0 && old.etcd_lease != l.etcd_lease {
+                        self.mgr.revoke_quietly(old.etcd_lease).await;
+                    }
+                    self.publish(&l, true);
+                    return Some(l);
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    log::error!("acquiring a lease failed: {e}; retrying in {d:?}");
+                    tokio::select! {
+                        _ = self.tx.closed() => return None,
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, lease: &Lease, notify: bool) {
+        let l = lease.clone();
+        self.tx.send_if_modified(|cur| {
+            let changed = notify || cur.subnet != l.subnet || cur.attrs != l.attrs || cur.etcd_lease != l.etcd_lease;
+            *cur = l;
+            changed
+        });
+    }
+
+    /// Sleeps one backoff step (and reconnects after a few); false when every
+    /// receiver is gone.
+    async fn pause(&mut self, backoff: &mut Backoff) -> bool {
+        let d = backoff.next_delay();
+        tokio::select! {
+            _ = self.tx.closed() => return false,
+            _ = tokio::time::sleep(d) => {}
+        }
+        true
+    }
+}
+
+/// When to renew: `expiration - margin`, or halfway through the remaining
+/// time when that is already past. `None` for reservations.
+fn renew_deadline(lease: &Lease, margin: Duration) -> Option<Instant> {
+    let exp = lease.expiration?;
+    if lease.etcd_lease == 0 {
+        return None;
+    }
+    let left = exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let wait = if left > margin { left - margin } else { left / 2 };
+    Some(Instant::now() + wait.max(Duration::from_millis(200)))
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_overlaps() {
+        let t = Taken::new(["10.0.1.0/24", "10.0.8.0/22"].iter().map(|s| s.parse().unwrap()));
+        assert!(t.overlaps("10.0.1.0/24".parse().unwrap()));
+        assert!(t.overlaps("10.0.9.0/24".parse().unwrap()));
+        assert!(t.overlaps("10.0.0.0/16".parse().unwrap()));
+        assert!(!t.overlaps("10.0.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn renew_deadline_uses_margin_or_half() {
+        let attrs = LeaseAttrs::host_gw(Ipv4Addr::LOCALHOST);
+        let mut l = Lease {
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            attrs,
+            etcd_lease: 1,
+            expiration: Some(SystemTime::now() + Duration::from_secs(3600)),
+        };
+        let d = renew_deadline(&l, Duration::from_secs(600)).unwrap() - Instant::now();
+        assert!(d > Duration::from_secs(2990) && d <= Duration::from_secs(3000), "{d:?}");
+        let d = renew_deadline(&l, Duration::from_secs(7200)).unwrap() - Instant::now();
+        assert!(d > Duration::from_secs(1790) && d <= Duration::from_secs(1800), "{d:?}");
+        l.etcd_lease = 0;
+        assert!(renew_deadline(&l, Duration::from_secs(1)).is_none());
+    }
+}
