@@ -1,0 +1,203 @@
+//! Choosing the uplink and the public IP the way flanneld does: `--iface`
+//! (names or addresses, first usable wins), `--iface-regex` (addresses
+//! first, then names), `--iface-can-reach`, else the interface of the
+//! default route; `--public-ip` overrides the advertised address.
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use regex::Regex;
+use rtnetlink::{
+    packet_route::route::{RouteAddress, RouteAttribute},
+    Handle, RouteMessageBuilder,
+};
+
+use super::netlink::{ipv4_addrs, links, req_err, IfAddr, Link, NetlinkError};
+
+#[derive(Clone, Debug, Default)]
+pub struct IfaceSelection {
+    pub iface: Vec<String>,
+    pub iface_regex: Vec<String>,
+    pub iface_can_reach: Option<Ipv4Addr>,
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+/// The interface VXLAN leaves by, and the address peers reach us at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    /// The interface's own IPv4 address (outer source of what we send).
+    pub iface_addr: Ipv4Addr,
+    pub prefix_len: u8,
+    /// What goes into our lease's PublicIP.
+    pub public_ip: Ipv4Addr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("--iface {0}: no such interface and no interface has that address")]
+    NoSuchInterface(String),
+    #[error("--iface {0}: the interface has no IPv4 address")]
+    NoAddress(String),
+    #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
+    BadRegex(String, regex::Error),
+    #[error("no interface matches --iface-regex {0:?}")]
+    NoRegexMatch(Vec<String>),
+    #[error("no route to --iface-can-reach {0}")]
+    CannotReach(Ipv4Addr),
+    #[error("no default route: choose the interface with --iface, --iface-regex or --iface-can-reach")]
+    NoDefaultRoute,
+    #[error("interface index {0} vanished while choosing the uplink")]
+    Vanished(u32),
+    #[error("none of --iface {} is usable: {}", .names.join(", "), .errors.join("; "))]
+    NoneUsable { names: Vec<String>, errors: Vec<String> },
+}
+
+pub async fn select_uplink(handle: &Handle, sel: &IfaceSelection) -> Result<Uplink, IfaceError> {
+    let links = links(handle).await?;
+    let addrs = ipv4_addrs(handle).await?;
+    let (link, addr) = if !sel.iface.is_empty() {
+        let mut errors = Vec::new();
+        let mut found = None;
+        for spec in &sel.iface {
+            match by_spec(&links, &addrs, spec) {
+                Ok(hit) => {
+                    found = Some(hit);
+                    break;
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match found {
+            Some(hit) => hit,
+            None if sel.iface.len() == 1 => return Err(by_spec(&links, &addrs, &sel.iface[0]).unwrap_err()),
+            None => return Err(IfaceError::NoneUsable { names: sel.iface.clone(), errors }),
+        }
+    } else if !sel.iface_regex.is_empty() {
+        by_regex(&links, &addrs, &sel.iface_regex)?
+    } else {
+        let index = match sel.iface_can_reach {
+            Some(dst) => route_oif(handle, dst).await?.ok_or(IfaceError::CannotReach(dst))?,
+            None => default_route_oif(handle).await?.ok_or(IfaceError::NoDefaultRoute)?,
+        };
+        let link = links.iter().find(|l| l.index == index).ok_or(IfaceError::Vanished(index))?;
+        let addr = first_addr(&addrs, index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+        (link.clone(), addr)
+    };
+    Ok(Uplink {
+        mac: link.mac.unwrap_or_default(),
+        name: link.name,
+        index: link.index,
+        mtu: link.mtu,
+        iface_addr: addr.addr,
+        prefix_len: addr.prefix_len,
+        public_ip: sel.public_ip.unwrap_or(addr.addr),
+    })
+}
+
+fn first_addr(addrs: &[IfAddr], index: u32) -> Option<IfAddr> {
+    addrs.iter().find(|a| a.index == index).copied()
+}
+
+/// `--iface` takes an interface name or one of its addresses.
+fn by_spec(links: &[Link], addrs: &[IfAddr], spec: &str) -> Result<(Link, IfAddr), IfaceError> {
+    if let Ok(ip) = spec.parse::<Ipv4Addr>() {
+        let addr = addrs.iter().find(|a| a.addr == ip).ok_or_else(|| IfaceError::NoSuchInterface(spec.into()))?;
+        let link = links.iter().find(|l| l.index == addr.index).ok_or(IfaceError::Vanished(addr.index))?;
+        return Ok((link.clone(), *addr));
+    }
+    let link = links.iter().find(|l| l.name == spec).ok_or_else(|| IfaceError::NoSuchInterface(spec.into()))?;
+    let addr = first_addr(addrs, link.index).ok_or_else(|| IfaceError::NoAddress(spec.into()))?;
+    Ok((link.clone(), addr))
+}
+
+/// Like flanneld: each regex is tried against every address, then against
+/// every interface name.
+fn by_regex(links: &[Link], addrs: &[IfAddr], patterns: &[String]) -> Result<(Link, IfAddr), IfaceError> {
+    for pattern in patterns {
+        let re = Regex::new(pattern).map_err(|e| IfaceError::BadRegex(pattern.clone(), e))?;
+        for addr in addrs {
+            if addr.addr.is_loopback() || !re.is_match(&addr.addr.to_string()) {
+                continue;
+            }
+            if let Some(link) = links.iter().find(|l| l.index == addr.index) {
+                return Ok((link.clone(), *addr));
+            }
+        }
+        for link in links {
+            if link.name == "lo" || !re.is_match(&link.name) {
+                continue;
+            }
+            if let Some(addr) = first_addr(addrs, link.index) {
+                return Ok((link.clone(), addr));
+            }
+        }
+    }
+    Err(IfaceError::NoRegexMatch(patterns.to_vec()))
+}
+
+/// `ip route get DST`: the output interface.
+async fn route_oif(handle: &Handle, dst: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).build();
+    let mut stream = handle.route().get(msg).execute();
+    while let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {dst}")))? {
+        if let Some(oif) = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        }) {
+            return Ok(Some(oif));
+        }
+    }
+    Ok(None)
+}
+
+/// The interface of the main table's default route with the lowest metric.
+async fn default_route_oif(handle: &Handle) -> Result<Option<u32>, NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let mut stream = handle.route().get(msg).execute();
+    let mut best: Option<(u32, u32)> = None;
+    while let Some(route) = stream.try_next().await.map_err(req_err("list routes"))? {
+        if route.header.destination_prefix_length != 0 || route.header.table != 254 {
+            continue;
+        }
+        let mut oif = None;
+        let mut metric = 0;
+        for a in &route.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Priority(p) => metric = *p,
+                _ => {}
+            }
+        }
+        if let Some(oif) = oif {
+            if best.is_none_or(|(_, m)| metric < m) {
+                best = Some((oif, metric));
+            }
+        }
+    }
+    Ok(best.map(|(oif, _)| oif))
+}
+
+/// Whether `peer` is on one of the uplink's own subnets (reachable without
+/// a router): flannel's test for DirectRouting.
+pub async fn on_link(handle: &Handle, uplink: &Uplink, peer: Ipv4Addr) -> Result<bool, NetlinkError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(peer, 32).build();
+    let mut stream = handle.route().get(msg).execute();
+    while let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {peer}")))? {
+        let mut oif = None;
+        let mut gateway = false;
+        for a in &route.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Gateway(RouteAddress::Inet(_)) => gateway = true,
+                _ => {}
+            }
+        }
+        return Ok(oif == Some(uplink.index) && !gateway);
+    }
+    Ok(false)
+}
