@@ -1,0 +1,335 @@
+//! Acquiring, reusing, renewing, releasing and keeping our own lease against
+//! a real etcd.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::Ipv4Net;
+use overlay_agent::config::NetworkConfig;
+use overlay_agent::etcd::{
+    spawn_lease_keeper, subnet_key, EtcdError, EtcdSettings, Lease, LeaseAttrs, SubnetManager,
+};
+use overlay_tests::etcd::Etcd;
+
+const PREFIX: &str = "/coreos.com/network";
+
+fn settings(etcd: &Etcd) -> EtcdSettings {
+    EtcdSettings::new(vec![etcd.endpoint()], PREFIX)
+}
+
+fn node(i: u8) -> LeaseAttrs {
+    LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 64, i), 1, [0x0e, 0, 0, 0, 0, i])
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+async fn setup(config: &str) -> (Etcd, SubnetManager, NetworkConfig) {
+    let etcd = Etcd::start().unwrap();
+    etcd.put(&format!("{PREFIX}/config"), config).unwrap();
+    let mut mgr = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let cfg = mgr.network_config().await.unwrap();
+    (etcd, mgr, cfg)
+}
+
+/// (remaining TTL, granted TTL) of an etcd lease, through the client.
+async fn ttl_of(mgr: &SubnetManager, id: i64) -> (i64, i64) {
+    let r = mgr.client().lease_time_to_live(id, None).await.unwrap();
+    (r.ttl(), r.granted_ttl())
+}
+
+/// Waits for `f` to hold, polling every 50 ms.
+async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn acquire_creates_the_key_with_a_24h_etcd_lease() {
+    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).await;
+    let attrs = node(3);
+    let lease = mgr.acquire(&cfg, &attrs, None).await.unwrap();
+    assert!(cfg.is_compatible_subnet(lease.subnet), "{}", lease.subnet);
+    // Random among the first 100 free subnets from SubnetMin.
+    let first = u32::from(cfg.subnet_min);
+    let idx = (u32::from(lease.subnet.addr()) - first) / 256;
+    assert!(idx < 100, "{} is not among the first 100 subnets", lease.subnet);
+
+    let key = subnet_key(PREFIX, lease.subnet);
+    assert_eq!(etcd.get(&key).unwrap().as_deref(), Some(attrs.to_json().as_str()));
+    assert_eq!(
+        attrs.to_json(),
+        r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}}"#
+    );
+    assert_ne!(lease.etcd_lease, 0);
+    let (ttl, granted) = ttl_of(&mgr, lease.etcd_lease).await;
+    assert_eq!(granted, 86400);
+    assert!(ttl > 86390, "{ttl}");
+    // etcdctl agrees the key is attached to that lease.
+    let out = etcd
+        .etcdctl(&["lease", "timetolive", &format!("{:x}", lease.etcd_lease), "--keys"])
+        .unwrap();
+    assert!(out.contains("granted with TTL(86400s)") && out.contains(&key), "{out}");
+    let exp = lease.expiration.unwrap().duration_since(SystemTime::now()).unwrap();
+    assert!(exp > Duration::from_secs(86300), "{exp:?}");
+}
+
+#[tokio::test]
+async fn restart_reuses_our_lease_by_public_ip() {
+    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.6.0.0/16"}"#).await;
+    let attrs = node(7);
+    let first = mgr.acquire(&cfg, &attrs, None).await.unwrap();
+    // Another node's lease must not be confused with ours.
+    let other = mgr.acquire(&cfg, &node(8), None).await.unwrap();
+    assert_ne!(other.subnet, first.subnet);
+
+    // "Restart": a fresh manager finds the lease (for the VtepMAC) and reuses it.
+    let mut mgr2 = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let found = mgr2.find_own_lease(attrs.public_ip).await.unwrap().expect("own lease");
+    assert_eq!(found.subnet, first.subnet);
+    assert_eq!(found.attrs.vtep_mac, attrs.vtep_mac);
+    assert_eq!(found.etcd_lease, first.etcd_lease);
+    assert!(found.expiration.is_some());
+    assert!(mgr2.find_own_lease(Ipv4Addr::new(1, 1, 1, 1)).await.unwrap().is_none());
+
+    // Even with another previous subnet, the PublicIP match wins.
+    let again = mgr2.acquire(&cfg, &found.attrs, Some(net("10.6.200.0/24"))).await.unwrap();
+    assert_eq!(again.subnet, first.subnet);
+    assert_eq!(again.etcd_lease, first.etcd_lease, "the etcd lease is kept");
+    assert_eq!(again.attrs.vtep_mac, attrs.vtep_mac);
+
+    // Changed attributes (new MAC): the value is updated, the etcd lease kept.
+    let mut changed = attrs.clone();
+    changed.vtep_mac = Some([0x0e, 1, 2, 3, 4, 5]);
+    let updated = mgr2.acquire(&cfg, &changed, None).await.unwrap();
+    assert_eq!(updated.subnet, first.subnet);
+    assert_eq!(updated.etcd_lease, first.etcd_lease);
+    let key = subnet_key(PREFIX, first.subnet);
+    assert_eq!(etcd.get(&key).unwrap().unwrap(), changed.to_json());
+    let (_, granted) = ttl_of(&mgr2, updated.etcd_lease).await;
+    assert_eq!(granted, 86400);
+    // Exactly two leases exist.
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn previous_subnet_is_used_when_free_and_ignored_when_taken() {
+    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.7.0.0/16"}"#).await;
+    let l = mgr.acquire(&cfg, &node(1), Some(net("10.7.77.0/24"))).await.unwrap();
+    assert_eq!(l.subnet, net("10.7.77.0/24"));
+
+    // Taken by node 1: node 2 gets another one.
+    let l2 = mgr.acquire(&cfg, &node(2), Some(net("10.7.77.0/24"))).await.unwrap();
+    assert_ne!(l2.subnet, net("10.7.77.0/24"));
+
+    // A key written by someone else (flannel) occupies its subnet too.
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.7.88.0-24"),
+        r#"{"PublicIP":"192.168.1.132","BackendType":"vxlan","BackendData":{"VtepMAC":"12:b9:d6:fb:f8:e3"}}"#,
+    )
+    .unwrap();
+    let l3 = mgr.acquire(&cfg, &node(3), Some(net("10.7.88.0/24"))).await.unwrap();
+    assert_ne!(l3.subnet, net("10.7.88.0/24"));
+
+    // Incompatible previous subnets are ignored: outside Network, wrong
+    // length, the never-handed-out first subnet.
+    for bad in ["10.8.1.0/24", "10.7.90.0/25", "10.7.0.0/24"] {
+        let l = mgr.acquire(&cfg, &node(10), Some(net(bad))).await.unwrap();
+        assert_ne!(l.subnet, net(bad));
+        assert!(cfg.is_compatible_subnet(l.subnet));
+        mgr.release(&l).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn subnet_min_max_are_respected_and_out_of_subnets_is_clear() {
+    let (etcd, mut mgr, cfg) = setup(
+        r#"{"Network":"10.9.0.0/16","SubnetMin":"10.9.10.0","SubnetMax":"10.9.12.0","Backend":{"Type":"host-gw"}}"#,
+    )
+    .await;
+    let mut got = HashSet::new();
+    for i in 1..=3 {
+        let l = mgr.acquire(&cfg, &LeaseAttrs::host_gw(Ipv4Addr::new(10, 0, 0, i)), None).await.unwrap();
+        got.insert(l.subnet);
+    }
+    let want: HashSet<Ipv4Net> = ["10.9.10.0/24", "10.9.11.0/24", "10.9.12.0/24"].iter().map(|s| net(s)).collect();
+    assert_eq!(got, want);
+    let e = mgr.acquire(&cfg, &LeaseAttrs::host_gw(Ipv4Addr::new(10, 0, 0, 4)), None).await.unwrap_err();
+    assert!(matches!(e, EtcdError::OutOfSubnets { .. }), "{e:?}");
+    let m = e.to_string();
+    for part in ["out of subnets", "10.9.0.0/16", "10.9.10.0", "10.9.12.0", "/coreos.com/network/subnets/"] {
+        assert!(m.contains(part), "{m:?} lacks {part:?}");
+    }
+    // A host-gw lease value has no BackendData.
+    assert_eq!(
+        etcd.get(&format!("{PREFIX}/subnets/10.9.10.0-24")).unwrap().map(|v| v.contains("BackendData")),
+        Some(false)
+    );
+}
+
+#[tokio::test]
+async fn tiny_network_runs_out() {
+    // A /28 gives /30 subnets; the first is never handed out: 3 usable.
+    let (_etcd, mut mgr, cfg) = setup(r#"{"Network":"10.10.0.0/28"}"#).await;
+    assert_eq!(cfg.subnet_len, 30);
+    let mut got = HashSet::new();
+    for i in 1..=3 {
+        got.insert(mgr.acquire(&cfg, &node(i), None).await.unwrap().subnet);
+    }
+    assert_eq!(got.len(), 3);
+    assert!(!got.contains(&net("10.10.0.0/30")));
+    let e = mgr.acquire(&cfg, &node(4), None).await.unwrap_err();
+    assert!(matches!(e, EtcdError::OutOfSubnets { total: 3, .. }), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_acquire_concurrently() {
+    // 31 subnets for 20 nodes: plenty of lost races, all retried.
+    let (etcd, _mgr, cfg) = setup(r#"{"Network":"10.11.0.0/19"}"#).await;
+    let mut tasks = Vec::new();
+    for i in 1..=20u8 {
+        let s = settings(&etcd);
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut m = SubnetManager::new(s).await?;
+            m.acquire(&cfg, &node(i), None).await
+        }));
+    }
+    let mut subnets = HashSet::new();
+    for t in tasks {
+        let l = t.await.unwrap().expect("every node gets a lease");
+        assert!(cfg.is_compatible_subnet(l.subnet));
+        assert!(subnets.insert(l.subnet), "{} handed out twice", l.subnet);
+    }
+    assert_eq!(subnets.len(), 20);
+    let kvs = etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap();
+    assert_eq!(kvs.len(), 20);
+    let ips: HashSet<Ipv4Addr> = kvs.iter().map(|(_, v)| LeaseAttrs::from_json(v).unwrap().public_ip).collect();
+    assert_eq!(ips.len(), 20, "each node's value landed in its own key");
+}
+
+#[tokio::test]
+async fn renew_extends_the_ttl() {
+    let (_etcd, mut mgr, cfg) = setup(r#"{"Network":"10.12.0.0/16"}"#).await;
+    mgr.set_lease_ttl(Duration::from_secs(20));
+    let lease = mgr.acquire(&cfg, &node(1), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (before, granted) = ttl_of(&mgr, lease.etcd_lease).await;
+    assert_eq!(granted, 20);
+    assert!(before <= 18, "{before}");
+    let renewed = mgr.renew(&lease).await.unwrap();
+    assert_eq!(renewed.subnet, lease.subnet);
+    assert_eq!(renewed.etcd_lease, lease.etcd_lease);
+    let (after, _) = ttl_of(&mgr, lease.etcd_lease).await;
+    assert!(after >= 19, "{after}");
+    assert!(renewed.expiration.unwrap() > lease.expiration.unwrap());
+}
+
+#[tokio::test]
+async fn renew_and_release_notice_a_lost_lease() {
+    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.13.0.0/16"}"#).await;
+    let lease = mgr.acquire(&cfg, &node(1), None).await.unwrap();
+    let key = subnet_key(PREFIX, lease.subnet);
+    etcd.delete(&key).unwrap();
+    let e = mgr.renew(&lease).await.unwrap_err();
+    assert!(matches!(e, EtcdError::LeaseLost { .. }), "{e:?}");
+    assert!(e.to_string().contains(&key));
+
+    // Taken over by another PublicIP.
+    let lease = mgr.acquire(&cfg, &node(2), None).await.unwrap();
+    let key = subnet_key(PREFIX, lease.subnet);
+    etcd.put(&key, &node(9).to_json()).unwrap();
+    let e = mgr.renew(&lease).await.unwrap_err();
+    assert!(e.to_string().contains("192.168.64.9"), "{e}");
+    // release leaves someone else's key alone.
+    mgr.release(&lease).await.unwrap();
+    assert!(etcd.get(&key).unwrap().is_some());
+
+    // release of our own lease: key gone, etcd lease revoked.
+    let lease = mgr.acquire(&cfg, &node(3), None).await.unwrap();
+    let key = subnet_key(PREFIX, lease.subnet);
+    mgr.release(&lease).await.unwrap();
+    assert!(etcd.get(&key).unwrap().is_none());
+    let (ttl, _) = ttl_of(&mgr, lease.etcd_lease).await;
+    assert_eq!(ttl, -1, "revoked");
+}
+
+#[tokio::test]
+async fn reservations_and_stale_own_leases() {
+    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.14.0.0/16","SubnetMin":"10.14.10.0"}"#).await;
+    // A reservation: put by an administrator without an etcd lease.
+    let key = format!("{PREFIX}/subnets/10.14.50.0-24");
+    etcd.put(&key, &node(5).to_json()).unwrap();
+    let l = mgr.acquire(&cfg, &node(5), None).await.unwrap();
+    assert_eq!(l.subnet, net("10.14.50.0/24"));
+    assert_eq!(l.etcd_lease, 0);
+    assert_eq!(l.expiration, None);
+    let r = mgr.renew(&l).await.unwrap();
+    assert_eq!(r.etcd_lease, 0);
+    assert!(etcd.get(&key).unwrap().is_some());
+
+    // A lease with our PublicIP that the config no longer allows (below
+    // SubnetMin) is deleted and a fitting one is taken.
+    let stale = format!("{PREFIX}/subnets/10.14.3.0-24");
+    etcd.put(&stale, &node(6).to_json()).unwrap();
+    let l = mgr.acquire(&cfg, &node(6), None).await.unwrap();
+    assert!(cfg.is_compatible_subnet(l.subnet));
+    assert!(etcd.get(&stale).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_takes_a_deleted_or_stolen_key_back_and_renews() {
+    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.15.0.0/16"}"#).await;
+    // A short TTL: with the 60 min default margin, renewals happen halfway.
+    mgr.set_lease_ttl(Duration::from_secs(3));
+    let attrs = node(1);
+    let lease = mgr.acquire(&cfg, &attrs, None).await.unwrap();
+    let key = subnet_key(PREFIX, lease.subnet);
+    let mut rx = spawn_lease_keeper(mgr, cfg.clone(), lease.clone(), Duration::from_secs(3600), attrs.clone());
+
+    // Renewals keep the key alive well past its TTL.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(etcd.get(&key).unwrap().as_deref(), Some(attrs.to_json().as_str()), "key survived 2x its TTL");
+
+    // Deleted by someone: taken back, same subnet (still free).
+    etcd.delete(&key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::timeout_at(deadline.into(), rx.changed()).await.expect("keeper reacts").unwrap();
+        if rx.borrow().etcd_lease != lease.etcd_lease {
+            break;
+        }
+    }
+    let now: Lease = rx.borrow().clone();
+    assert_eq!(now.subnet, lease.subnet);
+    assert_eq!(etcd.get(&key).unwrap().as_deref(), Some(attrs.to_json().as_str()));
+
+    // Overwritten by another node: we move to another subnet.
+    etcd.put(&key, &node(2).to_json()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::timeout_at(deadline.into(), rx.changed()).await.expect("keeper reacts").unwrap();
+        if rx.borrow().subnet != lease.subnet {
+            break;
+        }
+    }
+    let moved = rx.borrow().clone();
+    let new_key = subnet_key(PREFIX, moved.subnet);
+    assert_eq!(etcd.get(&new_key).unwrap().as_deref(), Some(attrs.to_json().as_str()));
+    assert_eq!(etcd.get(&key).unwrap().unwrap(), node(2).to_json(), "the other node's key is left alone");
+
+    // Still renewing the new lease.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(etcd.get(&new_key).unwrap().is_some());
+    drop(rx);
+    // With the receiver gone the keeper stops: the key then expires.
+    wait_for("the key to expire after the keeper stopped", Duration::from_secs(10), || {
+        etcd.get(&new_key).unwrap().is_none()
+    })
+    .await;
+}
