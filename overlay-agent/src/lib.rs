@@ -4,10 +4,15 @@
 //! Flow, one direction: etcd -> `etcd::watch` (typed lease events) -> `node`
 //! (decides) -> `datapath::maps` (whole entries) -> the BPF programs.
 
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod docker_opts;
 pub mod etcd;
+pub mod health;
 pub mod host;
+pub mod inspect;
+pub mod node;
+pub mod notify;
 pub mod subnet_env;

@@ -1,0 +1,49 @@
+//! `overlay-agent cleanup`: removes what the agent installed on this node
+//! (BPF programs and pins, the bridge's cluster route and address, the
+//! masquerade rules) and, with `--release-lease`, our lease in etcd.
+use anyhow::{Context, Result};
+
+use crate::{
+    cli::CleanupArgs,
+    datapath::loader::{pin_dir, uninstall},
+    etcd::SubnetManager,
+    host::{bridge, masq, netlink},
+    node::etcd_settings,
+    subnet_env::SubnetEnv,
+};
+
+pub async fn run(args: CleanupArgs) -> Result<()> {
+    let env = SubnetEnv::read(&args.subnet_file).ok();
+    if env.is_none() {
+        println!("no readable subnet file at {}: cluster route, address and masquerade rules are located by name only", args.subnet_file.display());
+    }
+    masq::remove_all().context("removing the masquerade rules")?;
+    println!("removed the FLANNEL-POSTRTG / FLANNEL-FWD rules (if present)");
+    let handle = netlink::connect()?;
+    bridge::remove_bridge_setup(&handle, &args.bridge, env.as_ref().map(|e| e.network))
+        .await
+        .with_context(|| format!("cleaning up bridge {}", args.bridge))?;
+    println!("removed the cluster route and our address from {} (the bridge itself is kept for its pods)", args.bridge);
+    if uninstall(&args.bpf_pin_dir)? {
+        println!("detached the BPF programs and removed {}", args.bpf_pin_dir.display());
+    } else {
+        println!("no BPF state at {}", pin_dir(&args.bpf_pin_dir).display());
+    }
+    if args.release_lease {
+        let env = env.context("--release-lease needs the subnet file to know which lease is ours")?;
+        let subnet = env.lease_subnet();
+        let mgr = SubnetManager::new(etcd_settings(&args.etcd)).await?;
+        let (leases, _) = mgr.list_leases().await?;
+        match leases.into_iter().find(|l| l.subnet == subnet) {
+            Some(lease) => {
+                mgr.release(&lease).await?;
+                println!("released lease {subnet}");
+            }
+            None => println!("lease {subnet} is not in etcd (already expired or released)"),
+        }
+        std::fs::remove_file(&args.subnet_file)
+            .with_context(|| format!("removing {}", args.subnet_file.display()))?;
+        println!("removed {}", args.subnet_file.display());
+    }
+    Ok(())
+}

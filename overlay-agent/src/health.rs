@@ -1,0 +1,150 @@
+//! `--healthz-ip/--healthz-port`: /healthz (the process is alive), /readyz
+//! (data path attached, lease held, subnet file written) and /metrics
+//! (Prometheus text format). A deliberately tiny HTTP/1.1 responder: three
+//! GET routes do not justify a web framework.
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use log::{debug, info};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{datapath::DatapathMaps, etcd::EtcdStatus, etcd::Lease};
+
+pub struct Health {
+    pub etcd: Arc<EtcdStatus>,
+    ready: AtomicBool,
+    peers: AtomicUsize,
+    lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
+    pin_dir: PathBuf,
+}
+
+impl Health {
+    pub fn new(pin_dir: PathBuf) -> Arc<Health> {
+        Arc::new(Health {
+            etcd: EtcdStatus::new(),
+            ready: AtomicBool::new(false),
+            peers: AtomicUsize::new(0),
+            lease: Mutex::new(None),
+            pin_dir,
+        })
+    }
+
+    pub fn datapath_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_peers(&self, n: usize) {
+        self.peers.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_lease(&self, lease: &Lease) {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some((lease.subnet, lease.expiration));
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.lease.lock().map(|l| l.is_some()).unwrap_or(false)
+    }
+
+    /// The Prometheus exposition.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        match DatapathMaps::open_pinned(&self.pin_dir).and_then(|m| m.stats()) {
+            Ok(stats) => {
+                out.push_str("# HELP overlay_packets_total Packets seen by the BPF data path, by outcome.\n");
+                out.push_str("# TYPE overlay_packets_total counter\n");
+                for (reason, c) in &stats.counters {
+                    let _ = writeln!(out, "overlay_packets_total{{reason=\"{}\"}} {}", reason.name(), c.packets);
+                }
+                out.push_str("# HELP overlay_bytes_total Bytes seen by the BPF data path, by outcome.\n");
+                out.push_str("# TYPE overlay_bytes_total counter\n");
+                for (reason, c) in &stats.counters {
+                    let _ = writeln!(out, "overlay_bytes_total{{reason=\"{}\"}} {}", reason.name(), c.bytes);
+                }
+                let drops: u64 = stats.counters.iter().filter(|(r, _)| r.is_drop()).map(|(_, c)| c.packets).sum();
+                out.push_str("# HELP overlay_dropped_packets_total All drops (sum of the drop_* reasons).\n");
+                out.push_str("# TYPE overlay_dropped_packets_total counter\n");
+                let _ = writeln!(out, "overlay_dropped_packets_total {drops}");
+            }
+            Err(e) => debug!("metrics: cannot read counters: {e}"),
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge(&mut out, "overlay_leases_known", "Remote subnets installed in the data path.", self.peers.load(Ordering::Relaxed).to_string());
+        gauge(&mut out, "overlay_etcd_connected", "1 while the lease watch is connected to etcd.", u8::from(self.etcd.is_connected()).to_string());
+        if let Some(t) = self.etcd.last_sync() {
+            gauge(&mut out, "overlay_etcd_last_sync_timestamp_seconds", "Last successful sync with etcd (Unix time).", unix(t));
+        }
+        if let Some((_, Some(exp))) = *self.lease.lock().unwrap_or_else(|p| p.into_inner()) {
+            gauge(&mut out, "overlay_lease_expiry_timestamp_seconds", "When our subnet lease expires unless renewed (Unix time).", unix(exp));
+        }
+        gauge(&mut out, "overlay_ready", "1 once the data path is attached, the lease held and the subnet file written.", u8::from(self.is_ready()).to_string());
+        out
+    }
+}
+
+fn unix(t: SystemTime) -> String {
+    format!("{:.3}", t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0))
+}
+
+/// Binds now (so a bad address fails the start) and serves in the background.
+pub async fn spawn(ip: IpAddr, port: u16, health: Arc<Health>) -> Result<()> {
+    let addr = SocketAddr::new(ip, port);
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the health server to {addr}"))?;
+    info!("serving /healthz, /readyz and /metrics on {addr}");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let health = health.clone();
+            tokio::spawn(async move {
+                let _ = serve(stream, &health).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn serve(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf[len..]))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let request = String::from_utf8_lossy(&buf[..len]);
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") if health.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+        ("GET", "/readyz") => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", health.metrics()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,454 @@
+//! The daemon: acquire our lease, set up the bridge and the data path, then
+//! follow etcd. Lease events become whole map entries through
+//! `datapath::maps`; nothing here parses etcd data or touches BPF directly.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use log::{debug, info, warn};
+use overlay_common::maps::{config_flags, LocalConfig, Mode};
+use rtnetlink::Handle;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    cli::RunArgs,
+    config::{BackendType, NetworkConfig},
+    datapath::{
+        endpoints,
+        loader::{pin_dir, Datapath, DatapathOptions, XdpGuard},
+        DatapathMaps, Peer,
+    },
+    etcd::{
+        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_with_status, EtcdError,
+        EtcdSettings, Lease, LeaseAttrs, LeaseEvent, SubnetManager,
+    },
+    health::{self, Health},
+    host::{
+        bridge::{self, BridgePlan},
+        iface::{self, IfaceSelection, Uplink},
+        masq::MasqRules,
+        netlink,
+    },
+    notify,
+    subnet_env::{self, SubnetEnv},
+};
+
+/// flannel's VXLAN overhead over an IPv4 underlay.
+const VXLAN_MTU_OVERHEAD: u32 = overlay_common::VXLAN_OVERHEAD as u32;
+const ENDPOINT_SYNC: Duration = Duration::from_secs(1);
+
+pub fn etcd_settings(etcd: &crate::cli::EtcdArgs) -> EtcdSettings {
+    EtcdSettings {
+        endpoints: etcd.endpoints.clone(),
+        prefix: etcd.prefix.clone(),
+        keyfile: etcd.keyfile.clone(),
+        certfile: etcd.certfile.clone(),
+        cafile: etcd.cafile.clone(),
+        username: etcd.username.clone(),
+        password: etcd.password.clone(),
+    }
+}
+
+fn iface_selection(args: &RunArgs) -> Result<IfaceSelection> {
+    let iface_can_reach = match args.iface_can_reach {
+        None => None,
+        Some(IpAddr::V4(v4)) => Some(v4),
+        Some(IpAddr::V6(v6)) => bail!("--iface-can-reach {v6}: only IPv4 underlays are supported"),
+    };
+    Ok(IfaceSelection {
+        iface: args.iface.clone(),
+        iface_regex: args.iface_regex.clone(),
+        iface_can_reach,
+        public_ip: args.public_ip,
+    })
+}
+
+/// Retries an etcd operation while etcd is unreachable (backing off up to
+/// 5 s, never spinning); any other error is returned at once.
+macro_rules! etcd_retry {
+    ($what:expr, $op:expr) => {{
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match $op.await {
+                Ok(v) => break Ok::<_, EtcdError>(v),
+                Err(e) if e.is_transient() => {
+                    warn!("{}: {e}; retrying in {delay:?}", $what);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// A locally administered, unicast MAC, like the kernel gives flannel.1.
+fn random_vtep_mac() -> [u8; 6] {
+    let mut mac: [u8; 6] = rand::random();
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let handle = netlink::connect()?;
+    let uplink = iface::select_uplink(&handle, &iface_selection(&args)?)
+        .await
+        .context("choosing the uplink interface")?;
+    info!(
+        "uplink {} ({}/{}, MTU {}), public IP {}",
+        uplink.name, uplink.iface_addr, uplink.prefix_len, uplink.mtu, uplink.public_ip
+    );
+
+    let settings = etcd_settings(&args.etcd);
+    let mgr = etcd_retry!("connecting to etcd", SubnetManager::new(settings.clone()))?;
+    let cfg = etcd_retry!("reading the network config", mgr.network_config())?;
+    if cfg.backend_defaulted {
+        warn!("the network config has no Backend type: assuming vxlan (flannel's documented default)");
+    }
+    let backend = cfg.backend.kind;
+    let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
+    let pod_mtu = match backend {
+        BackendType::Vxlan => underlay_mtu.checked_sub(VXLAN_MTU_OVERHEAD).context("uplink MTU below 50")?,
+        BackendType::HostGw => underlay_mtu,
+    };
+    info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
+
+    // Our VtepMAC survives restarts: from our lease in etcd, else from the
+    // pinned data path, else new.
+    let pins = pin_dir(&args.bpf_pin_dir);
+    let own = etcd_retry!("looking up our lease", mgr.find_own_lease(uplink.public_ip))?;
+    let pinned_mac = DatapathMaps::open_pinned(&pins)
+        .ok()
+        .and_then(|m| m.config().ok().flatten())
+        .map(|c| c.vtep_mac)
+        .filter(|mac| *mac != [0; 6]);
+    let vtep_mac = own
+        .as_ref()
+        .and_then(|l| l.attrs.vtep_mac)
+        .or(pinned_mac)
+        .unwrap_or_else(random_vtep_mac);
+    let attrs = match backend {
+        BackendType::Vxlan => LeaseAttrs::vxlan(uplink.public_ip, cfg.backend.vni, vtep_mac),
+        BackendType::HostGw => LeaseAttrs::host_gw(uplink.public_ip),
+    };
+    let previous = subnet_env::read_previous_lease(&args.subnet_file);
+    let lease = etcd_retry!("acquiring a subnet lease", mgr.acquire(&cfg, &attrs, previous))?;
+    info!("lease {} (VtepMAC {})", lease.subnet, format_mac(&vtep_mac));
+
+    for name in bridge::remove_flannel_devices(&handle).await? {
+        info!("removed {name}");
+    }
+    let plan = bridge_plan(&args, &cfg, lease.subnet, pod_mtu, vtep_mac);
+    let bridge_info = bridge::ensure_bridge(&handle, &plan).await.context("setting up the bridge")?;
+    bridge::ensure_sysctls(&uplink.name)?;
+
+    let datapath = Datapath::install(&DatapathOptions {
+        pin_root: args.bpf_pin_dir.clone(),
+        uplink: uplink.name.clone(),
+        bridge: args.bridge.clone(),
+        xdp_guard: if args.xdp_guard { XdpGuard::Native } else { XdpGuard::Off },
+    })
+    .context("installing the BPF data path")?;
+
+    let health = Health::new(pins.clone());
+    if args.healthz_port != 0 {
+        health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
+    }
+    let status = health.etcd.clone();
+
+    let mut node = Node {
+        handle,
+        uplink,
+        cfg: cfg.clone(),
+        maps: datapath.maps,
+        bridge_index: bridge_info.index,
+        bridge_mac: bridge_info.mac,
+        vtep_mac,
+        underlay_mtu,
+        pod_mtu,
+        own: lease.clone(),
+        peers: BTreeMap::new(),
+        skipped: HashMap::new(),
+        masq: None,
+        args: args.clone(),
+        health: health.clone(),
+    };
+    node.apply_own_lease(true).await?;
+
+    let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60);
+    let own_rx = spawn_lease_keeper(mgr, cfg.clone(), lease, renew_margin, attrs);
+    let events = spawn_lease_watch_with_status(settings, cfg, status);
+    health.set_lease(&node.own);
+    health.datapath_ready();
+    notify::ready();
+    info!("ready");
+    node.run(events, own_rx).await
+}
+
+fn bridge_plan(args: &RunArgs, cfg: &NetworkConfig, subnet: Ipv4Net, mtu: u32, vtep_mac: [u8; 6]) -> BridgePlan {
+    BridgePlan {
+        name: args.bridge.clone(),
+        address: subnet_env::first_usable(subnet),
+        mtu,
+        cluster: cfg.network,
+        vtep_mac,
+    }
+}
+
+struct Node {
+    handle: Handle,
+    uplink: Uplink,
+    cfg: NetworkConfig,
+    maps: DatapathMaps,
+    bridge_index: u32,
+    bridge_mac: [u8; 6],
+    vtep_mac: [u8; 6],
+    underlay_mtu: u32,
+    pod_mtu: u32,
+    own: Lease,
+    /// What we installed, by subnet.
+    peers: BTreeMap<Ipv4Net, Peer>,
+    /// Leases we refused, with why (to warn once per change, not per resync).
+    skipped: HashMap<Ipv4Net, String>,
+    masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
+    args: RunArgs,
+    health: Arc<Health>,
+}
+
+impl Node {
+    async fn run(mut self, mut events: mpsc::Receiver<LeaseEvent>, mut own: watch::Receiver<Lease>) -> Result<()> {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut endpoint_tick = tokio::time::interval(ENDPOINT_SYNC);
+        endpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.peers = self.maps.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.apply_event(ev).await,
+                    None => bail!("the lease watch stopped"),
+                },
+                changed = own.changed() => {
+                    if changed.is_err() {
+                        bail!("the lease keeper stopped");
+                    }
+                    let lease = own.borrow_and_update().clone();
+                    if lease.subnet != self.own.subnet {
+                        warn!("our lease moved from {} to {}", self.own.subnet, lease.subnet);
+                        self.own = lease;
+                        if let Err(e) = self.apply_own_lease(false).await {
+                            warn!("applying the new lease: {e:#}");
+                        }
+                    } else {
+                        self.own = lease;
+                    }
+                    self.health.set_lease(&self.own);
+                }
+                _ = endpoint_tick.tick() => self.sync_endpoints().await,
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        info!("exiting: the data path, its pins and our lease stay in place for the next start");
+        Ok(())
+    }
+
+    /// Config map, bridge address, subnet file and masquerading for our
+    /// (possibly new) lease.
+    async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
+        let subnet = self.own.subnet;
+        self.maps.set_config(&LocalConfig {
+            public_ip: self.uplink.public_ip.octets(),
+            cluster_net: self.cfg.network.network().octets(),
+            local_subnet: subnet.network().octets(),
+            vni: self.cfg.backend.vni,
+            uplink_ifindex: self.uplink.index,
+            bridge_ifindex: self.bridge_index,
+            uplink_mtu: self.underlay_mtu,
+            port: self.cfg.backend.port,
+            cluster_prefix_len: self.cfg.network.prefix_len(),
+            local_prefix_len: subnet.prefix_len(),
+            vtep_mac: self.vtep_mac,
+            bridge_mac: self.bridge_mac,
+            flags: config_flags::READY,
+        })?;
+        if !first {
+            let plan = bridge_plan(&self.args, &self.cfg, subnet, self.pod_mtu, self.vtep_mac);
+            bridge::ensure_bridge(&self.handle, &plan).await?;
+            // A peer entry for what is now our own subnet must go.
+            if self.peers.contains_key(&subnet) {
+                self.remove_peer(subnet);
+            }
+        }
+        let env = SubnetEnv::from_lease(self.cfg.network, subnet, self.pod_mtu, self.args.ip_masq);
+        env.write_atomic(&self.args.subnet_file)
+            .with_context(|| format!("writing {}", self.args.subnet_file.display()))?;
+        info!("wrote {}", self.args.subnet_file.display());
+        if self.args.ip_masq {
+            if let Some((old, task)) = self.masq.take() {
+                task.abort();
+                if let Err(e) = old.remove() {
+                    warn!("removing the old masquerade rules: {e:#}");
+                }
+            }
+            let rules = MasqRules::new(
+                self.cfg.network,
+                subnet,
+                !self.args.ip_masq_fully_random_disable,
+                self.args.iptables_forward_rules,
+            );
+            rules.ensure().context("installing the masquerade rules")?;
+            let task = rules.clone().spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
+            self.masq = Some((rules, task));
+        }
+        Ok(())
+    }
+
+    async fn apply_event(&mut self, ev: LeaseEvent) {
+        match ev {
+            LeaseEvent::Snapshot(leases) => {
+                let mut wanted = BTreeMap::new();
+                for lease in &leases {
+                    if let Some(peer) = self.peer_for(lease).await {
+                        wanted.insert(peer.subnet, peer);
+                    }
+                }
+                let stale: Vec<Ipv4Net> = self.peers.keys().filter(|s| !wanted.contains_key(s)).copied().collect();
+                for subnet in stale {
+                    self.remove_peer(subnet);
+                }
+                for (_, peer) in wanted {
+                    self.upsert_peer(peer);
+                }
+                self.skipped.retain(|s, _| leases.iter().any(|l| l.subnet == *s));
+                self.health.set_peers(self.peers.len());
+                debug!("resynced: {} peers from {} leases", self.peers.len(), leases.len());
+            }
+            LeaseEvent::Added(lease) => {
+                match self.peer_for(&lease).await {
+                    Some(peer) => self.upsert_peer(peer),
+                    // A lease that turned invalid no longer routes anywhere.
+                    None if self.peers.contains_key(&lease.subnet) => self.remove_peer(lease.subnet),
+                    None => {}
+                }
+                self.health.set_peers(self.peers.len());
+            }
+            LeaseEvent::Removed(subnet) => {
+                self.skipped.remove(&subnet);
+                if self.peers.contains_key(&subnet) {
+                    self.remove_peer(subnet);
+                }
+                self.health.set_peers(self.peers.len());
+            }
+        }
+    }
+
+    /// The data path entry for a lease, or None (with a warning naming the
+    /// lease) when it must not be installed.
+    async fn peer_for(&mut self, lease: &Lease) -> Option<Peer> {
+        if lease.subnet == self.own.subnet {
+            return None;
+        }
+        let backend = self.cfg.backend.kind.as_str();
+        let problem = if lease.subnet.contains(&self.own.subnet) || self.own.subnet.contains(&lease.subnet) {
+            Some(format!("overlaps our lease {}", self.own.subnet))
+        } else if lease.attrs.public_ip == self.uplink.public_ip {
+            Some(format!("claims our PublicIP {}", self.uplink.public_ip))
+        } else if lease.attrs.backend_type != backend {
+            Some(format!("backend type {:?}, this network is {backend}", lease.attrs.backend_type))
+        } else if self.cfg.backend.kind == BackendType::Vxlan && lease.attrs.vtep_mac.is_none() {
+            Some("vxlan lease without a VtepMAC".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            if self.skipped.get(&lease.subnet) != Some(&problem) {
+                warn!("ignoring lease {} from {}: {problem}", lease.subnet, lease.attrs.public_ip);
+                self.skipped.insert(lease.subnet, problem);
+            }
+            return None;
+        }
+        self.skipped.remove(&lease.subnet);
+        let mode = match self.cfg.backend.kind {
+            BackendType::HostGw => Mode::Direct,
+            BackendType::Vxlan if self.cfg.backend.direct_routing => {
+                match iface::on_link(&self.handle, &self.uplink, lease.attrs.public_ip).await {
+                    Ok(true) => Mode::Direct,
+                    Ok(false) => Mode::Vxlan,
+                    Err(e) => {
+                        warn!("cannot tell whether {} is on-link ({e}); using VXLAN", lease.attrs.public_ip);
+                        Mode::Vxlan
+                    }
+                }
+            }
+            BackendType::Vxlan => Mode::Vxlan,
+        };
+        Some(Peer {
+            subnet: lease.subnet,
+            public_ip: lease.attrs.public_ip,
+            vtep_mac: lease.attrs.vtep_mac.unwrap_or([0; 6]),
+            mode,
+        })
+    }
+
+    fn upsert_peer(&mut self, peer: Peer) {
+        if self.peers.get(&peer.subnet) == Some(&peer) {
+            return;
+        }
+        match self.maps.upsert_peer(&peer) {
+            Ok(()) => {
+                let verb = if self.peers.contains_key(&peer.subnet) { "changed" } else { "added" };
+                info!(
+                    "peer {verb}: {} via {} ({}, VtepMAC {})",
+                    peer.subnet,
+                    peer.public_ip,
+                    mode_name(peer.mode),
+                    format_mac(&peer.vtep_mac)
+                );
+                self.peers.insert(peer.subnet, peer);
+            }
+            Err(e) => warn!("installing peer {}: {e}", peer.subnet),
+        }
+    }
+
+    fn remove_peer(&mut self, subnet: Ipv4Net) {
+        match self.maps.remove_peer(subnet) {
+            Ok(()) => {
+                if let Some(p) = self.peers.remove(&subnet) {
+                    info!("peer removed: {} (was via {})", subnet, p.public_ip);
+                }
+            }
+            Err(e) => warn!("removing peer {subnet}: {e}"),
+        }
+    }
+
+    async fn sync_endpoints(&mut self) {
+        let found = match endpoints::discover(&self.handle, self.bridge_index, self.own.subnet).await {
+            Ok(found) => found,
+            Err(e) => {
+                warn!("reading pod endpoints: {e}");
+                return;
+            }
+        };
+        match endpoints::reconcile(&mut self.maps, &found) {
+            Ok((0, 0)) => {}
+            Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
+            Err(e) => warn!("updating the endpoint map: {e}"),
+        }
+    }
+}
+
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Vxlan => "vxlan",
+        Mode::Direct => "direct",
+    }
+}
