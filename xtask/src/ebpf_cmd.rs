@@ -12,17 +12,7 @@ pub const EBPF_OBJECT: &str = "target/ebpf/bpfel-unknown-none/release/overlay";
 pub fn ebpf_build_command(workspace_root: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new("rustup");
     cmd.current_dir(workspace_root.join("overlay-ebpf"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        let inherited = (key.starts_with("CARGO") && key != "CARGO_HOME")
-            || key.starts_with("RUSTC")
-            || key.starts_with("RUSTFLAGS")
-            || key.starts_with("RUSTDOC")
-            || key == "RUSTUP_TOOLCHAIN";
-        if inherited {
-            cmd.env_remove(&key);
-        }
-    }
+    remove_outer_cargo_env(&mut cmd);
     cmd.env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     cmd.args([
         "run",
@@ -38,4 +28,30 @@ pub fn ebpf_build_command(workspace_root: &std::path::Path) -> std::process::Com
     ]);
     cmd.arg(workspace_root.join(EBPF_TARGET_DIR));
     cmd
+}
+
+/// Removes what an outer cargo (or `cargo run`) puts in the environment, so a
+/// nested cargo starts clean: CARGO_*, RUSTC*, RUSTFLAGS*, RUSTDOC* and
+/// RUSTUP_TOOLCHAIN. Kept: CARGO_HOME and the user's network and registry
+/// settings (CARGO_NET_*, CARGO_HTTP_*, CARGO_REGISTRIES_*, CARGO_REGISTRY_*),
+/// which the nested cargo needs to fetch crates the same way.
+pub fn remove_outer_cargo_env(cmd: &mut std::process::Command) {
+    const KEPT: [&str; 5] = [
+        "CARGO_HOME",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+    ];
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let inherited = (key.starts_with("CARGO") && !KEPT.iter().any(|k| key.starts_with(k)))
+            || key.starts_with("RUSTC")
+            || key.starts_with("RUSTFLAGS")
+            || key.starts_with("RUSTDOC")
+            || key == "RUSTUP_TOOLCHAIN";
+        if inherited {
+            cmd.env_remove(&key);
+        }
+    }
 }
