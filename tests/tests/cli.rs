@@ -880,3 +880,69 @@ fn cleanup_and_inspect() {
     assert!(parse_from_env(argv(&["--ip-masq", "cleanup"]), no_env).is_err());
     assert!(parse_from_env(argv(&["inspect", "--ip-masq"]), no_env).is_err());
 }
+
+/// The built binary, if `cargo build -p overlay-agent` has produced one that
+/// is newer than cli.rs (cargo does not build another package's binary for
+/// this test crate, and running cargo from inside a test can deadlock on the
+/// build lock).
+fn fresh_binary() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug/overlay-agent");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok()?;
+    let src = std::fs::metadata(root.join("overlay-agent/src/cli.rs"))
+        .and_then(|m| m.modified())
+        .ok()?;
+    (built >= src).then_some(bin)
+}
+
+#[test]
+fn binary_print_config_with_env() {
+    let Some(bin) = fresh_binary() else {
+        eprintln!(
+            "skipped: no up-to-date target/debug/overlay-agent (run cargo build -p overlay-agent)"
+        );
+        return;
+    };
+    let out = std::process::Command::new(&bin)
+        .args([
+            "--print-config",
+            "--iface=eth1",
+            "-etcd-endpoints=http://172.31.0.3:2379",
+        ])
+        .env("FLANNELD_ETCD_PREFIX", "/flannel/network")
+        .env("FLANNELD_ETCD_ENDPOINTS", "http://ignored:2379")
+        .env("FLANNELD_IP_MASQ", "true")
+        .env("FLANNELD_IPTABLES_RESYNC", "7")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["etcd-endpoints"],
+        serde_json::json!(["http://172.31.0.3:2379"])
+    );
+    assert_eq!(json["etcd-prefix"], "/flannel/network");
+    assert_eq!(json["ip-masq"], true);
+    assert_eq!(json["iptables-resync"], 7);
+    assert_eq!(json["iface"], serde_json::json!(["eth1"]));
+
+    let out = std::process::Command::new(&bin)
+        .arg("--kube-subnet-mgr")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"));
+    let out = std::process::Command::new(&bin)
+        .arg("--subnet-lease-renew-margin=1440")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 1 and 1439"));
+}

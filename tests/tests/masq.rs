@@ -319,6 +319,23 @@ fn options_change_the_rules() {
 }
 
 #[test]
+fn forward_rules_without_masquerading() {
+    // flanneld's default: no --ip-masq, --iptables-forward-rules=true
+    let tb = Testbed::new(1).unwrap();
+    let ns = tb.host(0).ns();
+    let m = rules(ns, "10.42.0.0/16", "10.42.3.0/24", true, true).with_masq(false);
+    m.ensure().unwrap();
+    let want: Vec<String> = expected()
+        .into_iter()
+        .filter(|l| l.starts_with("filter "))
+        .collect();
+    assert_eq!(ours(ns), want);
+    assert_eq!(m.ensure().unwrap(), Vec::<String>::new());
+    m.remove().unwrap();
+    assert_eq!(ours(ns), Vec::<String>::new());
+}
+
+#[test]
 fn remove_leaves_nothing_and_is_idempotent() {
     let tb = Testbed::new(1).unwrap();
     let ns = tb.host(0).ns();

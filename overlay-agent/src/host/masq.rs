@@ -139,6 +139,8 @@ pub struct MasqRules {
     pod_subnet: Ipv4Net,
     fully_random: bool,
     forward: bool,
+    /// the nat rules (off for a forward-rules-only instance)
+    masq: bool,
     iptables: Vec<String>,
     random_fully_supported: Arc<OnceLock<bool>>,
     /// set when `iptables -S` prints our rules differently from
@@ -166,7 +168,18 @@ impl MasqRules {
             iptables: vec!["iptables".to_owned()],
             random_fully_supported: Arc::new(OnceLock::new()),
             listing_unreliable: Arc::new(AtomicBool::new(false)),
+            masq: true,
         }
+    }
+
+    /// `false`: manage only the FORWARD rules, not the nat ones. flanneld
+    /// installs the FORWARD rules whenever --iptables-forward-rules is on
+    /// (its default), with or without --ip-masq, so the daemon wants
+    /// `MasqRules::new(net, lease, fully_random, forward).with_masq(ip_masq)`
+    /// whenever `ip_masq || iptables_forward_rules`.
+    pub fn with_masq(mut self, masq: bool) -> MasqRules {
+        self.masq = masq;
+        self
     }
 
     /// Run iptables through this argv instead of plain `iptables`, e.g.
@@ -220,7 +233,8 @@ impl MasqRules {
                 .collect()
         };
         let nat = "nat";
-        let mut groups = vec![Group {
+        let mut groups = Vec::new();
+        groups.push(Group {
             table: nat,
             parent: "POSTROUTING",
             chain: MASQ_CHAIN,
@@ -327,7 +341,10 @@ impl MasqRules {
                     ]),
                 },
             ],
-        }];
+        });
+        if !self.masq {
+            groups.clear();
+        }
         if self.forward {
             let f = FORWARD_COMMENT;
             let filter = "filter";
