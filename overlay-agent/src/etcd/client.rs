@@ -15,7 +15,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions};
 
 use crate::etcd::backoff::Backoff;
 use crate::etcd::error::EtcdError;
@@ -29,6 +29,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// TCP connect timeout per endpoint.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest list page / watch response we accept (tonic's default is 4 MiB; a
+/// watch catching up from history gets up to 1000 revisions in one message).
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
+/// Keys per list request: one request for any ordinary cluster, pages at one
+/// revision beyond that.
+const LIST_PAGE: i64 = 1000;
 
 /// flanneld's `--etcd-*` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,6 +306,59 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Every key under `dir` (a prefix) as of one revision, and that revision.
+    /// One range request unless there are more than [`LIST_PAGE`] keys.
+    pub(crate) async fn list_prefix(&self, dir: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        let end = prefix_end(dir.as_bytes());
+        let mut out = Vec::new();
+        let mut rev = 0i64;
+        let mut start = dir.as_bytes().to_vec();
+        loop {
+            let (s, e) = (start.clone(), end.clone());
+            let mut resp = self
+                .run("list", dir, move |c, _| {
+                    let mut opts = GetOptions::new().with_range(e.clone()).with_limit(LIST_PAGE);
+                    if rev != 0 {
+                        opts = opts.with_revision(rev);
+                    }
+                    let mut kv = c.kv_client().max_decoding_message_size(MAX_MESSAGE);
+                    let key = s.clone();
+                    async move { kv.get(key, Some(opts)).await }
+                })
+                .await?;
+            if rev == 0 {
+                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => {
+                    out.extend(kvs);
+                    return Ok((out, rev));
+                }
+            }
+            out.extend(kvs);
+        }
+    }
+}
+
+/// The end of the key range of everything starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn connect_options(s: &EtcdSettings) -> Result<ConnectOptions, EtcdError> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(DIAL_TIMEOUT)
@@ -428,6 +487,13 @@ pub(crate) fn describe(e: &etcd_client::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/a/subnets/"), b"/a/subnets0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
 
     #[test]
     fn tls_rule_and_endpoints() {

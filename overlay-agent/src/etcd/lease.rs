@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use ipnet::Ipv4Net;
 use rand::Rng;
 use tokio::sync::watch;
@@ -108,7 +108,7 @@ impl SubnetManager {
 
     /// Reads and validates `<prefix>/config`. Logs when vxlan is assumed
     /// because the config has no Backend.
-    pub async fn network_config(&mut self) -> Result<NetworkConfig, EtcdError> {
+    pub async fn network_config(&self) -> Result<NetworkConfig, EtcdError> {
         let key = config_key(&self.conn.settings.prefix);
         let resp = self
             .conn
@@ -134,7 +134,7 @@ impl SubnetManager {
 
     /// Every lease under `<prefix>/subnets/` with a valid key and value (any
     /// subnet length), with the revision of the read. One range request.
-    pub async fn list_leases(&mut self) -> Result<(Vec<Lease>, i64), EtcdError> {
+    pub async fn list_leases(&self) -> Result<(Vec<Lease>, i64), EtcdError> {
         let (entries, rev) = self.list_entries().await?;
         Ok((entries.into_iter().filter_map(|e| e.lease.ok()).collect(), rev))
     }
@@ -142,15 +142,9 @@ impl SubnetManager {
     async fn list_entries(&self) -> Result<(Vec<Entry>, i64), EtcdError> {
         let prefix = self.conn.settings.prefix.clone();
         let dir = subnets_prefix(&prefix);
-        let resp = self
-            .conn
-            .run("list", &dir, |mut c, k| async move {
-                c.get(k, Some(GetOptions::new().with_prefix())).await
-            })
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
+        let (kvs, rev) = self.conn.list_prefix(&dir).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
             let key = match kv.key_str() {
                 Ok(k) => k.to_string(),
                 Err(_) => continue,
@@ -176,7 +170,7 @@ impl SubnetManager {
     /// The lease whose PublicIP is `public_ip`, if any (for reusing the
     /// VtepMAC across restarts). Its expiration is filled in (one TimeToLive
     /// RPC for this one lease).
-    pub async fn find_own_lease(&mut self, public_ip: Ipv4Addr) -> Result<Option<Lease>, EtcdError> {
+    pub async fn find_own_lease(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, EtcdError> {
         let (entries, _) = self.list_entries().await?;
         let mut found = entries
             .into_iter()
@@ -205,7 +199,7 @@ impl SubnetManager {
     /// A lost creation race re-lists and tries another subnet, up to
     /// [`MAX_ACQUIRE_ATTEMPTS`] times.
     pub async fn acquire(
-        &mut self,
+        &self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
         previous_subnet: Option<Ipv4Net>,
@@ -222,7 +216,7 @@ impl SubnetManager {
     }
 
     async fn acquire_inner(
-        &mut self,
+        &self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
         previous_subnet: Option<Ipv4Net>,
@@ -402,7 +396,7 @@ impl SubnetManager {
     /// Extends our lease to its full TTL again. [`EtcdError::LeaseLost`] when
     /// the key was deleted, now carries another PublicIP, or its etcd lease
     /// expired: the caller should acquire again.
-    pub async fn renew(&mut self, lease: &Lease) -> Result<Lease, EtcdError> {
+    pub async fn renew(&self, lease: &Lease) -> Result<Lease, EtcdError> {
         let key = self.lease_key(lease.subnet);
         let (own, _) = self.check_own(lease).await?;
         let etcd_lease = match own {
@@ -437,7 +431,7 @@ impl SubnetManager {
 
     /// Gives our lease up (`cleanup --release-lease`): deletes the key if it
     /// is still ours and revokes its etcd lease.
-    pub async fn release(&mut self, lease: &Lease) -> Result<(), EtcdError> {
+    pub async fn release(&self, lease: &Lease) -> Result<(), EtcdError> {
         let key = self.lease_key(lease.subnet);
         let resp = self
             .conn

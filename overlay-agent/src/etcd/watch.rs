@@ -22,13 +22,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
+use etcd_client::{EventType, KeyValue, WatchOptions, WatchStream};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
 use crate::etcd::backoff::Backoff;
-use crate::etcd::client::{describe, Conn, EtcdSettings};
+use crate::etcd::client::{describe, Conn, EtcdSettings, MAX_MESSAGE};
 use crate::etcd::error::EtcdError;
 use crate::etcd::registry::{check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs};
 use crate::etcd::status::EtcdStatus;
@@ -151,27 +151,23 @@ impl Watcher {
     /// One list + watch. Returns how it ended.
     async fn session(&mut self, conn: &Conn, backoff: &mut Backoff, failures: &mut u32) -> Result<Break, EtcdError> {
         let dir = subnets_prefix(&self.prefix);
-        let resp = conn
-            .run("list", &dir, |mut c, k| async move {
-                c.get(k, Some(GetOptions::new().with_prefix())).await
-            })
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut leases = Vec::with_capacity(resp.kvs().len());
+        let (kvs, rev) = conn.list_prefix(&dir).await?;
+        let mut leases = Vec::with_capacity(kvs.len());
         self.known.clear();
-        for kv in resp.kvs() {
+        for kv in &kvs {
             if let Some(l) = self.parse_kv(kv) {
                 self.known.insert(l.subnet, l.attrs.clone());
                 leases.push(l);
             }
         }
         let n = leases.len();
-        if self.tx.send(LeaseEvent::Snapshot(leases)).await.is_err() {
-            return Ok(Break::Closed);
-        }
+        // Status first, so that whoever gets the Snapshot sees it counted.
         self.status.add_snapshot();
         self.status.touch();
         self.status.set_connected(true);
+        if self.tx.send(LeaseEvent::Snapshot(leases)).await.is_err() {
+            return Ok(Break::Closed);
+        }
         if *failures > 0 {
             log::info!("etcd is back: listed {n} leases at revision {rev}");
         } else {
@@ -295,13 +291,12 @@ impl Watcher {
                     }
                 }
             }
-            let n = out.len() as u64;
+            self.status.add_events(out.len() as u64);
             for ev in out {
                 if self.tx.send(ev).await.is_err() {
                     return Pump::Closed;
                 }
             }
-            self.status.add_events(n);
         }
     }
 
@@ -362,8 +357,10 @@ fn key_subnet(prefix: &str, kv: &KeyValue) -> Option<Ipv4Net> {
 /// Opens a prefix watch from `start` and waits for etcd's "created" notice.
 async fn open_watch(conn: &Conn, dir: &str, start: i64, budget: Duration) -> Result<WatchStream, OpenError> {
     let r = conn
-        .run_until("watch", dir, budget, move |mut c, k| async move {
+        .run_until("watch", dir, budget, move |c, k| async move {
             let mut ws = c
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE)
                 .watch(k, Some(WatchOptions::new().with_prefix().with_start_revision(start)))
                 .await?;
             // The first message is the "created" notice; a compacted start
