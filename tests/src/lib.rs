@@ -1,1 +1,20 @@
-//! Test harness.
+//! Test harness shared by the integration tests, the demo and the benchmarks.
+//!
+//! * [`etcd`]: real etcd servers (single node, TLS, auth, small clusters) on
+//!   loopback, each with its own ports and data directory.
+//! * [`netns`]: testbeds of network namespaces (hosts on a bridged underlay,
+//!   pods behind per-host bridges) and tracked processes inside them.
+//! * [`certs`]: a throw-away CA with server and client certificates.
+//!
+//! Everything a test creates is torn down by `Drop`, also when the test
+//! panics. Leftovers of test processes that were killed outright (so no
+//! `Drop` ran) are removed the next time a harness object is created.
+//!
+//! All of it needs root (network namespaces, bpffs).
+
+pub mod certs;
+pub mod etcd;
+pub mod netns;
+mod util;
+
+pub use util::{cleanup_stale, poll_until, random_hex};
