@@ -44,6 +44,9 @@ use crate::{
 /// flannel's VXLAN overhead over an IPv4 underlay.
 const VXLAN_MTU_OVERHEAD: u32 = overlay_common::VXLAN_OVERHEAD as u32;
 const ENDPOINT_SYNC: Duration = Duration::from_secs(1);
+/// Every this many endpoint syncs, the bridge's cluster route and
+/// neighbour are re-asserted.
+const HOST_RESYNC_TICKS: u64 = 5;
 
 pub fn etcd_settings(etcd: &crate::cli::EtcdArgs) -> EtcdSettings {
     EtcdSettings {
@@ -230,6 +233,7 @@ impl Node {
         let mut endpoint_tick = tokio::time::interval(ENDPOINT_SYNC);
         endpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.peers = self.maps.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -252,7 +256,13 @@ impl Node {
                     }
                     self.health.set_lease(&self.own);
                 }
-                _ = endpoint_tick.tick() => self.sync_endpoints().await,
+                _ = endpoint_tick.tick() => {
+                    self.sync_endpoints().await;
+                    ticks += 1;
+                    if ticks % HOST_RESYNC_TICKS == 0 {
+                        self.resync_host().await;
+                    }
+                }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
@@ -292,21 +302,22 @@ impl Node {
         env.write_atomic(&self.args.subnet_file)
             .with_context(|| format!("writing {}", self.args.subnet_file.display()))?;
         info!("wrote {}", self.args.subnet_file.display());
-        if self.args.ip_masq {
-            if let Some((old, task)) = self.masq.take() {
+        // flanneld installs its FORWARD accept rules whenever
+        // --iptables-forward-rules is on (the default), masquerading or not.
+        if self.args.ip_masq || self.args.iptables_forward_rules {
+            if let Some((_, task)) = self.masq.take() {
+                // ensure() rebuilds chains that still hold the old lease's rules.
                 task.abort();
-                if let Err(e) = old.remove() {
-                    warn!("removing the old masquerade rules: {e:#}");
-                }
             }
             let rules = MasqRules::new(
                 self.cfg.network,
                 subnet,
                 !self.args.ip_masq_fully_random_disable,
                 self.args.iptables_forward_rules,
-            );
-            rules.ensure().context("installing the masquerade rules")?;
-            let task = rules.clone().spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
+            )
+            .with_masq(self.args.ip_masq);
+            rules.ensure().context("installing the iptables rules")?;
+            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
             self.masq = Some((rules, task));
         }
         Ok(())
@@ -427,6 +438,13 @@ impl Node {
                 }
             }
             Err(e) => warn!("removing peer {subnet}: {e}"),
+        }
+    }
+
+    async fn resync_host(&mut self) {
+        let plan = bridge_plan(&self.args, &self.cfg, self.own.subnet, self.pod_mtu, self.vtep_mac);
+        if let Err(e) = bridge::resync_cluster_route(&self.handle, &plan).await {
+            warn!("re-asserting the cluster route on {}: {e}", plan.name);
         }
     }
 

@@ -5,6 +5,9 @@
 //! * [`netns`]: testbeds of network namespaces (hosts on a bridged underlay,
 //!   pods behind per-host bridges) and tracked processes inside them.
 //! * [`certs`]: a throw-away CA with server and client certificates.
+//! * [`agent`]: the real `overlay-agent` binary running in a testbed host.
+//! * [`flannel`]: a node with flannel's kernel VXLAN, set up as flanneld does.
+//! * [`forward`]: reaching the root namespace's etcd from inside a namespace.
 //!
 //! Everything a test creates is torn down by `Drop`, also when the test
 //! panics. Leftovers of test processes that were killed outright (so no
@@ -12,8 +15,11 @@
 //!
 //! All of it needs root (network namespaces, bpffs).
 
+pub mod agent;
 pub mod certs;
 pub mod etcd;
+pub mod flannel;
+pub mod forward;
 pub mod netns;
 mod util;
 

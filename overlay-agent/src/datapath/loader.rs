@@ -76,7 +76,9 @@ impl Datapath {
             fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir { path: dir, source })?;
         }
         for iface in [&opts.uplink, &opts.bridge] {
-            if !Path::new("/sys/class/net").join(iface).exists() {
+            // Not /sys/class/net: sysfs shows the namespace it was mounted
+            // in, which need not be ours.
+            if ifindex(iface).is_none() {
                 return Err(DatapathError::NoInterface(iface.clone()));
             }
         }
@@ -150,6 +152,14 @@ pub fn uninstall(pin_root: &Path) -> Result<bool, DatapathError> {
     }
     fs::remove_dir_all(pin_root)?;
     Ok(true)
+}
+
+/// The interface's index in the current network namespace.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string for the call's duration.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 fn link_pin(pin_dir: &Path, program: &str, iface: &str) -> PathBuf {

@@ -59,9 +59,14 @@ pub async fn ensure_bridge(handle: &Handle, plan: &BridgePlan) -> Result<BridgeI
         Some(link) => link,
         None => {
             info!("creating bridge {}", plan.name);
+            // An explicit MAC: otherwise the bridge takes the lowest MAC of
+            // its ports and changes it as pods come and go, which flushes
+            // its neighbour table (our permanent entry included).
+            let mut mac: [u8; 6] = rand::random();
+            mac[0] = (mac[0] & 0xfe) | 0x02;
             handle
                 .link()
-                .add(LinkBridge::new(&plan.name).mtu(plan.mtu).up().build())
+                .add(LinkBridge::new(&plan.name).mtu(plan.mtu).address(mac.to_vec()).up().build())
                 .execute()
                 .await
                 .map_err(req_err(format!("create bridge {}", plan.name)))?;
@@ -71,9 +76,15 @@ pub async fn ensure_bridge(handle: &Handle, plan: &BridgePlan) -> Result<BridgeI
     if link.mtu != plan.mtu {
         info!("setting {} MTU {} (was {})", plan.name, plan.mtu, link.mtu);
     }
+    // Setting the bridge's current MAC explicitly pins it (see above) on a
+    // bridge someone else created.
+    let mut set = LinkUnspec::new_with_index(link.index).mtu(plan.mtu).up();
+    if let Some(mac) = link.mac {
+        set = set.address(mac.to_vec());
+    }
     handle
         .link()
-        .set(LinkUnspec::new_with_index(link.index).mtu(plan.mtu).up().build())
+        .set(set.build())
         .execute()
         .await
         .map_err(req_err(format!("set {} up with MTU {}", plan.name, plan.mtu)))?;
@@ -116,6 +127,15 @@ async fn ensure_address(handle: &Handle, link: &Link, plan: &BridgePlan) -> Resu
             .await
             .map_err(req_err(format!("add {} to {}", plan.address, plan.name)))?;
     }
+    Ok(())
+}
+
+/// Re-asserts the cluster route and its neighbour (cheap, idempotent): a
+/// neighbour flush or a route deleted by hand must not cut the host off
+/// from remote pods for long.
+pub async fn resync_cluster_route(handle: &Handle, plan: &BridgePlan) -> Result<(), BridgeError> {
+    let link = link_by_name(handle, &plan.name).await?.ok_or_else(|| BridgeError::Missing(plan.name.clone()))?;
+    ensure_cluster_route(handle, &link, plan).await?;
     Ok(())
 }
 

@@ -1,0 +1,167 @@
+//! Runs the real `overlay-agent` binary inside a testbed host, each with its
+//! own pin folder and subnet file, and removes its pins when dropped (which
+//! detaches its programs) even if the test fails.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{ChildHandle, Host};
+
+/// The agent binary: `$OVERLAY_AGENT_BIN`, else the workspace's
+/// target/{debug,release}/overlay-agent (built by `cargo xtask test`).
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("OVERLAY_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("overlay-agent");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("overlay-agent binary not found under {}: run `cargo build -p overlay-agent` (cargo xtask test does)", target.display());
+}
+
+pub struct Agent {
+    pub name: String,
+    child: Option<ChildHandle>,
+    pub pin_root: PathBuf,
+    pub subnet_file: PathBuf,
+    pub log: PathBuf,
+    host_ns: PathBuf,
+    argv: Vec<String>,
+}
+
+pub struct AgentOptions<'a> {
+    pub etcd_endpoints: &'a str,
+    pub prefix: &'a str,
+    /// Folder for the subnet file and the log (the testbed's own dir).
+    pub dir: &'a Path,
+    pub extra: Vec<String>,
+}
+
+impl Agent {
+    /// Starts the agent in `host` with `--iface=eth0`.
+    pub fn start(host: &Host, opts: AgentOptions<'_>) -> Result<Agent> {
+        crate::netns::ensure_bpffs()?;
+        let name = host.name().to_string();
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(format!("{name}-agent"));
+        let subnet_file = opts.dir.join(format!("{name}-subnet.env"));
+        let log = opts.dir.join(format!("{name}-agent.log"));
+        let mut argv = vec![
+            format!("--etcd-endpoints={}", opts.etcd_endpoints),
+            format!("--etcd-prefix={}", opts.prefix),
+            format!("--iface={}", host.uplink()),
+            format!("--subnet-file={}", subnet_file.display()),
+            format!("--bpf-pin-dir={}", pin_root.display()),
+        ];
+        argv.extend(opts.extra);
+        let mut agent = Agent { name, child: None, pin_root, subnet_file, log, host_ns: host.path(), argv };
+        agent.spawn(host)?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self, host: &Host) -> Result<()> {
+        let logf = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = host.command(agent_binary().to_str().unwrap());
+        cmd.args(&self.argv)
+            .env("RUST_LOG", std::env::var("OVERLAY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        self.child = Some(host.spawn(cmd)?);
+        Ok(())
+    }
+
+    /// Starts the same agent again (after a kill or stop).
+    pub fn restart(&mut self, host: &Host) -> Result<()> {
+        assert_eq!(host.path(), self.host_ns);
+        self.spawn(host)
+    }
+
+    /// Waits until the agent logged "ready" (after its subnet file was
+    /// written) at least `nth` times in its log.
+    pub fn wait_ready_n(&self, nth: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            if log.lines().filter(|l| l.ends_with("] ready") || l.ends_with(" ready")).count() >= nth {
+                return Ok(());
+            }
+            if let Some(child) = &self.child {
+                if !child.is_running() {
+                    bail!("agent {} exited before becoming ready; log:\n{log}", self.name);
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!("agent {} not ready after {timeout:?}; log:\n{log}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        self.wait_ready_n(1, timeout)
+    }
+
+    /// FLANNEL_SUBNET's lease: (network address, prefix length, gateway).
+    pub fn lease(&self) -> Result<(Ipv4Addr, u8, Ipv4Addr)> {
+        let text = fs::read_to_string(&self.subnet_file)
+            .with_context(|| format!("reading {}", self.subnet_file.display()))?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .context("no FLANNEL_SUBNET")?;
+        let (addr, len) = value.split_once('/').context("FLANNEL_SUBNET without prefix")?;
+        let gw: Ipv4Addr = addr.parse()?;
+        let len: u8 = len.parse()?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Ok((Ipv4Addr::from(u32::from(gw) & mask), len, gw))
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_root.join(format!("v{}", overlay_common::PIN_VERSION))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.pid())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().and_then(|c| c.terminate(Duration::from_secs(10)))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| c.is_running())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        // Unpinning detaches the programs and frees the maps.
+        let _ = fs::remove_dir_all(&self.pin_root);
+        if std::thread::panicking() {
+            eprintln!("--- log of agent {} ---\n{}", self.name, self.log_text());
+        }
+    }
+}

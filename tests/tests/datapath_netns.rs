@@ -1,0 +1,161 @@
+//! The data path on real veths in network namespaces: agent nodes running
+//! the real binary against a real etcd (on the underlay), pods behind cni0,
+//! and a node running flannel's kernel VXLAN set up exactly as flanneld does.
+//! Needs root.
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use overlay_tests::flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease};
+use support::cluster::*;
+
+#[test]
+fn pods_talk_across_agent_nodes_icmp_tcp_udp() {
+    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
+    let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
+    wait_ping(a, b.ip());
+    wait_ping(b, a.ip());
+    tcp_roundtrip(a, b, 4 << 20);
+    tcp_roundtrip(b, a, 4 << 20);
+    udp_echo(a, b, 50);
+    udp_echo(b, a, 50);
+    // The host itself reaches remote pods, and they answer it.
+    wait_ping(c.tb.host(0), b.ip());
+    wait_ping(c.tb.host(1), a.ip());
+    // No tunnel device of any kind on an agent node.
+    for i in 0..2 {
+        let vxlan = c.tb.host(i).run(&["ip", "-d", "link", "show", "type", "vxlan"]).unwrap();
+        assert!(vxlan.trim().is_empty(), "vxlan link on agent node {i}: {vxlan}");
+    }
+    let counters = c.counters(0);
+    assert!(counters["encapsulated"] > 0 && counters["decap_to_pod"] + counters["decap_to_host"] > 0, "{counters:?}");
+}
+
+#[test]
+fn sixty_four_megabytes_arrive_intact() {
+    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
+    let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
+    wait_ping(a, b.ip());
+    tcp_roundtrip(a, b, 64 << 20);
+}
+
+#[test]
+fn interoperates_with_a_kernel_flannel_node_both_ways() {
+    let c = Cluster::start_with(2, 1, 0, VXLAN_CONFIG);
+    let kernel_pod = &c.pods[2][0];
+    for i in 0..2 {
+        let pod = &c.pods[i][0];
+        wait_ping(pod, kernel_pod.ip());
+        wait_ping(kernel_pod, pod.ip());
+        tcp_roundtrip(pod, kernel_pod, 2 << 20);
+        tcp_roundtrip(kernel_pod, pod, 2 << 20);
+        udp_echo(kernel_pod, pod, 20);
+    }
+    // Host of the kernel node to our pods and back.
+    wait_ping(c.tb.host(2), c.pods[0][0].ip());
+}
+
+#[test]
+fn our_frames_have_the_kernel_vxlan_layout() {
+    let c = Cluster::start_with(1, 1, 0, VXLAN_CONFIG);
+    let (ours, kernel) = (&c.pods[0][0], &c.pods[1][0]);
+    wait_ping(ours, kernel.ip());
+    let capture = Capture::start(&c.tb, 0, "udp port 8472");
+    ours.run(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &kernel.ip().to_string()]).unwrap();
+    let frames = capture.finish();
+    let agent_vtep = c.vtep_mac(0);
+    let kernel_vtep = c.kernel_leases[0].vtep_mac;
+    let sent = frames.iter().find(|f| f.outer_src == c.tb.host(0).ip()).expect("a frame from our node");
+    let answered = frames.iter().find(|f| f.outer_src == c.tb.host(1).ip()).expect("a frame from the kernel node");
+    for (f, src_vtep, dst_vtep) in [(sent, agent_vtep, kernel_vtep), (answered, kernel_vtep, agent_vtep)] {
+        assert_eq!(f.dport, 8472);
+        assert_eq!(f.vxlan_flags, 0x08);
+        assert_eq!(f.vni, 1);
+        assert_eq!(f.inner_src_mac, src_vtep);
+        assert_eq!(f.inner_dst_mac, dst_vtep);
+        assert_eq!(f.inner_ethertype, 0x0800);
+        assert_eq!(f.outer_ihl, 5);
+        assert!((32768..=60999).contains(&f.sport), "source port {} outside the ephemeral range", f.sport);
+        assert!(!f.outer_df, "kernel VXLAN leaves DF clear on the outer header");
+    }
+    // The one deliberate difference: our outer UDP checksum is 0 (valid for
+    // IPv4, and immune to a second NAT of the outer header: flannel #1279).
+    assert_eq!(sent.udp_csum, 0);
+    // Same overhead both ways: our encapsulation adds exactly what flannel.1 adds.
+    assert_eq!(sent.len - sent.inner_ip_len, answered.len - answered.inner_ip_len);
+    assert_eq!(sent.inner_ttl, 63, "the sending node routed the packet once");
+}
+
+#[test]
+fn vxlan_from_strangers_and_forged_sources_never_reach_pods() {
+    let c = Cluster::start_with(1, 1, 1, VXLAN_CONFIG);
+    let victim = &c.pods[0][0];
+    let member = &c.pods[1][0];
+    wait_ping(member, victim.ip());
+
+    // A stranger on the underlay sets up flannel.1 exactly like a member
+    // would, with a lease nobody granted, and points it at our node.
+    let stranger = c.tb.host(2);
+    let fake = VxlanLease {
+        subnet: Ipv4Addr::new(10, 42, 251, 0),
+        prefix_len: 24,
+        public_ip: stranger.ip(),
+        vtep_mac: [0x0e, 0, 0, 0, 0xfb, 1],
+    };
+    setup_kernel_vxlan(stranger, 1, &fake, 1500).unwrap();
+    let (subnet, len, _) = c.agents[0].lease().unwrap();
+    let ours = VxlanLease { subnet, prefix_len: len, public_ip: c.tb.host(0).ip(), vtep_mac: c.vtep_mac(0) };
+    add_kernel_peer(stranger, 1, &ours).unwrap();
+    let spy = stranger.add_pod("cni0", "10.42.251.2/24", fake.gateway(), 1450).unwrap();
+    let before = c.counters(0)["drop_unknown_sender"];
+    let out = spy.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &victim.ip().to_string()]).unwrap();
+    assert!(!out.status.success(), "a stranger's VXLAN reached a pod");
+    assert!(c.counters(0)["drop_unknown_sender"] >= before + 3, "{:?}", c.counters(0));
+
+    // A member forging an inner source outside its own lease.
+    let kernel_host = c.tb.host(1);
+    kernel_host.run(&["ip", "addr", "add", "10.42.252.9/32", "dev", "cni0"]).unwrap();
+    let before = c.counters(0)["drop_spoofed_source"];
+    let forged = kernel_host
+        .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.42.252.9", &victim.ip().to_string()])
+        .unwrap();
+    assert!(!forged.status.success(), "a forged inner source reached a pod");
+    assert!(c.counters(0)["drop_spoofed_source"] >= before + 3, "{:?}", c.counters(0));
+    // The member's real traffic still flows.
+    wait_ping(member, victim.ip());
+}
+
+#[test]
+fn mtu_sized_ping_passes_and_one_byte_more_gets_frag_needed() {
+    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
+    let b = &c.pods[1][0];
+    // A pod whose own MTU is larger than the overlay's: the node must answer
+    // frag-needed instead of dropping silently.
+    let (_, len, gw) = c.agents[0].lease().unwrap();
+    let big = c.tb.host(0).add_pod("cni0", &format!("{}/{len}", Ipv4Addr::from(u32::from(gw) + 50)), gw, 1500).unwrap();
+    wait_ping(&big, b.ip());
+    let ok = big.exec(&["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", &b.ip().to_string()]).unwrap();
+    assert!(ok.status.success(), "1450-byte DF ping: {}", String::from_utf8_lossy(&ok.stdout));
+    let too_big = big.exec(&["ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1423", &b.ip().to_string()]).unwrap();
+    let out = String::from_utf8_lossy(&too_big.stdout).to_string() + &String::from_utf8_lossy(&too_big.stderr);
+    assert!(!too_big.status.success());
+    assert!(out.contains("Frag needed") || out.contains("mtu = 1450") || out.contains("Message too long"), "{out}");
+    // The route now knows the path MTU.
+    let route = big.run(&["ip", "route", "get", &b.ip().to_string()]).unwrap();
+    assert!(route.contains("mtu 1450"), "path MTU learnt from frag-needed: {route}");
+}
+
+#[test]
+fn host_gw_cluster_works_without_vxlan_on_the_wire() {
+    let c = Cluster::start_with(2, 0, 0, r#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
+    assert_eq!(c.pod_mtu, 1500, "host-gw pods get the uplink MTU");
+    wait_ping(a, b.ip());
+    let capture = Capture::start(&c.tb, 0, "udp port 8472");
+    tcp_roundtrip(a, b, 1 << 20);
+    wait_ping(b, a.ip());
+    assert!(capture.finish().is_empty(), "no VXLAN on the wire with host-gw");
+    assert!(c.counters(0)["direct_routed"] > 0);
+}
+
