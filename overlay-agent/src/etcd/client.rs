@@ -157,6 +157,7 @@ impl Conn {
                         endpoints: shown,
                         timeout: CONNECT_TIMEOUT,
                         reason: "no answer".into(),
+                        hint: "",
                     })
                 }
             };
@@ -170,18 +171,21 @@ impl Conn {
                         reason: describe(&err),
                     });
                 }
-                return Err(EtcdError::Unreachable {
+                let reason = describe(&err);
+                return Err(EtcdError::Rejected {
                     endpoints: shown,
-                    timeout: CONNECT_TIMEOUT,
-                    reason: describe(&err),
+                    hint: hint(s, &reason),
+                    reason,
                 });
             }
             let d = backoff.next_delay();
             if Instant::now() + d >= deadline {
+                let reason = describe(&err);
                 return Err(EtcdError::Unreachable {
                     endpoints: shown,
                     timeout: CONNECT_TIMEOUT,
-                    reason: describe(&err),
+                    hint: hint(s, &reason),
+                    reason,
                 });
             }
             tokio::time::sleep(d).await;
@@ -208,22 +212,28 @@ impl Conn {
                         reason: describe(&source),
                     })
                 } else {
-                    Err(EtcdError::Unreachable {
+                    let reason = describe(&source);
+                    Err(EtcdError::Rejected {
                         endpoints: shown,
-                        timeout: CONNECT_TIMEOUT,
-                        reason: describe(&source),
+                        hint: hint(s, &reason),
+                        reason,
                     })
                 }
             }
-            Err(EtcdError::Request { source, .. }) => Err(EtcdError::Unreachable {
-                endpoints: shown,
-                timeout: CONNECT_TIMEOUT,
-                reason: describe(&source),
-            }),
+            Err(EtcdError::Request { source, .. }) => {
+                let reason = describe(&source);
+                Err(EtcdError::Unreachable {
+                    endpoints: shown,
+                    timeout: CONNECT_TIMEOUT,
+                    hint: hint(s, &reason),
+                    reason,
+                })
+            }
             Err(EtcdError::Timeout { .. }) => Err(EtcdError::Unreachable {
                 endpoints: shown,
                 timeout: CONNECT_TIMEOUT,
                 reason: "no answer".into(),
+                hint: "",
             }),
             Err(e) => Err(e),
         }
@@ -433,6 +443,10 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
 /// Errors worth retrying: the request may not have reached a healthy member.
 pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
+    // A server certificate we do not trust will not become trusted by retrying.
+    if describe(e).contains("invalid peer certificate") {
+        return false;
+    }
     match e {
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
         E::LeaseKeepAliveError(m) => !m.contains("lease not found"),
@@ -454,33 +468,52 @@ fn is_invalid_token(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// A one-line description of an etcd-client error (the gRPC message rather
-/// than the whole status dump).
+/// A one-line description of an etcd-client error: the gRPC message or the
+/// error chain, without the repetitions tonic's nesting produces.
 pub(crate) fn describe(e: &etcd_client::Error) -> String {
-    match e {
+    let mut parts: Vec<String> = Vec::new();
+    let mut push = |m: String| {
+        let m = m.trim().to_string();
+        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
+            parts.retain(|p| !m.contains(p.as_str()));
+            parts.push(m);
+        }
+    };
+    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
         etcd_client::Error::GRpcStatus(s) => {
-            let mut m = s.message().to_string();
-            if m.is_empty() {
-                m = format!("{:?}", s.code());
-            }
-            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-            while let Some(inner) = src {
-                m.push_str(": ");
-                m.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            m
+            push(if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() });
+            std::error::Error::source(s)
         }
         other => {
-            let mut m = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(inner) = src {
-                m.push_str(": ");
-                m.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            m
+            push(other.to_string());
+            std::error::Error::source(other)
         }
+    };
+    while let Some(inner) = src {
+        push(inner.to_string());
+        src = inner.source();
+    }
+    parts.join(": ")
+}
+
+/// What to check, for the usual causes of a failed first contact.
+fn hint(s: &EtcdSettings, reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("unknownissuer") || r.contains("certificate") && r.contains("invalid") {
+        " (is --etcd-cafile the CA that signed the server's certificate?)"
+    } else if r.contains("user name is empty") {
+        " (etcd has authentication enabled: set --etcd-username and --etcd-password)"
+    } else if r.contains("permission denied") {
+        " (the etcd user needs read/write permission on the prefix)"
+    } else if s.tls_enabled()
+        && !(s.keyfile.is_some() && s.certfile.is_some())
+        && (r.contains("closed") || r.contains("canceled") || r.contains("broken pipe") || r.contains("handshake"))
+    {
+        " (does the server require a client certificate? set --etcd-certfile and --etcd-keyfile)"
+    } else if !s.tls_enabled() && (r.contains("connection closed") || r.contains("broken pipe")) {
+        " (is it a TLS endpoint? use https:// with --etcd-cafile)"
+    } else {
+        ""
     }
 }
 

@@ -22,14 +22,23 @@ pub enum EtcdError {
         reason: String,
     },
 
-    #[error("cannot reach etcd at {endpoints} within {timeout:?}: {reason}")]
+    #[error("cannot reach etcd at {endpoints} within {timeout:?}: {reason}{hint}")]
     Unreachable {
         endpoints: String,
         timeout: Duration,
         reason: String,
+        /// What to check, when the reason suggests something (may be empty).
+        hint: &'static str,
     },
 
-    #[error("etcd authentication as user {user:?} failed at {endpoints}: {reason}")]
+    #[error("etcd at {endpoints} refused us: {reason}{hint}")]
+    Rejected {
+        endpoints: String,
+        reason: String,
+        hint: &'static str,
+    },
+
+    #[error("etcd authentication as user {user:?} failed at {endpoints}: {reason} (check --etcd-username / --etcd-password)")]
     Auth {
         user: String,
         endpoints: String,
