@@ -66,12 +66,13 @@ fn run_etcdctl(mut cmd: Command, args: &[&str]) -> Result<String> {
     cmd.args(args);
     let out = cmd.output().context("running etcdctl (Debian package etcd-client)")?;
     if !out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
         bail!(
             "etcdctl {} failed ({}): {}{}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
+            if stdout.trim().is_empty() { String::new() } else { format!("\nstdout: {}", stdout.trim()) }
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -112,14 +113,6 @@ impl Member {
         })
     }
 
-    fn scheme(spec: &ClusterSpec) -> &'static str {
-        if spec.server_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
-
     fn client_url(&self, tls: bool) -> String {
         format!("{}://127.0.0.1:{}", if tls { "https" } else { "http" }, self.client_port)
     }
@@ -130,7 +123,7 @@ impl Member {
     }
 
     fn spawn(&mut self, spec: &ClusterSpec) -> Result<()> {
-        let client_url = format!("{}://127.0.0.1:{}", Self::scheme(spec), self.client_port);
+        let client_url = self.client_url(spec.server_tls.is_some());
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new("etcd");
         cmd.arg(format!("--name={}", self.name))
@@ -155,8 +148,12 @@ impl Member {
                 cmd.arg(format!("--trusted-ca-file={}", tls.ca.display())).arg("--client-cert-auth");
             }
         }
-        // A marker with the directory, so stale cleanup can recognise our etcd.
-        cmd.env("OVERLAY_TESTS_DIR", &spec.dir);
+        // etcd also reads every flag from ETCD_*; a stray one would change the server.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().context("starting etcd (Debian package etcd-server)")?;
         record_pid(&spec.dir, child.id());
@@ -271,8 +268,7 @@ impl Etcd {
 
     pub fn start_with(mut opts: EtcdOptions) -> Result<Etcd> {
         opts.tls |= opts.client_cert_auth;
-        let id = crate::random_hex(3);
-        let dir = make_owned_dir("etcd", &id)?;
+        let (id, dir) = make_owned_dir("etcd")?;
         let (server_tls, client_tls) = if opts.tls {
             let certs = crate::certs::generate(&dir.join("tls"), "overlay-test-client")?;
             (Some(certs.server), Some(certs.client))
@@ -502,8 +498,7 @@ impl EtcdCluster {
         if members == 0 {
             bail!("an etcd cluster needs at least one member");
         }
-        let id = crate::random_hex(3);
-        let dir = make_owned_dir("etcd", &id)?;
+        let (id, dir) = make_owned_dir("etcd")?;
         let mut cluster = EtcdCluster { dir, token: format!("ov{id}"), members: Vec::new() };
         let mut attempt = 1;
         loop {

@@ -276,9 +276,12 @@ impl Netns {
     }
 
     /// Sets a sysctl under /proc/sys/net (which is per network namespace),
-    /// e.g. `("net/ipv4/ip_forward", "1")`.
+    /// e.g. `("net.ipv4.ip_forward", "1")`. A key containing '/' is taken as
+    /// a path below /proc/sys as is, for interface names with dots:
+    /// `("net/ipv4/conf/flannel.1/rp_filter", "0")`.
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let rel = if key.contains('/') { key.to_string() } else { key.replace('.', "/") };
+        let path = Path::new("/proc/sys").join(rel);
         self.in_ns(|| fs::write(&path, value)).with_context(|| format!("writing {} in netns {}", path.display(), self.name))
     }
 
@@ -415,13 +418,15 @@ impl Testbed {
         let (network, prefix_len) = parse_cidr(cidr)?;
         let tracker = Arc::new(Tracker { children: Mutex::new(Vec::new()), namespaces: Mutex::new(Vec::new()) });
         let (id, dir) = loop {
-            let id = crate::random_hex(3);
-            let taken = util::list_netns().iter().any(|n| n.starts_with(&format!("ov{id}-")));
-            if !taken && !util::base_dir().join(format!("tb-{id}")).exists() {
-                let dir = make_owned_dir("tb", &id)?;
-                fs::write(dir.join("netns-prefix"), format!("ov{id}-"))?;
-                break (id, dir);
+            let (id, dir) = make_owned_dir("tb")?;
+            // The directory makes the id ours; namespaces under that id can
+            // only be leftovers of a run whose directory was deleted by hand.
+            if util::list_netns().iter().any(|n| n.starts_with(&format!("ov{id}-"))) {
+                let _ = fs::remove_dir_all(&dir);
+                continue;
             }
+            fs::write(dir.join("netns-prefix"), format!("ov{id}-"))?;
+            break (id, dir);
         };
         let underlay = match create_netns(&tracker, &format!("ov{id}-ul")) {
             Ok(ns) => ns,

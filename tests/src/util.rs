@@ -63,14 +63,28 @@ fn owner_alive(stamp: &str) -> bool {
     proc_start_time(pid) == Some(start)
 }
 
-/// Creates `base_dir()/<prefix>-<id>` stamped with this process as owner, so
-/// that a later run can clean it up if this process dies without unwinding.
-pub(crate) fn make_owned_dir(prefix: &str, id: &str) -> Result<PathBuf> {
+/// Creates a new directory `base_dir()/<prefix>-<id>` with a random id
+/// (returned too), stamped with this process as owner so that a later run
+/// can clean it up if this process dies without unwinding.
+pub(crate) fn make_owned_dir(prefix: &str) -> Result<(String, PathBuf)> {
     reap_stale_once();
-    let dir = base_dir().join(format!("{prefix}-{id}"));
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::write(dir.join("owner"), owner_stamp())?;
-    Ok(dir)
+    let base = base_dir();
+    fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let (id, dir) = loop {
+        let id = random_hex(3);
+        let dir = base.join(format!("{prefix}-{id}"));
+        // create_dir, not create_dir_all: the id must be ours alone.
+        match fs::create_dir(&dir) {
+            Ok(()) => break (id, dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(anyhow!(e).context(format!("creating {}", dir.display()))),
+        }
+    };
+    // Written under another name and renamed: a concurrent cleanup_stale()
+    // must never read a half-written stamp and take this directory for dead.
+    fs::write(dir.join("owner.tmp"), owner_stamp())?;
+    fs::rename(dir.join("owner.tmp"), dir.join("owner"))?;
+    Ok((id, dir))
 }
 
 /// Records a process whose command line mentions `dir`, for stale cleanup.

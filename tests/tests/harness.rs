@@ -18,8 +18,14 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
-fn netns_inode_of_pid(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().map(|l| l.to_string_lossy().into_owned())
+/// Waits until `pid` has entered `ns` (nsenter needs a moment to switch).
+fn wait_in_netns(pid: u32, ns: &overlay_tests::netns::Netns) -> anyhow::Result<()> {
+    let want = format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(ns.path())?));
+    poll_until(Duration::from_secs(5), "the process to enter the namespace", || {
+        let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+        anyhow::ensure!(link.to_string_lossy() == want, "{pid} is in {}", link.display());
+        Ok(())
+    })
 }
 
 fn netns_exists(name: &str) -> bool {
@@ -277,6 +283,13 @@ fn hosts_ping_each_other_over_the_underlay() -> anyhow::Result<()> {
     tb.host(0).ping(stranger)?;
 
     assert_eq!(tb.host(0).run(&["cat", "/proc/sys/net/ipv4/ip_forward"])?.trim(), "1");
+    assert_eq!(tb.underlay().run(&["cat", "/proc/sys/net/ipv4/ip_forward"])?.trim(), "0");
+    tb.host(1).ip_batch(&["link add flannel.1 type bridge".to_string()])?;
+    tb.host(1).set_sysctl("net/ipv4/conf/flannel.1/rp_filter", "2")?;
+    tb.host(1).set_sysctl("net.ipv4.conf.eth0.rp_filter", "2")?;
+    assert_eq!(tb.host(1).run(&["cat", "/proc/sys/net/ipv4/conf/flannel.1/rp_filter"])?.trim(), "2");
+    assert_eq!(tb.host(1).run(&["cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter"])?.trim(), "2");
+    assert_eq!(tb.host(0).run(&["cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter"])?.trim(), "0", "per namespace");
     // (Not /sys/class/net: under nsenter /sys still shows the root namespace.)
     assert!(tb.host(0).run(&["ip", "-o", "link", "show", "eth0"])?.contains("mtu 1500"));
     Ok(())
@@ -398,13 +411,7 @@ fn child_handles_work_and_are_killed_with_the_testbed() -> anyhow::Result<()> {
         children_of(parent.pid()).first().copied().ok_or_else(|| anyhow::anyhow!("no child yet"))
     })?;
     let mut untracked = tb.underlay().command("sleep").arg("600").spawn()?;
-    // nsenter needs a moment to switch; before that the process is not in the namespace yet.
-    let underlay_ino = std::fs::metadata(tb.underlay().path())?;
-    let want = format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&underlay_ino));
-    poll_until(Duration::from_secs(5), "nsenter to enter the underlay", || {
-        anyhow::ensure!(netns_inode_of_pid(untracked.id()).as_deref() == Some(want.as_str()));
-        Ok(())
-    })?;
+    wait_in_netns(untracked.id(), tb.underlay())?;
     let pids = [lone.pid(), parent.pid(), grandchild];
     assert!(pids.iter().all(|p| pid_alive(*p)));
     assert!(lone.is_running());
@@ -449,6 +456,9 @@ fn helper_leaks_and_dies() {
     let mut cmd = tb.host(0).command("sleep");
     cmd.arg("600").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let sleeper = tb.host(0).spawn(cmd).unwrap();
+    // Report only once nsenter has moved it into the namespace: a process
+    // still on its way in is not found there by the cleanup.
+    wait_in_netns(sleeper.pid(), tb.host(0).ns()).unwrap();
     println!(
         "LEAK {} {} {} {} {}",
         etcd.pid().unwrap(),
