@@ -286,14 +286,14 @@ async fn reservations_and_stale_own_leases() {
 async fn keeper_takes_a_deleted_or_stolen_key_back_and_renews() {
     let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.15.0.0/16"}"#).await;
     // A short TTL: with the 60 min default margin, renewals happen halfway.
-    mgr.set_lease_ttl(Duration::from_secs(3));
+    mgr.set_lease_ttl(Duration::from_secs(2));
     let attrs = node(1);
     let lease = mgr.acquire(&cfg, &attrs, None).await.unwrap();
     let key = subnet_key(PREFIX, lease.subnet);
     let mut rx = spawn_lease_keeper(mgr, cfg.clone(), lease.clone(), Duration::from_secs(3600), attrs.clone());
 
     // Renewals keep the key alive well past its TTL.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(etcd.get(&key).unwrap().as_deref(), Some(attrs.to_json().as_str()), "key survived 2x its TTL");
 
     // Deleted by someone: taken back, same subnet (still free).
@@ -324,7 +324,7 @@ async fn keeper_takes_a_deleted_or_stolen_key_back_and_renews() {
     assert_eq!(etcd.get(&key).unwrap().unwrap(), node(2).to_json(), "the other node's key is left alone");
 
     // Still renewing the new lease.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(etcd.get(&new_key).unwrap().is_some());
     drop(rx);
     // With the receiver gone the keeper stops: the key then expires.

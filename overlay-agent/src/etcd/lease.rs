@@ -738,6 +738,11 @@ impl Keeper {
                         };
                         if resp.canceled() {
                             log::info!("watch on our lease {key} canceled ({}); re-establishing", resp.cancel_reason());
+                            // Compaction: start over at once; anything else
+                            // (e.g. permission denied) must not loop hot.
+                            if resp.compact_revision() == 0 && !self.pause(&mut backoff).await {
+                                return;
+                            }
                             continue 'outer;
                         }
                         for ev in resp.events() {

@@ -104,6 +104,7 @@ impl Watcher {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut conn: Option<Conn> = None;
         let mut failures: u32 = 0;
+        let mut last_relist: Option<Instant> = None;
         loop {
             if self.tx.is_closed() {
                 return;
@@ -123,7 +124,18 @@ impl Watcher {
             };
             match outcome {
                 Ok(Break::Closed) => return,
-                Ok(Break::Relist) => continue,
+                Ok(Break::Relist) => {
+                    // Re-list at once, unless that is all we have been doing.
+                    let hot = last_relist.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+                    last_relist = Some(Instant::now());
+                    if hot {
+                        tokio::select! {
+                            _ = self.tx.closed() => return,
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.status.add_error();
                     failures += 1;
