@@ -12,7 +12,11 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Set up, build and test overlay-agent")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build and test overlay-agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -41,7 +45,7 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Show the agent at work on a simulated cluster (not implemented yet).
+    /// See the agent work (not implemented yet).
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,

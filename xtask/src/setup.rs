@@ -68,19 +68,17 @@ pub fn run_setup() -> Result<()> {
     bpf_linker_step(llvm)?;
 
     step("setup 5/6: bpf-linker's LLVM matches the nightly's");
-    let linker = find_bpf_linker().context("bpf-linker vanished after installing it")?;
+    let linker = find_bpf_linker().context("bpf-linker is still not found after installing it")?;
     let linker_llvm = bpf_linker_llvm(&linker)?;
-    let managed = cargo_home().join("bin").join("bpf-linker");
+    let managed = managed_bpf_linker();
     if linker != managed && llvm_major(&linker_llvm) != Some(llvm) && managed.is_file() {
         bail!(
-            "the BPF build would use {} (first on PATH), built against LLVM {linker_llvm}, \
-             while `rustc +nightly -vV` reports LLVM {}; {} is the right one. \
-             Remove {} or put {} first on PATH",
+            "the BPF build finds {} before {} (which `cargo install` just built); the first \
+             uses LLVM {linker_llvm}, but `rustc +nightly -vV` reports LLVM {}. Remove {}",
             linker.display(),
-            nightly.llvm_version,
             managed.display(),
-            linker.display(),
-            managed.parent().unwrap_or(Path::new("")).display()
+            nightly.llvm_version,
+            linker.display()
         );
     }
     check_llvm_match(&linker, &linker_llvm, &nightly.llvm_version)?;
@@ -89,13 +87,6 @@ pub fn run_setup() -> Result<()> {
         linker.display(),
         nightly.llvm_version
     ));
-    if which("bpf-linker").is_none() {
-        info(&format!(
-            "note: {dir} is not on PATH, so the BPF build will not find bpf-linker: \
-             export PATH=\"{dir}:$PATH\"",
-            dir = linker.parent().unwrap_or(Path::new("")).display()
-        ));
-    }
 
     step(&format!("setup 6/6: bpffs at {BPFFS}"));
     ensure_bpffs()?;
@@ -286,12 +277,29 @@ fn rust_src_step() -> Result<()> {
     run(&mut add)
 }
 
-/// bpf-linker on PATH, else in cargo's bin folder.
+/// The bpf-linker the BPF build will run. rustc looks it up in PATH as
+/// `rustup run nightly` sets it, and rustup puts $CARGO_HOME/bin first, so
+/// ask the same way; if that does not answer, $CARGO_HOME/bin, then PATH.
 pub fn find_bpf_linker() -> Option<PathBuf> {
-    which("bpf-linker").or_else(|| {
-        let installed = cargo_home().join("bin").join("bpf-linker");
-        installed.is_file().then_some(installed)
-    })
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "sh", "-c", "command -v bpf-linker"])
+        .env_remove("RUSTUP_TOOLCHAIN");
+    if let Ok(out) = cmd.output() {
+        let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && found.starts_with('/') {
+            return Some(PathBuf::from(found));
+        }
+    }
+    let managed = managed_bpf_linker();
+    if managed.is_file() {
+        return Some(managed);
+    }
+    which("bpf-linker")
+}
+
+/// Where `cargo install` puts bpf-linker.
+fn managed_bpf_linker() -> PathBuf {
+    cargo_home().join("bin").join("bpf-linker")
 }
 
 /// The LLVM version bpf-linker is built against. bpf-linker's own
@@ -337,54 +345,27 @@ fn install_command(llvm: u32, force: bool) -> Command {
     cmd
 }
 
-/// The LLVM version of a bpf-linker, or why it could not be read.
-fn linker_llvm_or_why(path: &Path) -> std::result::Result<String, String> {
-    bpf_linker_llvm(path).map_err(|e| format!("{e:#}"))
-}
-
-/// Makes sure a bpf-linker for LLVM `llvm` is there: the one on PATH if it
-/// fits, else the one `cargo install` manages in $CARGO_HOME/bin, built (or
-/// rebuilt) when missing or built against another LLVM. Step 5 then checks
-/// the one the BPF build will actually use.
+/// Makes sure the bpf-linker the BPF build will use is built against LLVM
+/// `llvm`: (re)builds it with `cargo install` when it is missing, does not
+/// run, or uses another LLVM. Step 5 then checks the result.
 fn bpf_linker_step(llvm: u32) -> Result<()> {
-    let fits = |v: &str| llvm_major(v) == Some(llvm);
-    let on_path = which("bpf-linker");
-    if let Some(path) = &on_path {
-        match linker_llvm_or_why(path) {
-            Ok(v) if fits(&v) => {
+    let managed = managed_bpf_linker();
+    match find_bpf_linker() {
+        None => info("bpf-linker is not installed"),
+        Some(path) => match bpf_linker_llvm(&path) {
+            Ok(v) if llvm_major(&v) == Some(llvm) => {
                 info(&format!("{} uses LLVM {v}", path.display()));
                 return Ok(());
             }
             Ok(v) => info(&format!("{} uses LLVM {v}, not {llvm}", path.display())),
-            Err(why) => info(&format!("{} does not work: {why}", path.display())),
-        }
+            Err(e) => info(&format!("{} does not work: {e:#}", path.display())),
+        },
     }
-    let managed = cargo_home().join("bin").join("bpf-linker");
-    let force = if !managed.is_file() {
-        info(&format!("{} is not installed", managed.display()));
-        false
-    } else if on_path.as_deref() == Some(managed.as_path()) {
-        true // judged above
-    } else {
-        match linker_llvm_or_why(&managed) {
-            Ok(v) if fits(&v) => {
-                info(&format!("{} uses LLVM {v}", managed.display()));
-                return Ok(());
-            }
-            Ok(v) => {
-                info(&format!("{} uses LLVM {v}, not {llvm}", managed.display()));
-                true
-            }
-            Err(why) => {
-                info(&format!("{} does not work: {why}", managed.display()));
-                true
-            }
-        }
-    };
     info(&format!(
-        "building bpf-linker for LLVM {llvm} from crates.io (1-2 minutes on 2 cores)"
+        "building bpf-linker for LLVM {llvm} from crates.io into {} (1-2 minutes on 2 cores)",
+        managed.display()
     ));
-    run(&mut install_command(llvm, force)).with_context(|| {
+    run(&mut install_command(llvm, managed.exists())).with_context(|| {
         format!(
             "building bpf-linker failed; it needs llvm-{llvm}-dev and libpolly-{llvm}-dev \
              (step 2) and LLVM_PREFIX=/usr/lib/llvm-{llvm}"
@@ -405,8 +386,7 @@ pub fn check_llvm_match(linker: &Path, linker_llvm: &str, nightly_llvm: &str) ->
          build fails (or miscompiles).\n\
          Fix: apt-get install -y llvm-{want}-dev libpolly-{want}-dev && \
          LLVM_PREFIX=/usr/lib/llvm-{want} cargo install bpf-linker --locked --force \
-         --no-default-features --features llvm-{want}\n\
-         (if an older bpf-linker comes first on PATH, remove it: `which -a bpf-linker`)",
+         --no-default-features --features llvm-{want}",
         linker.display()
     )
 }

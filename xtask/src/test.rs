@@ -61,11 +61,20 @@ pub fn run_tests(root: &Path, opts: &TestOptions) -> Result<()> {
     let suite_time = t.elapsed();
 
     let ok = summary.print(status.as_deref(), timed_out, opts.timeout);
+    // The first "Running" line ends the compilation of the test binaries.
+    let cargo_test_time = match summary.binaries.first().and_then(|b| b.started) {
+        Some(first) => format!(
+            "cargo test {} (compiling {}, running {})",
+            human_duration(suite_time),
+            human_duration(first - t),
+            human_duration(t + suite_time - first)
+        ),
+        None => format!("cargo test {}", human_duration(suite_time)),
+    };
     println!(
-        "    times: setup {}, build-ebpf {}, cargo test (build + run) {}, total {}",
+        "    times: setup {}, build-ebpf {}, {cargo_test_time}, total {}",
         human_duration(setup_time),
         human_duration(ebpf_time),
-        human_duration(suite_time),
         human_duration(started.elapsed())
     );
     if !ok {
@@ -282,7 +291,8 @@ pub struct Summary {
     current: Option<usize>,
     /// Names under the latest `failures:` heading, until the result line.
     failure_list: Option<Vec<String>>,
-    /// `error[E...]` / `error: could not compile` lines seen.
+    /// Error lines of the build: any before the first test binary runs,
+    /// and `error: could not compile` (doc-tests compile later).
     pub build_errors: Vec<String>,
 }
 
@@ -291,9 +301,14 @@ impl Summary {
     pub fn feed(&mut self, line: &str, now: Instant) {
         let line = line.trim_end_matches(['\n', '\r']);
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("Running ") {
+        // Cargo's own status lines, right-aligned as cargo prints them (a
+        // test's output could hold similar text, but rarely these exactly).
+        if let Some(rest) = line
+            .strip_prefix("     Running ")
+            .filter(|r| r.ends_with(')'))
+        {
             self.start(binary_name(rest), now);
-        } else if let Some(krate) = trimmed.strip_prefix("Doc-tests ") {
+        } else if let Some(krate) = line.strip_prefix("   Doc-tests ") {
             self.start(format!("{} (doc-tests)", krate.trim()), now);
         } else if let Some(result) = trimmed.strip_prefix("test result: ") {
             // A test that runs a test binary as a child prints that child's
@@ -329,9 +344,12 @@ impl Summary {
                 b.elapsed
                     .get_or_insert_with(|| b.started.map(|s| now - s).unwrap_or_default());
             }
-        } else if trimmed.starts_with("error: could not compile") || trimmed.starts_with("error[E")
+        } else if line.starts_with("error: could not compile")
+            || (self.binaries.is_empty() && line.starts_with("error"))
         {
-            self.build_errors.push(trimmed.to_string());
+            // Compiler errors come before the first test binary runs; after
+            // that an "error" line may be any test's output.
+            self.build_errors.push(line.to_string());
         }
     }
 
@@ -435,10 +453,16 @@ impl Summary {
         } else {
             String::new()
         };
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         println!(
-            "==> {verdict}: {passed} passed, {failed} failed, {ignored} ignored in {} test binaries{}{why}",
-            self.binaries.len(),
-            if broken.is_empty() { String::new() } else { format!("; {} binaries not ok", broken.len()) }
+            "==> {verdict}: {passed} passed, {failed} failed, {ignored} ignored in {}{}{why}",
+            plural(self.binaries.len(), "test binary", "test binaries"),
+            if broken.is_empty() {
+                String::new()
+            } else {
+                format!("; not ok: {}", plural(broken.len(), "binary", "binaries"))
+            }
         );
         ok
     }
@@ -680,6 +704,10 @@ error: 2 targets failed:
 
         let mut s = Summary::default();
         s.feed("error[E0583]: file not found for module `netns`", now);
+        s.feed("   error: indented lines are not errors of cargo", now);
+        s.feed("Running something a test printed (x)", now);
+        s.feed("     Running but not cargo's", now);
+        assert!(s.binaries.is_empty());
         s.feed(
             "error: could not compile `overlay-tests` (lib) due to 2 previous errors",
             now,
