@@ -13,6 +13,9 @@
 //!   lease: the TTL goes back to the granted 86400 s);
 //! - reservations (a key an administrator put without an etcd lease) are used
 //!   as they are and never renewed, as flannel does.
+//!
+//! [`SubnetManager`]'s request methods take `&self` (the client handle is
+//! shared and cheap to clone), so callers can wrap them in retry closures.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

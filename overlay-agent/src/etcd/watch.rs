@@ -139,14 +139,14 @@ impl Watcher {
                 Err(e) => {
                     self.status.add_error();
                     failures += 1;
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         log::warn!("etcd lease watch: {e} (attempt {failures}); retrying with backoff");
                     } else {
                         log::debug!("etcd lease watch: {e} (attempt {failures})");
                     }
                     // Several failures in a row: start over with a fresh client
                     // (e.g. a changed auth token or stale connections).
-                    if failures % 3 == 0 {
+                    if failures.is_multiple_of(3) {
                         conn = None;
                     }
                 }
