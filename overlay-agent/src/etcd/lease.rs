@@ -841,7 +841,7 @@ impl Keeper {
         });
     }
 
-    /// Sleeps one backoff step (and reconnects after a few); false when every
+    /// Sleeps one backoff step (the client re-dials by itself); false when every
     /// receiver is gone.
     async fn pause(&mut self, backoff: &mut Backoff) -> bool {
         let d = backoff.next_delay();
