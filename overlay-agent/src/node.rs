@@ -113,9 +113,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let settings = etcd_settings(&args.etcd);
     let mgr = etcd_retry!("connecting to etcd", SubnetManager::new(settings.clone()))?;
     let cfg = etcd_retry!("reading the network config", mgr.network_config())?;
-    if cfg.backend_defaulted {
-        warn!("the network config has no Backend type: assuming vxlan (flannel's documented default)");
-    }
     let backend = cfg.backend.kind;
     let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
     let pod_mtu = match backend {

@@ -1,5 +1,7 @@
 //! `cargo xtask <command>`: set up a machine, build, and test overlay-agent.
+mod bench;
 mod build;
+mod demo;
 mod ebpf_cmd;
 mod setup;
 mod test;
@@ -87,13 +89,7 @@ fn run(command: Cmd) -> Result<()> {
                 },
             )
         }
-        Cmd::Demo { .. } => bail!(
-            "`cargo xtask demo` is not implemented yet (it is planned). \
-             `cargo xtask test` runs the test suite meanwhile."
-        ),
-        Cmd::Bench { .. } => bail!(
-            "`cargo xtask bench` is not implemented yet (it is planned: throughput compared \
-             with flannel's kernel VXLAN and host-gw modes)."
-        ),
+        Cmd::Demo { args } => demo::run(&root, &args),
+        Cmd::Bench { args } => bench::run(&root, &args),
     }
 }

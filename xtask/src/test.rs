@@ -40,6 +40,11 @@ pub fn run_tests(root: &Path, opts: &TestOptions) -> Result<()> {
     step("test: the kernel's verifier accepts the BPF object (bpftool prog loadall)");
     crate::build::check_object_loads(&object)?;
 
+    // The integration tests run the real binary (tests/src/agent.rs):
+    // cargo test does not build another package's binaries.
+    step("test: the agent binary the integration tests run");
+    let agent = crate::build::build_agent(root, false)?;
+
     let args = cargo_test_args(&opts.cargo_args);
     step(&format!(
         "test: the suite (unit, BPF program and integration tests){}",
@@ -51,6 +56,7 @@ pub fn run_tests(root: &Path, opts: &TestOptions) -> Result<()> {
     cmd.current_dir(root)
         .env("OVERLAY_SKIP_EBPF_BUILD", "1")
         .env("XTASK_REQUIRE_EBPF_OBJECT", "1")
+        .env("OVERLAY_AGENT_BIN", &agent)
         .args(&args);
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         cmd.env("RUST_BACKTRACE", "1");

@@ -1,0 +1,8 @@
+//! `cargo xtask demo` (being written).
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+pub fn run(_root: &Path, _args: &[String]) -> Result<()> {
+    bail!("`cargo xtask demo` is not implemented yet (it is being written).")
+}
