@@ -168,7 +168,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         handle,
         uplink,
         cfg: cfg.clone(),
-        maps: datapath.maps,
+        datapath,
         bridge_index: bridge_info.index,
         bridge_mac: bridge_info.mac,
         vtep_mac,
@@ -207,7 +207,7 @@ struct Node {
     handle: Handle,
     uplink: Uplink,
     cfg: NetworkConfig,
-    maps: DatapathMaps,
+    datapath: Datapath,
     bridge_index: u32,
     bridge_mac: [u8; 6],
     vtep_mac: [u8; 6],
@@ -229,7 +229,7 @@ impl Node {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut endpoint_tick = tokio::time::interval(ENDPOINT_SYNC);
         endpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.peers = self.maps.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
+        self.peers = self.datapath.maps.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
@@ -272,7 +272,7 @@ impl Node {
     /// (possibly new) lease.
     async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
         let subnet = self.own.subnet;
-        self.maps.set_config(&LocalConfig {
+        self.datapath.maps.set_config(&LocalConfig {
             public_ip: self.uplink.public_ip.octets(),
             cluster_net: self.cfg.network.network().octets(),
             local_subnet: subnet.network().octets(),
@@ -411,7 +411,7 @@ impl Node {
         if self.peers.get(&peer.subnet) == Some(&peer) {
             return;
         }
-        match self.maps.upsert_peer(&peer) {
+        match self.datapath.maps.upsert_peer(&peer) {
             Ok(()) => {
                 let verb = if self.peers.contains_key(&peer.subnet) { "changed" } else { "added" };
                 info!(
@@ -428,7 +428,7 @@ impl Node {
     }
 
     fn remove_peer(&mut self, subnet: Ipv4Net) {
-        match self.maps.remove_peer(subnet) {
+        match self.datapath.maps.remove_peer(subnet) {
             Ok(()) => {
                 if let Some(p) = self.peers.remove(&subnet) {
                     info!("peer removed: {} (was via {})", subnet, p.public_ip);
@@ -453,7 +453,11 @@ impl Node {
                 return;
             }
         };
-        match endpoints::reconcile(&mut self.maps, &found) {
+        match self.datapath.sync_pod_veths(&found.veths) {
+            (0, 0) => {}
+            (attached, detached) => debug!("pod veths: encapsulation attached to {attached}, detached from {detached}"),
+        }
+        match endpoints::reconcile(&mut self.datapath.maps, &found.endpoints) {
             Ok((0, 0)) => {}
             Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
             Err(e) => warn!("updating the endpoint map: {e}"),

