@@ -28,6 +28,12 @@ fn pods_talk_across_agent_nodes_icmp_tcp_udp() {
         let vxlan = c.tb.host(i).run(&["ip", "-d", "link", "show", "type", "vxlan"]).unwrap();
         assert!(vxlan.trim().is_empty(), "vxlan link on agent node {i}: {vxlan}");
     }
+    // Each pod's veth carries the encapsulation itself (the bridge is the
+    // fallback for pods not attached yet).
+    for i in 0..2 {
+        let pin = c.agents[i].pin_dir().join("links").join(format!("from_pods@{}", c.pods[i][0].host_veth()));
+        assert!(pin.exists(), "{} missing", pin.display());
+    }
     let counters = c.counters(0);
     assert!(counters["encapsulated"] > 0 && counters["decap_to_pod"] + counters["decap_to_host"] > 0, "{counters:?}");
 }
