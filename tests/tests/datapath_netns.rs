@@ -43,7 +43,14 @@ fn sixty_four_megabytes_arrive_intact() {
     let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
     let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
     wait_ping(a, b.ip());
+    let before = c.maps(0).stats().unwrap().get(overlay_common::stats::Reason::Encapsulated);
     tcp_roundtrip(a, b, 64 << 20);
+    let after = c.maps(0).stats().unwrap().get(overlay_common::stats::Reason::Encapsulated);
+    // GSO super-packets were encapsulated whole (the kernel segments them
+    // afterwards as UDP-tunnel GSO), not chopped into MTU-sized writes.
+    let (packets, bytes) = (after.packets - before.packets, after.bytes - before.bytes);
+    assert!(bytes >= 64 << 20, "{bytes} bytes encapsulated");
+    assert!(bytes / packets > 4 * 1500, "average {} bytes per encapsulated packet", bytes / packets);
 }
 
 #[test]
