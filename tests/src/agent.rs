@@ -150,8 +150,70 @@ impl Agent {
         self.child.take().and_then(|c| c.terminate(Duration::from_secs(10)))
     }
 
+    /// Waits for the agent to exit on its own (e.g. after a fatal error).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_ref()?.wait_timeout(timeout)?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.as_ref().is_some_and(|c| c.is_running())
+    }
+
+    /// How many times the agent has logged "ready" so far (once per start).
+    pub fn ready_count(&self) -> usize {
+        self.log_text().lines().filter(|l| l.ends_with("] ready") || l.ends_with(" ready")).count()
+    }
+
+    /// Log lines at `level` ("ERROR", "WARN", ...), as env_logger prints them.
+    pub fn log_lines_at(&self, level: &str) -> Vec<String> {
+        let tag = format!(" {level} ");
+        self.log_text().lines().filter(|l| l.contains(&tag)).map(str::to_string).collect()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if start.elapsed() > timeout {
+                bail!("agent {}: no log line with {needle:?} after {timeout:?}; log:\n{log}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// User + system CPU time the running agent process has used so far
+    /// (fields 14 and 15 of /proc/<pid>/stat), or None if it is not running.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.pid()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3.
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(Duration::from_millis(ticks * 1000 / hz))
+    }
+
+    /// `overlay-agent inspect --json` on this agent's pin folder (reads the
+    /// pins only; works while the agent is down).
+    pub fn inspect(&self) -> Result<serde_json::Value> {
+        let out = std::process::Command::new(agent_binary())
+            .arg("inspect")
+            .arg("--json")
+            .arg(format!("--bpf-pin-dir={}", self.pin_root.display()))
+            .stdin(Stdio::null())
+            .output()
+            .context("running overlay-agent inspect")?;
+        if !out.status.success() {
+            bail!("overlay-agent inspect failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| format!("inspect output {}", String::from_utf8_lossy(&out.stdout)))
     }
 }
 

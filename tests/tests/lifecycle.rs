@@ -148,3 +148,59 @@ fn xdp_guard_drops_strangers_before_tc() {
     let tc_seen = maps.stats().unwrap().get(overlay_common::stats::Reason::DecapToPod).packets;
     assert_eq!(tc_seen, 0);
 }
+
+/// Starts the agent in a fresh host with `config` (None: no config key at
+/// all) and `extra` flags, expecting it to exit; returns its exit status and
+/// log.
+fn failed_start(config: Option<&str>, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    ensure_bpffs().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let etcd = Etcd::start().unwrap();
+    if let Some(config) = config {
+        etcd.put(&format!("{PREFIX}/config"), config).unwrap();
+    }
+    let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
+    let fwd = PortForward::into_ns(tb.host(0), target).unwrap();
+    let mut agent = Agent::start(
+        tb.host(0),
+        AgentOptions {
+            etcd_endpoints: &fwd.url(),
+            prefix: PREFIX,
+            dir: tb.dir(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        },
+    )
+    .unwrap();
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("the agent should have exited");
+    let log = agent.log_text();
+    assert!(!agent.pin_root.exists() || !agent.pin_dir().join("CONFIG").exists(), "nothing installed");
+    (status, log)
+}
+
+#[test]
+fn missing_config_says_which_key_and_how_to_create_it() {
+    let (status, log) = failed_start(None, &[]);
+    assert!(!status.success());
+    assert!(log.contains(&format!("{PREFIX}/config")), "{log}");
+    assert!(log.contains("etcdctl put"), "{log}");
+}
+
+#[test]
+fn unsupported_backend_names_the_supported_ones() {
+    let (status, log) = failed_start(Some(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"udp"}}"#), &[]);
+    assert!(!status.success());
+    assert!(log.contains("udp") && log.contains("vxlan") && log.contains("host-gw"), "{log}");
+}
+
+#[test]
+fn unknown_interface_is_a_clear_error() {
+    let tb = Testbed::new(1).unwrap();
+    // Chosen before etcd is contacted: no etcd needed to see the error.
+    let out = tb
+        .host(0)
+        .exec(&[agent_binary().to_str().unwrap(), "--iface=nope0", "--etcd-endpoints=http://127.0.0.1:1"])
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("nope0") && said.contains("no such interface"), "{said}");
+}
