@@ -204,3 +204,27 @@ fn unknown_interface_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(said.contains("nope0") && said.contains("no such interface"), "{said}");
 }
+
+#[test]
+fn a_panicking_test_leaves_no_agent_pins_namespaces_or_processes() {
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let n = nodes(1, 0, &[]);
+        seen = Some((
+            n.agents[0].pin_root.clone(),
+            n.agents[0].pid().unwrap(),
+            n.tb.host(0).name().to_string(),
+            n.etcd.pid().unwrap(),
+        ));
+        panic!("deliberate");
+    }));
+    assert!(result.is_err());
+    let (pins, agent_pid, ns, etcd_pid) = seen.unwrap();
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+    assert!(!alive(agent_pid), "agent {agent_pid} still running");
+    assert!(!alive(etcd_pid), "etcd {etcd_pid} still running");
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&ns), "namespace {ns} left behind");
+}
