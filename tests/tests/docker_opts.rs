@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use overlay_agent::cli::{parse_from_env, Command, DockerOptsArgs};
 use overlay_agent::docker_opts::{check, merge_vars, render, route_conflict, run, Options};
@@ -11,27 +10,9 @@ use overlay_agent::docker_opts::{check, merge_vars, render, route_conflict, run,
 /// flannel's dist/sample_subnet.env.
 const SAMPLE: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n";
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "overlay-docker-opts-{tag}-{}-{}",
-            std::process::id(),
-            overlay_tests::random_hex(4)
-        ));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A scratch folder, removed when dropped.
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("overlay-docker-opts-{tag}-")).tempdir().unwrap()
 }
 
 fn args(flags: &[&str]) -> DockerOptsArgs {
@@ -168,7 +149,7 @@ fn sourced_like_the_shell() {
 
 #[test]
 fn run_writes_the_output_file() {
-    let tmp = TempDir::new("run");
+    let tmp = scratch("run");
     let env = tmp.path().join("subnet.env");
     let outp = tmp.path().join("docker_opts.env");
     fs::write(&env, SAMPLE).unwrap();
@@ -193,7 +174,7 @@ fn run_writes_the_output_file() {
 #[test]
 fn seed_003_writes_into_the_subnet_file_itself() {
     // ExecStartPost=mk-docker-opts.sh -k DOCKER_NETWORK_OPTIONS -d /run/flannel/subnet.env
-    let tmp = TempDir::new("seed3");
+    let tmp = scratch("seed3");
     let env = tmp.path().join("subnet.env");
     fs::write(&env, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap();
     let a = args(&[
@@ -217,7 +198,7 @@ fn seed_003_writes_into_the_subnet_file_itself() {
 
 #[test]
 fn run_errors() {
-    let tmp = TempDir::new("err");
+    let tmp = scratch("err");
     let env = tmp.path().join("subnet.env");
     let outp = tmp.path().join("out.env");
     fs::write(

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnet::Ipv4Net;
 use overlay_agent::subnet_env::{
@@ -11,27 +11,9 @@ use overlay_agent::subnet_env::{
     SubnetEnvError,
 };
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "overlay-subnet-env-{tag}-{}-{}",
-            std::process::id(),
-            overlay_tests::random_hex(4)
-        ));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A scratch folder, removed when dropped.
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("overlay-subnet-env-{tag}-")).tempdir().unwrap()
 }
 
 fn net(s: &str) -> Ipv4Net {
@@ -111,7 +93,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn write_atomic_creates_parents_mode_0644_no_leftovers() {
-    let tmp = TempDir::new("write");
+    let tmp = scratch("write");
     let path = tmp.path().join("run/flannel/subnet.env");
     // a restrictive umask must not change the mode
     let old = unsafe { libc::umask(0o077) };
@@ -138,7 +120,7 @@ fn write_atomic_creates_parents_mode_0644_no_leftovers() {
 
 #[test]
 fn write_atomic_failure_leaves_nothing() {
-    let tmp = TempDir::new("fail");
+    let tmp = scratch("fail");
     // the target is a directory: rename fails, the temp file must go
     let path = tmp.path().join("subnet.env");
     fs::create_dir_all(path.join("occupied")).unwrap();
@@ -148,7 +130,7 @@ fn write_atomic_failure_leaves_nothing() {
 
 #[test]
 fn read_round_trip() {
-    let tmp = TempDir::new("rt");
+    let tmp = scratch("rt");
     let path = tmp.path().join("subnet.env");
     for e in [
         example(),
@@ -166,7 +148,7 @@ fn read_round_trip() {
 
 #[test]
 fn read_is_tolerant() {
-    let tmp = TempDir::new("tolerant");
+    let tmp = scratch("tolerant");
     let path = tmp.path().join("subnet.env");
     fs::write(
         &path,
@@ -196,7 +178,7 @@ fn read_is_tolerant() {
 
 #[test]
 fn read_errors_name_the_problem() {
-    let tmp = TempDir::new("errors");
+    let tmp = scratch("errors");
     let path = tmp.path().join("subnet.env");
     let full = example().render();
     for key in [
