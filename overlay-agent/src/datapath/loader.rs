@@ -109,13 +109,28 @@ impl Datapath {
             XdpGuard::Off => detach_pinned(&xdp_pin),
             mode => attach_xdp(&mut ebpf, &pin_dir, &opts.uplink, mode, &mut report)?,
         }
+        // Pod veth links a previous agent pinned are adopted like the others
+        // (switched to this agent's program); those of veths that are gone
+        // are unpinned.
+        let mut pod_veths = BTreeSet::new();
+        for veth in pinned_pod_veths(&pin_dir, &opts.bridge) {
+            if ifindex(&veth).is_none() {
+                detach_pinned(&link_pin(&pin_dir, program_names::FROM_PODS, &veth));
+                continue;
+            }
+            match attach_tc(&mut ebpf, &pin_dir, program_names::FROM_PODS, &veth, TcAttachType::Ingress, &mut report) {
+                Ok(()) => {
+                    pod_veths.insert(veth);
+                }
+                Err(e) => warn!("adopting from_pods on pod veth {veth}: {e}"),
+            }
+        }
         info!(
             "data path ready in {} (adopted: [{}], attached: [{}])",
             pin_dir.display(),
             report.adopted.join(", "),
             report.created.join(", ")
         );
-        let pod_veths = pinned_pod_veths(&pin_dir, &opts.bridge);
         Ok(Datapath { maps, report, pin_dir, pod_veths, ebpf })
     }
 
@@ -170,19 +185,9 @@ pub fn load_unattached() -> Result<(Ebpf, DatapathMaps), DatapathError> {
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
     let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
     for name in [program_names::FROM_PODS, program_names::FROM_HOST, program_names::FROM_UPLINK] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(prog_err(name, "not a TC classifier"))?;
-        prog.load().map_err(prog_err(name, "load (verifier)"))?;
+        classifier(&mut ebpf, name)?;
     }
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program_names::XDP_GUARD)
-        .ok_or(DatapathError::MissingProgram(program_names::XDP_GUARD))?
-        .try_into()
-        .map_err(prog_err(program_names::XDP_GUARD, "not an XDP program"))?;
-    xdp.load().map_err(prog_err(program_names::XDP_GUARD, "load (verifier)"))?;
+    xdp_program(&mut ebpf)?;
     Ok((ebpf, maps))
 }
 
@@ -228,14 +233,8 @@ fn pin_program(
     prog.pin(&path).map_err(prog_err(name, format!("pin at {}", path.display())))
 }
 
-fn attach_tc(
-    ebpf: &mut Ebpf,
-    pin_dir: &Path,
-    name: &'static str,
-    iface: &str,
-    hook: TcAttachType,
-    report: &mut AttachReport,
-) -> Result<(), DatapathError> {
+/// The TC program `name`, loaded (the verifier runs once per agent).
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
         .ok_or(DatapathError::MissingProgram(name))?
@@ -244,6 +243,31 @@ fn attach_tc(
     if prog.fd().is_err() {
         prog.load().map_err(prog_err(name, "load (verifier)"))?;
     }
+    Ok(prog)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    let name = program_names::XDP_GUARD;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name, "not an XDP program"))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    }
+    Ok(prog)
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    name: &'static str,
+    iface: &str,
+    hook: TcAttachType,
+    report: &mut AttachReport,
+) -> Result<(), DatapathError> {
+    let prog = classifier(ebpf, name)?;
     let pin = link_pin(pin_dir, name, iface);
     let label = format!("{name} on {iface} {}", hook_name(hook));
 
@@ -297,12 +321,7 @@ fn attach_xdp(
     report: &mut AttachReport,
 ) -> Result<(), DatapathError> {
     let name = program_names::XDP_GUARD;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?
-        .try_into()
-        .map_err(prog_err(name, "not an XDP program"))?;
-    prog.load().map_err(prog_err(name, "load (verifier)"))?;
+    let prog = xdp_program(ebpf)?;
     let pin = link_pin(pin_dir, name, iface);
     let label = format!("{name} on {iface} xdp");
     let mut adopted = None;
