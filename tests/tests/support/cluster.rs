@@ -3,14 +3,16 @@
 //! the traffic helpers the data path tests share.
 use std::{
     collections::HashMap,
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use overlay_agent::datapath::DatapathMaps;
+use ipnet::Ipv4Net;
+use overlay_agent::datapath::{DatapathMaps, Peer};
 use overlay_tests::{
     agent::{Agent, AgentOptions},
     etcd::Etcd,
@@ -34,6 +36,9 @@ pub struct Cluster {
     pub pods: Vec<Vec<Pod>>,
     pub kernel_leases: Vec<VxlanLease>,
     pub pod_mtu: u32,
+    /// The testbed host each agent runs in (agent i is on host i unless
+    /// added later with [`Cluster::add_agent`]).
+    pub agent_hosts: Vec<usize>,
     pub tb: Testbed,
 }
 
@@ -41,8 +46,34 @@ impl Cluster {
     /// `agents` agent nodes (hosts 0..), then `kernels` flannel kernel
     /// nodes, then `spare` unconfigured hosts; one pod on each node.
     pub fn start_with(agents: usize, kernels: usize, spare: usize, config: &str) -> Cluster {
+        Self::start_prepared(agents, kernels, spare, config, |_| {})
+    }
+
+    /// [`Cluster::start_with`], calling `prepare` on the testbed before any
+    /// node is set up (e.g. to re-address hosts or add routers).
+    pub fn start_prepared(
+        agents: usize,
+        kernels: usize,
+        spare: usize,
+        config: &str,
+        prepare: impl FnOnce(&Testbed),
+    ) -> Cluster {
+        Self::start_custom(agents, kernels, spare, config, READY, prepare)
+    }
+
+    /// [`Cluster::start_prepared`], waiting up to `ready` for each agent
+    /// (they all start at once, so many agents on 2 cores need longer).
+    pub fn start_custom(
+        agents: usize,
+        kernels: usize,
+        spare: usize,
+        config: &str,
+        ready: Duration,
+        prepare: impl FnOnce(&Testbed),
+    ) -> Cluster {
         ensure_bpffs().unwrap();
         let tb = Testbed::new(agents + kernels + spare).unwrap();
+        prepare(&tb);
         let etcd = Etcd::start().unwrap();
         etcd.put(&format!("{PREFIX}/config"), config).unwrap();
         let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
@@ -72,9 +103,18 @@ impl Cluster {
             forwards.push(fwd);
             started.push(agent);
         }
-        let mut cluster = Cluster { agents: started, forwards, etcd, pods: vec![], kernel_leases, pod_mtu: 1450, tb };
+        let mut cluster = Cluster {
+            agents: started,
+            forwards,
+            etcd,
+            pods: vec![],
+            kernel_leases,
+            pod_mtu: 1450,
+            agent_hosts: (0..agents).collect(),
+            tb,
+        };
         for a in &cluster.agents {
-            a.wait_ready(READY).unwrap();
+            a.wait_ready(ready).unwrap();
         }
         if let Some(a) = cluster.agents.first() {
             cluster.pod_mtu = flannel_mtu(&a.subnet_file);
@@ -118,6 +158,234 @@ impl Cluster {
     pub fn maps(&self, i: usize) -> DatapathMaps {
         DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap()
     }
+
+    /// Where etcd listens in the root namespace (what the forwards relay to).
+    pub fn etcd_target(&self) -> SocketAddr {
+        self.etcd.endpoint().trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// Starts an agent on testbed host `host` (normally a spare one) with
+    /// its own forward to etcd, without waiting for it to be ready.
+    /// Returns its index in `agents`.
+    pub fn add_agent(&mut self, host: usize) -> usize {
+        let fwd = PortForward::into_ns(self.tb.host(host), self.etcd_target()).unwrap();
+        let agent = Agent::start(
+            self.tb.host(host),
+            AgentOptions { etcd_endpoints: &fwd.url(), prefix: PREFIX, dir: self.tb.dir(), extra: vec![] },
+        )
+        .unwrap();
+        self.forwards.push(fwd);
+        self.agents.push(agent);
+        self.agent_hosts.push(host);
+        self.agents.len() - 1
+    }
+
+    /// A new pod behind agent `i`'s cni0, at the `nth` address of its lease
+    /// (the gateway is the first).
+    pub fn add_agent_pod(&self, i: usize, nth: u32) -> Pod {
+        let (_, len, gw) = self.agents[i].lease().unwrap();
+        let host = self.tb.host(self.agent_hosts[i]);
+        host.add_pod("cni0", &format!("{}/{len}", next(gw, nth - 1)), gw, self.pod_mtu).unwrap()
+    }
+
+    /// The remote subnets in agent `i`'s SUBNETS map.
+    pub fn peers(&self, i: usize) -> Vec<Peer> {
+        self.maps(i).peers().unwrap()
+    }
+
+    /// Agent `i`'s own lease as a subnet.
+    pub fn subnet(&self, i: usize) -> Ipv4Net {
+        let (net, len, _) = self.agents[i].lease().unwrap();
+        Ipv4Net::new(net, len).unwrap()
+    }
+
+    /// Watches `<prefix>/` with `etcdctl watch`, run inside agent
+    /// `agent`'s host through its forward (so the testbed kills it).
+    pub fn watch_leases(&self, agent: usize) -> LeaseWatch {
+        let ns_host = self.tb.host(self.agent_hosts[agent]);
+        let mut cmd = ns_host.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.forwards[agent].url()))
+            .args(["watch", "--prefix", &format!("{PREFIX}/")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let child = ns_host.spawn(cmd).unwrap();
+        let stdout = child.take_stdout().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(op)) = lines.next() {
+                let put = match op.as_str() {
+                    "PUT" => true,
+                    "DELETE" => false,
+                    _ => continue,
+                };
+                let Some(Ok(key)) = lines.next() else { break };
+                let value = if put { lines.next().and_then(|l| l.ok()) } else { None };
+                if tx.send(LeaseChange { at: SystemTime::now(), key, value }).is_err() {
+                    break;
+                }
+            }
+        });
+        // The watch must be established before the caller acts: poke a key
+        // of our own (outside subnets/, so no agent sees it) and wait for it
+        // to come through.
+        let probe = format!("{PREFIX}/test-watch-probe-{}", overlay_tests::random_hex(3));
+        let watch = LeaseWatch { _child: child, rx };
+        let start = Instant::now();
+        loop {
+            self.etcd.put(&probe, "probe").unwrap();
+            if let Ok(ch) = watch.rx.recv_timeout(Duration::from_millis(300)) {
+                if ch.key == probe {
+                    break;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "etcdctl watch did not start");
+        }
+        self.etcd.delete(&probe).unwrap();
+        // Drain the probe's own events.
+        while let Ok(ch) = watch.rx.recv_timeout(Duration::from_millis(300)) {
+            if ch.key == probe && ch.value.is_none() {
+                break;
+            }
+        }
+        watch
+    }
+}
+
+/// One change seen by [`LeaseWatch`].
+#[derive(Clone, Debug)]
+pub struct LeaseChange {
+    pub at: SystemTime,
+    pub key: String,
+    /// The new value of a PUT; None for a DELETE.
+    pub value: Option<String>,
+}
+
+/// `etcdctl watch --prefix <prefix>/`, timestamping each change as it
+/// arrives.
+pub struct LeaseWatch {
+    _child: ChildHandle,
+    pub rx: mpsc::Receiver<LeaseChange>,
+}
+
+impl LeaseWatch {
+    /// The next PUT (new or changed lease) within `timeout`.
+    pub fn next_put(&self, timeout: Duration) -> Option<LeaseChange> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(ch) if ch.value.is_some() && ch.key.contains("/subnets/") => return Some(ch),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// The subnet of a lease key `<prefix>/subnets/10.42.3.0-24`.
+pub fn key_subnet(key: &str) -> Option<Ipv4Net> {
+    let (ip, len) = key.rsplit('/').next()?.split_once('-')?;
+    Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()
+}
+
+/// Seconds since the epoch, as `ping -D` prints them.
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A `ping -D` running in the background (tracked by the testbed), its
+/// output in a file.
+pub struct PingRun {
+    child: ChildHandle,
+    out: PathBuf,
+    what: String,
+}
+
+/// What a finished ping reported.
+#[derive(Clone, Debug)]
+pub struct PingStats {
+    pub transmitted: u64,
+    pub received: u64,
+    /// Wall-clock time (seconds since the epoch) of every reply.
+    pub replies: Vec<f64>,
+    /// icmp_seq of every reply, in order.
+    pub seqs: Vec<u32>,
+    pub text: String,
+}
+
+impl PingStats {
+    pub fn lost(&self) -> u64 {
+        self.transmitted.saturating_sub(self.received)
+    }
+
+    pub fn first_reply(&self) -> Option<f64> {
+        self.replies.first().copied()
+    }
+}
+
+impl PingRun {
+    /// `count` echo requests every `interval` seconds from `from` to `to`,
+    /// each waiting up to 1 s for its answer.
+    pub fn start(dir: &Path, from: &Netns, to: Ipv4Addr, interval: f64, count: u32) -> PingRun {
+        let out = dir.join(format!("ping-{}.txt", overlay_tests::random_hex(4)));
+        let file = std::fs::File::create(&out).unwrap();
+        let mut cmd = from.command("ping");
+        cmd.args(["-D", "-n", "-i", &format!("{interval}"), "-c", &count.to_string(), "-W", "1", &to.to_string()])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = from.spawn(cmd).unwrap();
+        PingRun { child, out, what: format!("ping from {} to {to}", from.name()) }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_running()
+    }
+
+    /// Waits for ping to end (at most `timeout`) and parses its output.
+    pub fn wait(self, timeout: Duration) -> PingStats {
+        let status = self.child.wait_timeout(timeout);
+        if status.is_none() {
+            self.child.kill();
+        }
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        assert!(status.is_some(), "{} still running after {timeout:?}:\n{}", self.what, tail_lines(&text, 5));
+        parse_ping(&text).unwrap_or_else(|| panic!("{}: no summary in its output:\n{text}", self.what))
+    }
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Parses `ping -D` output: reply timestamps and the summary line.
+pub fn parse_ping(text: &str) -> Option<PingStats> {
+    let mut replies = Vec::new();
+    let mut seqs = Vec::new();
+    let mut summary = None;
+    for line in text.lines() {
+        if line.contains(" bytes from ") && line.contains("icmp_seq=") {
+            if let Some(ts) =
+                line.strip_prefix('[').and_then(|l| l.split(']').next()).and_then(|t| t.parse::<f64>().ok())
+            {
+                replies.push(ts);
+            }
+            let seq: Option<u32> =
+                line.split("icmp_seq=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok());
+            seqs.extend(seq);
+        }
+        if let Some((tx, rest)) = line.split_once(" packets transmitted, ") {
+            let tx: u64 = tx.trim().parse().ok()?;
+            let rx: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            summary = Some((tx, rx));
+        }
+    }
+    let (transmitted, received) = summary?;
+    Some(PingStats { transmitted, received, replies, seqs, text: text.to_string() })
 }
 
 pub fn next(ip: Ipv4Addr, n: u32) -> Ipv4Addr {
@@ -194,8 +462,21 @@ pub fn tcp_roundtrip(from: &Pod, to: &Pod, bytes: usize) {
     assert_eq!(first_bad, None, "payload corrupted");
 }
 
-/// `n` UDP datagrams from `from` to `to`, each echoed back.
+const UDP_ECHO_END: &[u8] = b"\0end of udp_echo";
+
+/// `n` UDP datagrams from `from` to `to`, each echoed back. The echo server
+/// ends at its 5 s read timeout, so this takes at least 5 s.
 pub fn udp_echo(from: &Pod, to: &Pod, n: usize) {
+    udp_echo_with(from, to, n, false)
+}
+
+/// [`udp_echo`] that tells the echo server to stop when done, so it does
+/// not wait for its 5 s read timeout.
+pub fn udp_echo_quick(from: &Pod, to: &Pod, n: usize) {
+    udp_echo_with(from, to, n, true)
+}
+
+fn udp_echo_with(from: &Pod, to: &Pod, n: usize, quick: bool) {
     let server = to.in_ns(|| UdpSocket::bind(SocketAddrV4::new(to.ip(), 0))).unwrap();
     let addr = server.local_addr().unwrap();
     server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -203,6 +484,9 @@ pub fn udp_echo(from: &Pod, to: &Pod, n: usize) {
         let mut buf = [0u8; 2048];
         let mut echoed = 0;
         while let Ok((len, peer)) = server.recv_from(&mut buf) {
+            if &buf[..len] == UDP_ECHO_END {
+                break;
+            }
             server.send_to(&buf[..len], peer).unwrap();
             echoed += 1;
         }
@@ -224,6 +508,11 @@ pub fn udp_echo(from: &Pod, to: &Pod, n: usize) {
             }
         }
         assert!(ok, "datagram {i} was not echoed");
+    }
+    // Ends the echo server now rather than at its 5 s read timeout (which
+    // still ends it if this datagram is lost).
+    if quick {
+        let _ = client.send_to(UDP_ECHO_END, addr);
     }
     drop(client);
     assert!(echo.join().unwrap() >= n);
@@ -265,10 +554,90 @@ impl Capture {
     }
 
     pub fn finish(self) -> Vec<VxlanFrame> {
+        vxlan_frames(&self.finish_raw())
+    }
+
+    /// Every IPv4 frame captured, VXLAN or not.
+    pub fn finish_ip(self) -> Vec<IpFrame> {
+        ip_frames(&self.finish_raw())
+    }
+
+    /// Stops tcpdump and returns the pcap file's bytes.
+    pub fn finish_raw(self) -> Vec<u8> {
         std::thread::sleep(Duration::from_millis(200));
         let _ = self.child.signal(libc::SIGINT);
         self.child.wait_timeout(Duration::from_secs(5));
-        let data = std::fs::read(&self.file).unwrap_or_default();
-        vxlan_frames(&data)
+        std::fs::read(&self.file).unwrap_or_default()
     }
+}
+
+/// The outer IPv4 header of a captured frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpFrame {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    /// UDP destination port, for UDP.
+    pub udp_dport: Option<u16>,
+}
+
+impl IpFrame {
+    pub fn is_vxlan(&self) -> bool {
+        self.proto == 17 && self.udp_dport == Some(8472)
+    }
+}
+
+/// The IPv4 frames of an Ethernet pcap.
+pub fn ip_frames(pcap: &[u8]) -> Vec<IpFrame> {
+    let mut out = Vec::new();
+    if pcap.len() < 24 {
+        return out;
+    }
+    let le = pcap[0..4] == [0xd4, 0xc3, 0xb2, 0xa1];
+    let u32_at = |i: usize| {
+        let a = [pcap[i], pcap[i + 1], pcap[i + 2], pcap[i + 3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let incl = u32_at(off + 8) as usize;
+        let start = off + 16;
+        if start + incl > pcap.len() {
+            break;
+        }
+        let f = &pcap[start..start + incl];
+        if f.len() >= 34 && f[12..14] == [0x08, 0x00] {
+            let ip4 = |i: usize| Ipv4Addr::new(f[i], f[i + 1], f[i + 2], f[i + 3]);
+            let l4 = 14 + (f[14] & 0x0f) as usize * 4;
+            let proto = f[23];
+            let udp_dport = (proto == 17 && f.len() >= l4 + 4).then(|| u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]));
+            out.push(IpFrame { src: ip4(26), dst: ip4(30), proto, udp_dport });
+        }
+        off = start + incl;
+    }
+    out
+}
+
+/// The time stamp of an agent log line (env_logger's
+/// `[2026-11-23T19:49:00.123Z LEVEL target] message`).
+pub fn log_time(line: &str) -> Option<SystemTime> {
+    let ts = line.strip_prefix('[')?.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min, s) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    // Days since the epoch of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = (days * 86400 + h * 3600 + min * 60) as f64 + s;
+    Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
