@@ -1,0 +1,129 @@
+//! `cargo xtask demo`'s program (`overlay-demo`) runs to the end against the
+//! real agent, shows what it promises, and leaves nothing behind: not when
+//! it completes, and not when it gets Ctrl-C halfway. Needs root.
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use overlay_tests::agent::agent_binary;
+
+const DEMO: &str = env!("CARGO_BIN_EXE_overlay-demo");
+
+fn demo() -> Command {
+    let mut cmd = Command::new(DEMO);
+    cmd.arg("--agent").arg(agent_binary()).stdin(Stdio::null());
+    cmd.env_remove("NO_COLOR");
+    cmd
+}
+
+/// The testbed id in "everything is named ov<id>-*".
+fn testbed_prefix(out: &str) -> String {
+    let rest = out.split("everything is named ").nth(1).unwrap_or_else(|| panic!("no testbed name in:\n{out}"));
+    let prefix = rest.split('*').next().unwrap().to_string();
+    assert!(prefix.starts_with("ov") && prefix.ends_with('-'), "{prefix:?}");
+    prefix
+}
+
+/// The etcd data folder in "data in <dir>".
+fn etcd_dir(out: &str) -> String {
+    let rest = out.split("data in ").nth(1).unwrap_or_else(|| panic!("no etcd folder in:\n{out}"));
+    rest.lines().next().unwrap().trim().to_string()
+}
+
+/// Nothing named after the demo's testbed or etcd is left: namespaces,
+/// pins, processes, folders.
+fn assert_nothing_left(out: &str) {
+    let prefix = testbed_prefix(out);
+    let etcd = etcd_dir(out);
+    let namespaces: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let ours: Vec<&String> = namespaces.iter().filter(|n| n.starts_with(&prefix)).collect();
+    assert!(ours.is_empty(), "namespaces left: {ours:?}");
+    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let ours: Vec<&String> = pins.iter().filter(|p| p.starts_with(&prefix)).collect();
+    assert!(ours.is_empty(), "pins left in /sys/fs/bpf: {ours:?}");
+    assert!(!Path::new(&etcd).exists(), "etcd folder {etcd} left");
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!cmdline.contains(&etcd), "process left: {cmdline}");
+        assert!(!cmdline.contains(&format!("/sys/fs/bpf/{prefix}")), "process left: {cmdline}");
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn demo_runs_to_the_end_and_cleans_up() {
+    let out = demo().args(["--nodes", "2"]).output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "the demo failed ({}):\n{all}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains('\x1b'), "colours on a pipe:\n{stdout}");
+    for expected in [
+        "[1/11] Starting etcd",
+        "/coreos.com/network/config",
+        "/coreos.com/network/subnets/10.42.",
+        "\"BackendType\":\"vxlan\"",
+        "FLANNEL_NETWORK=10.42.0.0/16",
+        "FLANNEL_SUBNET=10.42.",
+        "10/10",
+        "RTT min / avg / max",
+        "Gbit/s",
+        "intact",
+        "bpftool map dump pinned /sys/fs/bpf/",
+        "\"prefix_len\": 24",
+        "overlay-agent inspect --bpf-pin-dir=",
+        "remote subnets (1)",
+        "encapsulated",
+        "decap_to_pod",
+        "nothing left behind",
+        "Done in ",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from the output:\n{all}");
+    }
+    // The counters table: a row per node with at least one encapsulated packet.
+    for node in ["node0", "node1"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(node) && l.trim_end().ends_with(" 0") && l.split_whitespace().count() == 7)
+            .unwrap_or_else(|| panic!("no counter row without drops for {node}:\n{stdout}"));
+        let encapsulated: u64 = row.split_whitespace().nth(1).unwrap().replace(',', "").parse().unwrap();
+        assert!(encapsulated > 0, "{row}");
+    }
+    assert!(!stdout.contains(" 0/10"), "lost pings:\n{stdout}");
+    assert_nothing_left(&stdout);
+}
+
+#[test]
+fn ctrl_c_halfway_removes_everything() {
+    let mut child = demo().args(["--nodes", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Read until the agents are up (step 5 begins), then press "Ctrl-C".
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("[5/11]") {
+        assert!(started.elapsed() < Duration::from_secs(30), "step 5 never came:\n{}", String::from_utf8_lossy(&seen));
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the demo ended early:\n{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stdout.read_to_end(&mut seen).unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&seen).into_owned();
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{out}\n{stderr}");
+    assert!(stderr.contains("SIGINT (Ctrl-C) received"), "{stderr}");
+    assert!(out.contains("Stopped by SIGINT"), "{out}");
+    assert!(out.contains("nothing left behind"), "{out}");
+    assert_nothing_left(&out);
+}
