@@ -47,12 +47,18 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// See the agent work (not implemented yet).
+    /// See it work: 3 nodes in network namespaces on a real etcd, pods
+    /// pinging and talking across nodes, leases, maps and counters shown,
+    /// everything removed at the end (options: --nodes N, --keep, --release,
+    /// --no-color).
+    #[command(disable_help_flag = true)]
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
-    /// Measure throughput against flannel's modes (not implemented yet).
+    /// Measure the data path against host-gw and flannel's kernel VXLAN,
+    /// and the control plane at scale (results under target/bench/).
+    #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
