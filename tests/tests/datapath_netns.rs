@@ -32,6 +32,11 @@ fn pods_talk_across_agent_nodes_icmp_tcp_udp() {
     // fallback for pods not attached yet).
     for i in 0..2 {
         let pin = c.agents[i].pin_dir().join("links").join(format!("from_pods@{}", c.pods[i][0].host_veth()));
+        // The agent looks for new pod veths every second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pin.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         assert!(pin.exists(), "{} missing", pin.display());
     }
     let counters = c.counters(0);

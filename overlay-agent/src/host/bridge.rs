@@ -48,6 +48,14 @@ pub struct BridgeInfo {
     pub mac: [u8; 6],
 }
 
+/// The bridge's MAC for a node with this VtepMAC: locally administered,
+/// unicast, stable, and distinct from the VtepMAC itself.
+pub fn bridge_mac_for(vtep_mac: [u8; 6]) -> [u8; 6] {
+    let mut mac = vtep_mac;
+    mac[0] = ((mac[0] ^ 0x04) & 0xfe) | 0x02;
+    mac
+}
+
 /// The gateway of the cluster route: our subnet's network address, which
 /// no pod ever holds (flannel gives the same address to flannel.1).
 pub fn cluster_gateway(address: Ipv4Net) -> Ipv4Addr {
@@ -61,9 +69,10 @@ pub async fn ensure_bridge(handle: &Handle, plan: &BridgePlan) -> Result<BridgeI
             info!("creating bridge {}", plan.name);
             // An explicit MAC: otherwise the bridge takes the lowest MAC of
             // its ports and changes it as pods come and go, which flushes
-            // its neighbour table (our permanent entry included).
-            let mut mac: [u8; 6] = rand::random();
-            mac[0] = (mac[0] & 0xfe) | 0x02;
+            // its neighbour table (our permanent entry included). Derived
+            // from the VtepMAC, which survives restarts and reboots, so pods
+            // that outlive a re-created bridge keep a valid gateway entry.
+            let mac = bridge_mac_for(plan.vtep_mac);
             handle
                 .link()
                 .add(LinkBridge::new(&plan.name).mtu(plan.mtu).address(mac.to_vec()).up().build())
@@ -245,4 +254,20 @@ fn set_sysctl(path: &str, value: &str, log_change: bool) -> Result<(), BridgeErr
         info!("{path} = {value}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mac_is_stable_local_unicast_and_not_the_vtep_mac() {
+        for vtep in [[0x02, 1, 2, 3, 4, 5], [0xfe, 0xff, 0, 0, 0, 1], [0x06, 0, 0, 0, 0, 0]] {
+            let mac = bridge_mac_for(vtep);
+            assert_eq!(mac, bridge_mac_for(vtep));
+            assert_ne!(mac, vtep);
+            assert_eq!(mac[0] & 0x01, 0, "unicast");
+            assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+        }
+    }
 }
