@@ -16,6 +16,7 @@
 //! All of it needs root (network namespaces, bpffs).
 
 pub mod agent;
+pub mod bench;
 pub mod certs;
 pub mod etcd;
 pub mod flannel;

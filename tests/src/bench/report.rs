@@ -1,0 +1,308 @@
+//! The results as a table on stdout, a JSON file and a PNG bar chart.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use serde::Serialize;
+
+use crate::bench::stats::Summary;
+
+/// One data path metric as reported.
+pub struct Metric {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+}
+
+pub const METRICS: &[Metric] = &[
+    Metric { key: "tcp1_gbps", label: "TCP 1 stream", unit: "Gbit/s", higher_is_better: true },
+    Metric { key: "tcp8_gbps", label: "TCP 8 streams", unit: "Gbit/s", higher_is_better: true },
+    Metric { key: "udp64_kpps", label: "UDP 64 B delivered", unit: "kpps", higher_is_better: true },
+    Metric { key: "rr_p50_us", label: "UDP req/resp p50", unit: "µs", higher_is_better: false },
+    Metric { key: "rr_p99_us", label: "UDP req/resp p99", unit: "µs", higher_is_better: false },
+    Metric { key: "tcp1_cpu_ms_per_gbit", label: "CPU, TCP 1 stream", unit: "ms/Gbit", higher_is_better: false },
+    Metric { key: "tcp8_cpu_ms_per_gbit", label: "CPU, TCP 8 streams", unit: "ms/Gbit", higher_is_better: false },
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeSummary {
+    pub mode: String,
+    pub description: String,
+    pub metrics: BTreeMap<String, Summary>,
+}
+
+impl ModeSummary {
+    pub fn median(&self, key: &str) -> f64 {
+        self.metrics.get(key).map(|s| s.median).unwrap_or(f64::NAN)
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// `median (min–max)`.
+pub fn cell(s: Option<&Summary>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => {
+            if s.values.len() > 1 {
+                format!("{} ({}–{})", fmt(s.median), fmt(s.min), fmt(s.max))
+            } else {
+                fmt(s.median)
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The data path table in Markdown (it reads well on a terminal too).
+pub fn datapath_table(modes: &[ModeSummary]) -> String {
+    let mut out = String::from("| metric |");
+    for m in modes {
+        out.push_str(&format!(" {} |", m.mode));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(modes.len()));
+    out.push('\n');
+    for metric in METRICS {
+        out.push_str(&format!("| {} ({}{}) |", metric.label, metric.unit, if metric.higher_is_better { ", higher is better" } else { ", lower is better" }));
+        for m in modes {
+            out.push_str(&format!(" {} |", cell(m.metrics.get(metric.key))));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `a / b` of the medians of `key`.
+pub fn ratio(modes: &[ModeSummary], a: &str, b: &str, key: &str) -> Option<f64> {
+    let find = |name: &str| modes.iter().find(|m| m.mode == name);
+    let (x, y) = (find(a)?.median(key), find(b)?.median(key));
+    (x.is_finite() && y.is_finite() && y != 0.0).then_some(x / y)
+}
+
+/// Ratios of each agent mode against flannel and host-gw, per metric.
+pub fn ratio_table(modes: &[ModeSummary]) -> String {
+    let mut pairs = Vec::new();
+    for ours in ["overlay", "overlay-dr"] {
+        for base in ["flannel", "host-gw"] {
+            if modes.iter().any(|m| m.mode == ours) && modes.iter().any(|m| m.mode == base) {
+                pairs.push((ours, base));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("| metric |");
+    for (a, b) in &pairs {
+        out.push_str(&format!(" {a} / {b} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(pairs.len()));
+    out.push('\n');
+    for metric in METRICS {
+        out.push_str(&format!("| {} |", metric.label));
+        for (a, b) in &pairs {
+            out.push_str(&match ratio(modes, a, b, metric.key) {
+                Some(r) => format!(" {r:.2}× |"),
+                None => " - |".into(),
+            });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+const MODE_COLORS: [RGBColor; 4] = [
+    RGBColor(0x8c, 0x8c, 0x8c), // host-gw
+    RGBColor(0xe0, 0x8a, 0x2c), // flannel
+    RGBColor(0x2c, 0x6f, 0xbb), // overlay
+    RGBColor(0x4f, 0xa8, 0x5a), // overlay-dr
+];
+
+fn mode_color(name: &str) -> RGBColor {
+    match name {
+        "host-gw" => MODE_COLORS[0],
+        "flannel" => MODE_COLORS[1],
+        "overlay" => MODE_COLORS[2],
+        _ => MODE_COLORS[3],
+    }
+}
+
+/// Fonts for the chart's text: plotters draws text with ab_glyph from a TTF
+/// file (Debian's fonts-dejavu-core), no fontconfig needed.
+pub const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+];
+
+fn register_fonts() -> Result<()> {
+    let path = FONT_CANDIDATES
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| anyhow!("no TTF font found (apt-get install fonts-dejavu-core); looked for {FONT_CANDIDATES:?}"))?;
+    let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
+    for style in [FontStyle::Normal, FontStyle::Bold] {
+        plotters::style::register_font("sans-serif", style, bytes).map_err(|_| anyhow!("{path}: not a usable font"))?;
+    }
+    Ok(())
+}
+
+/// One panel per metric, one bar per mode (the median) with a min–max
+/// whisker and the median written above it.
+pub fn chart(path: &Path, title: &str, subtitle: &str, modes: &[ModeSummary]) -> Result<()> {
+    register_fonts()?;
+    let (w, h) = (1600u32, 980u32);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let (top, body) = root.split_vertically(90);
+    top.draw(&Text::new(title, (20, 12), ("sans-serif", 30).into_font().style(FontStyle::Bold)))
+        .map_err(|e| anyhow!("{e}"))?;
+    top.draw(&Text::new(subtitle, (20, 52), ("sans-serif", 18).into_font().color(&RGBColor(80, 80, 80))))
+        .map_err(|e| anyhow!("{e}"))?;
+    // Legend in the title strip.
+    let mut x = w as i32 - 190 * modes.len() as i32;
+    for m in modes {
+        let c = mode_color(&m.mode);
+        top.draw(&Rectangle::new([(x, 20), (x + 22, 40)], c.filled())).map_err(|e| anyhow!("{e}"))?;
+        top.draw(&Text::new(m.mode.clone(), (x + 30, 20), ("sans-serif", 20).into_font())).map_err(|e| anyhow!("{e}"))?;
+        x += 190;
+    }
+    let panels = body.split_evenly((2, 4));
+    for (panel, metric) in panels.iter().zip(METRICS) {
+        draw_panel(panel, metric, modes).with_context(|| format!("panel {}", metric.key))?;
+    }
+    if let Some(last) = panels.get(METRICS.len()) {
+        let note = [
+            "bars: median of the repetitions",
+            "whiskers: min–max",
+            "CPU: system+softirq+irq time of",
+            "all CPUs (/proc/stat) per Gbit",
+            "moved, during the TCP runs",
+        ];
+        for (i, line) in note.iter().enumerate() {
+            last.draw(&Text::new(*line, (30, 60 + 30 * i as i32), ("sans-serif", 18).into_font().color(&RGBColor(80, 80, 80))))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    root.present().map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, metric: &Metric, modes: &[ModeSummary]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let vals: Vec<(String, Summary)> = modes
+        .iter()
+        .filter_map(|m| m.metrics.get(metric.key).map(|s| (m.mode.clone(), s.clone())))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    let ymax = vals.iter().map(|(_, s)| s.max).fold(0.0f64, f64::max).max(1e-9) * 1.22;
+    let caption = format!("{} ({}){}", metric.label, metric.unit, if metric.higher_is_better { " ↑" } else { " ↓" });
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22).into_font().style(FontStyle::Bold))
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..vals.len().max(1) as f64, 0f64..ymax)
+        .map_err(|e| anyhow!("{e}"))?;
+    let names: Vec<String> = vals.iter().map(|(n, _)| n.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(vals.len().max(1) * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = (*x - 0.5).round();
+            if (*x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| fmt(*y))
+        .label_style(("sans-serif", 16).into_font())
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, (name, s)) in vals.iter().enumerate() {
+        let x0 = i as f64 + 0.15;
+        let x1 = i as f64 + 0.85;
+        let c = mode_color(name);
+        chart.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, s.median)], c.filled()))).map_err(|e| anyhow!("{e}"))?;
+        let xm = i as f64 + 0.5;
+        if s.values.len() > 1 {
+            let black = BLACK.stroke_width(2);
+            chart
+                .draw_series([
+                    PathElement::new(vec![(xm, s.min), (xm, s.max)], black),
+                    PathElement::new(vec![(xm - 0.1, s.min), (xm + 0.1, s.min)], black),
+                    PathElement::new(vec![(xm - 0.1, s.max), (xm + 0.1, s.max)], black),
+                ])
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        let label_y = s.max.max(s.median) + ymax * 0.02;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                fmt(s.median),
+                (i as f64 + 0.3, label_y + ymax * 0.06),
+                ("sans-serif", 18).into_font().style(FontStyle::Bold),
+            )))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modes() -> Vec<ModeSummary> {
+        ["host-gw", "flannel", "overlay"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| ModeSummary {
+                mode: name.to_string(),
+                description: String::new(),
+                metrics: METRICS.iter().map(|m| (m.key.to_string(), Summary::of(&[1.0 + i as f64, 2.0 + i as f64]))).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tables_and_ratios() {
+        let m = modes();
+        assert_eq!(ratio(&m, "overlay", "flannel", "tcp1_gbps"), Some(3.5 / 2.5));
+        assert_eq!(ratio(&m, "overlay-dr", "flannel", "tcp1_gbps"), None);
+        let t = datapath_table(&m);
+        assert!(t.contains("| TCP 1 stream (Gbit/s, higher is better) | 1.50 (1.00–2.00) | 2.50 (2.00–3.00) |"), "{t}");
+        let r = ratio_table(&m);
+        assert!(r.contains("overlay / flannel") && r.contains("1.40×"), "{r}");
+    }
+
+    #[test]
+    fn chart_renders_when_a_font_is_there() {
+        if !FONT_CANDIDATES.iter().any(|p| Path::new(p).exists()) {
+            eprintln!("skipped: no TTF font installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("overlay-bench-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = dir.join("c.png");
+        chart(&png, "title", "subtitle", &modes()).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

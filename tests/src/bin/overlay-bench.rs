@@ -1,0 +1,478 @@
+//! `overlay-bench`: what `cargo xtask bench` runs (as root). Data path: the
+//! same two-node netns topology in each mode (host-gw, flannel.1, the agent,
+//! the agent with DirectRouting), measurements interleaved across modes and
+//! repeated; control plane: the agent against a real etcd with N leases.
+//! Writes target/bench/bench.json and target/bench/bench.png.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::json;
+
+use overlay_tests::bench::{
+    check_interrupted, control,
+    datapath::{Mode, TcpResult, Topology},
+    report::{self, ModeSummary},
+    sockets::{FloodResult, PingPongResult},
+    stats::Summary,
+};
+use overlay_tests::etcd::Etcd;
+
+#[derive(Parser, Debug)]
+#[command(name = "overlay-bench", about = "Data path and control plane benchmark (root)")]
+struct Args {
+    /// The overlay-agent binary to run (a release build).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// One repetition, short runs, 100-lease control plane: a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Data path modes, comma separated: host-gw, flannel, overlay, overlay-dr.
+    #[arg(long, value_delimiter = ',', default_value = "host-gw,flannel,overlay,overlay-dr")]
+    modes: Vec<String>,
+    /// Repetitions of every data path measurement.
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds per iperf3 TCP run.
+    #[arg(long)]
+    tcp_secs: Option<u32>,
+    /// Seconds per UDP flood.
+    #[arg(long)]
+    udp_secs: Option<f64>,
+    /// Request/response round trips per latency run.
+    #[arg(long)]
+    round_trips: Option<usize>,
+    /// Lease counts for the control plane runs, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    leases: Option<Vec<usize>>,
+    /// New leases in the change -> map stream.
+    #[arg(long)]
+    changes: Option<usize>,
+    /// Milliseconds between two changes of the stream.
+    #[arg(long, default_value_t = 5.0)]
+    change_interval_ms: f64,
+    /// Skip the data path part.
+    #[arg(long)]
+    no_datapath: bool,
+    /// Skip the control plane part.
+    #[arg(long)]
+    no_control: bool,
+    /// Where bench.json and bench.png go (default: <workspace>/target/bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+struct Plan {
+    modes: Vec<Mode>,
+    reps: usize,
+    tcp_secs: u32,
+    udp_secs: f64,
+    round_trips: usize,
+    leases: Vec<usize>,
+    changes: usize,
+}
+
+impl Plan {
+    fn from(args: &Args) -> Result<Plan> {
+        let modes = args.modes.iter().map(|m| Mode::parse(m.trim())).collect::<Result<Vec<_>>>()?;
+        let q = args.quick;
+        Ok(Plan {
+            modes,
+            reps: args.reps.unwrap_or(if q { 1 } else { 3 }).max(1),
+            tcp_secs: args.tcp_secs.unwrap_or(if q { 1 } else { 5 }).max(1),
+            udp_secs: args.udp_secs.unwrap_or(if q { 0.5 } else { 3.0 }),
+            round_trips: args.round_trips.unwrap_or(if q { 1000 } else { 20_000 }),
+            leases: args.leases.clone().unwrap_or(if q { vec![100] } else { vec![1000, 5000, 10_000] }),
+            changes: args.changes.unwrap_or(if q { 50 } else { 1000 }),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    tcp1: Vec<TcpResult>,
+    tcp8: Vec<TcpResult>,
+    udp: Vec<FloodResult>,
+    rr: Vec<PingPongResult>,
+}
+
+fn main() {
+    env_logger_init();
+    overlay_tests::bench::install_interrupt_handler();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("\noverlay-bench: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn env_logger_init() {
+    // The harness logs nothing we need; keep stderr for our own messages.
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn machine_info() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(f64::NAN);
+    let iperf = std::process::Command::new("iperf3")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": kernel,
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+        "iperf3": iperf,
+    })
+}
+
+/// Background load at a moment: compilers running and the load average.
+#[derive(Default)]
+struct Background {
+    rustc: Vec<usize>,
+    load: Vec<f64>,
+}
+
+impl Background {
+    fn sample(&mut self) {
+        self.rustc.push(overlay_tests::bench::count_processes("rustc"));
+        self.load.push(overlay_tests::bench::loadavg());
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let rustc: Vec<f64> = self.rustc.iter().map(|&x| x as f64).collect();
+        json!({
+            "rustc_processes": Summary::of(&rustc),
+            "loadavg_1min": Summary::of(&self.load),
+        })
+    }
+
+    fn describe(&self) -> String {
+        if self.rustc.is_empty() {
+            return "not sampled".into();
+        }
+        let busy = self.rustc.iter().filter(|&&c| c > 0).count();
+        let max = self.rustc.iter().max().copied().unwrap_or(0);
+        let load = Summary::of(&self.load);
+        format!(
+            "rustc running during {busy} of {} measurements (at most {max} at once); 1-min load average {:.2} ({:.2}–{:.2})",
+            self.rustc.len(),
+            load.median,
+            load.min,
+            load.max
+        )
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("overlay-bench needs root (network namespaces, BPF)");
+    }
+    if let Some(agent) = &args.agent {
+        let agent = agent.canonicalize().with_context(|| format!("--agent {}", agent.display()))?;
+        // Read by the harness's Agent; set before any thread starts.
+        std::env::set_var("OVERLAY_AGENT_BIN", &agent);
+    }
+    let plan = Plan::from(args)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| workspace_root().join("target").join("bench"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let json_path = out_dir.join("bench.json");
+    let png_path = out_dir.join("bench.png");
+    let started = Instant::now();
+    let started_at = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let git = std::process::Command::new("git")
+        .args(["-C", &workspace_root().to_string_lossy(), "rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let agent_bin = std::env::var("OVERLAY_AGENT_BIN").unwrap_or_else(|_| "(harness default)".into());
+
+    println!("overlay-bench: {} | agent {agent_bin} | commit {git}", if args.quick { "quick run" } else { "full run" });
+    let needs_etcd = (!args.no_datapath && plan.modes.iter().any(|m| matches!(m, Mode::Overlay | Mode::OverlayDirect)))
+        || !args.no_control;
+    let etcd = if needs_etcd { Some(Etcd::start().context("starting etcd")?) } else { None };
+
+    let mut background = Background::default();
+    let mut report = json!({
+        "started_at": started_at,
+        "commit": git,
+        "agent": agent_bin,
+        "quick": args.quick,
+        "machine": machine_info(),
+        "plan": {
+            "modes": plan.modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "repetitions": plan.reps,
+            "tcp_seconds": plan.tcp_secs,
+            "udp_seconds": plan.udp_secs,
+            "udp_payload_bytes": 64,
+            "round_trips": plan.round_trips,
+            "leases": plan.leases,
+            "changes": plan.changes,
+            "change_interval_ms": args.change_interval_ms,
+        },
+    });
+
+    let mut summaries: Vec<ModeSummary> = Vec::new();
+    if !args.no_datapath && !plan.modes.is_empty() {
+        summaries = datapath(&plan, etcd.as_ref(), &mut background, &mut report)?;
+        println!("\n## Data path (pod on node 0 -> pod on node 1; median (min–max) of {} repetition(s))\n", plan.reps);
+        println!("{}", report::datapath_table(&summaries));
+        let ratios = report::ratio_table(&summaries);
+        if !ratios.is_empty() {
+            println!("Ratios of medians:\n\n{ratios}");
+        }
+        report["background"] = background.json();
+        write_json(&json_path, &report)?;
+        let subtitle = format!(
+            "2 nodes over a veth underlay (MTU 1500), pods behind cni0; {} rep(s), {} s TCP, {} s UDP, {} round trips | {} | {}",
+            plan.reps,
+            plan.tcp_secs,
+            plan.udp_secs,
+            plan.round_trips,
+            report["machine"]["kernel"].as_str().unwrap_or(""),
+            started_at
+        );
+        match report::chart(&png_path, "overlay-agent data path vs host-gw and flannel.1", &subtitle, &summaries) {
+            Ok(()) => println!("chart: {}", png_path.display()),
+            Err(e) => eprintln!("warning: no chart: {e:#}"),
+        }
+    }
+
+    let mut control_results = Vec::new();
+    if !args.no_control {
+        let etcd = etcd.as_ref().expect("started");
+        let opts = control::ControlOptions {
+            changes: plan.changes,
+            change_interval: Duration::from_secs_f64(args.change_interval_ms / 1e3),
+        };
+        println!("\n## Control plane (real etcd, one agent)\n");
+        for &n in &plan.leases {
+            check_interrupted()?;
+            background.sample();
+            print!("  {n} leases ... ");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let r = control::run(etcd, n, &opts).with_context(|| format!("control plane with {n} leases"))?;
+            println!(
+                "all in maps {:.3} s (ready {:.3} s), change->map p50 {:.1} ms p99 {:.1} ms, {:.4} requests/lease, RSS {:.1} MB",
+                r.all_in_maps_s, r.ready_s, r.change_to_map_p50_ms, r.change_to_map_p99_ms, r.start_requests_per_lease, r.rss_mb
+            );
+            control_results.push(r);
+            report["control"] = serde_json::to_value(&control_results)?;
+            write_json(&json_path, &report)?;
+        }
+        println!("\n{}", control_table(&control_results));
+    }
+
+    let goals = goals(&summaries, &control_results);
+    if !goals.is_empty() {
+        println!("## Goals\n\n{}", goals_table(&goals));
+        report["goals"] = serde_json::to_value(
+            goals.iter().map(|g| json!({"goal": g.0, "measured": g.1, "met": g.2})).collect::<Vec<_>>(),
+        )?;
+    }
+    report["background"] = background.json();
+    report["duration_s"] = json!(started.elapsed().as_secs_f64());
+    write_json(&json_path, &report)?;
+    println!("background: {}", background.describe());
+    println!("results: {}", json_path.display());
+    drop(etcd);
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(v)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, report: &mut serde_json::Value) -> Result<Vec<ModeSummary>> {
+    println!("\n## Building {} topologies", plan.modes.len());
+    let mut topos: Vec<Topology> = Vec::new();
+    for &mode in &plan.modes {
+        check_interrupted()?;
+        let t = Instant::now();
+        let topo = Topology::build(mode, etcd).with_context(|| format!("building the {} topology", mode.name()))?;
+        println!(
+            "  {:<10} {} -> {} (pod MTU {}), ready in {:.1} s: {}",
+            mode.name(),
+            topo.client.ip(),
+            topo.server.ip(),
+            topo.pod_mtu,
+            t.elapsed().as_secs_f64(),
+            mode.describe()
+        );
+        topos.push(topo);
+    }
+    let mut samples: Vec<Samples> = plan.modes.iter().map(|_| Samples::default()).collect();
+    let n = topos.len();
+    for rep in 0..plan.reps {
+        println!("\n## Repetition {}/{}", rep + 1, plan.reps);
+        // Each test kind runs on every mode back to back (same background),
+        // starting from a different mode each repetition.
+        let order: Vec<usize> = (0..n).map(|k| (k + rep) % n).collect();
+        for kind in ["tcp1", "tcp8", "udp", "rr"] {
+            for &i in &order {
+                check_interrupted()?;
+                background.sample();
+                let topo = &mut topos[i];
+                let name = topo.mode.name();
+                match kind {
+                    "tcp1" => {
+                        let r = topo.tcp(plan.tcp_secs, 1)?;
+                        println!("  {name:<10} TCP x1  {:>6.2} Gbit/s  {:>5} retr  {:.0} CPU-ms/Gbit", r.gbps, r.retransmits, r.cpu_s_per_gbit * 1e3);
+                        samples[i].tcp1.push(r);
+                    }
+                    "tcp8" => {
+                        let r = topo.tcp(plan.tcp_secs, 8)?;
+                        println!("  {name:<10} TCP x8  {:>6.2} Gbit/s  {:>5} retr  {:.0} CPU-ms/Gbit", r.gbps, r.retransmits, r.cpu_s_per_gbit * 1e3);
+                        samples[i].tcp8.push(r);
+                    }
+                    "udp" => {
+                        let r = topo.udp_pps(plan.udp_secs)?;
+                        println!(
+                            "  {name:<10} UDP 64B {:>7.1} kpps delivered ({:.1} kpps sent)",
+                            r.delivered_pps / 1e3,
+                            r.sent_pps / 1e3
+                        );
+                        samples[i].udp.push(r);
+                    }
+                    _ => {
+                        let r = topo.latency(plan.round_trips)?;
+                        println!("  {name:<10} UDP RR  p50 {:>6.1} µs  p99 {:>6.1} µs  ({} lost)", r.p50_us, r.p99_us, r.lost);
+                        samples[i].rr.push(r);
+                    }
+                }
+            }
+        }
+    }
+    let mut summaries = Vec::new();
+    let mut raw = serde_json::Map::new();
+    for (topo, s) in topos.iter().zip(&samples) {
+        let mut metrics = BTreeMap::new();
+        let put = |m: &mut BTreeMap<String, Summary>, k: &str, v: Vec<f64>| {
+            m.insert(k.to_string(), Summary::of(&v));
+        };
+        put(&mut metrics, "tcp1_gbps", s.tcp1.iter().map(|r| r.gbps).collect());
+        put(&mut metrics, "tcp8_gbps", s.tcp8.iter().map(|r| r.gbps).collect());
+        put(&mut metrics, "udp64_kpps", s.udp.iter().map(|r| r.delivered_pps / 1e3).collect());
+        put(&mut metrics, "rr_p50_us", s.rr.iter().map(|r| r.p50_us).collect());
+        put(&mut metrics, "rr_p99_us", s.rr.iter().map(|r| r.p99_us).collect());
+        put(&mut metrics, "tcp1_cpu_ms_per_gbit", s.tcp1.iter().map(|r| r.cpu_s_per_gbit * 1e3).collect());
+        put(&mut metrics, "tcp8_cpu_ms_per_gbit", s.tcp8.iter().map(|r| r.cpu_s_per_gbit * 1e3).collect());
+        put(&mut metrics, "tcp1_retransmits", s.tcp1.iter().map(|r| r.retransmits as f64).collect());
+        put(&mut metrics, "tcp8_retransmits", s.tcp8.iter().map(|r| r.retransmits as f64).collect());
+        summaries.push(ModeSummary { mode: topo.mode.name().into(), description: topo.mode.describe().into(), metrics });
+        raw.insert(
+            topo.mode.name().into(),
+            json!({ "pod_mtu": topo.pod_mtu, "tcp1": s.tcp1, "tcp8": s.tcp8, "udp64": s.udp, "rr": s.rr }),
+        );
+    }
+    report["datapath"] = json!({
+        "summary": summaries,
+        "samples": raw,
+        "ratios": ratio_json(&summaries),
+    });
+    println!("\n  tearing the topologies down");
+    drop(topos);
+    Ok(summaries)
+}
+
+fn ratio_json(s: &[ModeSummary]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for ours in ["overlay", "overlay-dr"] {
+        for base in ["flannel", "host-gw"] {
+            let mut m = serde_json::Map::new();
+            for metric in report::METRICS {
+                if let Some(r) = report::ratio(s, ours, base, metric.key) {
+                    m.insert(metric.key.into(), json!(r));
+                }
+            }
+            if !m.is_empty() {
+                out.insert(format!("{ours}/{base}"), serde_json::Value::Object(m));
+            }
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+fn control_table(rs: &[control::ControlResult]) -> String {
+    let mut t = String::from(
+        "| leases | start -> ready | start -> all in maps | change -> map p50 / p99 / max | ack -> map p50 / p99 | etcd requests at start (per lease) | requests per change | RSS (peak) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rs {
+        let reqs: Vec<String> = r.start_requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        t.push_str(&format!(
+            "| {} | {:.3} s | {:.3} s | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} ms | {} ({:.4}) | {:.3} | {:.1} MB ({:.1}) |\n",
+            r.leases,
+            r.ready_s,
+            r.all_in_maps_s,
+            r.change_to_map_p50_ms,
+            r.change_to_map_p99_ms,
+            r.change_to_map_max_ms,
+            r.ack_to_map_p50_ms,
+            r.ack_to_map_p99_ms,
+            reqs.join(", "),
+            r.start_requests_per_lease,
+            r.change_requests_per_change,
+            r.rss_mb,
+            r.rss_peak_mb
+        ));
+    }
+    t
+}
+
+/// (goal, measured, met)
+fn goals(s: &[ModeSummary], c: &[control::ControlResult]) -> Vec<(String, String, bool)> {
+    let mut g = Vec::new();
+    let mut ratio_goal = |what: &str, a: &str, b: &str, key: &str, target: f64, at_least: bool| {
+        if let Some(r) = report::ratio(s, a, b, key) {
+            let met = if at_least { r >= target } else { r <= target };
+            g.push((format!("{what}: {a}/{b} {} {target}", if at_least { ">=" } else { "<=" }), format!("{r:.2}×"), met));
+        }
+    };
+    ratio_goal("TCP 1 stream", "overlay", "flannel", "tcp1_gbps", 1.3, true);
+    ratio_goal("TCP 1 stream", "overlay", "host-gw", "tcp1_gbps", 1.05, true);
+    ratio_goal("UDP 64 B pps", "overlay", "flannel", "udp64_kpps", 2.2, true);
+    ratio_goal("req/resp p50", "overlay", "flannel", "rr_p50_us", 0.6, false);
+    if let Some(r) = c.iter().find(|r| r.leases == 10_000) {
+        g.push(("10,000 leases in the maps < 2 s after start".into(), format!("{:.3} s", r.all_in_maps_s), r.all_in_maps_s < 2.0));
+    }
+    if let Some(worst) = c.iter().map(|r| r.change_to_map_p99_ms).filter(|v| v.is_finite()).reduce(f64::max) {
+        g.push(("change -> map p99 < 50 ms (worst of the runs)".into(), format!("{worst:.1} ms"), worst < 50.0));
+    }
+    if let Some(worst) = c.iter().map(|r| r.rss_mb).filter(|v| v.is_finite()).reduce(f64::max) {
+        g.push(("agent RSS < 50 MB (largest run)".into(), format!("{worst:.1} MB"), worst < 50.0));
+    }
+    g
+}
+
+fn goals_table(g: &[(String, String, bool)]) -> String {
+    let mut t = String::from("| goal | measured | |\n|---|---|---|\n");
+    for (goal, measured, met) in g {
+        t.push_str(&format!("| {goal} | {measured} | {} |\n", if *met { "met" } else { "MISSED" }));
+    }
+    t
+}
