@@ -55,7 +55,18 @@ impl Health {
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.lease.lock().map(|l| l.is_some()).unwrap_or(false)
+        self.not_ready_reason().is_none()
+    }
+
+    /// What /readyz is waiting for, or None when ready.
+    fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.lease.lock().map(|l| l.is_none()).unwrap_or(true) {
+            Some("no subnet lease yet")
+        } else if !self.ready.load(Ordering::SeqCst) {
+            Some("the data path or the subnet file is not set up yet")
+        } else {
+            None
+        }
     }
 
     /// The Prometheus exposition.
@@ -83,8 +94,22 @@ impl Health {
         let gauge = |out: &mut String, name: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         };
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        let _ = writeln!(
+            out,
+            "# HELP overlay_build_info The agent's version (always 1).\n# TYPE overlay_build_info gauge\n\
+             overlay_build_info{{version=\"{}\",pin_layout=\"v{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            overlay_common::PIN_VERSION
+        );
         gauge(&mut out, "overlay_leases_known", "Remote subnets installed in the data path.", self.peers.load(Ordering::Relaxed).to_string());
         gauge(&mut out, "overlay_etcd_connected", "1 while the lease watch is connected to etcd.", u8::from(self.etcd.is_connected()).to_string());
+        counter(&mut out, "overlay_etcd_watch_events_total", "Lease additions and removals received from etcd.", self.etcd.events());
+        counter(&mut out, "overlay_etcd_resyncs_total", "Full lease lists read from etcd (1 at start, then after each outage or compaction).", self.etcd.snapshots());
+        counter(&mut out, "overlay_etcd_errors_total", "etcd errors seen by the lease watch (failed lists, broken watches).", self.etcd.errors());
+        counter(&mut out, "overlay_etcd_skipped_leases_total", "Lease keys or values in etcd that could not be parsed and were skipped.", self.etcd.skipped());
         if let Some(t) = self.etcd.last_sync() {
             gauge(&mut out, "overlay_etcd_last_sync_timestamp_seconds", "Last successful sync with etcd (Unix time).", unix(t));
         }
@@ -135,8 +160,10 @@ async fn serve(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     let (status, ctype, body) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") if health.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-        ("GET", "/readyz") => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+        ("GET", "/readyz") => match health.not_ready_reason() {
+            None => ("200 OK", "text/plain", "ready\n".to_string()),
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+        },
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", health.metrics()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),

@@ -7,6 +7,8 @@ use aya::programs::links::PinnedLink;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
+use overlay_common::{map_names, PIN_VERSION};
+
 use crate::{
     datapath::{loader::pin_dir, DatapathMaps},
     etcd::registry::format_mac,
@@ -26,10 +28,23 @@ pub struct Snapshot {
     pub text: String,
 }
 
-pub fn gather(pin_root: &Path) -> Result<Option<Snapshot>> {
+/// Why there is nothing to show.
+pub enum NotInstalled {
+    /// The versioned pin folder does not exist.
+    Missing,
+    /// It exists but holds none of the maps.
+    Empty,
+}
+
+/// The pinned data path, or why there is none. An incomplete state (some
+/// maps pinned, others not) is an error.
+pub fn gather(pin_root: &Path) -> Result<std::result::Result<Snapshot, NotInstalled>> {
     let dir = pin_dir(pin_root);
     if !dir.exists() {
-        return Ok(None);
+        return Ok(Err(NotInstalled::Missing));
+    }
+    if !map_names::ALL.iter().any(|m| dir.join(m).exists()) {
+        return Ok(Err(NotInstalled::Empty));
     }
     let maps = DatapathMaps::open_pinned(&dir)?;
     let cfg = maps.config()?;
@@ -58,17 +73,18 @@ pub fn gather(pin_root: &Path) -> Result<Option<Snapshot>> {
         }
     }
     let _ = writeln!(text, "\nremote subnets ({})", peers.len());
-    let _ = writeln!(text, "  {:<18} {:<16} {:<7} {}", "SUBNET", "NODE", "MODE", "VTEP MAC");
+    let _ = writeln!(text, "  {:<18} {:<16} {:<7} VTEP MAC", "SUBNET", "NEXT HOP", "MODE");
     for p in &peers {
-        let _ = writeln!(text, "  {:<18} {:<16} {:<7} {}", p.subnet, p.public_ip, mode_name(p.mode), format_mac(&p.vtep_mac));
+        // ipnet's Display ignores width: pad its string.
+        let _ = writeln!(text, "  {:<18} {:<16} {:<7} {}", p.subnet.to_string(), p.public_ip.to_string(), mode_name(p.mode), vtep_text(p));
     }
     let _ = writeln!(text, "\nknown senders ({})", nodes.len());
     for (ip, subnet) in &nodes {
-        let _ = writeln!(text, "  {ip:<16} may send from {subnet}");
+        let _ = writeln!(text, "  {:<16} may send from {subnet}", ip.to_string());
     }
     let _ = writeln!(text, "\nlocal pods with direct delivery ({})", endpoints.len());
     for e in &endpoints {
-        let _ = writeln!(text, "  {:<16} ifindex {:<5} {}", e.ip, e.ifindex, format_mac(&e.mac));
+        let _ = writeln!(text, "  {:<16} ifindex {:<5} {}", e.ip.to_string(), e.ifindex, format_mac(&e.mac));
     }
     let _ = writeln!(text, "\nattached programs ({})", attachments.len());
     for a in &attachments {
@@ -86,6 +102,7 @@ pub fn gather(pin_root: &Path) -> Result<Option<Snapshot>> {
 
     let json = json!({
         "pin_dir": dir.display().to_string(),
+        "installed": true,
         "config": cfg.map(|c| json!({
             "public_ip": Ipv4Addr::from(c.public_ip).to_string(),
             "network": format!("{}/{}", Ipv4Addr::from(c.cluster_net), c.cluster_prefix_len),
@@ -100,6 +117,9 @@ pub fn gather(pin_root: &Path) -> Result<Option<Snapshot>> {
         })),
         "subnets": peers.iter().map(|p| json!({
             "subnet": p.subnet.to_string(),
+            // Both modes send to the node itself: VXLAN to its public IP,
+            // direct routing via it.
+            "next_hop": p.public_ip.to_string(),
             "public_ip": p.public_ip.to_string(),
             "mode": mode_name(p.mode),
             "vtep_mac": format_mac(&p.vtep_mac),
@@ -113,7 +133,59 @@ pub fn gather(pin_root: &Path) -> Result<Option<Snapshot>> {
         })).collect::<Vec<_>>(),
         "counters": stats.counters.iter().map(|(r, c)| (r.name().to_string(), json!({"packets": c.packets, "bytes": c.bytes}))).collect::<serde_json::Map<_, _>>(),
     });
-    Ok(Some(Snapshot { pin_dir: dir.display().to_string(), json, text }))
+    Ok(Ok(Snapshot { pin_dir: dir.display().to_string(), json, text }))
+}
+
+/// The VtepMAC column: none for directly routed (host-gw) peers.
+fn vtep_text(p: &crate::datapath::Peer) -> String {
+    if p.mode == overlay_common::maps::Mode::Direct && p.vtep_mac == [0; 6] {
+        "-".into()
+    } else {
+        format_mac(&p.vtep_mac)
+    }
+}
+
+/// Pin folders of other layout versions next to ours (`v0`, `v2`, ...):
+/// left by an older or newer agent.
+fn other_versions(pin_root: &Path, ours: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(pin_root) else { return Vec::new() };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != ours && p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.strip_prefix('v').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())))
+        .collect();
+    found.sort();
+    found
+}
+
+/// What `inspect` prints when nothing is pinned: where it looked, and what
+/// that usually means.
+pub fn not_installed_text(pin_root: &Path, why: &NotInstalled) -> String {
+    let dir = pin_dir(pin_root);
+    let mut text = match why {
+        NotInstalled::Missing => format!(
+            "nothing installed: {} does not exist.\n\
+             The agent has never run with --bpf-pin-dir={}, or `overlay-agent cleanup` removed its state.\n",
+            dir.display(),
+            pin_root.display()
+        ),
+        NotInstalled::Empty => format!(
+            "nothing installed: {} holds no maps (the agent did not finish its first start, or its state was removed by hand).\n",
+            dir.display()
+        ),
+    };
+    let others = other_versions(pin_root, &dir);
+    if !others.is_empty() {
+        let _ = writeln!(
+            text,
+            "{} also holds {}: state of an agent with another pin layout version (this one reads v{PIN_VERSION}).",
+            pin_root.display(),
+            others.join(", ")
+        );
+    }
+    text
 }
 
 fn attachments(dir: &Path) -> Vec<Attachment> {
@@ -138,16 +210,17 @@ fn attachments(dir: &Path) -> Vec<Attachment> {
     out
 }
 
+/// Prints the snapshot; exits 0 also when nothing is installed (that is an
+/// answer, not an error).
 pub fn run(pin_root: &Path, as_json: bool) -> Result<()> {
     match gather(pin_root)? {
-        Some(s) if as_json => println!("{}", serde_json::to_string_pretty(&s.json)?),
-        Some(s) => print!("{}", s.text),
-        None => {
-            let dir = pin_dir(pin_root);
+        Ok(s) if as_json => println!("{}", serde_json::to_string_pretty(&s.json)?),
+        Ok(s) => print!("{}", s.text),
+        Err(why) => {
             if as_json {
-                println!("{}", json!({"pin_dir": dir.display().to_string(), "installed": false}));
+                println!("{}", json!({"pin_dir": pin_dir(pin_root).display().to_string(), "installed": false}));
             } else {
-                println!("nothing installed: {} does not exist (the agent has never run here, or `cleanup` removed it)", dir.display());
+                print!("{}", not_installed_text(pin_root, &why));
             }
         }
     }
