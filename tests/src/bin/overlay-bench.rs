@@ -59,6 +59,12 @@ struct Args {
     /// Skip the control plane part.
     #[arg(long)]
     no_control: bool,
+    /// Before each data path measurement, wait up to this many seconds for
+    /// no compiler (rustc, rust-lld, cc) to be running on the machine: the
+    /// paths differ by microseconds per packet, and a concurrent build
+    /// takes a whole core (default: 30, 0 with --quick).
+    #[arg(long)]
+    wait_quiet: Option<f64>,
     /// Where bench.json and bench.png go (default: <workspace>/target/bench).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -72,6 +78,7 @@ struct Plan {
     round_trips: usize,
     leases: Vec<usize>,
     changes: usize,
+    wait_quiet: Duration,
 }
 
 impl Plan {
@@ -86,6 +93,7 @@ impl Plan {
             round_trips: args.round_trips.unwrap_or(if q { 1000 } else { 20_000 }),
             leases: args.leases.clone().unwrap_or(if q { vec![100] } else { vec![1000, 5000, 10_000] }),
             changes: args.changes.unwrap_or(if q { 50 } else { 1000 }),
+            wait_quiet: Duration::from_secs_f64(args.wait_quiet.unwrap_or(if q { 0.0 } else { 30.0 }).max(0.0)),
         })
     }
 }
@@ -149,6 +157,12 @@ fn machine_info() -> serde_json::Value {
 struct Background {
     rustc: Vec<usize>,
     load: Vec<f64>,
+    waited_s: f64,
+    not_quiet: usize,
+}
+
+fn compilers() -> usize {
+    ["rustc", "rust-lld", "cc", "cc1", "ld"].iter().map(|n| overlay_tests::bench::count_processes(n)).sum()
 }
 
 impl Background {
@@ -157,11 +171,30 @@ impl Background {
         self.load.push(overlay_tests::bench::loadavg());
     }
 
+    /// Waits (bounded by `max`) until no compiler runs, then samples.
+    fn wait_quiet_and_sample(&mut self, max: Duration) -> Result<()> {
+        let t = Instant::now();
+        while compilers() > 0 && t.elapsed() < max {
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if !max.is_zero() {
+            self.waited_s += t.elapsed().as_secs_f64();
+            if compilers() > 0 {
+                self.not_quiet += 1;
+            }
+        }
+        self.sample();
+        Ok(())
+    }
+
     fn json(&self) -> serde_json::Value {
         let rustc: Vec<f64> = self.rustc.iter().map(|&x| x as f64).collect();
         json!({
             "rustc_processes": Summary::of(&rustc),
             "loadavg_1min": Summary::of(&self.load),
+            "waited_for_quiet_s": self.waited_s,
+            "measurements_started_with_a_compiler_running": self.not_quiet,
         })
     }
 
@@ -173,8 +206,11 @@ impl Background {
         let max = self.rustc.iter().max().copied().unwrap_or(0);
         let load = Summary::of(&self.load);
         format!(
-            "rustc running during {busy} of {} measurements (at most {max} at once); 1-min load average {:.2} ({:.2}–{:.2})",
+            "rustc running at the start of {busy} of {} measurements (at most {max} at once); waited {:.0} s in all for \
+             compilers to finish ({} measurement(s) started with one still running); 1-min load average {:.2} ({:.2}–{:.2})",
             self.rustc.len(),
+            self.waited_s,
+            self.not_quiet,
             load.median,
             load.min,
             load.max
@@ -231,6 +267,7 @@ fn run(args: &Args) -> Result<()> {
             "leases": plan.leases,
             "changes": plan.changes,
             "change_interval_ms": args.change_interval_ms,
+            "wait_quiet_s": plan.wait_quiet.as_secs_f64(),
         },
     });
 
@@ -336,7 +373,7 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         for kind in ["tcp1", "tcp8", "udp", "rr"] {
             for &i in &order {
                 check_interrupted()?;
-                background.sample();
+                background.wait_quiet_and_sample(plan.wait_quiet)?;
                 let topo = &mut topos[i];
                 let name = topo.mode.name();
                 match kind {
