@@ -175,3 +175,56 @@ async fn serve(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample line belongs to a family announced by HELP and TYPE
+    /// just before it (the exposition is valid without pinned maps too).
+    fn check_exposition(text: &str) {
+        let mut help = None::<String>;
+        let mut kind = None::<String>;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                help = rest.split_whitespace().next().map(String::from);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split_whitespace().next().map(String::from);
+                assert_eq!(name, help, "TYPE without HELP: {line}");
+                kind = name;
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(Some(name), kind.as_deref(), "sample without HELP/TYPE: {line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_without_pins_or_lease() {
+        let h = Health::new(PathBuf::from("/nonexistent/overlay-health-test"));
+        let text = h.metrics();
+        check_exposition(&text);
+        assert!(text.contains("\noverlay_ready 0\n"), "{text}");
+        assert!(text.contains("\noverlay_leases_known 0\n"), "{text}");
+        assert!(!text.contains("overlay_lease_expiry_timestamp_seconds"), "no lease, no expiry: {text}");
+        assert_eq!(h.not_ready_reason(), Some("no subnet lease yet"));
+        assert!(text.contains(&format!("overlay_build_info{{version=\"{}\",pin_layout=\"v1\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+    }
+
+    #[test]
+    fn metrics_with_a_lease() {
+        let h = Health::new(PathBuf::from("/nonexistent/overlay-health-test"));
+        let expiry = SystemTime::now() + std::time::Duration::from_secs(86400);
+        *h.lease.lock().unwrap() = Some(("10.42.3.0/24".parse().unwrap(), Some(expiry)));
+        assert_eq!(h.not_ready_reason(), Some("the data path or the subnet file is not set up yet"));
+        h.datapath_ready();
+        h.set_peers(4);
+        assert_eq!(h.not_ready_reason(), None);
+        let text = h.metrics();
+        check_exposition(&text);
+        assert!(text.contains("\noverlay_ready 1\n") && text.contains("\noverlay_leases_known 4\n"), "{text}");
+        assert!(text.contains("\noverlay_lease_expiry_timestamp_seconds "), "{text}");
+    }
+}

@@ -367,6 +367,20 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
 }
 
 #[test]
+fn inspect_shows_direct_routes_in_host_gw_mode() {
+    let c = Cluster::start_with(2, 0, 0, r#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    wait_ping(&c.pods[0][0], c.pods[1][0].ip());
+    let text = inspect_text(&c.agents[0].pin_root);
+    let rows = section(&text, "remote subnets (1)");
+    let cols: Vec<&str> = rows[1].split_whitespace().collect();
+    // host-gw leases carry no VtepMAC: shown as "-".
+    assert_eq!(cols, [c.subnet(1).to_string().as_str(), &c.tb.host(1).ip().to_string(), "direct", "-"], "{text}");
+    let j = inspect_json(&c.agents[0].pin_root);
+    assert_eq!(j["subnets"][0]["mode"], "direct");
+    assert_eq!(j["subnets"][0]["next_hop"], c.tb.host(1).ip().to_string());
+}
+
+#[test]
 fn inspect_without_pins_says_nothing_is_installed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("never-ran");
