@@ -102,6 +102,13 @@ fn random_vtep_mac() -> [u8; 6] {
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let handle = netlink::connect()?;
+    // Health first: /healthz answers (and /readyz says what it waits for)
+    // while etcd is still unreachable, so probes do not kill a waiting agent.
+    let pins = pin_dir(&args.bpf_pin_dir);
+    let health = Health::new(pins.clone());
+    if args.healthz_port != 0 {
+        health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
+    }
     let uplink = iface::select_uplink(&handle, &iface_selection(&args)?)
         .await
         .context("choosing the uplink interface")?;
@@ -123,7 +130,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     // Our VtepMAC survives restarts: from our lease in etcd, else from the
     // pinned data path, else new.
-    let pins = pin_dir(&args.bpf_pin_dir);
     let own = etcd_retry!("looking up our lease", mgr.find_own_lease(uplink.public_ip))?;
     let pinned_mac = DatapathMaps::open_pinned(&pins)
         .ok()
@@ -158,10 +164,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     })
     .context("installing the BPF data path")?;
 
-    let health = Health::new(pins.clone());
-    if args.healthz_port != 0 {
-        health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
-    }
     let status = health.etcd.clone();
 
     let mut node = Node {
