@@ -31,7 +31,7 @@ fn quick_bench_writes_json_with_numbers() {
     let _ = std::fs::remove_dir_all(&out);
     let overlay = &json["datapath"]["summary"][0];
     assert_eq!(overlay["mode"], "overlay", "{json:#}");
-    for key in ["tcp1_gbps", "tcp8_gbps", "udp64_kpps", "rr_p50_us", "rr_p99_us", "tcp1_cpu_ms_per_gbit"] {
+    for key in ["tcp1_gbps", "tcp8_gbps", "udp64_kpps", "udp64_kpps_per_cpu", "rr_p50_us", "rr_p99_us", "tcp1_cpu_ms_per_gbit"] {
         let v = overlay["metrics"][key]["median"].as_f64().unwrap_or(0.0);
         assert!(v > 0.0, "{key} = {v} in {overlay:#}");
     }

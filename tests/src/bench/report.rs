@@ -21,6 +21,7 @@ pub const METRICS: &[Metric] = &[
     Metric { key: "tcp1_gbps", label: "TCP 1 stream", unit: "Gbit/s", higher_is_better: true },
     Metric { key: "tcp8_gbps", label: "TCP 8 streams", unit: "Gbit/s", higher_is_better: true },
     Metric { key: "udp64_kpps", label: "UDP 64 B delivered", unit: "kpps", higher_is_better: true },
+    Metric { key: "udp64_kpps_per_cpu", label: "UDP 64 B per sender core", unit: "kpps/CPU-s", higher_is_better: true },
     Metric { key: "rr_p50_us", label: "UDP req/resp p50", unit: "µs", higher_is_better: false },
     Metric { key: "rr_p99_us", label: "UDP req/resp p99", unit: "µs", higher_is_better: false },
     Metric { key: "tcp1_cpu_ms_per_gbit", label: "CPU, TCP 1 stream", unit: "ms/Gbit", higher_is_better: false },
@@ -168,10 +169,14 @@ pub fn chart(path: &Path, title: &str, subtitle: &str, modes: &[ModeSummary]) ->
     let (w, h) = (1600u32, 980u32);
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let (top, body) = root.split_vertically(90);
+    let (top, body) = root.split_vertically(96);
     top.draw(&Text::new(title, (20, 12), ("sans-serif", 30).into_font().style(FontStyle::Bold)))
         .map_err(|e| anyhow!("{e}"))?;
-    top.draw(&Text::new(subtitle, (20, 52), ("sans-serif", 18).into_font().color(&RGBColor(80, 80, 80))))
+    top.draw(&Text::new(subtitle, (20, 50), ("sans-serif", 17).into_font().color(&RGBColor(80, 80, 80))))
+        .map_err(|e| anyhow!("{e}"))?;
+    let note = "Bars: median of the repetitions, whiskers: min–max. CPU: system+softirq+irq time of all CPUs (/proc/stat) \
+                per Gbit during the TCP runs. Per sender core: datagrams delivered per CPU-second of the sending thread (whole path).";
+    top.draw(&Text::new(note, (20, 70), ("sans-serif", 15).into_font().color(&RGBColor(100, 100, 100))))
         .map_err(|e| anyhow!("{e}"))?;
     // Legend in the title strip.
     let mut x = w as i32 - 190 * modes.len() as i32;
@@ -184,19 +189,6 @@ pub fn chart(path: &Path, title: &str, subtitle: &str, modes: &[ModeSummary]) ->
     let panels = body.split_evenly((2, 4));
     for (panel, metric) in panels.iter().zip(METRICS) {
         draw_panel(panel, metric, modes).with_context(|| format!("panel {}", metric.key))?;
-    }
-    if let Some(last) = panels.get(METRICS.len()) {
-        let note = [
-            "bars: median of the repetitions",
-            "whiskers: min–max",
-            "CPU: system+softirq+irq time of",
-            "all CPUs (/proc/stat) per Gbit",
-            "moved, during the TCP runs",
-        ];
-        for (i, line) in note.iter().enumerate() {
-            last.draw(&Text::new(*line, (30, 60 + 30 * i as i32), ("sans-serif", 18).into_font().color(&RGBColor(80, 80, 80))))
-                .map_err(|e| anyhow!("{e}"))?;
-        }
     }
     root.present().map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
     Ok(())

@@ -91,6 +91,19 @@ pub struct FloodResult {
     /// Datagrams delivered to the receiving socket per second.
     pub delivered_pps: f64,
     pub sent_pps: f64,
+    /// CPU time of the sending thread. The kernel here does tick-based CPU
+    /// accounting without IRQ_TIME_ACCOUNTING, so the softirq work done in
+    /// the thread's context (the whole path up to the receiving socket) is
+    /// charged to it: this is the path's cost, whatever else shares the CPU.
+    pub sender_cpu_s: f64,
+    /// Datagrams delivered per CPU-second of the sending core.
+    pub delivered_per_cpu_s: f64,
+}
+
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 const BATCH: usize = 64;
@@ -140,6 +153,7 @@ pub fn udp_flood(from: &Pod, to: &Pod, duration: Duration, payload: usize) -> Re
     pin_to_cpu(0);
     let msg = vec![0x5au8; payload];
     let mut sent = 0u64;
+    let cpu0 = thread_cpu_s();
     let start = Instant::now();
     while start.elapsed() < duration {
         for _ in 0..16 {
@@ -147,6 +161,7 @@ pub fn udp_flood(from: &Pod, to: &Pod, duration: Duration, payload: usize) -> Re
         }
     }
     let send_time = start.elapsed();
+    let sender_cpu_s = thread_cpu_s() - cpu0;
     unpin();
     stop_rx.store(true, Ordering::Relaxed);
     let (received, span) = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
@@ -159,6 +174,8 @@ pub fn udp_flood(from: &Pod, to: &Pod, duration: Duration, payload: usize) -> Re
         received,
         delivered_pps: received as f64 / span.as_secs_f64(),
         sent_pps: sent as f64 / send_time.as_secs_f64(),
+        sender_cpu_s,
+        delivered_per_cpu_s: received as f64 / sender_cpu_s.max(1e-9),
     })
 }
 
