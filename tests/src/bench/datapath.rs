@@ -51,7 +51,7 @@ impl Mode {
         match self {
             Mode::HostGw => "plain routes, no encapsulation (the no-overlay limit)",
             Mode::Flannel => "kernel flannel.1 VXLAN, set up as flanneld does",
-            Mode::Overlay => "overlay-agent, BPF VXLAN (TC encap at cni0, TC decap + redirect_peer)",
+            Mode::Overlay => "overlay-agent, BPF VXLAN (TC encap on the pod veths and cni0, TC decap + redirect_peer to the pod)",
             Mode::OverlayDirect => "overlay-agent, Backend.DirectRouting: true (same-subnet peers routed by BPF)",
         }
     }
@@ -231,6 +231,15 @@ impl Topology {
             }
             Ok(())
         })
+    }
+
+    /// Sets `gso_max_size` (which also caps the IPv4 limit) of both pods' eth0 (an
+    /// experiment knob: `--pod-gso-max-size`).
+    pub fn set_pod_gso_max_size(&self, size: u32) -> Result<()> {
+        for pod in [&self.client, &self.server] {
+            pod.run(&["ip", "link", "set", "dev", "eth0", "gso_max_size", &size.to_string()])?;
+        }
+        Ok(())
     }
 
     /// Pid of the agent on host `i`, if this mode runs agents.

@@ -93,6 +93,16 @@ pub fn ratio(modes: &[ModeSummary], a: &str, b: &str, key: &str) -> Option<f64> 
     (x.is_finite() && y.is_finite() && y != 0.0).then_some(x / y)
 }
 
+/// The ratio `a / b` within each repetition (every repetition runs each
+/// mode once, back to back), summarised: less sensitive than the ratio of
+/// medians to background load that changes between repetitions.
+pub fn paired_ratio(modes: &[ModeSummary], a: &str, b: &str, key: &str) -> Option<Summary> {
+    let find = |name: &str| modes.iter().find(|m| m.mode == name).and_then(|m| m.metrics.get(key));
+    let (x, y) = (find(a)?, find(b)?);
+    let r: Vec<f64> = x.values.iter().zip(&y.values).filter(|(_, d)| **d != 0.0).map(|(n, d)| n / d).collect();
+    (!r.is_empty()).then(|| Summary::of(&r))
+}
+
 /// Ratios of each agent mode against flannel and host-gw, per metric.
 pub fn ratio_table(modes: &[ModeSummary]) -> String {
     let mut pairs = Vec::new();
@@ -116,9 +126,12 @@ pub fn ratio_table(modes: &[ModeSummary]) -> String {
     for metric in METRICS {
         out.push_str(&format!("| {} |", metric.label));
         for (a, b) in &pairs {
-            out.push_str(&match ratio(modes, a, b, metric.key) {
-                Some(r) => format!(" {r:.2}× |"),
-                None => " - |".into(),
+            out.push_str(&match (ratio(modes, a, b, metric.key), paired_ratio(modes, a, b, metric.key)) {
+                (Some(r), Some(p)) if p.values.len() > 1 => {
+                    format!(" {r:.2}× (paired {:.2}×, {:.2}–{:.2}) |", p.median, p.min, p.max)
+                }
+                (Some(r), _) => format!(" {r:.2}× |"),
+                _ => " - |".into(),
             });
         }
         out.push('\n');
@@ -281,7 +294,7 @@ mod tests {
         let t = datapath_table(&m);
         assert!(t.contains("| TCP 1 stream (Gbit/s, higher is better) | 1.50 (1.00–2.00) | 2.50 (2.00–3.00) |"), "{t}");
         let r = ratio_table(&m);
-        assert!(r.contains("overlay / flannel") && r.contains("1.40×"), "{r}");
+        assert!(r.contains("overlay / flannel") && r.contains("1.40× (paired 1.42×, 1.33–1.50)"), "{r}");
     }
 
     #[test]
