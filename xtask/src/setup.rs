@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "tcpdump",
     "openssl",
+    // The benchmark chart's text (ab_glyph reads DejaVuSans.ttf).
+    "fonts-dejavu-core",
+    // `systemd-analyze verify` of dist/overlay-agent.service in the tests.
+    "systemd",
 ];
 
 pub const BPFFS: &str = "/sys/fs/bpf";
