@@ -315,7 +315,8 @@ impl Node {
                 self.args.iptables_forward_rules,
             )
             .with_masq(self.args.ip_masq);
-            rules.ensure().context("installing the iptables rules")?;
+            // iptables is a blocking subprocess: keep it off the async workers.
+            tokio::task::block_in_place(|| rules.ensure()).context("installing the iptables rules")?;
             let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
             self.masq = Some((rules, task));
         }
