@@ -45,7 +45,12 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const CONFIG: &str = "CONFIG";
     pub const STATS: &str = "STATS";
-    pub const ALL: [&str; 5] = [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS];
+    /// The programs' own cache of underlay next hops (the agent only reads
+    /// it). Added after v1 shipped: an agent adopting v1 pins without it
+    /// creates and pins it, and older agents ignore it, so no new version.
+    pub const UNDERLAY: &str = "UNDERLAY";
+    /// Every map, all pinned in the pin folder.
+    pub const ALL: [&str; 6] = [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS, UNDERLAY];
 }
 
 /// Names of the programs in the object.

@@ -71,6 +71,25 @@ pub struct Endpoint {
     pub _pad: [u8; 2],
 }
 
+/// Key of `UNDERLAY`: a remote node's PublicIP.
+pub type UnderlayKey = [u8; 4];
+
+/// Value of `UNDERLAY`: the underlay Ethernet header towards a node, as the
+/// kernel's FIB and neighbour table gave it at `refreshed_ns`. A cache the
+/// programs keep themselves (the agent never writes it), so the send path
+/// can write the MACs and `bpf_redirect` instead of a FIB lookup per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnderlayHop {
+    /// MAC of the node, or of the gateway towards it.
+    pub dst_mac: [u8; 6],
+    /// MAC of our uplink.
+    pub src_mac: [u8; 6],
+    pub _pad: [u8; 4],
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the lookup.
+    pub refreshed_ns: u64,
+}
+
 /// Bits of [`LocalConfig::flags`].
 pub mod config_flags {
     /// The entry is filled in; until then every program passes everything.
@@ -114,6 +133,7 @@ mod pod {
     unsafe impl aya::Pod for NodeEntry {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for LocalConfig {}
+    unsafe impl aya::Pod for UnderlayHop {}
 }
 
 #[cfg(test)]
@@ -142,6 +162,15 @@ mod tests {
         assert_eq!(size_of::<EndpointKey>(), 4);
         assert_eq!(size_of::<Endpoint>(), 12);
         assert_eq!(align_of::<Endpoint>(), 4);
+    }
+
+    #[test]
+    fn underlay_hop_layout() {
+        assert_eq!(size_of::<UnderlayKey>(), 4);
+        assert_eq!(size_of::<UnderlayHop>(), 24);
+        assert_eq!(align_of::<UnderlayHop>(), 8);
+        // The sum of the fields equals the size: no hidden padding.
+        assert_eq!(6 + 6 + 4 + 8, 24);
     }
 
     #[test]

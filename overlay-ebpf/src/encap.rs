@@ -6,20 +6,21 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect_neigh},
+    helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use overlay_common::{
     maps::{LocalConfig, Mode, NextHop},
     stats::Reason,
-    ETH_HLEN, ETH_P_IP, IPPROTO_UDP, VXLAN_FLAG_VNI, VXLAN_OVERHEAD,
+    ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, VXLAN_FLAG_VNI, VXLAN_OVERHEAD,
 };
 
 use crate::{
     csum, direct,
     maps::SUBNETS,
-    parse::{eth_ipv4, in_subnet, Ipv4Hdr},
+    parse::{eth_ipv4, in_subnet, load, Ipv4Hdr},
     route::{config, decrement_ttl, is_gso},
+    underlay::{self, NextHopKind},
     verdict::Outcome,
 };
 
@@ -117,9 +118,9 @@ fn vxlan(
 ) -> Result<Outcome, Outcome> {
     router_checks(ctx, cfg, ip, origin, VXLAN_OVERHEAD as u32)?;
 
-    // SAFETY: helpers called with the context pointer the kernel gave us.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let hash = flow_hash(ctx, ip);
     let sport = (((hash as u64) * ((SPORT_MAX - SPORT_MIN + 1) as u64)) >> 32) as u32 + SPORT_MIN;
+    // SAFETY: helper without arguments.
     let ip_id = unsafe { bpf_get_prandom_u32() } as u16;
 
     ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
@@ -155,7 +156,35 @@ fn vxlan(
     hdr[48..50].copy_from_slice(&ETH_P_IP.to_be_bytes());
     ctx.store(ETH_HLEN, &hdr, 0).map_err(|_| Outcome::drop(Reason::DropError))?;
 
-    // The kernel routes the outer packet and fills in the underlay MACs.
-    let ret = unsafe { bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) };
-    Ok(Outcome::redirected(ret, Reason::Encapsulated))
+    Ok(underlay::send(ctx, cfg, nh.public_ip, NextHopKind::Routed, Reason::Encapsulated))
+}
+
+/// A hash of the inner flow, for the outer source port (ECMP entropy, as
+/// kernel VXLAN derives it). The skb's own hash when it has one (a local
+/// socket's, which TCP changes after a timeout to try another path, as
+/// with flannel.1); otherwise one of the addresses, protocol and ports,
+/// which is far cheaper than having the kernel dissect the flow.
+#[inline(always)]
+fn flow_hash(ctx: &TcContext, ip: &Ipv4Hdr) -> u32 {
+    // SAFETY: ctx.skb.skb is the context pointer the kernel passed in.
+    let skb_hash = unsafe { (*ctx.skb.skb).hash };
+    if skb_hash != 0 {
+        return skb_hash;
+    }
+    let ports = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP if !ip.is_fragment() && ip.header_len() <= 60 => {
+            load::<[u8; 4]>(ctx, ETH_HLEN + ip.header_len()).map_or(0, u32::from_ne_bytes)
+        }
+        _ => 0,
+    };
+    let mut h = u32::from_ne_bytes(ip.src).wrapping_mul(0x9e37_79b1);
+    h = (h ^ u32::from_ne_bytes(ip.dst)).wrapping_mul(0x85eb_ca6b);
+    h = (h ^ ports ^ ip.proto as u32).wrapping_mul(0xc2b2_ae35);
+    // murmur3's finaliser: every input bit reaches the top bits the port
+    // range is taken from.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }

@@ -11,6 +11,7 @@ mod maps;
 mod parse;
 mod route;
 mod stats;
+mod underlay;
 mod verdict;
 
 use aya_ebpf::{

@@ -1,10 +1,13 @@
 //! The maps, BTF-typed so `bpftool map dump` prints named fields.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use overlay_common::{
-    maps::{Endpoint, EndpointKey, LocalConfig, NextHop, NodeEntry, NodeKey, SubnetAddr},
+    maps::{
+        Endpoint, EndpointKey, LocalConfig, NextHop, NodeEntry, NodeKey, SubnetAddr, UnderlayHop,
+        UnderlayKey,
+    },
     stats::{Counter, REASON_COUNT},
     MAX_ENDPOINTS, MAX_NODES, MAX_SUBNETS,
 };
@@ -28,3 +31,8 @@ pub static CONFIG: Array<LocalConfig, 1> = Array::new();
 /// Per-reason counters.
 #[btf_map]
 pub static STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// Remote node PublicIP -> underlay MACs towards it (the programs' cache;
+/// LRU so a churning cluster cannot fill it).
+#[btf_map]
+pub static UNDERLAY: LruHashMap<UnderlayKey, UnderlayHop, { MAX_NODES as usize }> = LruHashMap::new();

@@ -1,7 +1,8 @@
-//! Bounds-checked header access. Every read goes through
-//! `bpf_skb_load_bytes` (via `TcContext::load`), which fails cleanly past the
-//! end of the packet, so no byte sequence can make a program read out of
-//! bounds, and non-linear skbs need no `pull_data`.
+//! Bounds-checked header access. Headers in the skb's linear part are read
+//! directly (checked against `data_end`, which the verifier enforces);
+//! anything beyond it, in a non-linear skb, through `bpf_skb_load_bytes`,
+//! which fails cleanly past the end of the packet. So no byte sequence can
+//! make a program read out of bounds, and no skb needs a `pull_data`.
 use aya_ebpf::programs::TcContext;
 use overlay_common::ETH_HLEN;
 
@@ -82,7 +83,15 @@ impl VxlanHdr {
 }
 
 #[inline(always)]
-pub fn load<T>(ctx: &TcContext, offset: usize) -> Option<T> {
+pub fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the whole T lies before data_end (checked right above,
+        // and again by the verifier); headers are read unaligned.
+        return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
+    // A helper call per header is what direct access saves; past the
+    // linear part it is the only way.
     ctx.load::<T>(offset).ok()
 }
 

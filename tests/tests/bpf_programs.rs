@@ -9,12 +9,14 @@ mod support;
 use std::net::Ipv4Addr;
 
 use aya::{
+    maps::HashMap,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use overlay_agent::datapath::{loader::load_unattached, DatapathMaps, Peer, PodEndpoint};
 use overlay_common::{
-    maps::{config_flags, LocalConfig, Mode},
+    map_names,
+    maps::{config_flags, LocalConfig, Mode, UnderlayHop},
     program_names::{FROM_HOST, FROM_PODS, FROM_UPLINK, XDP_GUARD},
     stats::Reason,
 };
@@ -131,6 +133,37 @@ impl Lab {
         .map_err(|e| format!("{e:?}"))?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE: the clock of `bpf_ktime_get_coarse_ns`, which
+/// dates the programs' underlay cache entries.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Lab {
+    fn underlay(&mut self) -> HashMap<&mut aya::maps::MapData, [u8; 4], UnderlayHop> {
+        HashMap::try_from(self.ebpf.map_mut(map_names::UNDERLAY).expect("UNDERLAY map")).unwrap()
+    }
+
+    /// What the programs would have cached `age` ago for `node`.
+    fn cache_underlay(&mut self, node: Ipv4Addr, dst_mac: [u8; 6], age_ns: u64) -> UnderlayHop {
+        let hop = UnderlayHop {
+            dst_mac,
+            src_mac: UPLINK_MAC,
+            _pad: [0; 4],
+            refreshed_ns: coarse_now_ns() - age_ns,
+        };
+        self.underlay().insert(node.octets(), hop, 0).unwrap();
+        hop
+    }
+
+    fn cached_underlay(&mut self, node: Ipv4Addr) -> Option<UnderlayHop> {
+        self.underlay().get(&node.octets(), 0).ok()
     }
 }
 
@@ -458,6 +491,58 @@ fn direct_peers_are_routed_without_encapsulation() {
     let (ret, out, reason) = lab.run(FROM_HOST, &host);
     assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::DirectRouted));
     assert_eq!(out, host, "host traffic leaves as it is");
+}
+
+#[test]
+fn a_fresh_underlay_hop_gives_the_frame_its_macs_without_a_route_lookup() {
+    let mut lab = Lab::new();
+    lab.cache_underlay(PEER_IP, UNDERLAY_GW_MAC, 0);
+    lab.cache_underlay(DIRECT_PEER_IP, PEER_VTEP, 0);
+
+    let frame = from_pod(REMOTE_POD, 17, &udp(5353, 53, &[0x42; 33]), 64);
+    let (ret, out, reason) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &frame, 1, PEER_IP);
+    assert_eq!(&out[0..6], &UNDERLAY_GW_MAC, "outer destination MAC from the cache");
+    assert_eq!(&out[6..12], &UPLINK_MAC, "outer source MAC from the cache");
+
+    let host = from_host(REMOTE_POD, &icmp_echo(1, 1, b"from the node"));
+    let (ret, out, reason) = lab.run(FROM_HOST, &host);
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &host, 0, PEER_IP);
+    assert_eq!(&out[0..12], &[UNDERLAY_GW_MAC, UPLINK_MAC].concat());
+
+    let direct = from_pod(DIRECT_POD, 1, &icmp_echo(1, 1, b"direct"), 64);
+    let (ret, out, reason) = lab.run(FROM_PODS, &direct);
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::DirectRouted));
+    assert_eq!(&out[0..12], &[PEER_VTEP, UPLINK_MAC].concat(), "MACs towards the direct peer");
+    assert_eq!(&out[12..14], &ETH_P_IP.to_be_bytes());
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert!(ipv4_header_ok(&out[14..]));
+    assert_eq!(&out[14..14 + 8], &direct[14..14 + 8]);
+    assert_eq!(&out[14 + 12..], &direct[14 + 12..], "only the TTL and the checksum change");
+}
+
+#[test]
+fn a_stale_underlay_hop_is_not_used_but_looked_up_again() {
+    let mut lab = Lab::new();
+    let stale = lab.cache_underlay(PEER_IP, UNDERLAY_GW_MAC, 2_000_000_000);
+    let frame = from_pod(REMOTE_POD, 1, &icmp_echo(1, 1, b"stale"), 64);
+    let (ret, out, reason) = lab.run(FROM_PODS, &frame);
+    // bpf_redirect_neigh fills the MACs in later; the program leaves the
+    // frame's own (the pod's frame to the bridge) in place.
+    assert_eq!((ret, reason), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &frame, 1, PEER_IP);
+    assert_eq!(&out[0..12], &frame[0..12], "a stale entry's MACs are not used");
+    // The test run's uplink is `lo`, which has no route to the peer: the
+    // lookup fails and the entry is dropped rather than kept stale.
+    assert_eq!(lab.cached_underlay(PEER_IP), None, "stale entry {stale:?} not dropped");
+
+    // Nothing cached at all: the same slow path, and still nothing cached.
+    let (ret, out, _) = lab.run(FROM_PODS, &frame);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..12], &frame[0..12]);
+    assert_eq!(lab.cached_underlay(PEER_IP), None);
 }
 
 #[test]

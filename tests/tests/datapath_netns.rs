@@ -177,3 +177,65 @@ fn host_gw_cluster_works_without_vxlan_on_the_wire() {
     assert!(c.counters(0)["direct_routed"] > 0);
 }
 
+
+/// The send path caches each node's underlay MACs (UNDERLAY) instead of a
+/// route lookup per packet. The cache must never outlive what the kernel
+/// knows: when a peer's NIC changes its MAC without announcing it, the
+/// kernel's neighbour probing (driven by our once-a-second refresh packet)
+/// finds the new MAC, and the cache follows it.
+#[test]
+fn the_underlay_cache_follows_a_peer_whose_mac_changes() {
+    use aya::maps::{HashMap, MapData};
+    use overlay_common::maps::UnderlayHop;
+    use std::time::{Duration, Instant};
+
+    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
+    let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
+    let (node0, node1) = (c.tb.host(0), c.tb.host(1));
+    // Neighbour timers short enough for a test (defaults: 30 s reachable,
+    // 5 s before the first probe); the mechanism is the same.
+    for (key, value) in [
+        ("net/ipv4/neigh/eth0/base_reachable_time_ms", "1000"),
+        ("net/ipv4/neigh/eth0/delay_first_probe_time", "1"),
+        ("net/ipv4/neigh/eth0/retrans_time_ms", "200"),
+    ] {
+        node0.ns().set_sysctl(key, value).unwrap();
+    }
+    wait_ping(a, b.ip());
+    let pin = c.agents[0].pin_dir().join(overlay_common::map_names::UNDERLAY);
+    let cached = || -> Option<[u8; 6]> {
+        let map = MapData::from_pin(&pin).expect("pinned UNDERLAY");
+        let map = HashMap::<_, [u8; 4], UnderlayHop>::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
+        map.get(&node1.ip().octets(), 0).ok().map(|h| h.dst_mac)
+    };
+    let old_mac = node1.ns().mac("eth0").unwrap();
+    // The first packet found no neighbour yet (the kernel resolved it); the
+    // next one caches what the kernel learnt.
+    a.ns().ping(b.ip()).unwrap();
+    assert_eq!(cached(), Some(old_mac), "node 0 caches node 1's MAC once traffic flowed");
+
+    let new_mac = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
+    let mac_text = new_mac.map(|b| format!("{b:02x}")).join(":");
+    node1.ns().run(&["ip", "link", "set", "eth0", "address", &mac_text]).unwrap();
+    assert_eq!(node1.ns().mac("eth0").unwrap(), new_mac);
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let mut reached = false;
+    while Instant::now() < deadline {
+        // One ping a time: each is a packet through the cache (or a refresh).
+        if a.ns().exec(&["ping", "-c", "1", "-W", "1", &b.ip().to_string()]).unwrap().status.success()
+            && cached() == Some(new_mac)
+        {
+            reached = true;
+            break;
+        }
+    }
+    let neigh = node0.ns().run(&["ip", "neigh", "show", "dev", "eth0"]).unwrap_or_default();
+    assert!(
+        reached,
+        "pod on node 0 did not reach node 1 at its new MAC within 30 s; cached {:?}, kernel neighbours: {neigh}",
+        cached()
+    );
+    eprintln!("recovered {:.1} s after the MAC change", started.elapsed().as_secs_f64());
+}
