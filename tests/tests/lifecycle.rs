@@ -7,59 +7,20 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
+use overlay_common::stats::Reason;
 use overlay_tests::{
     agent::{agent_binary, Agent, AgentOptions},
     etcd::Etcd,
     flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
     forward::PortForward,
-    netns::{ensure_bpffs, Pod, Testbed},
+    netns::{ensure_bpffs, Host, Pod, Testbed},
 };
-use support::cluster::{next, wait_ping, PREFIX, VXLAN_CONFIG};
-
-const READY: Duration = Duration::from_secs(30);
-
-struct Nodes {
-    agents: Vec<Agent>,
-    forwards: Vec<PortForward>,
-    etcd: Etcd,
-    pods: Vec<Pod>,
-    tb: Testbed,
-}
-
-/// `n` agent nodes (each with `extra` flags) and one pod each, plus `spare`
-/// unconfigured hosts.
-fn nodes(n: usize, spare: usize, extra: &[&str]) -> Nodes {
-    ensure_bpffs().unwrap();
-    let tb = Testbed::new(n + spare).unwrap();
-    let etcd = Etcd::start().unwrap();
-    etcd.put(&format!("{PREFIX}/config"), VXLAN_CONFIG).unwrap();
-    let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
-    let mut agents = Vec::new();
-    let mut forwards = Vec::new();
-    for i in 0..n {
-        let fwd = PortForward::into_ns(tb.host(i), target).unwrap();
-        let opts = AgentOptions {
-            etcd_endpoints: &fwd.url(),
-            prefix: PREFIX,
-            dir: tb.dir(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        agents.push(Agent::start(tb.host(i), opts).unwrap());
-        forwards.push(fwd);
-    }
-    let mut pods = Vec::new();
-    for (i, a) in agents.iter().enumerate() {
-        a.wait_ready(READY).unwrap();
-        let (_, len, gw) = a.lease().unwrap();
-        pods.push(tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, 1450).unwrap());
-    }
-    Nodes { agents, forwards, etcd, pods, tb }
-}
+use support::cluster::{wait_ping, Capture, Cluster, PREFIX, VXLAN_CONFIG};
 
 /// Names of the programs attached through TCX to the host's uplink and
 /// bridge, asked from inside its namespace (Debian's bpftool 7.1 predates
 /// TCX in `bpftool net show`).
-fn tcx_programs(host: &overlay_tests::netns::Host) -> Vec<String> {
+fn tcx_programs(host: &Host) -> Vec<String> {
     use aya::programs::{SchedClassifier, TcAttachType};
     host.in_ns(|| {
         let mut names = Vec::new();
@@ -75,19 +36,20 @@ fn tcx_programs(host: &overlay_tests::netns::Host) -> Vec<String> {
 
 #[test]
 fn stopping_keeps_the_data_path_and_cleanup_removes_everything() {
-    let mut n = nodes(2, 0, &["--ip-masq"]);
-    wait_ping(&n.pods[1], n.pods[0].ip());
-    let (subnet, len, _) = n.agents[0].lease().unwrap();
+    let mut c = Cluster::build(2, 0, 0, VXLAN_CONFIG).agent_flags(&["--ip-masq"]).start();
+    let (pod0, pod1) = (&c.pods[0][0], &c.pods[1][0]);
+    wait_ping(pod1, pod0.ip());
+    let (subnet, len, _) = c.agents[0].lease().unwrap();
     let key = format!("{PREFIX}/subnets/{subnet}-{len}");
-    let host = n.tb.host(0);
+    let host = c.tb.host(0);
     assert!(host.run(&["iptables-save", "-t", "nat"]).unwrap().contains("FLANNEL-POSTRTG"));
 
-    let status = n.agents[0].stop().expect("the agent exits on SIGTERM");
+    let status = c.agents[0].stop().expect("the agent exits on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     // Nothing was torn down: traffic flows, the lease and the pins remain.
-    wait_ping(&n.pods[1], n.pods[0].ip());
-    assert!(n.etcd.get(&key).unwrap().is_some(), "the lease stays in etcd");
-    assert!(n.agents[0].pin_dir().join("SUBNETS").exists());
+    wait_ping(pod1, pod0.ip());
+    assert!(c.etcd.get(&key).unwrap().is_some(), "the lease stays in etcd");
+    assert!(c.agents[0].pin_dir().join("SUBNETS").exists());
     assert_eq!(tcx_programs(host), ["from_host", "from_pods", "from_uplink"]);
 
     let out = host
@@ -95,36 +57,59 @@ fn stopping_keeps_the_data_path_and_cleanup_removes_everything() {
             agent_binary().to_str().unwrap(),
             "cleanup",
             "--release-lease",
-            &format!("--bpf-pin-dir={}", n.agents[0].pin_root.display()),
-            &format!("--subnet-file={}", n.agents[0].subnet_file.display()),
-            &format!("--etcd-endpoints={}", n.forwards[0].url()),
+            &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display()),
+            &format!("--subnet-file={}", c.agents[0].subnet_file.display()),
+            &format!("--etcd-endpoints={}", c.forwards[0].url()),
             &format!("--etcd-prefix={PREFIX}"),
         ])
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "cleanup failed: {said}");
-    assert!(!n.agents[0].pin_root.exists(), "pins removed");
+    assert!(!c.agents[0].pin_root.exists(), "pins removed");
     assert!(tcx_programs(host).is_empty(), "programs detached");
     assert!(!host.run(&["iptables-save"]).unwrap().contains("FLANNEL"), "iptables rules removed");
     let routes = host.run(&["ip", "route"]).unwrap();
     assert!(!routes.contains("10.42.0.0/16"), "cluster route removed: {routes}");
-    assert!(n.etcd.get(&key).unwrap().is_none(), "lease released");
-    assert!(!n.agents[0].subnet_file.exists(), "subnet file removed with the lease");
-    assert!(n.pods[1].ping(n.pods[0].ip()).is_err(), "the node no longer routes the overlay");
+    assert!(c.etcd.get(&key).unwrap().is_none(), "lease released");
+    assert!(!c.agents[0].subnet_file.exists(), "subnet file removed with the lease");
+    assert!(pod1.ping(pod0.ip()).is_err(), "the node no longer routes the overlay");
 
     // Cleaning up twice is fine.
     let again = host
-        .exec(&[agent_binary().to_str().unwrap(), "cleanup", &format!("--bpf-pin-dir={}", n.agents[0].pin_root.display())])
+        .exec(&[agent_binary().to_str().unwrap(), "cleanup", &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display())])
         .unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 }
 
-#[test]
-fn xdp_guard_drops_strangers_before_tc() {
-    let n = nodes(1, 1, &["--xdp-guard"]);
-    let host = n.tb.host(0);
-    assert!(host.run(&["ip", "link", "show", "eth0"]).unwrap().contains("xdp"), "XDP attached to the uplink");
-    let stranger = n.tb.host(1);
+/// What reached agent 0's node while a stranger (a host holding no lease)
+/// and a flannel kernel node (holding one) each sent it VXLAN.
+#[derive(Debug)]
+struct Arrivals {
+    /// The stranger's VXLAN frames on the wire into agent 0's eth0 (its
+    /// port of the underlay bridge).
+    stranger_on_wire: usize,
+    /// The stranger's frames in a capture on agent 0's eth0 itself: what
+    /// arrives after XDP and before TC.
+    stranger_on_eth0: usize,
+    /// The kernel node's frames in the same capture on eth0.
+    peer_on_eth0: usize,
+    /// How much agent 0's drop_unknown_sender counter went up.
+    dropped: u64,
+    /// `ip link show eth0` on agent 0's node.
+    link: String,
+}
+
+/// Agent 0 (with `flags`) on host 0, a flannel kernel node on host 1 whose
+/// lease is in etcd, and a stranger on host 2: kernel VXLAN configured with
+/// agent 0 as its peer and a pod behind it, but no lease. The stranger's pod
+/// pings agent 0's pod (it must not get through), then the kernel node's
+/// pod does (it must), with captures running on the wire and on eth0.
+/// Checks what holds with or without the XDP guard: the stranger's frames
+/// were sent and every one was counted as dropped, the peer's got through.
+fn stranger_and_peer_send_vxlan(flags: &[&str]) -> Arrivals {
+    let c = Cluster::build(1, 1, 1, VXLAN_CONFIG).agent_flags(flags).start();
+    let (host, stranger) = (c.tb.host(0), c.tb.host(2));
+    let (target, peer_pod) = (&c.pods[0][0], &c.pods[1][0]);
     let fake = VxlanLease {
         subnet: "10.42.251.0".parse().unwrap(),
         prefix_len: 24,
@@ -132,21 +117,65 @@ fn xdp_guard_drops_strangers_before_tc() {
         vtep_mac: [0x0e, 0, 0, 0, 0xfb, 1],
     };
     setup_kernel_vxlan(stranger, 1, &fake, 1500).unwrap();
-    let (subnet, len, _) = n.agents[0].lease().unwrap();
-    let maps = overlay_agent::datapath::DatapathMaps::open_pinned(&n.agents[0].pin_dir()).unwrap();
-    let vtep_mac = maps.config().unwrap().unwrap().vtep_mac;
-    add_kernel_peer(stranger, 1, &VxlanLease { subnet, prefix_len: len, public_ip: host.ip(), vtep_mac }).unwrap();
+    let (subnet, len, _) = c.agents[0].lease().unwrap();
+    let agent_lease = VxlanLease { subnet, prefix_len: len, public_ip: host.ip(), vtep_mac: c.vtep_mac(0) };
+    add_kernel_peer(stranger, 1, &agent_lease).unwrap();
     let spy = stranger.add_pod("cni0", "10.42.251.2/24", fake.gateway(), 1450).unwrap();
-    let dropped = |m: &overlay_agent::datapath::DatapathMaps| {
-        m.stats().unwrap().get(overlay_common::stats::Reason::DropUnknownSender).packets
+    // The legit path works before anything is measured.
+    wait_ping(peer_pod, target.ip());
+
+    let dropped = || c.maps(0).stats().unwrap().get(Reason::DropUnknownSender).packets;
+    let before = dropped();
+    let vxlan = "udp dst port 8472";
+    let wire = Capture::start(&c.tb, 0, vxlan);
+    let eth0 = Capture::on(host, "eth0", c.tb.dir(), vxlan);
+    let ping3 = |from: &Pod| from.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &target.ip().to_string()]).unwrap();
+    let out = ping3(&spy);
+    assert!(!out.status.success(), "a stranger reached a pod: {}", String::from_utf8_lossy(&out.stdout));
+    let out = ping3(peer_pod);
+    assert!(out.status.success(), "the kernel node's pod lost pings: {}", String::from_utf8_lossy(&out.stdout));
+    let (wire, eth0) = (wire.finish(), eth0.finish());
+    let from = |frames: &[support::pcap::VxlanFrame], ip| frames.iter().filter(|f| f.outer_src == ip).count();
+    let seen = Arrivals {
+        stranger_on_wire: from(&wire, stranger.ip()),
+        stranger_on_eth0: from(&eth0, stranger.ip()),
+        peer_on_eth0: from(&eth0, c.tb.host(1).ip()),
+        dropped: dropped() - before,
+        link: host.run(&["ip", "link", "show", "eth0"]).unwrap(),
     };
-    let before = dropped(&maps);
-    let out = spy.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &n.pods[0].ip().to_string()]).unwrap();
-    assert!(!out.status.success(), "a stranger reached a pod");
-    assert!(dropped(&maps) >= before + 3);
-    // The TC program never saw them: it counts nothing as ours from there.
-    let tc_seen = maps.stats().unwrap().get(overlay_common::stats::Reason::DecapToPod).packets;
-    assert_eq!(tc_seen, 0);
+    eprintln!("{seen:#?}");
+    // Both ways (guard or not): the stranger's frames were sent and all
+    // counted as dropped, and the real peer's got through eth0.
+    assert!(seen.stranger_on_wire >= 3, "the stranger sent its pings: {seen:#?}");
+    assert!(seen.dropped >= seen.stranger_on_wire as u64, "drop_unknown_sender missed frames: {seen:#?}");
+    assert!(seen.peer_on_eth0 >= 3, "the real peer's VXLAN on eth0: {seen:#?}");
+    seen
+}
+
+/// With `--xdp-guard`, the stranger's frames reach eth0 on the wire but a
+/// capture on eth0 never sees them (a packet tap sees what XDP passes,
+/// before TC), and the counter still counts them: XDP dropped them, not the
+/// TC program. A real peer's VXLAN still gets through. The control case is
+/// the next test.
+#[test]
+fn xdp_guard_drops_strangers_before_tc() {
+    let seen = stranger_and_peer_send_vxlan(&["--xdp-guard"]);
+    assert!(
+        seen.link.contains("prog/xdp ") && seen.link.contains("name xdp_guard"),
+        "xdp_guard attached to the uplink in native mode: {}",
+        seen.link
+    );
+    assert_eq!(seen.stranger_on_eth0, 0, "the stranger's frames reached the packet taps (past XDP)");
+}
+
+/// The control for the test above: without the guard the same frames do
+/// reach eth0 (so the capture there can see them) and the TC program drops
+/// and counts them.
+#[test]
+fn without_the_xdp_guard_tc_drops_strangers() {
+    let seen = stranger_and_peer_send_vxlan(&[]);
+    assert!(!seen.link.contains("xdp"), "no XDP program on the uplink: {}", seen.link);
+    assert_eq!(seen.stranger_on_eth0, seen.stranger_on_wire, "every frame on the wire reaches eth0's taps");
 }
 
 /// Starts the agent in a fresh host with `config` (None: no config key at
@@ -209,12 +238,12 @@ fn unknown_interface_is_a_clear_error() {
 fn a_panicking_test_leaves_no_agent_pins_namespaces_or_processes() {
     let mut seen = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let n = nodes(1, 0, &[]);
+        let c = Cluster::start_with(1, 0, 0, VXLAN_CONFIG);
         seen = Some((
-            n.agents[0].pin_root.clone(),
-            n.agents[0].pid().unwrap(),
-            n.tb.host(0).name().to_string(),
-            n.etcd.pid().unwrap(),
+            c.agents[0].pin_root.clone(),
+            c.agents[0].pid().unwrap(),
+            c.tb.host(0).name().to_string(),
+            c.etcd.pid().unwrap(),
         ));
         panic!("deliberate");
     }));

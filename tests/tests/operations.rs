@@ -221,26 +221,6 @@ fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// An agent on a spare host of `c` with its own forward to etcd and extra
-/// flags; it joins `c.agents` (so it is dropped before the testbed).
-fn add_agent_with(c: &mut Cluster, host: usize, extra: &[&str]) -> usize {
-    let fwd = PortForward::into_ns(c.tb.host(host), c.etcd_target()).unwrap();
-    let agent = Agent::start(
-        c.tb.host(host),
-        AgentOptions {
-            etcd_endpoints: &fwd.url(),
-            prefix: PREFIX,
-            dir: c.tb.dir(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        },
-    )
-    .unwrap();
-    c.forwards.push(fwd);
-    c.agents.push(agent);
-    c.agent_hosts.push(host);
-    c.agents.len() - 1
-}
-
 fn fake_lease(third_octet: u8, public_ip: Ipv4Addr, last_mac_byte: u8) -> VxlanLease {
     VxlanLease {
         subnet: Ipv4Addr::new(10, 42, third_octet, 0),
@@ -500,12 +480,11 @@ fn bpftool_version(out: &str) -> Option<(u32, u32)> {
 
 #[test]
 fn health_endpoints_and_metrics() {
-    let mut c = Cluster::start_with(2, 0, 1, VXLAN_CONFIG);
-    let port = HEALTHZ_PORT.to_string();
-    let i = add_agent_with(&mut c, 2, &["--healthz-ip=127.0.0.1", &format!("--healthz-port={port}")]);
-    c.agents[i].wait_ready(Duration::from_secs(30)).unwrap();
-    let host = c.tb.host(2);
-    let pod = c.add_agent_pod(i, 2);
+    let i = 2;
+    let healthz = ["--healthz-ip=127.0.0.1", &format!("--healthz-port={HEALTHZ_PORT}")];
+    let c = Cluster::build(3, 0, 0, VXLAN_CONFIG).agent_flags_for(i, &healthz).start();
+    let host = c.tb.host(i);
+    let pod = &c.pods[i][0];
 
     let r = get(host, HEALTHZ_PORT, "/healthz");
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "{r:?}");
@@ -542,7 +521,7 @@ fn health_endpoints_and_metrics() {
     let before = sample(&m, "overlay_packets_total{reason=\"encapsulated\"}");
 
     // Traffic shows in the counters.
-    wait_ping(&pod, c.pods[0][0].ip());
+    wait_ping(pod, c.pods[0][0].ip());
     pod.run(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &c.pods[1][0].ip().to_string()]).unwrap();
     let m = metrics(host, HEALTHZ_PORT);
     let after = sample(&m, "overlay_packets_total{reason=\"encapsulated\"}");

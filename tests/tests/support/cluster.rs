@@ -42,38 +42,57 @@ pub struct Cluster {
     pub tb: Testbed,
 }
 
-impl Cluster {
-    /// `agents` agent nodes (hosts 0..), then `kernels` flannel kernel
-    /// nodes, then `spare` unconfigured hosts; one pod on each node.
-    pub fn start_with(agents: usize, kernels: usize, spare: usize, config: &str) -> Cluster {
-        Self::start_prepared(agents, kernels, spare, config, |_| {})
+/// What [`Cluster::build`] starts: node counts, the configuration, extra
+/// agent flags, how long to wait for the agents, a testbed hook.
+pub struct ClusterBuilder<'a> {
+    agents: usize,
+    kernels: usize,
+    spare: usize,
+    config: &'a str,
+    ready: Duration,
+    /// Extra command-line flags, one list per agent.
+    flags: Vec<Vec<String>>,
+    prepare: Option<Box<dyn FnOnce(&Testbed) + 'a>>,
+}
+
+impl<'a> ClusterBuilder<'a> {
+    /// Extra flags for every agent (after the harness's own, so a flag
+    /// given again here wins where the agent takes the last one).
+    pub fn agent_flags(mut self, flags: &[&str]) -> Self {
+        for list in &mut self.flags {
+            list.extend(flags.iter().map(|f| f.to_string()));
+        }
+        self
     }
 
-    /// [`Cluster::start_with`], calling `prepare` on the testbed before any
-    /// node is set up (e.g. to re-address hosts or add routers).
-    pub fn start_prepared(
-        agents: usize,
-        kernels: usize,
-        spare: usize,
-        config: &str,
-        prepare: impl FnOnce(&Testbed),
-    ) -> Cluster {
-        Self::start_custom(agents, kernels, spare, config, READY, prepare)
+    /// Extra flags for agent `i` only, after any given to all of them.
+    pub fn agent_flags_for(mut self, i: usize, flags: &[&str]) -> Self {
+        assert!(i < self.agents, "agent {i} of {}", self.agents);
+        self.flags[i].extend(flags.iter().map(|f| f.to_string()));
+        self
     }
 
-    /// [`Cluster::start_prepared`], waiting up to `ready` for each agent
-    /// (they all start at once, so many agents on 2 cores need longer).
-    pub fn start_custom(
-        agents: usize,
-        kernels: usize,
-        spare: usize,
-        config: &str,
-        ready: Duration,
-        prepare: impl FnOnce(&Testbed),
-    ) -> Cluster {
+    /// How long to wait for each agent to be ready (default 30 s; they all
+    /// start at once, so many agents on 2 cores need longer).
+    pub fn ready(mut self, timeout: Duration) -> Self {
+        self.ready = timeout;
+        self
+    }
+
+    /// Called on the testbed before any node is set up (e.g. to re-address
+    /// hosts or add routers).
+    pub fn prepare(mut self, prepare: impl FnOnce(&Testbed) + 'a) -> Self {
+        self.prepare = Some(Box::new(prepare));
+        self
+    }
+
+    pub fn start(self) -> Cluster {
+        let ClusterBuilder { agents, kernels, spare, config, ready, flags, prepare } = self;
         ensure_bpffs().unwrap();
         let tb = Testbed::new(agents + kernels + spare).unwrap();
-        prepare(&tb);
+        if let Some(prepare) = prepare {
+            prepare(&tb);
+        }
         let etcd = Etcd::start().unwrap();
         etcd.put(&format!("{PREFIX}/config"), config).unwrap();
         let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
@@ -93,13 +112,8 @@ impl Cluster {
 
         let mut forwards = Vec::new();
         let mut started = Vec::new();
-        for i in 0..agents {
-            let fwd = PortForward::into_ns(tb.host(i), target).unwrap();
-            let agent = Agent::start(
-                tb.host(i),
-                AgentOptions { etcd_endpoints: &fwd.url(), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
-            )
-            .unwrap();
+        for (i, extra) in flags.into_iter().enumerate() {
+            let (fwd, agent) = start_agent(&tb, i, target, extra);
             forwards.push(fwd);
             started.push(agent);
         }
@@ -142,6 +156,43 @@ impl Cluster {
         }
         cluster
     }
+}
+
+impl Cluster {
+    /// `agents` agent nodes (hosts 0..), then `kernels` flannel kernel
+    /// nodes, then `spare` unconfigured hosts; one pod on each node. Set
+    /// more (agent flags, ...) on the builder, then `.start()`.
+    pub fn build(agents: usize, kernels: usize, spare: usize, config: &str) -> ClusterBuilder<'_> {
+        ClusterBuilder { agents, kernels, spare, config, ready: READY, flags: vec![Vec::new(); agents], prepare: None }
+    }
+
+    /// `Cluster::build(agents, kernels, spare, config).start()`.
+    pub fn start_with(agents: usize, kernels: usize, spare: usize, config: &str) -> Cluster {
+        Self::build(agents, kernels, spare, config).start()
+    }
+
+    /// [`Cluster::start_with`] with [`ClusterBuilder::prepare`].
+    pub fn start_prepared<'a>(
+        agents: usize,
+        kernels: usize,
+        spare: usize,
+        config: &'a str,
+        prepare: impl FnOnce(&Testbed) + 'a,
+    ) -> Cluster {
+        Self::build(agents, kernels, spare, config).prepare(prepare).start()
+    }
+
+    /// [`Cluster::start_prepared`] with [`ClusterBuilder::ready`].
+    pub fn start_custom<'a>(
+        agents: usize,
+        kernels: usize,
+        spare: usize,
+        config: &'a str,
+        ready: Duration,
+        prepare: impl FnOnce(&Testbed) + 'a,
+    ) -> Cluster {
+        Self::build(agents, kernels, spare, config).ready(ready).prepare(prepare).start()
+    }
 
     /// Agent `i`'s VtepMAC, from its pinned configuration.
     pub fn vtep_mac(&self, i: usize) -> [u8; 6] {
@@ -168,12 +219,7 @@ impl Cluster {
     /// its own forward to etcd, without waiting for it to be ready.
     /// Returns its index in `agents`.
     pub fn add_agent(&mut self, host: usize) -> usize {
-        let fwd = PortForward::into_ns(self.tb.host(host), self.etcd_target()).unwrap();
-        let agent = Agent::start(
-            self.tb.host(host),
-            AgentOptions { etcd_endpoints: &fwd.url(), prefix: PREFIX, dir: self.tb.dir(), extra: vec![] },
-        )
-        .unwrap();
+        let (fwd, agent) = start_agent(&self.tb, host, self.etcd_target(), vec![]);
         self.forwards.push(fwd);
         self.agents.push(agent);
         self.agent_hosts.push(host);
@@ -252,6 +298,16 @@ impl Cluster {
         }
         watch
     }
+}
+
+/// An agent on testbed host `host` with `extra` flags, reaching etcd (at
+/// `etcd` in the root namespace) through a forward of its own.
+fn start_agent(tb: &Testbed, host: usize, etcd: SocketAddr, extra: Vec<String>) -> (PortForward, Agent) {
+    let fwd = PortForward::into_ns(tb.host(host), etcd).unwrap();
+    let agent =
+        Agent::start(tb.host(host), AgentOptions { etcd_endpoints: &fwd.url(), prefix: PREFIX, dir: tb.dir(), extra })
+            .unwrap();
+    (fwd, agent)
 }
 
 /// One change seen by [`LeaseWatch`].
@@ -518,8 +574,10 @@ fn udp_echo_with(from: &Pod, to: &Pod, n: usize, quick: bool) {
     assert!(echo.join().unwrap() >= n);
 }
 
-/// tcpdump on host `host`'s port of the underlay bridge (the bridge device
-/// itself does not see unicast it forwards between ports).
+/// tcpdump on an interface: by default host `host`'s port of the underlay
+/// bridge (the bridge device itself does not see unicast it forwards between
+/// ports), or any interface of a namespace ([`Capture::on`]). A capture on a
+/// host's eth0 sees what arrives after any XDP program and before TC.
 pub struct Capture {
     child: ChildHandle,
     file: PathBuf,
@@ -528,16 +586,24 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// On host `host`'s port of the underlay bridge (what goes to and
+    /// comes from the host's eth0 on the wire).
     pub fn start(tb: &Testbed, host: usize, filter: &str) -> Capture {
-        let file = tb.dir().join(format!("capture-{}.pcap", overlay_tests::random_hex(3)));
-        let mut cmd = tb.underlay().command("tcpdump");
-        cmd.args(["-i", &tb.underlay_port(host), "--immediate-mode", "-U", "-n", "-s", "256", "-w"])
+        Self::on(tb.underlay(), &tb.underlay_port(host), tb.dir(), filter)
+    }
+
+    /// On interface `iface` of namespace `ns`, writing into folder `dir`
+    /// (the testbed's own).
+    pub fn on(ns: &Netns, iface: &str, dir: &Path, filter: &str) -> Capture {
+        let file = dir.join(format!("capture-{}.pcap", overlay_tests::random_hex(3)));
+        let mut cmd = ns.command("tcpdump");
+        cmd.args(["-i", iface, "--immediate-mode", "-U", "-n", "-s", "256", "-w"])
             .arg(&file)
             .args(filter.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let child = tb.underlay().spawn(cmd).unwrap();
+        let child = ns.spawn(cmd).unwrap();
         // tcpdump says "listening on" once the capture is armed.
         let mut stderr = child.take_stderr().unwrap();
         let mut seen = Vec::new();
