@@ -27,7 +27,7 @@ use crate::{
         DatapathMaps, Peer,
     },
     etcd::{
-        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_with_status, EtcdError,
+        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, EtcdError,
         EtcdSettings, Lease, LeaseAttrs, LeaseEvent, SubnetManager,
     },
     health::{self, Health},
@@ -128,9 +128,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
 
+    // One listing of the leases serves the whole start: finding our lease,
+    // acquiring it and the lease watch's first Snapshot (at 10,000 leases a
+    // listing is ten range requests and ~2 MB).
+    let listing = etcd_retry!("listing the leases", mgr.list())?;
     // Our VtepMAC survives restarts: from our lease in etcd, else from the
     // pinned data path, else new.
-    let own = etcd_retry!("looking up our lease", mgr.find_own_lease(uplink.public_ip))?;
+    let own = etcd_retry!("looking up our lease", mgr.find_own_lease_in(&listing, uplink.public_ip))?;
     let pinned_mac = DatapathMaps::open_pinned(&pins)
         .ok()
         .and_then(|m| m.config().ok().flatten())
@@ -146,7 +150,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         BackendType::HostGw => LeaseAttrs::host_gw(uplink.public_ip),
     };
     let previous = subnet_env::read_previous_lease(&args.subnet_file);
-    let lease = etcd_retry!("acquiring a subnet lease", mgr.acquire(&cfg, &attrs, previous))?;
+    // A retry after an etcd failure lists afresh: the first attempt may have
+    // changed our lease without our seeing the answer.
+    let mut start_listing = Some(&listing);
+    let lease = etcd_retry!(
+        "acquiring a subnet lease",
+        mgr.acquire_from(start_listing.take(), &cfg, &attrs, previous)
+    )?;
     info!("lease {} (VtepMAC {})", lease.subnet, format_mac(&vtep_mac));
 
     for name in bridge::remove_flannel_devices(&handle).await? {
@@ -187,7 +197,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60);
     let own_rx = spawn_lease_keeper(mgr, cfg.clone(), lease, renew_margin, attrs);
-    let events = spawn_lease_watch_with_status(settings, cfg, status);
+    // The watch starts from the listing's revision + 1, so what changed since
+    // (our own lease included) arrives as events.
+    let events = spawn_lease_watch_from(settings, cfg, status, listing);
     health.set_lease(&node.own);
     health.datapath_ready();
     notify::ready();

@@ -8,6 +8,8 @@
 //! * [`agent`]: the real `overlay-agent` binary running in a testbed host.
 //! * [`flannel`]: a node with flannel's kernel VXLAN, set up as flanneld does.
 //! * [`forward`]: reaching the root namespace's etcd from inside a namespace.
+//! * [`control_plane`]: many synthetic leases in etcd, etcd's request
+//!   counters, the agent's `SUBNETS` map (the benchmark and the tests).
 //!
 //! Everything a test creates is torn down by `Drop`, also when the test
 //! panics. Leftovers of test processes that were killed outright (so no
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod bench;
 pub mod certs;
+pub mod control_plane;
 pub mod etcd;
 pub mod flannel;
 pub mod forward;

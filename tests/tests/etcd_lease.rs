@@ -333,3 +333,26 @@ async fn keeper_takes_a_deleted_or_stolen_key_back_and_renews() {
     })
     .await;
 }
+
+/// Acquiring from a listing that is out of date: the subnet it shows free
+/// was taken since, so creating it fails, and the next attempt lists afresh
+/// and takes the one subnet still free.
+#[tokio::test]
+async fn acquiring_from_an_out_of_date_listing_lists_again() {
+    // SubnetMin is the second /24: three subnets to hand out.
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.30.0.0/22","SubnetLen":24}"#).await;
+    let listing = mgr.list().await.unwrap();
+    assert!(listing.is_empty());
+    etcd.put(&subnet_key(PREFIX, net("10.30.1.0/24")), &node(1).to_json()).unwrap();
+    etcd.put(&subnet_key(PREFIX, net("10.30.2.0/24")), &node(2).to_json()).unwrap();
+
+    let lease = mgr
+        .acquire_from(Some(&listing), &cfg, &node(9), Some(net("10.30.1.0/24")))
+        .await
+        .unwrap();
+    assert_eq!(lease.subnet, net("10.30.3.0/24"));
+    let stored = etcd.get(&subnet_key(PREFIX, lease.subnet)).unwrap().expect("our key");
+    assert_eq!(stored, node(9).to_json());
+    let other = etcd.get(&subnet_key(PREFIX, net("10.30.1.0/24"))).unwrap();
+    assert_eq!(other, Some(node(1).to_json()), "the other node's lease is left alone");
+}

@@ -1,5 +1,6 @@
 //! The lease watch against a real etcd: Snapshot, then Added/Removed for puts,
-//! deletes and expiry; malformed data skipped; compaction → fresh Snapshot.
+//! deletes and expiry; malformed data skipped; compaction → fresh Snapshot;
+//! a watch started from a listing made by the caller (the agent's start).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use overlay_agent::config::NetworkConfig;
 use overlay_agent::etcd::{
-    spawn_lease_watch, spawn_lease_watch_with_status, EtcdSettings, EtcdStatus, LeaseAttrs, LeaseEvent,
+    spawn_lease_watch, spawn_lease_watch_from, spawn_lease_watch_with_status, EtcdSettings, EtcdStatus, LeaseAttrs,
+    LeaseEvent, SubnetManager,
 };
+use overlay_tests::control_plane::{grpc_started, requests_between};
 use overlay_tests::etcd::Etcd;
 use tokio::sync::mpsc::Receiver;
 
@@ -253,4 +256,81 @@ async fn dropping_the_receiver_ends_the_task() {
     // Nothing to observe directly but the absence of panics; give the task
     // a moment to notice and exit.
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A watch handed a listing starts from it: its first Snapshot is the listing
+/// as it was, and what changed between the listing and the watch (a new
+/// lease, a changed one, a deleted one) arrives as events, because it
+/// watches from the listing's revision + 1. It lists nothing itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_listing_misses_nothing_changed_after_it() {
+    let etcd = Etcd::start().unwrap();
+    etcd.put(&key("10.20.1.0-24"), &attrs(1).to_json()).unwrap();
+    etcd.put(&key("10.20.2.0-24"), &attrs(2).to_json()).unwrap();
+    let mgr = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let listing = mgr.list().await.unwrap();
+    assert_eq!(listing.len(), 2);
+
+    // Between the listing and the watch.
+    etcd.put(&key("10.20.3.0-24"), &attrs(3).to_json()).unwrap();
+    let mut changed = attrs(2);
+    changed.vtep_mac = Some([0xaa, 2, 2, 2, 2, 2]);
+    etcd.put(&key("10.20.2.0-24"), &changed.to_json()).unwrap();
+    etcd.delete(&key("10.20.1.0-24")).unwrap();
+
+    let before = grpc_started(&etcd).unwrap();
+    let status = EtcdStatus::new();
+    let mut rx = spawn_lease_watch_from(settings(&etcd), cfg(), status.clone(), listing);
+    assert_eq!(
+        snapshot(&mut rx).await,
+        BTreeMap::from([(net("10.20.1.0/24"), attrs(1)), (net("10.20.2.0/24"), attrs(2))]),
+        "the first Snapshot is the listing handed over"
+    );
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(next(&mut rx).await);
+    }
+    let added = |subnet: &str, attrs: &LeaseAttrs| {
+        events.iter().any(|e| matches!(e, LeaseEvent::Added(l) if l.subnet == net(subnet) && l.attrs == *attrs))
+    };
+    assert!(added("10.20.3.0/24", &attrs(3)), "the new lease: {events:?}");
+    assert!(added("10.20.2.0/24", &changed), "the changed lease: {events:?}");
+    assert!(events.contains(&LeaseEvent::Removed(net("10.20.1.0/24"))), "the deleted lease: {events:?}");
+    assert_eq!(status.snapshots(), 1);
+
+    let during = requests_between(&before, &grpc_started(&etcd).unwrap());
+    assert_eq!(
+        during.get("Range"),
+        Some(&1),
+        "the watch's only read must be its connection probe, no listing: {during:?}"
+    );
+}
+
+/// Only the first listing is handed over: a watch whose listing is older than
+/// a compaction cannot resume from it and lists again (a second Snapshot,
+/// with the current leases), then follows changes as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_older_than_a_compaction_is_listed_again() {
+    let etcd = Etcd::start().unwrap();
+    etcd.put(&key("10.20.1.0-24"), &attrs(1).to_json()).unwrap();
+    let mgr = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let listing = mgr.list().await.unwrap();
+    etcd.put(&key("10.20.2.0-24"), &attrs(2).to_json()).unwrap();
+    etcd.delete(&key("10.20.1.0-24")).unwrap();
+    etcd.compact_to_latest().unwrap();
+
+    let status = EtcdStatus::new();
+    let mut rx = spawn_lease_watch_from(settings(&etcd), cfg(), status.clone(), listing);
+    assert_eq!(snapshot(&mut rx).await, BTreeMap::from([(net("10.20.1.0/24"), attrs(1))]));
+    assert_eq!(
+        snapshot(&mut rx).await,
+        BTreeMap::from([(net("10.20.2.0/24"), attrs(2))]),
+        "a fresh listing after the compaction"
+    );
+    assert_eq!(status.snapshots(), 2);
+    etcd.put(&key("10.20.3.0-24"), &attrs(3).to_json()).unwrap();
+    match next(&mut rx).await {
+        LeaseEvent::Added(l) => assert_eq!((l.subnet, l.attrs), (net("10.20.3.0/24"), attrs(3))),
+        other => panic!("expected Added(10.20.3.0/24), got {other:?}"),
+    }
 }

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{Compare, CompareOp, EventType, KeyValue, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use ipnet::Ipv4Net;
 use rand::Rng;
 use tokio::sync::watch;
@@ -47,6 +47,27 @@ struct Entry {
     subnet: Ipv4Net,
     lease: Result<Lease, RegistryError>,
     mod_revision: i64,
+}
+
+/// Every key under `<prefix>/subnets/` as of one etcd revision, as etcd
+/// returned them: made once at start by [`SubnetManager::list`] and shared
+/// by finding our lease, acquiring it and the lease watch's first Snapshot.
+pub struct LeaseListing {
+    pub(crate) kvs: Vec<KeyValue>,
+    /// The etcd revision the keys were read at: a watch from `revision + 1`
+    /// misses nothing that changed since.
+    pub(crate) revision: i64,
+}
+
+impl LeaseListing {
+    /// How many keys were listed (valid leases or not).
+    pub fn len(&self) -> usize {
+        self.kvs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kvs.is_empty()
+    }
 }
 
 /// The state of our own lease key, as read from etcd.
@@ -135,31 +156,43 @@ impl SubnetManager {
         Ok(cfg)
     }
 
-    /// Every lease under `<prefix>/subnets/` with a valid key and value (any
-    /// subnet length), with the revision of the read. One range request.
-    pub async fn list_leases(&self) -> Result<(Vec<Lease>, i64), EtcdError> {
-        let (entries, rev) = self.list_entries().await?;
-        Ok((entries.into_iter().filter_map(|e| e.lease.ok()).collect(), rev))
+    /// Lists `<prefix>/subnets/` (one range request per 1,000 keys). At start
+    /// the agent lists once and hands the listing to
+    /// [`find_own_lease_in`](Self::find_own_lease_in),
+    /// [`acquire_from`](Self::acquire_from) and the lease watch
+    /// ([`crate::etcd::spawn_lease_watch_from`]): at 10,000 leases each
+    /// listing is ~2 MB.
+    pub async fn list(&self) -> Result<LeaseListing, EtcdError> {
+        let dir = subnets_prefix(&self.conn.settings.prefix);
+        let (kvs, revision) = self.conn.list_prefix(&dir).await?;
+        Ok(LeaseListing { kvs, revision })
     }
 
-    async fn list_entries(&self) -> Result<(Vec<Entry>, i64), EtcdError> {
-        let prefix = self.conn.settings.prefix.clone();
-        let dir = subnets_prefix(&prefix);
-        let (kvs, rev) = self.conn.list_prefix(&dir).await?;
-        let mut out = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
+    /// Every lease under `<prefix>/subnets/` with a valid key and value (any
+    /// subnet length), with the revision of the read.
+    pub async fn list_leases(&self) -> Result<(Vec<Lease>, i64), EtcdError> {
+        let listing = self.list().await?;
+        let leases = self.entries(&listing).into_iter().filter_map(|e| e.lease.ok()).collect();
+        Ok((leases, listing.revision))
+    }
+
+    /// The subnet lease keys of `listing`, parsed (other keys are skipped).
+    fn entries(&self, listing: &LeaseListing) -> Vec<Entry> {
+        let prefix = &self.conn.settings.prefix;
+        let mut out = Vec::with_capacity(listing.kvs.len());
+        for kv in &listing.kvs {
             let key = match kv.key_str() {
                 Ok(k) => k.to_string(),
                 Err(_) => continue,
             };
-            let subnet = match crate::etcd::registry::parse_subnet_key(&prefix, &key) {
+            let subnet = match crate::etcd::registry::parse_subnet_key(prefix, &key) {
                 Some(s) => s,
                 None => {
                     log::debug!("ignoring {key:?}: not a subnet lease key");
                     continue;
                 }
             };
-            let lease = Lease::from_kv(&prefix, &key, kv.value(), kv.lease());
+            let lease = Lease::from_kv(prefix, &key, kv.value(), kv.lease());
             out.push(Entry {
                 key,
                 subnet,
@@ -167,15 +200,33 @@ impl SubnetManager {
                 mod_revision: kv.mod_revision(),
             });
         }
-        Ok((out, rev))
+        out
+    }
+
+    /// The entries of `listing`, or of a fresh listing when there is none.
+    async fn entries_of(&self, listing: Option<&LeaseListing>) -> Result<Vec<Entry>, EtcdError> {
+        match listing {
+            Some(l) => Ok(self.entries(l)),
+            None => Ok(self.entries(&self.list().await?)),
+        }
     }
 
     /// The lease whose PublicIP is `public_ip`, if any (for reusing the
     /// VtepMAC across restarts). Its expiration is filled in (one TimeToLive
     /// RPC for this one lease).
     pub async fn find_own_lease(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, EtcdError> {
-        let (entries, _) = self.list_entries().await?;
-        let mut found = entries
+        let listing = self.list().await?;
+        self.find_own_lease_in(&listing, public_ip).await
+    }
+
+    /// [`find_own_lease`](Self::find_own_lease) in a listing already made.
+    pub async fn find_own_lease_in(
+        &self,
+        listing: &LeaseListing,
+        public_ip: Ipv4Addr,
+    ) -> Result<Option<Lease>, EtcdError> {
+        let mut found = self
+            .entries(listing)
             .into_iter()
             .filter_map(|e| e.lease.ok())
             .filter(|l| l.attrs.public_ip == public_ip);
@@ -207,8 +258,23 @@ impl SubnetManager {
         attrs: &LeaseAttrs,
         previous_subnet: Option<Ipv4Net>,
     ) -> Result<Lease, EtcdError> {
+        self.acquire_from(None, cfg, attrs, previous_subnet).await
+    }
+
+    /// [`acquire`](Self::acquire), whose first attempt decides from `listing`
+    /// when given instead of listing again. A listing a little out of date
+    /// is safe: creating is put-if-absent and updating compares the key's
+    /// mod revision, so a change since the listing fails that attempt and
+    /// the next one lists afresh.
+    pub async fn acquire_from(
+        &self,
+        listing: Option<&LeaseListing>,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        previous_subnet: Option<Ipv4Net>,
+    ) -> Result<Lease, EtcdError> {
         let mut granted: Option<(i64, i64)> = None;
-        let result = self.acquire_inner(cfg, attrs, previous_subnet, &mut granted).await;
+        let result = self.acquire_inner(listing, cfg, attrs, previous_subnet, &mut granted).await;
         if let Some((id, _)) = granted {
             let used = matches!(&result, Ok(l) if l.etcd_lease == id);
             if !used {
@@ -220,6 +286,7 @@ impl SubnetManager {
 
     async fn acquire_inner(
         &self,
+        mut listing: Option<&LeaseListing>,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
         previous_subnet: Option<Ipv4Net>,
@@ -228,7 +295,9 @@ impl SubnetManager {
         let value = attrs.to_json();
         let mut preferred = previous_subnet;
         for attempt in 1..=MAX_ACQUIRE_ATTEMPTS {
-            let (entries, _) = self.list_entries().await?;
+            // Only the first attempt may use the given listing: a retry
+            // follows a change made since, which it must see.
+            let entries = self.entries_of(listing.take()).await?;
 
             // 1. A lease that already carries our PublicIP.
             let mut reuse: Option<&Entry> = None;

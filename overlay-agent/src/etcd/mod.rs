@@ -15,12 +15,12 @@ pub mod watch;
 
 pub use client::{connect, EtcdSettings};
 pub use error::EtcdError;
-pub use lease::{spawn_lease_keeper, SubnetManager};
+pub use lease::{spawn_lease_keeper, LeaseListing, SubnetManager};
 pub use registry::{
     config_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
     DEFAULT_PREFIX,
 };
 pub use status::EtcdStatus;
-pub use watch::{spawn_lease_watch, spawn_lease_watch_with_status, LeaseEvent};
+pub use watch::{spawn_lease_watch, spawn_lease_watch_from, spawn_lease_watch_with_status, LeaseEvent};
 
 mod backoff;

@@ -1,6 +1,8 @@
 //! Everyone's leases as typed events: one range request lists
 //! `<prefix>/subnets/` ([`LeaseEvent::Snapshot`]), then a watch from the
 //! list's revision + 1 streams [`LeaseEvent::Added`] / [`LeaseEvent::Removed`].
+//! The agent's start hands over the listing it acquired its lease with
+//! ([`spawn_lease_watch_from`]), so the first Snapshot costs no listing.
 //!
 //! Doing better than flannel:
 //! - no per-lease RPC (flannel calls TimeToLive per lease on every list and
@@ -30,6 +32,7 @@ use crate::config::NetworkConfig;
 use crate::etcd::backoff::Backoff;
 use crate::etcd::client::{describe, Conn, EtcdSettings, MAX_MESSAGE};
 use crate::etcd::error::EtcdError;
+use crate::etcd::lease::LeaseListing;
 use crate::etcd::registry::{check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs};
 use crate::etcd::status::EtcdStatus;
 
@@ -64,6 +67,29 @@ pub fn spawn_lease_watch_with_status(
     cfg: NetworkConfig,
     status: Arc<EtcdStatus>,
 ) -> mpsc::Receiver<LeaseEvent> {
+    spawn(s, cfg, status, None)
+}
+
+/// [`spawn_lease_watch_with_status`], whose first Snapshot is `listing` (of
+/// the same `<prefix>/subnets/`, made by the caller) instead of a listing of
+/// its own. It watches from the listing's revision + 1, so a change made
+/// after the listing still arrives, as an event. Later Snapshots (after
+/// compaction or an outage) list afresh as usual.
+pub fn spawn_lease_watch_from(
+    s: EtcdSettings,
+    cfg: NetworkConfig,
+    status: Arc<EtcdStatus>,
+    listing: LeaseListing,
+) -> mpsc::Receiver<LeaseEvent> {
+    spawn(s, cfg, status, Some(listing))
+}
+
+fn spawn(
+    s: EtcdSettings,
+    cfg: NetworkConfig,
+    status: Arc<EtcdStatus>,
+    handed_over: Option<LeaseListing>,
+) -> mpsc::Receiver<LeaseEvent> {
     let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let w = Watcher {
         prefix: s.prefix.clone(),
@@ -71,6 +97,7 @@ pub fn spawn_lease_watch_with_status(
         cfg,
         status,
         tx,
+        handed_over,
         known: HashMap::new(),
         warned: HashMap::new(),
     };
@@ -92,6 +119,8 @@ struct Watcher {
     cfg: NetworkConfig,
     status: Arc<EtcdStatus>,
     tx: mpsc::Sender<LeaseEvent>,
+    /// The start's listing, until the first session uses it.
+    handed_over: Option<LeaseListing>,
     /// Valid leases as last reported (to report Removed only for those and
     /// to skip re-puts of identical values).
     known: HashMap<Ipv4Net, LeaseAttrs>,
@@ -163,7 +192,7 @@ impl Watcher {
     /// One list + watch. Returns how it ended.
     async fn session(&mut self, conn: &Conn, backoff: &mut Backoff, failures: &mut u32) -> Result<Break, EtcdError> {
         let dir = subnets_prefix(&self.prefix);
-        let (kvs, rev) = conn.list_prefix(&dir).await?;
+        let (kvs, rev) = self.listing(conn, &dir).await?;
         let mut leases = Vec::with_capacity(kvs.len());
         self.known.clear();
         for kv in &kvs {
@@ -232,6 +261,16 @@ impl Watcher {
                     }
                 }
             }
+        }
+    }
+
+    /// The keys to snapshot and their revision: the listing handed over at
+    /// start for the first session, a fresh listing for every later one
+    /// (they follow compaction or an outage, which the old one predates).
+    async fn listing(&mut self, conn: &Conn, dir: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        match self.handed_over.take() {
+            Some(l) => Ok((l.kvs, l.revision)),
+            None => conn.list_prefix(dir).await,
         }
     }
 

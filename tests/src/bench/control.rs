@@ -18,28 +18,24 @@
 //!   around the change stream (minus the writer's own puts).
 //! * RSS: VmRSS (and the peak, VmHWM) from /proc/<agent pid>/status at the end.
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
-use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use overlay_common::maps::NextHop;
+use aya::maps::lpm_trie::Key;
+use etcd_client::{Client, PutOptions};
 use serde::Serialize;
 
 use crate::agent::{Agent, AgentOptions};
 use crate::bench::stats::percentile;
+use crate::control_plane::{
+    count_subnets, grpc_started, open_subnets, requests_between, synthetic_lease, write_leases, CONTROL_CONFIG,
+};
 use crate::etcd::Etcd;
-use crate::flannel::VxlanLease;
 use crate::forward::PortForward;
 use crate::netns::Testbed;
-
-/// Keys per etcd transaction when writing the leases (etcd's default
-/// --max-txn-ops is 128).
-const TXN_BATCH: usize = 100;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ControlResult {
@@ -72,76 +68,10 @@ pub struct ControlResult {
     pub rss_peak_mb: f64,
 }
 
-/// The i-th synthetic lease: subnet 10.(1 + i/256).(i%256).0/24 in Network
-/// 10.0.0.0/8, PublicIP 100.64.0.0 + i + 1 (never contacted: only map
-/// entries are made from it), a unique VtepMAC.
-pub fn synthetic_lease(i: usize) -> VxlanLease {
-    let i32 = i as u32;
-    VxlanLease {
-        subnet: Ipv4Addr::new(10, (1 + i / 256) as u8, (i % 256) as u8, 0),
-        prefix_len: 24,
-        public_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i32 + 1),
-        vtep_mac: [0x0e, 0xbe, 0, (i32 >> 16) as u8, (i32 >> 8) as u8, i32 as u8],
-    }
-}
-
-pub const CONTROL_CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
-
-/// etcd's `grpc_server_started_total` by method, from its /metrics.
-pub fn grpc_started(etcd: &Etcd) -> Result<BTreeMap<String, u64>> {
-    let addr: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse()?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(parse_grpc_started(&body))
-}
-
-pub fn parse_grpc_started(metrics: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for line in metrics.lines().filter(|l| l.starts_with("grpc_server_started_total{")) {
-        let Some(method) = line.split("grpc_method=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
-        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
-        *out.entry(method.to_string()).or_insert(0) += value as u64;
-    }
-    out
-}
-
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .filter_map(|(k, v)| {
-            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
-            (d > 0).then(|| (k.clone(), d))
-        })
-        .collect()
-}
-
-fn open_subnets(pin_dir: &Path) -> Result<LpmTrie<MapData, [u8; 4], NextHop>> {
-    let data = MapData::from_pin(pin_dir.join(overlay_common::map_names::SUBNETS))?;
-    Ok(LpmTrie::try_from(Map::from_map_data(data)?)?)
-}
-
 fn status_kb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line[field.len()..].split_whitespace().next()?.parse().ok()
-}
-
-async fn write_leases(client: &mut Client, prefix: &str, range: std::ops::Range<usize>, lease_id: i64) -> Result<()> {
-    let ids: Vec<usize> = range.collect();
-    for chunk in ids.chunks(TXN_BATCH) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|&i| {
-                let l = synthetic_lease(i);
-                TxnOp::put(l.etcd_key(prefix), l.etcd_value(1), Some(PutOptions::new().with_lease(lease_id)))
-            })
-            .collect();
-        client.txn(Txn::new().and_then(ops)).await?;
-    }
-    Ok(())
 }
 
 pub struct ControlOptions {
@@ -193,8 +123,7 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
             subnets = open_subnets(&pins).ok();
         }
         if let Some(m) = &subnets {
-            let count = m.keys().filter(|k| k.is_ok()).count();
-            if count >= n {
+            if count_subnets(m) >= n {
                 break t0.elapsed().as_secs_f64();
             }
         }
@@ -211,7 +140,7 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
     // then read the counters.
     std::thread::sleep(Duration::from_millis(300));
     let after_start = grpc_started(etcd)?;
-    let start_requests = delta(&after_start, &before);
+    let start_requests = requests_between(&before, &after_start);
     let start_total: u64 = start_requests.values().sum();
     let subnets = subnets.expect("opened");
 
@@ -271,7 +200,7 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
     }
     std::thread::sleep(Duration::from_millis(300));
     let after_stream = grpc_started(etcd)?;
-    let mut change_requests = delta(&after_stream, &after_start);
+    let mut change_requests = requests_between(&after_start, &after_stream);
     if let Some(p) = change_requests.get_mut("Put") {
         *p = p.saturating_sub(m as u64);
     }
@@ -335,32 +264,5 @@ impl ReadyInLog for Agent {
         let mut head = vec![0u8; 64 * 1024];
         let n = f.read(&mut head).unwrap_or(0);
         String::from_utf8_lossy(&head[..n]).lines().any(|l| l.ends_with(" ready") || l.ends_with("] ready"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn synthetic_leases_are_distinct_and_in_the_network() {
-        let a = synthetic_lease(0);
-        let b = synthetic_lease(10_999);
-        assert_eq!(a.subnet, Ipv4Addr::new(10, 1, 0, 0));
-        assert_eq!(b.subnet, Ipv4Addr::new(10, 43, 247, 0));
-        assert_ne!(a.public_ip, b.public_ip);
-        assert_ne!(a.vtep_mac, b.vtep_mac);
-    }
-
-    #[test]
-    fn grpc_counters_from_metrics() {
-        let text = "# HELP x\n\
-            grpc_server_started_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 12\n\
-            grpc_server_started_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 2\n\
-            grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 12\n";
-        let m = parse_grpc_started(text);
-        assert_eq!(m.get("Range"), Some(&12));
-        assert_eq!(m.get("Watch"), Some(&2));
-        assert_eq!(m.len(), 2);
     }
 }
