@@ -7,6 +7,10 @@
 //!   ov<id>-h0p0: eth0 10.42.1.2/24, default via 10.42.1.1
 //! ```
 //!
+//! A cable testbed ([`Testbed::cable`]) has exactly two hosts and no
+//! underlay namespace: the hosts' `eth0` are the two ends of one veth pair,
+//! like two NICs joined by a cable (still one L2 segment).
+//!
 //! Commands run in a namespace through `nsenter --net=/var/run/netns/NAME`,
 //! never `ip netns exec`: the latter remounts /sys in a private mount
 //! namespace, which hides /sys/fs/bpf and makes BPF pinning fail. With
@@ -394,12 +398,22 @@ fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
     Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
 }
 
+/// How the hosts' `eth0` are connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnderlayKind {
+    /// A bridge `br0` in an underlay namespace, one veth port per host (a switch).
+    Bridge,
+    /// Two hosts whose `eth0` are the two ends of one veth pair (a cable).
+    Cable,
+}
+
 /// N hosts on a shared underlay; everything is removed on drop.
 pub struct Testbed {
     id: String,
     dir: PathBuf,
     tracker: Arc<Tracker>,
-    underlay: Netns,
+    /// The bridge's namespace; None for a cable.
+    underlay: Option<Netns>,
     network: Ipv4Addr,
     prefix_len: u8,
     mtu: u32,
@@ -415,6 +429,48 @@ impl Testbed {
     /// Underlay `cidr` (host i gets network + 10 + i) with `mtu` on every
     /// underlay link.
     pub fn with_underlay(hosts: usize, cidr: &str, mtu: u32) -> Result<Testbed> {
+        let mut tb = Self::empty(cidr, mtu, UnderlayKind::Bridge)?;
+        let underlay = tb.underlay().clone();
+        underlay.ip_batch(&[
+            "link set lo up".into(),
+            "link add br0 type bridge".into(),
+            format!("link set br0 mtu {mtu} up"),
+        ])?;
+        for _ in 0..hosts {
+            tb.add_host()?;
+        }
+        Ok(tb)
+    }
+
+    /// Two hosts whose `eth0` are the two ends of one veth pair (no bridge,
+    /// no underlay namespace), on 192.168.77.0/24 with MTU 1500 like
+    /// [`Testbed::new`]: host i gets 192.168.77.(10+i).
+    pub fn cable() -> Result<Testbed> {
+        Self::cable_with_underlay("192.168.77.0/24", 1500)
+    }
+
+    /// [`Testbed::cable`] on `cidr` with `mtu` on both ends.
+    pub fn cable_with_underlay(cidr: &str, mtu: u32) -> Result<Testbed> {
+        let mut tb = Self::empty(cidr, mtu, UnderlayKind::Cable)?;
+        let ips = [tb.host_ip(0)?, tb.host_ip(1)?];
+        let ns = [
+            create_netns(&tb.tracker, &format!("ov{}-h0", tb.id))?,
+            create_netns(&tb.tracker, &format!("ov{}-h1", tb.id))?,
+        ];
+        ip_batch(None, &[format!("link add eth0 netns {} type veth peer name eth0 netns {}", ns[0].name, ns[1].name)])?;
+        // A veth end is operationally up only once its peer is up too:
+        // bring the far end up first, so attaching the near one can wait for UP.
+        ns[1].ip_batch(&[format!("link set eth0 mtu {mtu} up")])?;
+        for (ns, ip) in ns.into_iter().zip(ips) {
+            tb.attach_host(ns, ip)?;
+        }
+        Ok(tb)
+    }
+
+    /// A testbed with no host yet: its id, directory and (for a bridge) the
+    /// underlay namespace. Once it returns, Drop cleans up whatever a
+    /// failing later step leaves behind.
+    fn empty(cidr: &str, mtu: u32, kind: UnderlayKind) -> Result<Testbed> {
         let (network, prefix_len) = parse_cidr(cidr)?;
         let tracker = Arc::new(Tracker { children: Mutex::new(Vec::new()), namespaces: Mutex::new(Vec::new()) });
         let (id, dir) = loop {
@@ -428,24 +484,26 @@ impl Testbed {
             fs::write(dir.join("netns-prefix"), format!("ov{id}-"))?;
             break (id, dir);
         };
-        let underlay = match create_netns(&tracker, &format!("ov{id}-ul")) {
-            Ok(ns) => ns,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e);
-            }
+        let underlay = match kind {
+            UnderlayKind::Cable => None,
+            UnderlayKind::Bridge => match create_netns(&tracker, &format!("ov{id}-ul")) {
+                Ok(ns) => Some(ns),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            },
         };
-        // From here on Drop cleans up whatever a failing step leaves behind.
-        let mut tb = Testbed { id, dir, tracker, underlay, network, prefix_len, mtu, hosts: Vec::new() };
-        tb.underlay.ip_batch(&[
-            "link set lo up".into(),
-            "link add br0 type bridge".into(),
-            format!("link set br0 mtu {mtu} up"),
-        ])?;
-        for _ in 0..hosts {
-            tb.add_host()?;
+        Ok(Testbed { id, dir, tracker, underlay, network, prefix_len, mtu, hosts: Vec::new() })
+    }
+
+    /// How the hosts are connected.
+    pub fn underlay_kind(&self) -> UnderlayKind {
+        if self.underlay.is_some() {
+            UnderlayKind::Bridge
+        } else {
+            UnderlayKind::Cable
         }
-        Ok(tb)
     }
 
     /// The unique short id in every name (`ov<id>-...`).
@@ -474,37 +532,53 @@ impl Testbed {
         self.prefix_len
     }
 
-    /// One more host on the same underlay, numbered after the others.
-    pub fn add_host(&mut self) -> Result<&Host> {
-        let i = self.hosts.len();
+    /// Underlay address of host `i`: network + 10 + i.
+    fn host_ip(&self, i: usize) -> Result<Ipv4Addr> {
         let host_no = u32::from(self.network) + 10 + i as u32;
         let broadcast = u32::from(self.network) | (u32::MAX >> self.prefix_len);
         if host_no >= broadcast {
             bail!("underlay {}/{} has no room for host {i}", self.network, self.prefix_len);
         }
-        let ip = Ipv4Addr::from(host_no);
+        Ok(Ipv4Addr::from(host_no))
+    }
+
+    /// One more host on the same underlay, numbered after the others. A
+    /// cable testbed has its two hosts from the start and takes no more.
+    pub fn add_host(&mut self) -> Result<&Host> {
+        let Some(underlay) = self.underlay.clone() else {
+            bail!("a cable testbed has exactly two hosts");
+        };
+        let i = self.hosts.len();
+        let ip = self.host_ip(i)?;
         let ns = create_netns(&self.tracker, &format!("ov{}-h{i}", self.id))?;
         let ul_port = format!("h{i}");
-        ip_batch(
-            None,
-            &[format!("link add eth0 netns {} type veth peer name {ul_port} netns {}", ns.name, self.underlay.name)],
-        )?;
-        self.underlay.ip_batch(&[format!("link set {ul_port} mtu {} master br0 up", self.mtu)])?;
+        ip_batch(None, &[format!("link add eth0 netns {} type veth peer name {ul_port} netns {}", ns.name, underlay.name)])?;
+        underlay.ip_batch(&[format!("link set {ul_port} mtu {} master br0 up", self.mtu)])?;
+        self.attach_host(ns, ip)?;
+        wait_links_up(&underlay.name, &[&ul_port])?;
+        Ok(&self.hosts[i])
+    }
+
+    /// Configures host namespace `ns`, whose `eth0` is already connected:
+    /// addresses, MTU, forwarding; then adds it as the next host.
+    fn attach_host(&mut self, ns: Netns, ip: Ipv4Addr) -> Result<&Host> {
+        let i = self.hosts.len();
         ns.ip_batch(&[
             "link set lo up".into(),
             format!("link set eth0 mtu {} up", self.mtu),
             format!("addr add {ip}/{} dev eth0", self.prefix_len),
         ])?;
         ns.set_sysctl("net/ipv4/ip_forward", "1")?;
-        wait_links_up(&self.underlay.name, &[&ul_port])?;
         wait_links_up(&ns.name, &["eth0"])?;
         self.hosts.push(Host { ns, index: i, ip, prefix_len: self.prefix_len, pods: Mutex::new(Vec::new()), next_pod: AtomicUsize::new(0) });
         Ok(&self.hosts[i])
     }
 
     /// The namespace holding the underlay bridge, e.g. for tcpdump captures.
+    /// Panics on a cable testbed, which has none (see
+    /// [`Testbed::underlay_kind`]).
     pub fn underlay(&self) -> &Netns {
-        &self.underlay
+        self.underlay.as_ref().expect("a cable testbed has no underlay namespace")
     }
 
     /// The underlay bridge's name in [`Testbed::underlay`]: "br0".

@@ -29,11 +29,30 @@ fn quick_bench_writes_json_with_numbers() {
 
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&out);
+    // The default underlay, recorded in the JSON and printed in the header.
+    assert_eq!(json["underlay"], "cable", "{json:#}");
+    assert!(stdout.contains("underlay cable"), "{stdout}");
     let overlay = &json["datapath"]["summary"][0];
     assert_eq!(overlay["mode"], "overlay", "{json:#}");
-    for key in ["tcp1_gbps", "tcp8_gbps", "udp64_kpps", "udp64_kpps_per_cpu", "rr_p50_us", "rr_p99_us", "tcp1_cpu_ms_per_gbit"] {
+    for key in [
+        "tcp1_gbps",
+        "tcp8_gbps",
+        "udp64_kpps",
+        "udp64_kpps_per_cpu",
+        "rr_p50_us",
+        "rr_p99_us",
+        "rr_spin_p50_us",
+        "rr_spin_p99_us",
+        "tcp1_cpu_ms_per_gbit",
+    ] {
         let v = overlay["metrics"][key]["median"].as_f64().unwrap_or(0.0);
         assert!(v > 0.0, "{key} = {v} in {overlay:#}");
+    }
+    // The loopback floor, for both ways of waiting.
+    let floor = &json["datapath"]["floor"];
+    for key in ["udp64_kpps_per_cpu", "rr_p50_us", "rr_p99_us", "rr_spin_p50_us", "rr_spin_p99_us"] {
+        let v = floor[key]["median"].as_f64().unwrap_or(0.0);
+        assert!(v > 0.0, "floor {key} = {v} in {floor:#}");
     }
     let control = &json["control"][0];
     assert_eq!(control["leases"], 20);

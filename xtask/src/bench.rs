@@ -6,6 +6,8 @@
 //!
 //! Arguments are handed to `overlay-bench` as they are, e.g.
 //! `cargo xtask bench --quick`, `cargo xtask bench --modes overlay,flannel`,
+//! `cargo xtask bench --underlay bridge` (the nodes on a Linux bridge, as
+//! before the default became one veth pair, `--underlay cable`),
 //! `cargo xtask bench --no-control`, `cargo xtask bench --help`.
 use std::path::Path;
 use std::time::Instant;
@@ -79,5 +81,12 @@ mod tests {
             ]
         );
         assert!(cmd.get_envs().any(|(k, v)| k == "OVERLAY_SKIP_EBPF_BUILD" && v.is_some()));
+    }
+
+    #[test]
+    fn hands_the_underlay_choice_on() {
+        let cmd = bench_command(Path::new("/r"), None, &["--underlay".into(), "bridge".into(), "--quick".into()]);
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.ends_with(&["--".into(), "--underlay".into(), "bridge".into(), "--quick".into()]), "{args:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! One topology per data path mode, all alike: two hosts on a veth underlay
-//! (MTU 1500, `Testbed::new(2)`), one pod behind `cni0` on each; traffic
-//! goes from the pod on host 0 to the pod on host 1.
+//! (MTU 1500), one pod behind `cni0` on each; traffic goes from the pod on
+//! host 0 to the pod on host 1. The underlay ([`Underlay`]) is either one
+//! veth pair between the hosts' `eth0` (`Testbed::cable()`, a cable between
+//! two NICs) or a bridge with a port per host (`Testbed::new(2)`, a switch).
 //!
 //! | mode | node set-up | pod MTU |
 //! |---|---|---|
@@ -16,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::agent::{Agent, AgentOptions};
-use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult};
+use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult, Wait};
 use crate::etcd::Etcd;
 use crate::flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease};
 use crate::forward::PortForward;
@@ -64,12 +66,54 @@ impl Mode {
     }
 }
 
+/// How the two nodes' `eth0` are connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underlay {
+    /// One veth pair: node 0's eth0 <-> node 1's eth0.
+    Cable,
+    /// A Linux bridge in an underlay namespace, one veth port per node.
+    Bridge,
+}
+
+impl Underlay {
+    pub fn name(self) -> &'static str {
+        match self {
+            Underlay::Cable => "cable",
+            Underlay::Bridge => "bridge",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Underlay::Cable => "the nodes' eth0 are the two ends of one veth pair (a cable between two NICs)",
+            Underlay::Bridge => "the nodes' eth0 are veths on a Linux bridge in an underlay namespace (a switch, forwarding on the sender's CPU)",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Underlay> {
+        match s {
+            "cable" => Ok(Underlay::Cable),
+            "bridge" => Ok(Underlay::Bridge),
+            _ => bail!("unknown underlay {s:?} (known: cable, bridge)"),
+        }
+    }
+
+    fn testbed(self) -> Result<Testbed> {
+        match self {
+            Underlay::Cable => Testbed::cable(),
+            Underlay::Bridge => Testbed::new(2),
+        }
+    }
+}
+
 const IPERF_PORT: u16 = 5201;
 
 /// A built topology. Field order is drop order: agents (and their pins)
 /// before the port forwards, the namespaces last.
 pub struct Topology {
     pub mode: Mode,
+    pub underlay: Underlay,
     agents: Vec<Agent>,
     _forwards: Vec<PortForward>,
     iperf: Option<ChildHandle>,
@@ -85,18 +129,22 @@ fn host_subnet(i: usize) -> (Ipv4Addr, Ipv4Addr) {
 }
 
 impl Topology {
-    /// Builds `mode`'s two nodes. `etcd` is needed for the agent modes.
-    pub fn build(mode: Mode, etcd: Option<&Etcd>) -> Result<Topology> {
+    /// Builds `mode`'s two nodes on `underlay`. `etcd` is needed for the
+    /// agent modes.
+    pub fn build(mode: Mode, underlay: Underlay, etcd: Option<&Etcd>) -> Result<Topology> {
         crate::netns::ensure_bpffs()?;
-        let tb = Testbed::new(2)?;
-        // The underlay bridge stands in for a physical switch, which costs
-        // the nodes nothing. With br_netfilter loaded (as on Kubernetes
-        // nodes), every frame it forwards would also go through the
-        // underlay namespace's netfilter hooks (~15% of a 64-byte packet's
-        // cost in every mode), so that is switched off there. The nodes'
-        // own cni0 bridges keep the host's br_netfilter setting.
-        for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"] {
-            let _ = tb.underlay().set_sysctl(&format!("net/bridge/{key}"), "0");
+        let tb = underlay.testbed()?;
+        if underlay == Underlay::Bridge {
+            // The underlay bridge stands in for a physical switch, which
+            // costs the nodes nothing. With br_netfilter loaded (as on
+            // Kubernetes nodes), every frame it forwards would also go
+            // through the underlay namespace's netfilter hooks (~15% of a
+            // 64-byte packet's cost in every mode), so that is switched off
+            // there. The nodes' own cni0 bridges keep the host's
+            // br_netfilter setting.
+            for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"] {
+                let _ = tb.underlay().set_sysctl(&format!("net/bridge/{key}"), "0");
+            }
         }
         let mut agents = Vec::new();
         let mut forwards = Vec::new();
@@ -176,7 +224,7 @@ impl Topology {
         }
         let server = pods.pop().expect("two pods");
         let client = pods.pop().expect("two pods");
-        let mut topo = Topology { mode, agents, _forwards: forwards, iperf: None, client, server, pod_mtu, tb };
+        let mut topo = Topology { mode, underlay, agents, _forwards: forwards, iperf: None, client, server, pod_mtu, tb };
         topo.wait_connected()?;
         topo.wait_endpoints()?;
         topo.start_iperf()?;
@@ -312,8 +360,21 @@ impl Topology {
         sockets::udp_flood(&self.client, &self.server, Duration::from_secs_f64(secs), 64)
     }
 
-    pub fn latency(&self, round_trips: usize) -> Result<PingPongResult> {
-        sockets::udp_ping_pong(&self.client, &self.server, round_trips, (round_trips / 10).max(100), 64)
+    /// `round_trips` recorded request/response round trips (after a tenth
+    /// as many, at least 100, unrecorded), both sockets waiting as `wait` says.
+    pub fn latency(&self, round_trips: usize, wait: Wait) -> Result<PingPongResult> {
+        sockets::udp_ping_pong(&self.client, &self.server, round_trips, warmup_round_trips(round_trips), 64, wait)
+    }
+
+    /// The same request/response between two sockets of the client pod
+    /// over loopback: no data path, only what every mode pays on top of it.
+    pub fn latency_floor(&self, round_trips: usize, wait: Wait) -> Result<PingPongResult> {
+        sockets::udp_ping_pong(&self.client, &self.client, round_trips, warmup_round_trips(round_trips), 64, wait)
+    }
+
+    /// The same UDP flood between two sockets of the client pod over loopback.
+    pub fn udp_pps_floor(&self, secs: f64) -> Result<FloodResult> {
+        sockets::udp_flood(&self.client, &self.client, Duration::from_secs_f64(secs), 64)
     }
 }
 
@@ -326,6 +387,11 @@ pub struct TcpResult {
     pub user_cpu_s: f64,
     pub wall_s: f64,
     pub cpu_s_per_gbit: f64,
+}
+
+/// Unrecorded round trips before `round_trips` recorded ones: 2,000 before 20,000.
+pub fn warmup_round_trips(round_trips: usize) -> usize {
+    (round_trips / 10).max(100)
 }
 
 fn next(ip: Ipv4Addr, n: u32) -> Ipv4Addr {

@@ -22,8 +22,12 @@ pub const METRICS: &[Metric] = &[
     Metric { key: "tcp8_gbps", label: "TCP 8 streams", unit: "Gbit/s", higher_is_better: true },
     Metric { key: "udp64_kpps", label: "UDP 64 B delivered", unit: "kpps", higher_is_better: true },
     Metric { key: "udp64_kpps_per_cpu", label: "UDP 64 B per sender core", unit: "kpps/CPU-s", higher_is_better: true },
-    Metric { key: "rr_p50_us", label: "UDP req/resp p50", unit: "µs", higher_is_better: false },
-    Metric { key: "rr_p99_us", label: "UDP req/resp p99", unit: "µs", higher_is_better: false },
+    // Request/response with blocking sockets (each one-way trip wakes a
+    // sleeping receiver) and with spinning ones (no wake-up on the path).
+    Metric { key: "rr_p50_us", label: "UDP req/resp p50, blocking", unit: "µs", higher_is_better: false },
+    Metric { key: "rr_p99_us", label: "UDP req/resp p99, blocking", unit: "µs", higher_is_better: false },
+    Metric { key: "rr_spin_p50_us", label: "UDP req/resp p50, spinning", unit: "µs", higher_is_better: false },
+    Metric { key: "rr_spin_p99_us", label: "UDP req/resp p99, spinning", unit: "µs", higher_is_better: false },
     Metric { key: "tcp1_cpu_ms_per_gbit", label: "CPU, TCP 1 stream", unit: "ms/Gbit", higher_is_better: false },
     Metric { key: "tcp8_cpu_ms_per_gbit", label: "CPU, TCP 8 streams", unit: "ms/Gbit", higher_is_better: false },
 ];
@@ -179,7 +183,7 @@ fn register_fonts() -> Result<()> {
 /// whisker and the median written above it.
 pub fn chart(path: &Path, title: &str, subtitle: &str, modes: &[ModeSummary]) -> Result<()> {
     register_fonts()?;
-    let (w, h) = (1600u32, 980u32);
+    let (w, h) = (2000u32, 980u32);
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (top, body) = root.split_vertically(96);
@@ -188,7 +192,8 @@ pub fn chart(path: &Path, title: &str, subtitle: &str, modes: &[ModeSummary]) ->
     top.draw(&Text::new(subtitle, (20, 50), ("sans-serif", 17).into_font().color(&RGBColor(80, 80, 80))))
         .map_err(|e| anyhow!("{e}"))?;
     let note = "Bars: median of the repetitions, whiskers: min–max. CPU: system+softirq+irq time of all CPUs (/proc/stat) \
-                per Gbit during the TCP runs. Per sender core: datagrams delivered per CPU-second of the sending thread (whole path).";
+                per Gbit during the TCP runs. Per sender core: datagrams delivered per CPU-second of the sending thread (whole path). \
+                Req/resp: blocking sockets, or both ends spinning on non-blocking recv (no wake-ups).";
     top.draw(&Text::new(note, (20, 70), ("sans-serif", 15).into_font().color(&RGBColor(100, 100, 100))))
         .map_err(|e| anyhow!("{e}"))?;
     // Legend in the title strip.
@@ -199,7 +204,7 @@ pub fn chart(path: &Path, title: &str, subtitle: &str, modes: &[ModeSummary]) ->
         top.draw(&Text::new(m.mode.clone(), (x + 30, 20), ("sans-serif", 20).into_font())).map_err(|e| anyhow!("{e}"))?;
         x += 190;
     }
-    let panels = body.split_evenly((2, 4));
+    let panels = body.split_evenly((2, METRICS.len().div_ceil(2)));
     for (panel, metric) in panels.iter().zip(METRICS) {
         draw_panel(panel, metric, modes).with_context(|| format!("panel {}", metric.key))?;
     }

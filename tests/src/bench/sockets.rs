@@ -1,6 +1,7 @@
 //! Traffic made by the benchmark itself: a 64-byte UDP flood (sendmmsg /
-//! recvmmsg) and a UDP request/response ping-pong, each on sockets created
-//! inside the pod namespaces ([`Netns::in_ns`]); CPU time from /proc/stat.
+//! recvmmsg) and a UDP request/response ping-pong (blocking or spinning
+//! sockets), each on sockets created inside the pod namespaces
+//! ([`Netns::in_ns`]); CPU time from /proc/stat.
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -14,9 +15,20 @@ use serde::Serialize;
 use crate::bench::stats::percentile;
 use crate::netns::Pod;
 
+/// CPUs online. Not `available_parallelism()`: that is the calling
+/// thread's affinity mask, which is one CPU once the thread is pinned.
+fn online_cpus() -> usize {
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        1
+    }
+}
+
 /// Pins the calling thread to `cpu` (ignored when the machine has fewer).
 pub fn pin_to_cpu(cpu: usize) {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = online_cpus();
     if n < 2 {
         return;
     }
@@ -179,10 +191,14 @@ pub fn udp_flood(from: &Pod, to: &Pod, duration: Duration, payload: usize) -> Re
     })
 }
 
+/// Lets the calling thread run on every online CPU again. (With the CPU
+/// count taken from the thread's own, pinned, affinity, this used to leave
+/// the main thread on CPU 0 after the first flood, and with it every thread
+/// and process it started later: pin_to_cpu(1) then did nothing.)
 fn unpin() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in 0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) {
+        for c in 0..online_cpus() {
             libc::CPU_SET(c, &mut set);
         }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
@@ -228,8 +244,53 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 256]]) -> usize {
     n.max(0) as usize
 }
 
+/// How the request/response sockets wait for the next datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wait {
+    /// Blocking recv: the receiver sleeps, and each datagram has to wake
+    /// it (in a VM: an IPI and a VM exit), as most applications do.
+    Blocking,
+    /// Non-blocking recv in a loop, never sleeping: no wake-up is on the
+    /// path, so what is left is the data path plus the syscalls (as a
+    /// busy-polling application would see it).
+    Spinning,
+}
+
+impl Wait {
+    pub const ALL: [Wait; 2] = [Wait::Blocking, Wait::Spinning];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Wait::Blocking => "blocking",
+            Wait::Spinning => "spinning",
+        }
+    }
+}
+
+/// One datagram from `sock` into `buf`, waiting at most `timeout`: a
+/// blocking socket's read timeout (set to `timeout` by the caller) does the
+/// waiting; a non-blocking one is polled until the deadline. WouldBlock or
+/// TimedOut when nothing came.
+fn recv_within(sock: &UdpSocket, buf: &mut [u8], wait: Wait, timeout: Duration) -> std::io::Result<usize> {
+    if wait == Wait::Blocking {
+        return sock.recv(buf);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        // No `std::hint::spin_loop()` (PAUSE) here: in a KVM guest a loop
+        // of PAUSEs triggers pause-loop exiting, the host deschedules the
+        // vCPU, and round trips took 8 ms (two ticks) instead of microseconds.
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
+            r => return r,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PingPongResult {
+    pub wait: Wait,
     pub round_trips: usize,
     pub lost: usize,
     pub p50_us: f64,
@@ -240,9 +301,13 @@ pub struct PingPongResult {
 
 /// `n` UDP request/response round trips of `payload` bytes from `from` to an
 /// echo server in `to` (after `warmup` unrecorded ones), one outstanding at
-/// a time, blocking sockets. Client on CPU 0, server on CPU 1.
-pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usize) -> Result<PingPongResult> {
+/// a time. Client on CPU 0, server on CPU 1; both sockets blocking, or both
+/// non-blocking and polled without sleeping (`wait`).
+pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usize, wait: Wait) -> Result<PingPongResult> {
+    let spin = wait == Wait::Spinning;
     let server = to.in_ns(|| UdpSocket::bind(SocketAddrV4::new(to.ip(), 0))).context("binding the echo server")?;
+    // Spinning: recv_from returns WouldBlock at once and the loop goes on.
+    server.set_nonblocking(spin)?;
     server.set_read_timeout(Some(Duration::from_millis(100)))?;
     let addr: SocketAddr = server.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -260,7 +325,9 @@ pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usi
     };
     let client = from.in_ns(|| UdpSocket::bind(SocketAddrV4::new(from.ip(), 0))).context("binding the client")?;
     client.connect(addr)?;
-    client.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let timeout = Duration::from_millis(200);
+    client.set_nonblocking(spin)?;
+    client.set_read_timeout(Some(timeout))?;
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             pin_to_cpu(0);
@@ -280,7 +347,7 @@ pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usi
                     continue;
                 }
                 loop {
-                    match client.recv(&mut buf) {
+                    match recv_within(&client, &mut buf, wait, timeout) {
                         Ok(len) if len >= 8 && buf[..8] == seq.to_be_bytes() => {
                             if seq >= warmup as u64 {
                                 rtts.push(t.elapsed().as_secs_f64() * 1e6);
@@ -309,6 +376,7 @@ pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usi
     rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let mean = rtts.iter().sum::<f64>() / rtts.len() as f64;
     Ok(PingPongResult {
+        wait,
         round_trips: rtts.len(),
         lost,
         p50_us: percentile(&rtts, 50.0),

@@ -1,7 +1,8 @@
 //! `overlay-bench`: what `cargo xtask bench` runs (as root). Data path: the
 //! same two-node netns topology in each mode (host-gw, flannel.1, the agent,
-//! the agent with DirectRouting), measurements interleaved across modes and
-//! repeated; control plane: the agent against a real etcd with N leases.
+//! the agent with DirectRouting) on a cable or bridge underlay,
+//! measurements interleaved across modes and repeated; control plane: the
+//! agent against a real etcd with N leases.
 //! Writes target/bench/bench.json and target/bench/bench.png.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,9 @@ use serde_json::json;
 
 use overlay_tests::bench::{
     check_interrupted, control,
-    datapath::{Mode, TcpResult, Topology},
+    datapath::{Mode, TcpResult, Topology, Underlay},
     report::{self, ModeSummary},
-    sockets::{FloodResult, PingPongResult},
+    sockets::{FloodResult, PingPongResult, Wait},
     stats::Summary,
 };
 use overlay_tests::etcd::Etcd;
@@ -32,6 +33,12 @@ struct Args {
     /// Data path modes, comma separated: host-gw, flannel, overlay, overlay-dr.
     #[arg(long, value_delimiter = ',', default_value = "host-gw,flannel,overlay,overlay-dr")]
     modes: Vec<String>,
+    /// How the two nodes' eth0 are connected: `cable`, one veth pair
+    /// between them (a cable between two NICs); `bridge`, veths on a Linux
+    /// bridge in an underlay namespace (a switch whose forwarding runs on
+    /// the sending node's CPU: the topology of the runs before the cable).
+    #[arg(long, default_value = "cable", value_parser = ["cable", "bridge"])]
+    underlay: String,
     /// Repetitions of every data path measurement.
     #[arg(long)]
     reps: Option<usize>,
@@ -77,6 +84,7 @@ struct Args {
 
 struct Plan {
     modes: Vec<Mode>,
+    underlay: Underlay,
     reps: usize,
     tcp_secs: u32,
     udp_secs: f64,
@@ -93,6 +101,7 @@ impl Plan {
         let q = args.quick;
         Ok(Plan {
             modes,
+            underlay: Underlay::parse(&args.underlay)?,
             reps: args.reps.unwrap_or(if q { 1 } else { 3 }).max(1),
             tcp_secs: args.tcp_secs.unwrap_or(if q { 1 } else { 5 }).max(1),
             udp_secs: args.udp_secs.unwrap_or(if q { 0.5 } else { 3.0 }),
@@ -110,7 +119,19 @@ struct Samples {
     tcp1: Vec<TcpResult>,
     tcp8: Vec<TcpResult>,
     udp: Vec<FloodResult>,
+    /// Request/response, blocking sockets.
     rr: Vec<PingPongResult>,
+    /// Request/response, spinning sockets.
+    rr_spin: Vec<PingPongResult>,
+}
+
+impl Samples {
+    fn rr(&mut self, wait: Wait) -> &mut Vec<PingPongResult> {
+        match wait {
+            Wait::Blocking => &mut self.rr,
+            Wait::Spinning => &mut self.rr_spin,
+        }
+    }
 }
 
 fn main() {
@@ -252,7 +273,11 @@ fn run(args: &Args) -> Result<()> {
         .unwrap_or_default();
     let agent_bin = std::env::var("OVERLAY_AGENT_BIN").unwrap_or_else(|_| "(harness default)".into());
 
-    println!("overlay-bench: {} | agent {agent_bin} | commit {git}", if args.quick { "quick run" } else { "full run" });
+    println!(
+        "overlay-bench: {} | underlay {} | agent {agent_bin} | commit {git}",
+        if args.quick { "quick run" } else { "full run" },
+        plan.underlay.name()
+    );
     let needs_etcd = (!args.no_datapath && plan.modes.iter().any(|m| matches!(m, Mode::Overlay | Mode::OverlayDirect)))
         || !args.no_control;
     let etcd = if needs_etcd { Some(Etcd::start().context("starting etcd")?) } else { None };
@@ -264,13 +289,18 @@ fn run(args: &Args) -> Result<()> {
         "agent": agent_bin,
         "quick": args.quick,
         "machine": machine_info(),
+        "underlay": plan.underlay.name(),
+        "underlay_description": plan.underlay.describe(),
         "plan": {
             "modes": plan.modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "underlay": plan.underlay.name(),
             "repetitions": plan.reps,
             "tcp_seconds": plan.tcp_secs,
             "udp_seconds": plan.udp_secs,
             "udp_payload_bytes": 64,
             "round_trips": plan.round_trips,
+            "warmup_round_trips": overlay_tests::bench::datapath::warmup_round_trips(plan.round_trips),
+            "request_response_waits": Wait::ALL.iter().map(|w| w.name()).collect::<Vec<_>>(),
             "leases": plan.leases,
             "changes": plan.changes,
             "change_interval_ms": args.change_interval_ms,
@@ -281,7 +311,11 @@ fn run(args: &Args) -> Result<()> {
     let mut summaries: Vec<ModeSummary> = Vec::new();
     if !args.no_datapath && !plan.modes.is_empty() {
         summaries = datapath(&plan, etcd.as_ref(), &mut background, &mut report)?;
-        println!("\n## Data path (pod on node 0 -> pod on node 1; median (min–max) of {} repetition(s))\n", plan.reps);
+        println!(
+            "\n## Data path (pod on node 0 -> pod on node 1, {} underlay; median (min–max) of {} repetition(s))\n",
+            plan.underlay.name(),
+            plan.reps
+        );
         println!("{}", report::datapath_table(&summaries));
         let ratios = report::ratio_table(&summaries);
         if !ratios.is_empty() {
@@ -292,7 +326,8 @@ fn run(args: &Args) -> Result<()> {
         report["background"] = background.json();
         write_json(&json_path, &report)?;
         let subtitle = format!(
-            "2 nodes over a veth underlay (MTU 1500), pods behind cni0; {} rep(s), {} s TCP, {} s UDP, {} round trips | {} | {}",
+            "2 nodes, {} underlay (MTU 1500), pods behind cni0; {} rep(s), {} s TCP, {} s UDP, {} round trips | {} | {}",
+            plan.underlay.name(),
             plan.reps,
             plan.tcp_secs,
             plan.udp_secs,
@@ -355,12 +390,12 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, report: &mut serde_json::Value) -> Result<Vec<ModeSummary>> {
-    println!("\n## Building {} topologies", plan.modes.len());
+    println!("\n## Building {} topologies ({} underlay: {})", plan.modes.len(), plan.underlay.name(), plan.underlay.describe());
     let mut topos: Vec<Topology> = Vec::new();
     for &mode in &plan.modes {
         check_interrupted()?;
         let t = Instant::now();
-        let topo = Topology::build(mode, etcd).with_context(|| format!("building the {} topology", mode.name()))?;
+        let topo = Topology::build(mode, plan.underlay, etcd).with_context(|| format!("building the {} topology", mode.name()))?;
         if let (Some(size), Mode::Overlay | Mode::OverlayDirect) = (plan.pod_gso_max_size, mode) {
             topo.set_pod_gso_max_size(size)?;
             println!("  {:<10} pods' eth0: gso_max_size {size} (experiment)", mode.name());
@@ -386,7 +421,7 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         // Each test kind runs on every mode back to back (same background),
         // starting from a different mode each repetition.
         let order: Vec<usize> = (0..n).map(|k| (k + rep) % n).collect();
-        for kind in ["tcp1", "tcp8", "udp", "rr"] {
+        for kind in ["tcp1", "tcp8", "udp", "rr", "rr_spin"] {
             for &i in &order {
                 check_interrupted()?;
                 background.wait_quiet_and_sample(plan.wait_quiet)?;
@@ -415,9 +450,16 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
                         samples[i].udp.push(r);
                     }
                     _ => {
-                        let r = topo.latency(plan.round_trips)?;
-                        println!("  {name:<10} UDP RR  p50 {:>6.1} µs  p99 {:>6.1} µs  ({} lost)", r.p50_us, r.p99_us, r.lost);
-                        samples[i].rr.push(r);
+                        let wait = if kind == "rr" { Wait::Blocking } else { Wait::Spinning };
+                        let r = topo.latency(plan.round_trips, wait)?;
+                        println!(
+                            "  {name:<10} UDP RR {:<8} p50 {:>6.1} µs  p99 {:>6.1} µs  ({} lost)",
+                            wait.name(),
+                            r.p50_us,
+                            r.p99_us,
+                            r.lost
+                        );
+                        samples[i].rr(wait).push(r);
                     }
                 }
             }
@@ -425,20 +467,20 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         if let Some(topo) = topos.first() {
             check_interrupted()?;
             background.wait_quiet_and_sample(plan.wait_quiet)?;
-            let pod = &topo.client;
-            let u = overlay_tests::bench::sockets::udp_flood(pod, pod, Duration::from_secs_f64(plan.udp_secs), 64)?;
-            background.wait_quiet_and_sample(plan.wait_quiet)?;
-            let r = overlay_tests::bench::sockets::udp_ping_pong(pod, pod, plan.round_trips, (plan.round_trips / 10).max(100), 64)?;
+            let u = topo.udp_pps_floor(plan.udp_secs)?;
             println!(
-                "  {:<10} UDP 64B {:>7.1} kpps per sender CPU-s ({:.2} µs/packet); UDP RR p50 {:.1} µs p99 {:.1} µs",
+                "  {:<10} UDP 64B {:>7.1} kpps per sender CPU-s ({:.2} µs/packet)",
                 "floor (lo)",
                 u.delivered_per_cpu_s / 1e3,
                 1e6 / u.delivered_per_cpu_s,
-                r.p50_us,
-                r.p99_us
             );
             floor.udp.push(u);
-            floor.rr.push(r);
+            for wait in Wait::ALL {
+                background.wait_quiet_and_sample(plan.wait_quiet)?;
+                let r = topo.latency_floor(plan.round_trips, wait)?;
+                println!("  {:<10} UDP RR {:<8} p50 {:>6.1} µs  p99 {:>6.1} µs", "floor (lo)", wait.name(), r.p50_us, r.p99_us);
+                floor.rr(wait).push(r);
+            }
         }
     }
     let mut summaries = Vec::new();
@@ -454,6 +496,8 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         put(&mut metrics, "udp64_kpps_per_cpu", s.udp.iter().map(|r| r.delivered_per_cpu_s / 1e3).collect());
         put(&mut metrics, "rr_p50_us", s.rr.iter().map(|r| r.p50_us).collect());
         put(&mut metrics, "rr_p99_us", s.rr.iter().map(|r| r.p99_us).collect());
+        put(&mut metrics, "rr_spin_p50_us", s.rr_spin.iter().map(|r| r.p50_us).collect());
+        put(&mut metrics, "rr_spin_p99_us", s.rr_spin.iter().map(|r| r.p99_us).collect());
         put(&mut metrics, "tcp1_cpu_ms_per_gbit", s.tcp1.iter().map(|r| r.cpu_s_per_gbit * 1e3).collect());
         put(&mut metrics, "tcp8_cpu_ms_per_gbit", s.tcp8.iter().map(|r| r.cpu_s_per_gbit * 1e3).collect());
         put(&mut metrics, "tcp1_retransmits", s.tcp1.iter().map(|r| r.retransmits as f64).collect());
@@ -461,21 +505,28 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         summaries.push(ModeSummary { mode: topo.mode.name().into(), description: topo.mode.describe().into(), metrics });
         raw.insert(
             topo.mode.name().into(),
-            json!({ "pod_mtu": topo.pod_mtu, "tcp1": s.tcp1, "tcp8": s.tcp8, "udp64": s.udp, "rr": s.rr }),
+            json!({ "pod_mtu": topo.pod_mtu, "tcp1": s.tcp1, "tcp8": s.tcp8, "udp64": s.udp, "rr": s.rr, "rr_spin": s.rr_spin }),
         );
     }
+    let of = |rs: &[PingPongResult], p: fn(&PingPongResult) -> f64| Summary::of(&rs.iter().map(p).collect::<Vec<_>>());
+    let floor_udp = Summary::of(&floor.udp.iter().map(|r| r.delivered_per_cpu_s / 1e3).collect::<Vec<_>>());
     let floor_json = json!({
-        "what": "the same UDP flood and request/response within one pod over loopback: socket, syscall and wake-up costs with no data path",
-        "udp64_kpps_per_cpu": Summary::of(&floor.udp.iter().map(|r| r.delivered_per_cpu_s / 1e3).collect::<Vec<_>>()),
-        "rr_p50_us": Summary::of(&floor.rr.iter().map(|r| r.p50_us).collect::<Vec<_>>()),
-        "rr_p99_us": Summary::of(&floor.rr.iter().map(|r| r.p99_us).collect::<Vec<_>>()),
-        "samples": { "udp64": floor.udp, "rr": floor.rr },
+        "what": "the same UDP flood and request/response (blocking and spinning) within one pod over loopback: socket, syscall and (blocking) wake-up costs with no data path",
+        "udp64_kpps_per_cpu": floor_udp,
+        "rr_p50_us": of(&floor.rr, |r| r.p50_us),
+        "rr_p99_us": of(&floor.rr, |r| r.p99_us),
+        "rr_spin_p50_us": of(&floor.rr_spin, |r| r.p50_us),
+        "rr_spin_p99_us": of(&floor.rr_spin, |r| r.p99_us),
+        "samples": { "udp64": floor.udp, "rr": floor.rr, "rr_spin": floor.rr_spin },
     });
     println!(
-        "\n  floor (same pod, loopback): UDP 64B {} kpps per sender CPU-s, UDP RR p50 {} µs, p99 {} µs",
-        report::cell(Some(&Summary::of(&floor.udp.iter().map(|r| r.delivered_per_cpu_s / 1e3).collect::<Vec<_>>()))),
-        report::cell(Some(&Summary::of(&floor.rr.iter().map(|r| r.p50_us).collect::<Vec<_>>()))),
-        report::cell(Some(&Summary::of(&floor.rr.iter().map(|r| r.p99_us).collect::<Vec<_>>()))),
+        "\n  floor (same pod, loopback): UDP 64B {} kpps per sender CPU-s; UDP RR blocking p50 {} µs, p99 {} µs; \
+         spinning p50 {} µs, p99 {} µs",
+        report::cell(Some(&floor_udp)),
+        report::cell(Some(&of(&floor.rr, |r| r.p50_us))),
+        report::cell(Some(&of(&floor.rr, |r| r.p99_us))),
+        report::cell(Some(&of(&floor.rr_spin, |r| r.p50_us))),
+        report::cell(Some(&of(&floor.rr_spin, |r| r.p99_us))),
     );
     report["datapath"] = json!({
         "floor": floor_json,
@@ -548,7 +599,9 @@ fn goals(s: &[ModeSummary], c: &[control::ControlResult]) -> Vec<(String, String
     ratio_goal("TCP 1 stream", "overlay", "host-gw", "tcp1_gbps", 1.05, true);
     ratio_goal("UDP 64 B pps", "overlay", "flannel", "udp64_kpps", 2.2, true);
     ratio_goal("UDP 64 B pps per sender core (same goal, noise-robust)", "overlay", "flannel", "udp64_kpps_per_cpu", 2.2, true);
-    ratio_goal("req/resp p50", "overlay", "flannel", "rr_p50_us", 0.6, false);
+    // Both ways of waiting, each with its own verdict.
+    ratio_goal("req/resp p50, blocking sockets", "overlay", "flannel", "rr_p50_us", 0.6, false);
+    ratio_goal("req/resp p50, spinning sockets", "overlay", "flannel", "rr_spin_p50_us", 0.6, false);
     if let Some(r) = c.iter().find(|r| r.leases == 10_000) {
         g.push(("10,000 leases in the maps < 2 s after start".into(), format!("{:.3} s", r.all_in_maps_s), r.all_in_maps_s < 2.0));
     }
