@@ -278,9 +278,9 @@ fn recv_within(sock: &UdpSocket, buf: &mut [u8], wait: Wait, timeout: Duration) 
     }
     let deadline = Instant::now() + timeout;
     loop {
-        // No `std::hint::spin_loop()` (PAUSE) here: in a KVM guest a loop
-        // of PAUSEs triggers pause-loop exiting, the host deschedules the
-        // vCPU, and round trips took 8 ms (two ticks) instead of microseconds.
+        // Each poll is a recv syscall, so there is no tight PAUSE loop to
+        // hint. (Spinning needs client and server on different CPUs: two
+        // spinners sharing one take turns in scheduler ticks, milliseconds.)
         match sock.recv(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
             r => return r,
