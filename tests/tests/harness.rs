@@ -296,6 +296,30 @@ fn hosts_ping_each_other_over_the_underlay() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_cable_joins_two_hosts_directly_and_is_cleaned_up() -> anyhow::Result<()> {
+    let names;
+    {
+        let mut tb = Testbed::cable()?;
+        names = [tb.host(0).ns().name().to_string(), tb.host(1).ns().name().to_string()];
+        assert_eq!(tb.host(1).ip(), Ipv4Addr::new(192, 168, 77, 11));
+        tb.host(0).ping(tb.host(1).ip())?;
+        tb.host(1).ping(tb.host(0).ip())?;
+        // One veth pair: each eth0's peer is the other host's eth0.
+        for i in 0..2 {
+            let link = tb.host(i).run(&["ip", "-o", "-d", "link", "show", "eth0"])?;
+            assert!(link.contains("veth") && link.contains("mtu 1500"), "{link}");
+        }
+        assert!(tb.add_host().is_err(), "a cable has two ends");
+    }
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    let left = String::from_utf8_lossy(&out.stdout);
+    for name in names {
+        assert!(!left.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())), "{name} left behind");
+    }
+    Ok(())
+}
+
+#[test]
 fn custom_underlay() -> anyhow::Result<()> {
     let tb = Testbed::with_underlay(2, "192.168.78.0/24", 9000)?;
     assert_eq!(tb.host(1).ip(), Ipv4Addr::new(192, 168, 78, 11));
