@@ -51,6 +51,9 @@ pub fn gather(pin_root: &Path) -> Result<std::result::Result<Snapshot, NotInstal
     let peers = maps.peers()?;
     let nodes = maps.nodes()?;
     let endpoints = maps.endpoints()?;
+    let underlay = maps.underlay()?;
+    let now_ns = crate::datapath::maps::coarse_now_ns();
+    let age_ms = |refreshed_ns: u64| now_ns.saturating_sub(refreshed_ns) / 1_000_000;
     let stats = maps.stats()?;
     let attachments = attachments(&dir);
 
@@ -85,6 +88,19 @@ pub fn gather(pin_root: &Path) -> Result<std::result::Result<Snapshot, NotInstal
     let _ = writeln!(text, "\nlocal pods with direct delivery ({})", endpoints.len());
     for e in &endpoints {
         let _ = writeln!(text, "  {:<16} ifindex {:<5} {}", e.ip.to_string(), e.ifindex, format_mac(&e.mac));
+    }
+    // Entries older than a second are no longer used: the next packet to
+    // that node refreshes them through the kernel's neighbour table.
+    let _ = writeln!(text, "\nunderlay next hops cached by the send path ({})", underlay.len());
+    for u in &underlay {
+        let _ = writeln!(
+            text,
+            "  {:<16} to {} from {} ({} ms ago)",
+            u.public_ip.to_string(),
+            format_mac(&u.dst_mac),
+            format_mac(&u.src_mac),
+            age_ms(u.refreshed_ns)
+        );
     }
     let _ = writeln!(text, "\nattached programs ({})", attachments.len());
     for a in &attachments {
@@ -127,6 +143,12 @@ pub fn gather(pin_root: &Path) -> Result<std::result::Result<Snapshot, NotInstal
         "nodes": nodes.iter().map(|(ip, s)| json!({"public_ip": ip.to_string(), "subnet": s.to_string()})).collect::<Vec<_>>(),
         "endpoints": endpoints.iter().map(|e| json!({
             "ip": e.ip.to_string(), "ifindex": e.ifindex, "mac": format_mac(&e.mac),
+        })).collect::<Vec<_>>(),
+        "underlay": underlay.iter().map(|u| json!({
+            "public_ip": u.public_ip.to_string(),
+            "dst_mac": format_mac(&u.dst_mac),
+            "src_mac": format_mac(&u.src_mac),
+            "age_ms": age_ms(u.refreshed_ns),
         })).collect::<Vec<_>>(),
         "programs": attachments.iter().map(|a| json!({
             "pin": a.pin, "link_id": a.link_id, "program_id": a.program_id,

@@ -13,7 +13,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use overlay_agent::datapath::{loader::load_unattached, DatapathMaps, Peer, PodEndpoint};
+use overlay_agent::datapath::{loader::load_unattached, maps::coarse_now_ns, DatapathMaps, Peer, PodEndpoint};
 use overlay_common::{
     map_names,
     maps::{config_flags, LocalConfig, Mode, UnderlayHop},
@@ -134,15 +134,6 @@ impl Lab {
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE: the clock of `bpf_ktime_get_coarse_ns`, which
-/// dates the programs' underlay cache entries.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) }, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Lab {

@@ -69,9 +69,11 @@ fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
     lines.take_while(|l| !l.trim().is_empty()).collect()
 }
 
-/// What inspect --json says, minus what changes while traffic flows.
+/// What inspect --json says, minus what changes while traffic flows (the
+/// counters, and the send path's cache with its ages).
 fn without_counters(mut v: Value) -> Value {
     v.as_object_mut().unwrap().remove("counters");
+    v.as_object_mut().unwrap().remove("underlay");
     v
 }
 
@@ -280,6 +282,22 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
     for ip in [c.tb.host(1).ip(), kl.public_ip] {
         assert!(senders.iter().any(|l| l.trim_start().starts_with(&ip.to_string())), "{ip} not a known sender:\n{text}");
     }
+    // The send path caches the underlay MACs towards a peer it sends to (the
+    // first packets went out while the kernel resolved the neighbour).
+    a.ns().ping(b.ip()).unwrap();
+    let underlay_want = (
+        c.tb.host(1).ip().to_string(),
+        mac(&c.tb.host(1).ns().mac("eth0").unwrap()),
+        mac(&c.tb.host(0).ns().mac("eth0").unwrap()),
+    );
+    let text = inspect_text(&pin_root);
+    let underlay = section(&text, "underlay next hops cached by the send path");
+    let row = underlay
+        .iter()
+        .find(|l| l.split_whitespace().next() == Some(underlay_want.0.as_str()))
+        .unwrap_or_else(|| panic!("no underlay row for {}:\n{text}", underlay_want.0));
+    assert!(row.contains(&format!("to {} from {}", underlay_want.1, underlay_want.2)), "{row}\n{text}");
+
     // Pod veths get their own attachment within a second of appearing.
     let text = poll_until(Duration::from_secs(10), "the pod veth's attachment", || {
         let text = inspect_text(&pin_root);
@@ -330,6 +348,13 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
     assert_eq!(nodes_json, nodes_maps);
     assert_eq!(nodes_json.len(), 2);
     assert!(j["counters"]["encapsulated"]["packets"].as_u64().unwrap() >= encap_packets);
+    let underlay_json = j["underlay"].as_array().unwrap();
+    assert!(
+        underlay_json.iter().any(|u| (u["public_ip"].as_str(), u["dst_mac"].as_str(), u["src_mac"].as_str())
+            == (Some(underlay_want.0.as_str()), Some(underlay_want.1.as_str()), Some(underlay_want.2.as_str()))
+            && u["age_ms"].is_u64()),
+        "{underlay_json:?}"
+    );
     assert!(j["programs"].as_array().unwrap().iter().all(|p| p["link_id"].is_u64() && p["program_id"].is_u64()), "{}", j["programs"]);
 
     // SIGTERM: the agent exits cleanly and leaves the data path in place.

@@ -7,7 +7,7 @@ use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, 
 use ipnet::Ipv4Net;
 use overlay_common::{
     map_names,
-    maps::{Endpoint, LocalConfig, Mode, NextHop, NodeEntry},
+    maps::{Endpoint, LocalConfig, Mode, NextHop, NodeEntry, UnderlayHop},
     stats::{Counter, Reason, REASON_COUNT},
 };
 
@@ -52,6 +52,19 @@ pub struct DatapathMaps {
     endpoints: HashMap<MapData, [u8; 4], Endpoint>,
     config: Array<MapData, LocalConfig>,
     stats: PerCpuArray<MapData, Counter>,
+    /// The programs' own cache (they write it, we only read it); absent in
+    /// pins of an agent that predates it.
+    underlay: Option<HashMap<MapData, [u8; 4], UnderlayHop>>,
+}
+
+/// A cached underlay next hop, as the send path uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnderlayEntry {
+    pub public_ip: Ipv4Addr,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// CLOCK_MONOTONIC_COARSE nanoseconds of the lookup.
+    pub refreshed_ns: u64,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -64,6 +77,8 @@ impl DatapathMaps {
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
         };
+        // UNDERLAY stays in the object: the agent never needs the cache, and
+        // `inspect` reads it from its pin.
         Self::from_maps(
             take(map_names::SUBNETS)?,
             take(map_names::NODES)?,
@@ -84,13 +99,18 @@ impl DatapathMaps {
             })?;
             Map::from_map_data(data).map_err(map_err(name))
         };
-        Self::from_maps(
+        let mut maps = Self::from_maps(
             open(map_names::SUBNETS)?,
             open(map_names::NODES)?,
             open(map_names::ENDPOINTS)?,
             open(map_names::CONFIG)?,
             open(map_names::STATS)?,
-        )
+        )?;
+        if pin_dir.join(map_names::UNDERLAY).exists() {
+            let map = open(map_names::UNDERLAY)?;
+            maps.underlay = Some(HashMap::try_from(map).map_err(map_err(map_names::UNDERLAY))?);
+        }
+        Ok(maps)
     }
 
     fn from_maps(
@@ -106,6 +126,7 @@ impl DatapathMaps {
             endpoints: HashMap::try_from(endpoints).map_err(map_err(map_names::ENDPOINTS))?,
             config: Array::try_from(config).map_err(map_err(map_names::CONFIG))?,
             stats: PerCpuArray::try_from(stats).map_err(map_err(map_names::STATS))?,
+            underlay: None,
         })
     }
 
@@ -212,6 +233,28 @@ impl DatapathMaps {
         Ok(out)
     }
 
+    /// The send path's cached underlay next hops, by node.
+    pub fn underlay(&self) -> Result<Vec<UnderlayEntry>, DatapathError> {
+        let Some(map) = &self.underlay else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (ip, hop) = match item {
+                Ok(kv) => kv,
+                // The programs evict and replace entries while we iterate.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::UNDERLAY)(e)),
+            };
+            out.push(UnderlayEntry {
+                public_ip: Ipv4Addr::from(ip),
+                dst_mac: hop.dst_mac,
+                src_mac: hop.src_mac,
+                refreshed_ns: hop.refreshed_ns,
+            });
+        }
+        out.sort_by_key(|e| e.public_ip);
+        Ok(out)
+    }
+
     /// Counters summed over all CPUs.
     pub fn stats(&self) -> Result<Stats, DatapathError> {
         let mut counters = Vec::with_capacity(REASON_COUNT as usize);
@@ -226,6 +269,16 @@ impl DatapathMaps {
         }
         Ok(Stats { counters })
     }
+}
+
+/// Now on CLOCK_MONOTONIC_COARSE, the clock of the programs'
+/// `bpf_ktime_get_coarse_ns` (what [`UnderlayEntry::refreshed_ns`] is on).
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer; this clock always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn subnet_key(subnet: Ipv4Net) -> Key<[u8; 4]> {
