@@ -18,7 +18,7 @@ use overlay_common::{
 use crate::{
     maps::{ENDPOINTS, NODES},
     parse::{eth_ipv4, in_subnet, load, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
-    route::{config, decrement_ttl},
+    route::{config, decrement_ttl, set_macs},
     verdict::Outcome,
 };
 
@@ -93,10 +93,7 @@ fn deliver(ctx: &TcContext, cfg: &LocalConfig, inner: &Ipv4Hdr) -> Outcome {
     }
     // bpf_redirect_peer hands the frame to the pod as it is: it must carry
     // the pod's own MAC.
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&ep.mac);
-    macs[6..].copy_from_slice(&cfg.bridge_mac);
-    if ctx.store(0, &macs, 0).is_err() {
+    if set_macs(ctx, &ep.mac, &cfg.bridge_mac).is_err() {
         return Outcome::drop(Reason::DropError);
     }
     // SAFETY: plain helper call.

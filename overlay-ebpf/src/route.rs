@@ -27,6 +27,17 @@ pub fn decrement_ttl(ctx: &TcContext, l3_off: usize, ip: &Ipv4Hdr) -> Result<(),
     ctx.store(l3_off + 8, &patch, 0).map_err(|_| ())
 }
 
+/// Addresses the frame to the next hop: destination and source MAC (the
+/// first 12 bytes), one store. The redirect helpers we use after it do not
+/// fill them in.
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    ctx.store(0, &macs, 0).map_err(|_| ())
+}
+
 /// Whether the skb is a GSO super-packet (segmented later, so its length is
 /// not what goes on the wire).
 #[inline(always)]

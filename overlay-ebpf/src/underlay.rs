@@ -23,7 +23,7 @@ use overlay_common::{
     stats::Reason,
 };
 
-use crate::{maps::UNDERLAY, verdict::Outcome};
+use crate::{maps::UNDERLAY, route::set_macs, verdict::Outcome};
 
 /// How long a cached next hop is used before a packet refreshes it.
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -49,10 +49,7 @@ pub fn send(ctx: &TcContext, cfg: &LocalConfig, node: [u8; 4], kind: NextHopKind
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(hop) = cached(node) {
         if now.wrapping_sub(hop.refreshed_ns) < REFRESH_NS {
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(&hop.dst_mac);
-            macs[6..].copy_from_slice(&hop.src_mac);
-            if ctx.store(0, &macs, 0).is_err() {
+            if set_macs(ctx, &hop.dst_mac, &hop.src_mac).is_err() {
                 return Outcome::drop(Reason::DropError);
             }
             // SAFETY: plain helper call.
