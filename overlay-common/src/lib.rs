@@ -10,12 +10,12 @@ pub mod maps;
 pub mod stats;
 
 /// Version of the pinned state layout. Part of the pin folder's name.
-pub const PIN_VERSION: u32 = 1;
+pub const PIN_VERSION: u32 = 2;
 /// Where the agent pins its maps, programs and links by default; the
 /// versioned folder is `{PIN_ROOT}/v{PIN_VERSION}`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
 /// `PIN_ROOT` + `/v` + `PIN_VERSION`, for humans and docs.
-pub const PIN_DIR: &str = "/sys/fs/bpf/overlay/v1";
+pub const PIN_DIR: &str = "/sys/fs/bpf/overlay/v2";
 
 /// Linux's default VXLAN port, which flannel uses when Backend.Port is 0
 /// (not IANA's 4789).
@@ -49,16 +49,26 @@ pub mod map_names {
     /// it). Added after v1 shipped: an agent adopting v1 pins without it
     /// creates and pins it, and older agents ignore it, so no new version.
     pub const UNDERLAY: &str = "UNDERLAY";
+    /// Flows the kernel forwarded or delivered (the programs keep it): their
+    /// replies go through the kernel too, so conntrack and NAT see both ways.
+    pub const KERNEL_FLOWS: &str = "KERNEL_FLOWS";
     /// Every map, all pinned in the pin folder.
-    pub const ALL: [&str; 6] = [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS, UNDERLAY];
+    pub const ALL: [&str; 7] = [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS, UNDERLAY, KERNEL_FLOWS];
 }
 
 /// Names of the programs in the object.
 pub mod program_names {
-    /// TC ingress on the bridge: traffic from local pods.
+    /// TC ingress on the pod bridge and on each pod veth: traffic from
+    /// local pods.
     pub const FROM_PODS: &str = "from_pods";
-    /// TC egress on the bridge: traffic from the host itself to remote pods.
+    /// TC egress on each pod veth: what the kernel delivers to a local pod.
+    pub const TO_PODS: &str = "to_pods";
+    /// TC egress on the agent's tunnel device: what the kernel routes to
+    /// remote pods (the host's own traffic, and pod traffic it forwarded).
     pub const FROM_HOST: &str = "from_host";
+    /// TC ingress on the agent's tunnel device: VXLAN the kernel itself
+    /// received (e.g. reassembled from fragments), checked like ours.
+    pub const FROM_TUNNEL: &str = "from_tunnel";
     /// TC ingress on the uplink: VXLAN from other nodes.
     pub const FROM_UPLINK: &str = "from_uplink";
     /// Optional XDP on the uplink: drops VXLAN from strangers before an skb exists.
@@ -70,3 +80,7 @@ pub mod program_names {
 pub const MAX_SUBNETS: u32 = 65_536;
 pub const MAX_NODES: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 16_384;
+/// Concurrent flows whose replies must go through the kernel. LRU: past
+/// this, the least recently seen flow is forgotten (and its replies take
+/// the fast path again).
+pub const MAX_KERNEL_FLOWS: u32 = 65_536;

@@ -90,10 +90,46 @@ pub struct UnderlayHop {
     pub refreshed_ns: u64,
 }
 
+/// Key of `KERNEL_FLOWS`: a flow as it left the kernel towards a pod or a
+/// remote node (after any NAT). Ports are 0 for protocols without them
+/// (ICMP: every ICMP packet between the two addresses is one flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The same flow seen from the other end.
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of `KERNEL_FLOWS`: `bpf_ktime_get_coarse_ns` when a packet of the
+/// flow last passed (refreshed at most once a second).
+pub type FlowSeen = u64;
+
 /// Bits of [`LocalConfig::flags`].
 pub mod config_flags {
     /// The entry is filled in; until then every program passes everything.
     pub const READY: u32 = 1 << 0;
+    /// Every pod packet goes through the kernel's forwarding (and so
+    /// through netfilter's FORWARD chain) instead of the fast path:
+    /// `--kernel-forwarding`, for hosts whose firewall filters pod traffic.
+    pub const KERNEL_FORWARDING: u32 = 1 << 1;
 }
 
 /// Value of the one-entry `CONFIG` array: this node.
@@ -134,6 +170,7 @@ mod pod {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for LocalConfig {}
     unsafe impl aya::Pod for UnderlayHop {}
+    unsafe impl aya::Pod for FlowKey {}
 }
 
 #[cfg(test)]
@@ -171,6 +208,17 @@ mod tests {
         assert_eq!(align_of::<UnderlayHop>(), 8);
         // The sum of the fields equals the size: no hidden padding.
         assert_eq!(6 + 6 + 4 + 8, 24);
+    }
+
+    #[test]
+    fn flow_key_layout() {
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(align_of::<FlowKey>(), 1);
+        assert_eq!(4 + 4 + 2 + 2 + 1 + 3, 16);
+        let k = FlowKey { src: [1; 4], dst: [2; 4], src_port: [0, 3], dst_port: [0, 4], proto: 6, _pad: [0; 3] };
+        assert_eq!(k.reversed().reversed(), k);
+        assert_eq!(k.reversed().src, [2; 4]);
+        assert_eq!(k.reversed().src_port, [0, 4]);
     }
 
     #[test]

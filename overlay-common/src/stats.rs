@@ -35,9 +35,22 @@ pub enum Reason {
     DropMalformed = 12,
     /// A kernel helper failed (e.g. no room to grow the packet).
     DropError = 13,
+    /// From a local pod with a source address that is not its own: a pod
+    /// must not speak for another pod, the node or anyone else.
+    DropPodSpoofedSource = 14,
+    /// From a local pod to a node's VXLAN port: masqueraded, it would
+    /// leave with the trusted node address and be decapsulated there.
+    DropPodToTunnelPort = 15,
+    /// To a remote pod, but the reply of a flow the kernel forwarded (and
+    /// maybe translated: DNAT, SNAT, masquerade): passed to the kernel so
+    /// that conntrack sees it and reverses the translation.
+    PassedKernelFlow = 16,
+    /// Delivered to a local pod by the kernel (pod veth egress): recorded
+    /// so that the pod's replies go back through the kernel too.
+    KernelDelivered = 17,
 }
 
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -55,6 +68,10 @@ impl Reason {
         Reason::DropTooBig,
         Reason::DropMalformed,
         Reason::DropError,
+        Reason::DropPodSpoofedSource,
+        Reason::DropPodToTunnelPort,
+        Reason::PassedKernelFlow,
+        Reason::KernelDelivered,
     ];
 
     /// Stable snake_case name, used by `inspect` and the metrics.
@@ -74,11 +91,27 @@ impl Reason {
             Reason::DropTooBig => "drop_too_big",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropError => "drop_error",
+            Reason::DropPodSpoofedSource => "drop_pod_spoofed_source",
+            Reason::DropPodToTunnelPort => "drop_pod_to_tunnel_port",
+            Reason::PassedKernelFlow => "passed_kernel_flow",
+            Reason::KernelDelivered => "kernel_delivered",
         }
     }
 
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Reason::DropUnknownSender as u32)
+        matches!(
+            self,
+            Reason::DropUnknownSender
+                | Reason::DropSpoofedSource
+                | Reason::DropBadVni
+                | Reason::DropWrongVtepMac
+                | Reason::DropNoRoute
+                | Reason::DropTooBig
+                | Reason::DropMalformed
+                | Reason::DropError
+                | Reason::DropPodSpoofedSource
+                | Reason::DropPodToTunnelPort
+        )
     }
 }
 
@@ -114,5 +147,10 @@ mod tests {
         }
         assert!(Reason::DropUnknownSender.is_drop());
         assert!(!Reason::PassedToKernel.is_drop());
+        assert!(Reason::DropPodToTunnelPort.is_drop());
+        assert!(!Reason::KernelDelivered.is_drop());
+        let drops = Reason::ALL.iter().filter(|r| r.is_drop()).count();
+        let named = Reason::ALL.iter().filter(|r| r.name().starts_with("drop_")).count();
+        assert_eq!(drops, named, "a reason is a drop exactly when its name says so");
     }
 }

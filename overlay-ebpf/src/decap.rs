@@ -10,12 +10,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{Endpoint, LocalConfig, NodeEntry},
+    maps::{config_flags, Endpoint, LocalConfig, NodeEntry},
     stats::Reason,
     ETH_HLEN, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
 };
 
 use crate::{
+    flows,
     maps::{ENDPOINTS, NODES},
     parse::{eth_ipv4, in_subnet, load, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
     route::{config, decrement_ttl, set_macs},
@@ -42,7 +43,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     }
 
     // Our VXLAN port from here on: anything wrong is dropped and counted.
-    let node = node(ip.src).ok_or(Outcome::drop(Reason::DropUnknownSender))?;
+    let node = sender(ip.src)?;
     let malformed = Outcome::drop(Reason::DropMalformed);
     let vxlan: VxlanHdr = load(ctx, l4 + UDP_HLEN).ok_or(malformed)?;
     if vxlan.flags & VXLAN_FLAG_VNI == 0 {
@@ -52,22 +53,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
         return Err(Outcome::drop(Reason::DropBadVni));
     }
     let inner_eth_off = l4 + UDP_HLEN + VXLAN_HLEN;
-    let inner_eth: EthHdr = load(ctx, inner_eth_off).ok_or(malformed)?;
-    if inner_eth.dst != cfg.vtep_mac {
-        return Err(Outcome::drop(Reason::DropWrongVtepMac));
-    }
-    if inner_eth.proto() != ETH_P_IP {
-        return Err(malformed);
-    }
-    let inner: Ipv4Hdr = load(ctx, inner_eth_off + ETH_HLEN).ok_or(malformed)?;
-    if !inner.is_valid() {
-        return Err(malformed);
-    }
-    // A node speaks for its own lease (and for itself, when a host process
-    // binds its PublicIP), nothing else.
-    if !in_subnet(inner.src, node.subnet, node.prefix_len) && inner.src != ip.src {
-        return Err(Outcome::drop(Reason::DropSpoofedSource));
-    }
+    let inner = inner_frame(ctx, &cfg, &node, ip.src, inner_eth_off)?;
 
     let strip = (inner_eth_off + ETH_HLEN - ETH_HLEN) as i32;
     ctx.adjust_room(-strip, BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
@@ -75,19 +61,61 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     Ok(deliver(ctx, &cfg, &inner))
 }
 
+/// The node that sent us VXLAN from `addr`, if it holds a lease.
+#[inline(always)]
+pub fn sender(addr: [u8; 4]) -> Result<NodeEntry, Outcome> {
+    node(addr).ok_or(Outcome::drop(Reason::DropUnknownSender))
+}
+
+/// Checks the inner frame at `eth_off` that `node` (at `sender_ip`) sent:
+/// for our VtepMAC, IPv4, and from the node's own lease (or the node
+/// itself, when a host process binds its PublicIP): a node speaks for
+/// nothing else. Returns the inner IPv4 header.
+#[inline(always)]
+pub fn inner_frame(
+    ctx: &TcContext,
+    cfg: &LocalConfig,
+    node: &NodeEntry,
+    sender_ip: [u8; 4],
+    eth_off: usize,
+) -> Result<Ipv4Hdr, Outcome> {
+    let malformed = Outcome::drop(Reason::DropMalformed);
+    let inner_eth: EthHdr = load(ctx, eth_off).ok_or(malformed)?;
+    if inner_eth.dst != cfg.vtep_mac {
+        return Err(Outcome::drop(Reason::DropWrongVtepMac));
+    }
+    if inner_eth.proto() != ETH_P_IP {
+        return Err(malformed);
+    }
+    let inner: Ipv4Hdr = load(ctx, eth_off + ETH_HLEN).ok_or(malformed)?;
+    if !inner.is_valid() {
+        return Err(malformed);
+    }
+    if !in_subnet(inner.src, node.subnet, node.prefix_len) && inner.src != sender_ip {
+        return Err(Outcome::drop(Reason::DropSpoofedSource));
+    }
+    Ok(inner)
+}
+
 /// The decapsulated packet (inner IPv4 right after the outer Ethernet
 /// header) goes straight into the pod when we know the pod; otherwise the
 /// host's stack routes it (to itself, or over the bridge to a pod we have
 /// not learnt yet, or answers TTL expiry).
+///
+/// Replies of flows the kernel handled (see flows.rs) go to the kernel too,
+/// and so does everything with `--kernel-forwarding`.
 #[inline(always)]
-fn deliver(ctx: &TcContext, cfg: &LocalConfig, inner: &Ipv4Hdr) -> Outcome {
+pub fn deliver(ctx: &TcContext, cfg: &LocalConfig, inner: &Ipv4Hdr) -> Outcome {
     let to_host = Outcome::pass(Reason::DecapToHost);
-    if inner.ttl <= 1 {
+    if inner.ttl <= 1 || cfg.flags & config_flags::KERNEL_FORWARDING != 0 {
         return to_host;
     }
     let Some(ep) = endpoint(inner.dst) else {
         return to_host;
     };
+    if flows::is_reply_of_kernel_flow(&flows::key(ctx, ETH_HLEN, inner)) {
+        return Outcome::pass(Reason::PassedKernelFlow);
+    }
     if decrement_ttl(ctx, ETH_HLEN, inner).is_err() {
         return Outcome::drop(Reason::DropError);
     }

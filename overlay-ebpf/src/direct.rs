@@ -7,8 +7,8 @@ use overlay_common::{
 };
 
 use crate::{
-    encap::{router_checks, Origin},
     parse::Ipv4Hdr,
+    route::{router_checks, Origin},
     underlay::{self, NextHopKind},
     verdict::Outcome,
 };

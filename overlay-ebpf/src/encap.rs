@@ -10,29 +10,20 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{LocalConfig, Mode, NextHop},
+    maps::{config_flags, LocalConfig, Mode, NextHop},
     stats::Reason,
     ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, VXLAN_FLAG_VNI, VXLAN_OVERHEAD,
 };
 
 use crate::{
-    csum, direct,
+    csum, direct, flows,
     maps::SUBNETS,
     parse::{eth_ipv4, in_subnet, load, Ipv4Hdr},
-    route::{config, decrement_ttl, is_gso},
+    pod_guard,
+    route::{config, router_checks, Origin},
     underlay::{self, NextHopKind},
     verdict::Outcome,
 };
-
-/// Where the packet comes from decides whether we forward it like a router
-/// (TTL decremented) or send it like the host (untouched).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// Entering the bridge from a local pod (TC ingress on the bridge).
-    Pod,
-    /// Sent by the host itself via the cluster route (TC egress on the bridge).
-    Host,
-}
 
 /// Outer IPv4 TTL: what kernel VXLAN uses when no TTL is configured.
 const OUTER_TTL: u8 = 64;
@@ -55,15 +46,18 @@ pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
     let Some((eth, ip)) = eth_ipv4(ctx) else {
         return Ok(Outcome::pass(Reason::PassedNotOurs));
     };
-    // Like a router, forward only what is addressed to us (the gateway):
-    // on a pod's veth, frames between pods of this node pass to the bridge.
-    if origin == Origin::Pod && eth.dst != cfg.bridge_mac {
-        return Ok(Outcome::pass(Reason::PassedNotOurs));
+    if origin == Origin::Pod {
+        // Like a router, forward only what is addressed to us (the gateway):
+        // on a pod's veth, frames between pods of this node pass to the bridge.
+        if eth.dst != cfg.bridge_mac {
+            return Ok(Outcome::pass(Reason::PassedNotOurs));
+        }
+        pod_guard::check(ctx, &cfg, &ip)?;
     }
     let Some(nh) = SUBNETS.get(&Key::new(32, ip.dst)).copied() else {
         // The host reaches remote pods through a cluster-wide route via the
-        // bridge; with no lease covering the destination there is nowhere
-        // to send it.
+        // tunnel device; with no lease covering the destination there is
+        // nowhere to send it.
         if origin == Origin::Host
             && in_subnet(ip.dst, cfg.cluster_net, cfg.cluster_prefix_len)
             && !in_subnet(ip.dst, cfg.local_subnet, cfg.local_prefix_len)
@@ -72,41 +66,23 @@ pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
         }
         return Ok(Outcome::pass(Reason::PassedNotOurs));
     };
+    let flow = flows::key(ctx, ETH_HLEN, &ip);
+    match origin {
+        Origin::Pod => {
+            if cfg.flags & config_flags::KERNEL_FORWARDING != 0 {
+                return Ok(Outcome::pass(Reason::PassedToKernel));
+            }
+            if flows::is_reply_of_kernel_flow(&flow) {
+                return Ok(Outcome::pass(Reason::PassedKernelFlow));
+            }
+        }
+        Origin::Host => flows::record(&flow),
+    }
     match Mode::from_u8(nh.mode) {
         Some(Mode::Vxlan) => vxlan(ctx, &cfg, &nh, &ip, origin),
         Some(Mode::Direct) => direct::forward(ctx, &cfg, &nh, &ip, origin),
         None => Err(Outcome::drop(Reason::DropError)),
     }
-}
-
-/// Checks shared by both modes before the packet leaves: what does not fit
-/// and what is out of hops goes to the kernel, which fragments or answers
-/// with ICMP (frag-needed via the bridge's MTU, time exceeded) like any
-/// router, and sends what it forwards back through our egress program.
-#[inline(always)]
-pub fn router_checks(
-    ctx: &TcContext,
-    cfg: &LocalConfig,
-    ip: &Ipv4Hdr,
-    origin: Origin,
-    overhead: u32,
-) -> Result<(), Outcome> {
-    let l3_len = ctx.len().saturating_sub(ETH_HLEN as u32);
-    if !is_gso(ctx) && l3_len + overhead > cfg.uplink_mtu {
-        return Err(match origin {
-            Origin::Pod => Outcome::pass(Reason::PassedToKernel),
-            // The host's own packets already obeyed the bridge MTU; one
-            // that still does not fit cannot be helped here.
-            Origin::Host => Outcome::drop(Reason::DropTooBig),
-        });
-    }
-    if origin == Origin::Pod {
-        if ip.ttl <= 1 {
-            return Err(Outcome::pass(Reason::PassedToKernel));
-        }
-        decrement_ttl(ctx, ETH_HLEN, ip).map_err(|_| Outcome::drop(Reason::DropError))?;
-    }
-    Ok(())
 }
 
 fn vxlan(

@@ -6,11 +6,14 @@ mod csum;
 mod decap;
 mod direct;
 mod encap;
+mod flows;
 mod guard;
 mod maps;
 mod parse;
+mod pod_guard;
 mod route;
 mod stats;
+mod tunnel;
 mod underlay;
 mod verdict;
 
@@ -19,7 +22,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::{encap::Origin, verdict::Outcome};
+use crate::{route::Origin, verdict::Outcome};
 
 /// Counts the packet (with its length on entry) under its reason.
 #[inline(always)]
@@ -31,18 +34,32 @@ fn finish(len: u32, result: Result<Outcome, Outcome>) -> i32 {
     outcome.action
 }
 
-/// TC ingress on the bridge: packets from local pods.
+/// TC ingress on the pod bridge and each pod veth: packets from local pods.
 #[classifier]
 pub fn from_pods(ctx: TcContext) -> i32 {
     let len = ctx.len();
     finish(len, encap::try_egress(&ctx, Origin::Pod))
 }
 
-/// TC egress on the bridge: the host's own packets to remote pods.
+/// TC egress on each pod veth: what the kernel delivers to a local pod.
+#[classifier]
+pub fn to_pods(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    finish(len, flows::try_to_pod(&ctx))
+}
+
+/// TC egress on the tunnel device: what the kernel routes to remote pods.
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
     let len = ctx.len();
     finish(len, encap::try_egress(&ctx, Origin::Host))
+}
+
+/// TC ingress on the tunnel device: VXLAN the kernel's socket received.
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    finish(len, tunnel::try_from_tunnel(&ctx))
 }
 
 /// TC ingress on the uplink: VXLAN from other nodes.

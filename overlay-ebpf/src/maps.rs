@@ -5,11 +5,11 @@ use aya_ebpf::{
 };
 use overlay_common::{
     maps::{
-        Endpoint, EndpointKey, LocalConfig, NextHop, NodeEntry, NodeKey, SubnetAddr, UnderlayHop,
-        UnderlayKey,
+        Endpoint, EndpointKey, FlowKey, FlowSeen, LocalConfig, NextHop, NodeEntry, NodeKey, SubnetAddr,
+        UnderlayHop, UnderlayKey,
     },
     stats::{Counter, REASON_COUNT},
-    MAX_ENDPOINTS, MAX_NODES, MAX_SUBNETS,
+    MAX_ENDPOINTS, MAX_KERNEL_FLOWS, MAX_NODES, MAX_SUBNETS,
 };
 
 /// Remote pod subnet -> next hop.
@@ -36,3 +36,8 @@ pub static STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray:
 /// LRU so a churning cluster cannot fill it).
 #[btf_map]
 pub static UNDERLAY: LruHashMap<UnderlayKey, UnderlayHop, { MAX_NODES as usize }> = LruHashMap::new();
+
+/// Flows the kernel forwarded or delivered -> when last seen (see flows.rs;
+/// LRU so that no number of flows can fill it).
+#[btf_map]
+pub static KERNEL_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_KERNEL_FLOWS as usize }> = LruHashMap::new();

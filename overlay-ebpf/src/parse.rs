@@ -55,6 +55,13 @@ impl Ipv4Hdr {
         let frag = u16::from_be_bytes(self.frag_off);
         frag & 0x3fff != 0
     }
+
+    /// Offset of this fragment in 8-byte units: 0 for unfragmented packets
+    /// and first fragments, the ones that carry the L4 header.
+    #[inline(always)]
+    pub fn fragment_offset(&self) -> u16 {
+        u16::from_be_bytes(self.frag_off) & 0x1fff
+    }
 }
 
 #[repr(C)]

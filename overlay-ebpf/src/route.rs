@@ -1,8 +1,19 @@
 //! What every router does to a packet it forwards.
 use aya_ebpf::programs::TcContext;
-use overlay_common::maps::LocalConfig;
+use overlay_common::{maps::LocalConfig, stats::Reason, ETH_HLEN};
 
-use crate::{csum, maps::CONFIG, parse::Ipv4Hdr};
+use crate::{csum, maps::CONFIG, parse::Ipv4Hdr, verdict::Outcome};
+
+/// Where the packet comes from decides whether we forward it like a router
+/// (TTL decremented) or send it like the host (untouched).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// From a local pod (TC ingress on its veth or on the pod bridge).
+    Pod,
+    /// Routed by the kernel to the cluster network: the host's own packets
+    /// and pod packets it forwarded (TC egress on the tunnel device).
+    Host,
+}
 
 /// The local configuration, copied to the stack so one packet sees one
 /// consistent version. `None` until the agent has filled it in.
@@ -44,4 +55,34 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()>
 pub fn is_gso(ctx: &TcContext) -> bool {
     // SAFETY: ctx.skb.skb is the context pointer the kernel passed in.
     unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
+
+/// Checks shared by both modes before the packet leaves: what does not fit
+/// and what is out of hops goes to the kernel, which fragments or answers
+/// with ICMP (frag-needed via the bridge's MTU, time exceeded) like any
+/// router, and sends what it forwards back through our egress program.
+#[inline(always)]
+pub fn router_checks(
+    ctx: &TcContext,
+    cfg: &LocalConfig,
+    ip: &Ipv4Hdr,
+    origin: Origin,
+    overhead: u32,
+) -> Result<(), Outcome> {
+    let l3_len = ctx.len().saturating_sub(ETH_HLEN as u32);
+    if !is_gso(ctx) && l3_len + overhead > cfg.uplink_mtu {
+        return Err(match origin {
+            Origin::Pod => Outcome::pass(Reason::PassedToKernel),
+            // The host's own packets already obeyed the bridge MTU; one
+            // that still does not fit cannot be helped here.
+            Origin::Host => Outcome::drop(Reason::DropTooBig),
+        });
+    }
+    if origin == Origin::Pod {
+        if ip.ttl <= 1 {
+            return Err(Outcome::pass(Reason::PassedToKernel));
+        }
+        decrement_ttl(ctx, ETH_HLEN, ip).map_err(|_| Outcome::drop(Reason::DropError))?;
+    }
+    Ok(())
 }

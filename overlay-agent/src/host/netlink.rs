@@ -15,6 +15,8 @@ use rtnetlink::{
 pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    #[error("{0} was created but cannot be found")]
+    Missing(String),
     #[error("netlink {what}: {source}")]
     Request {
         what: String,

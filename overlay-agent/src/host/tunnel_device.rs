@@ -1,0 +1,235 @@
+//! The agent's own device, `overlay0`: where the kernel sends what it routes
+//! to the cluster network, and, with the vxlan backend, the owner of the
+//! kernel's VXLAN socket on our port.
+//!
+//! - The host reaches remote pods through one route, the flannel Network via
+//!   this device, whose egress program encapsulates. It exists from the
+//!   start, so the node itself reaches remote pods before any pod bridge
+//!   exists, and it does not depend on which bridge (docker0, br-<id>,
+//!   cni0) the pods end up on. Pod traffic the fast path leaves to the
+//!   kernel (Services, published ports, too big, TTL) takes the same way.
+//! - Like flannel.1, it holds our subnet's network address as a /32: the
+//!   host's source address towards remote pods, inside our lease.
+//! - With vxlan it is a metadata-collecting ("external") VXLAN device: the
+//!   kernel aggregates (GROs) UDP-encapsulated traffic only on a port with a
+//!   UDP tunnel socket, and such a device registers one. Whatever the socket
+//!   receives (what our uplink program left to the kernel, e.g. reassembled
+//!   fragments) arrives on this device's ingress, where our program applies
+//!   the same checks as on the uplink. Its MAC is our VtepMAC, so frames
+//!   for us are the device's own. NOARP: no neighbour entries are needed;
+//!   the egress program writes every header itself.
+//! - With host-gw it is a dummy: only the route matters.
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use log::{info, warn};
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+        route::RouteScope,
+    },
+    Handle, LinkDummy, LinkUnspec, LinkVxlan, RouteMessageBuilder,
+};
+
+use super::netlink::{req_err, NetlinkError};
+
+/// The device's name. Fixed: one agent per host, and operators look for it.
+pub const TUNNEL_DEVICE: &str = "overlay0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelKind {
+    /// An external VXLAN device on this UDP port (vxlan backend).
+    Vxlan { port: u16 },
+    /// A dummy device (host-gw: nothing is encapsulated).
+    Plain,
+}
+
+#[derive(Clone, Debug)]
+pub struct TunnelPlan {
+    pub kind: TunnelKind,
+    /// The pod MTU (uplink MTU minus the encapsulation).
+    pub mtu: u32,
+    /// Our VtepMAC.
+    pub mac: [u8; 6],
+    /// Our lease: the device holds its network address as a /32.
+    pub subnet: Ipv4Net,
+    /// The flannel Network, routed via the device.
+    pub cluster: Ipv4Net,
+}
+
+impl TunnelPlan {
+    /// The host's own address towards remote pods (flannel.1's address).
+    pub fn local_address(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+}
+
+/// The device as found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelDevice {
+    pub index: u32,
+}
+
+/// Makes the device, its address and the cluster route match `plan`,
+/// creating (or re-creating, when it has the wrong kind or port) the device.
+pub async fn ensure(handle: &Handle, plan: &TunnelPlan) -> Result<TunnelDevice, NetlinkError> {
+    let index = match find(handle).await? {
+        Some((index, kind)) if kind == Some(plan.kind) => index,
+        Some((index, kind)) => {
+            info!("re-creating {TUNNEL_DEVICE} ({kind:?} -> {:?})", plan.kind);
+            handle.link().del(index).execute().await.map_err(req_err(format!("delete {TUNNEL_DEVICE}")))?;
+            create(handle, plan).await?
+        }
+        None => create(handle, plan).await?,
+    };
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(plan.mtu).address(plan.mac.to_vec()).arp(false).up().build())
+        .execute()
+        .await
+        .map_err(req_err(format!("set {TUNNEL_DEVICE} up with MTU {}", plan.mtu)))?;
+    ensure_address(handle, index, plan).await?;
+    ensure_route(handle, index, plan).await?;
+    Ok(TunnelDevice { index })
+}
+
+/// Re-asserts the cluster route (cheap, idempotent): a route deleted by hand
+/// must not cut the host off from remote pods for long.
+pub async fn resync_route(handle: &Handle, plan: &TunnelPlan) -> Result<(), NetlinkError> {
+    match find(handle).await? {
+        Some((index, _)) => ensure_route(handle, index, plan).await,
+        None => {
+            warn!("{TUNNEL_DEVICE} is gone: re-creating it");
+            ensure(handle, plan).await.map(|_| ())
+        }
+    }
+}
+
+/// Deletes the device (its address and route go with it).
+pub async fn remove(handle: &Handle) -> Result<bool, NetlinkError> {
+    match find(handle).await? {
+        Some((index, _)) => {
+            handle.link().del(index).execute().await.map_err(req_err(format!("delete {TUNNEL_DEVICE}")))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The device's ifindex and, when it is one we make, its kind.
+async fn find(handle: &Handle) -> Result<Option<(u32, Option<TunnelKind>)>, NetlinkError> {
+    let mut stream = handle.link().get().match_name(TUNNEL_DEVICE.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(Some((msg.header.index, kind_of(&msg)))),
+        Ok(None) => Ok(None),
+        // ENODEV: there is no such device.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(req_err(format!("look up {TUNNEL_DEVICE}"))(e)),
+    }
+}
+
+fn kind_of(msg: &LinkMessage) -> Option<TunnelKind> {
+    let infos = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    })?;
+    let mut is_dummy = false;
+    let mut vxlan = None;
+    for info in infos {
+        match info {
+            LinkInfo::Kind(rtnetlink::packet_route::link::InfoKind::Dummy) => is_dummy = true,
+            LinkInfo::Data(InfoData::Vxlan(attrs)) => vxlan = Some(attrs),
+            _ => {}
+        }
+    }
+    if is_dummy {
+        return Some(TunnelKind::Plain);
+    }
+    let attrs = vxlan?;
+    let external = attrs.iter().any(|a| matches!(a, InfoVxlan::CollectMetadata(true)));
+    let port = attrs.iter().find_map(|a| match a {
+        InfoVxlan::Port(p) => Some(*p),
+        _ => None,
+    })?;
+    external.then_some(TunnelKind::Vxlan { port })
+}
+
+async fn create(handle: &Handle, plan: &TunnelPlan) -> Result<u32, NetlinkError> {
+    info!("creating {TUNNEL_DEVICE} ({:?})", plan.kind);
+    let msg = match plan.kind {
+        // No VNI: an external device takes every VNI (our programs check it).
+        TunnelKind::Vxlan { port } => rtnetlink::LinkMessageBuilder::<LinkVxlan>::new(TUNNEL_DEVICE)
+            .port(port)
+            .learning(false)
+            .collect_metadata(true)
+            .mtu(plan.mtu)
+            .address(plan.mac.to_vec())
+            .arp(false)
+            .up()
+            .build(),
+        TunnelKind::Plain => LinkDummy::new(TUNNEL_DEVICE)
+            .mtu(plan.mtu)
+            .address(plan.mac.to_vec())
+            .arp(false)
+            .up()
+            .build(),
+    };
+    handle.link().add(msg).execute().await.map_err(req_err(format!("create {TUNNEL_DEVICE}")))?;
+    match find(handle).await? {
+        Some((index, _)) => Ok(index),
+        None => Err(NetlinkError::Missing(TUNNEL_DEVICE.to_string())),
+    }
+}
+
+/// Exactly one address from the cluster network on the device: our
+/// subnet's network address. One from an older lease would make the host
+/// answer for a subnet that is now someone else's.
+async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<(), NetlinkError> {
+    let want = plan.local_address();
+    let mut have = false;
+    let mut stale = Vec::new();
+    let mut stream = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = stream.try_next().await.map_err(req_err(format!("list {TUNNEL_DEVICE} addresses")))? {
+        let addr = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(std::net::IpAddr::V4(v4)) => Some(*v4),
+            _ => None,
+        });
+        match addr {
+            Some(a) if a == want && msg.header.prefix_len == 32 => have = true,
+            Some(_) => stale.push(msg),
+            None => {}
+        }
+    }
+    for msg in stale {
+        handle.address().del(msg).execute().await.map_err(req_err(format!("delete a stale {TUNNEL_DEVICE} address")))?;
+    }
+    if !have {
+        info!("adding {want}/32 to {TUNNEL_DEVICE}");
+        handle
+            .address()
+            .add(index, want.into(), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(req_err(format!("add {want}/32 to {TUNNEL_DEVICE}")))?;
+    }
+    Ok(())
+}
+
+async fn ensure_route(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<(), NetlinkError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(plan.cluster.network(), plan.cluster.prefix_len())
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .pref_source(plan.local_address())
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(req_err(format!("route {} dev {TUNNEL_DEVICE}", plan.cluster)))
+}

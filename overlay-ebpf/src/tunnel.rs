@@ -1,0 +1,48 @@
+//! TC ingress on the agent's tunnel device: VXLAN that the kernel's own
+//! VXLAN socket received and decapsulated. Our uplink program handles
+//! VXLAN itself; what reaches the socket is what it passed to the kernel:
+//! fragments (reassembled by the kernel first), and datagrams to another
+//! local address than the PublicIP. The socket exists so the kernel can
+//! aggregate VXLAN on receive (GRO, which needs a UDP tunnel socket on the
+//! port); it must never be a way around the checks, so this program applies
+//! the same ones, from the tunnel metadata the socket attached.
+use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, programs::TcContext};
+use overlay_common::stats::Reason;
+
+use crate::{
+    decap::{deliver, inner_frame, sender},
+    route::config,
+    verdict::Outcome,
+};
+
+pub fn try_from_tunnel(ctx: &TcContext) -> Result<Outcome, Outcome> {
+    // Before the agent configured us nothing is trusted.
+    let Some(cfg) = config() else {
+        return Err(Outcome::drop(Reason::DropUnknownSender));
+    };
+    // SAFETY: an all-zero bpf_tunnel_key is a valid buffer for the helper.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: key lives on our stack for the duration of the call.
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(
+            ctx.skb.skb as *mut _,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        )
+    };
+    if ret != 0 {
+        // No metadata: not from the VXLAN socket (nothing else feeds this
+        // device), so nobody vouches for it.
+        return Err(Outcome::drop(Reason::DropMalformed));
+    }
+    // The helper gives the remote address in host order.
+    // SAFETY: remote_ipv4 is the member an IPv4 tunnel fills in.
+    let remote = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
+    let node = sender(remote)?;
+    if key.tunnel_id != cfg.vni {
+        return Err(Outcome::drop(Reason::DropBadVni));
+    }
+    let inner = inner_frame(ctx, &cfg, &node, remote, 0)?;
+    Ok(deliver(ctx, &cfg, &inner))
+}
