@@ -2,7 +2,6 @@
 mod bench;
 mod build;
 mod demo;
-mod ebpf_cmd;
 mod setup;
 mod test;
 mod util;
