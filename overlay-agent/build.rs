@@ -3,12 +3,12 @@
 //! installs.
 use std::path::{Path, PathBuf};
 
-include!("../xtask/src/ebpf_cmd.rs");
+use ebpf_build::{ebpf_build_command, EBPF_OBJECT};
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
-    for watched in ["overlay-ebpf/src", "overlay-ebpf/Cargo.toml", "overlay-common/src", "xtask/src/ebpf_cmd.rs"] {
+    for watched in ["overlay-ebpf/src", "overlay-ebpf/Cargo.toml", "overlay-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=OVERLAY_SKIP_EBPF_BUILD");

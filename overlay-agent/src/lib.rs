@@ -15,4 +15,5 @@ pub mod host;
 pub mod inspect;
 pub mod node;
 pub mod notify;
+pub mod strconv;
 pub mod subnet_env;

@@ -270,7 +270,7 @@ impl Node {
                 _ = endpoint_tick.tick() => {
                     self.sync_endpoints().await;
                     ticks += 1;
-                    if ticks % HOST_RESYNC_TICKS == 0 {
+                    if ticks.is_multiple_of(HOST_RESYNC_TICKS) {
                         self.resync_host().await;
                     }
                 }

@@ -162,8 +162,8 @@ impl SubnetEnv {
             .map_err(|e| invalid(KEY_MTU, &mtu_s, format!("{e}")))?;
 
         let ipmasq_s = get(KEY_IPMASQ)?;
-        let ipmasq = crate::cli::parse_go_bool(ipmasq_s.trim())
-            .map_err(|r| invalid(KEY_IPMASQ, &ipmasq_s, r))?;
+        let ipmasq = crate::strconv::parse_go_bool(ipmasq_s.trim())
+            .map_err(|e| invalid(KEY_IPMASQ, &ipmasq_s, e.to_string()))?;
 
         Ok(SubnetEnv {
             network,

@@ -88,7 +88,7 @@ fn a_joining_node_is_reachable_from_all_others_within_two_seconds() {
     let pings: Vec<PingRun> = (0..2).map(|i| PingRun::start(c.tb.dir(), &c.pods[i][0], gateway, 0.02, 150)).collect();
 
     // Every other agent has the new subnet in its SUBNETS map.
-    let mut in_maps = vec![None; 2];
+    let mut in_maps = [None; 2];
     let start = Instant::now();
     while in_maps.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(10) {
         for (i, seen) in in_maps.iter_mut().enumerate() {

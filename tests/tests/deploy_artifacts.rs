@@ -416,7 +416,7 @@ fn dockerfile_builds_like_xtask_and_ships_the_agent() {
     // Every COPY from the context names a file that exists.
     for (k, r) in &ins {
         if k == "COPY" && !r.contains("--from=") && r != ". ." {
-            let src = r.split_whitespace().filter(|w| !w.starts_with("--")).next().unwrap();
+            let src = r.split_whitespace().find(|w| !w.starts_with("--")).unwrap();
             assert!(repo().join(src).is_file(), "COPY source {src} missing");
         }
     }

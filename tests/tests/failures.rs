@@ -199,8 +199,8 @@ fn etcd_down_for_30_s_leaves_pod_traffic_alone_and_costs_no_cpu() {
     let wall = outage.elapsed();
     let mut report = format!("etcd down for {}\n", secs(wall));
     let mut fractions = Vec::new();
-    for i in 0..2 {
-        let used = c.agents[i].cpu_time().expect("agent still running") - cpu_before[i];
+    for (i, before) in cpu_before.iter().enumerate() {
+        let used = c.agents[i].cpu_time().expect("agent still running") - *before;
         report +=
             &format!("  agent {i}: {} CPU ({:.2} %)\n", secs(used), 100.0 * used.as_secs_f64() / wall.as_secs_f64());
         fractions.push((i, used.as_secs_f64() / wall.as_secs_f64()));

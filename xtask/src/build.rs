@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use ebpf_build::{ebpf_build_command, EBPF_OBJECT};
 
-use crate::ebpf_cmd::{ebpf_build_command, EBPF_OBJECT};
 use crate::setup::ensure_bpffs;
 use crate::util::{
     capture, cargo, host_target_dir, human_duration, human_size, info, run, step, text,
 };
 
 /// Builds the BPF object (nightly, bpfel-unknown-none, release, BTF) the one
-/// way `ebpf_cmd.rs` defines, and returns its path.
+/// way the `ebpf-build` crate defines, and returns its path.
 pub fn build_ebpf(root: &Path) -> Result<PathBuf> {
     step("build-ebpf: the BPF object (nightly, bpfel-unknown-none, release with BTF)");
     let started = Instant::now();

@@ -2,7 +2,6 @@
 mod bench;
 mod build;
 mod demo;
-mod ebpf_cmd;
 mod setup;
 mod test;
 mod util;
@@ -37,9 +36,10 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Setup, build-ebpf, then the whole test suite as root
-    /// (`cargo test --workspace --no-fail-fast`); arguments after `--` go to
-    /// `cargo test`, e.g. `cargo xtask test -- -p overlay-tests -- --nocapture`.
+    /// Setup, build-ebpf, clippy with warnings denied, then the whole test
+    /// suite as root (`cargo test --workspace --no-fail-fast`); arguments
+    /// after `--` go to `cargo test`, e.g.
+    /// `cargo xtask test -- -p overlay-tests -- --nocapture`.
     Test {
         /// Stop the suite after this many minutes (0: no limit).
         #[arg(long, default_value_t = 30)]

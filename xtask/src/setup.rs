@@ -333,7 +333,7 @@ pub fn bpf_linker_llvm(linker: &Path) -> Result<String> {
 
 fn install_command(llvm: u32, force: bool) -> Command {
     let mut cmd = cargo();
-    crate::ebpf_cmd::remove_outer_cargo_env(&mut cmd);
+    ebpf_build::remove_outer_cargo_env(&mut cmd);
     cmd.env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"));
     cmd.args([
         "install",

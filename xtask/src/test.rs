@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, build-ebpf, a load check of the object, then
-//! the whole suite (`cargo test --workspace`) as root, with a summary.
+//! `cargo xtask test`: setup, build-ebpf, a load check of the object, clippy
+//! (warnings denied), then the whole suite (`cargo test --workspace`) as
+//! root, with a summary.
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, effective_uid, human_duration, info, is_root, show, step};
+use crate::util::{cargo, effective_uid, human_duration, info, is_root, run, show, step};
 
 pub struct TestOptions {
     /// Kill the suite after this long (None: no limit).
@@ -39,6 +40,10 @@ pub fn run_tests(root: &Path, opts: &TestOptions) -> Result<()> {
 
     step("test: the kernel's verifier accepts the BPF object (bpftool prog loadall)");
     crate::build::check_object_loads(&object)?;
+
+    let t = Instant::now();
+    clippy(root)?;
+    let clippy_time = t.elapsed();
 
     // The integration tests run the real binary (tests/src/agent.rs):
     // cargo test does not build another package's binaries.
@@ -78,15 +83,51 @@ pub fn run_tests(root: &Path, opts: &TestOptions) -> Result<()> {
         None => format!("cargo test {}", human_duration(suite_time)),
     };
     println!(
-        "    times: setup {}, build-ebpf {}, {cargo_test_time}, total {}",
+        "    times: setup {}, build-ebpf {}, clippy {}, {cargo_test_time}, total {}",
         human_duration(setup_time),
         human_duration(ebpf_time),
+        human_duration(clippy_time),
         human_duration(started.elapsed())
     );
     if !ok {
         bail!("the test suite failed (summary above)");
     }
     Ok(())
+}
+
+/// Clippy with warnings denied, before any test runs, so that CI (which runs
+/// `cargo xtask test`) keeps the code lint-free: the host workspace with
+/// every target (tests, benches, build scripts) on stable, then the BPF
+/// crate on nightly exactly as it is built.
+fn clippy(root: &Path) -> Result<()> {
+    step("test: clippy, warnings denied (the workspace with all targets, then the BPF crate)");
+    run(&mut clippy_command(root)).context(
+        "clippy failed on the workspace, so no test ran: fix what it reports above \
+         (`cargo clippy --workspace --all-targets -- -D warnings` shows it again)",
+    )?;
+    run(&mut ebpf_build::ebpf_clippy_command(root)).context(
+        "clippy failed on the BPF crate (overlay-ebpf), so no test ran: fix what it reports \
+         above (`cargo +nightly clippy --target bpfel-unknown-none -Z build-std=core \
+         --release -- -D warnings` in overlay-ebpf shows it again)",
+    )?;
+    Ok(())
+}
+
+/// `cargo clippy --workspace --all-targets -- -D warnings`. The BPF object
+/// is already built, so overlay-agent's build script must not build it again.
+pub fn clippy_command(root: &Path) -> Command {
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .env("OVERLAY_SKIP_EBPF_BUILD", "1")
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+    cmd
 }
 
 /// `cargo test` arguments: the whole workspace (unless the caller picks
@@ -519,6 +560,26 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn clippy_denies_warnings_on_every_target_without_rebuilding_the_object() {
+        let cmd = clippy_command(Path::new("/ws"));
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings"
+            ]
+        );
+        assert!(cmd
+            .get_envs()
+            .any(|(k, v)| k == "OVERLAY_SKIP_EBPF_BUILD" && v.is_some()));
     }
 
     #[test]

@@ -187,17 +187,18 @@ async fn default_route_oif(handle: &Handle) -> Result<Option<u32>, NetlinkError>
 pub async fn on_link(handle: &Handle, uplink: &Uplink, peer: Ipv4Addr) -> Result<bool, NetlinkError> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(peer, 32).build();
     let mut stream = handle.route().get(msg).execute();
-    while let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {peer}")))? {
-        let mut oif = None;
-        let mut gateway = false;
-        for a in &route.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Gateway(RouteAddress::Inet(_)) => gateway = true,
-                _ => {}
-            }
+    // A route get answers with the one route the kernel would use.
+    let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {peer}")))? else {
+        return Ok(false);
+    };
+    let mut oif = None;
+    let mut gateway = false;
+    for a in &route.attributes {
+        match a {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(_)) => gateway = true,
+            _ => {}
         }
-        return Ok(oif == Some(uplink.index) && !gateway);
     }
-    Ok(false)
+    Ok(oif == Some(uplink.index) && !gateway)
 }

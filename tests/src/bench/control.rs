@@ -146,7 +146,9 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
 
     // The change stream.
     let m = opts.changes;
-    let sent: Arc<Mutex<Vec<Option<(Instant, Instant)>>>> = Arc::new(Mutex::new(vec![None; m]));
+    // Per change: when its put was sent and when etcd acknowledged it.
+    type SentAcked = Arc<Mutex<Vec<Option<(Instant, Instant)>>>>;
+    let sent: SentAcked = Arc::new(Mutex::new(vec![None; m]));
     let writer = {
         let sent = sent.clone();
         let prefix = prefix.clone();

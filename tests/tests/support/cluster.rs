@@ -42,6 +42,9 @@ pub struct Cluster {
     pub tb: Testbed,
 }
 
+/// Runs on the testbed before the agents start.
+type TestbedHook<'a> = Box<dyn FnOnce(&Testbed) + 'a>;
+
 /// What [`Cluster::build`] starts: node counts, the configuration, extra
 /// agent flags, how long to wait for the agents, a testbed hook.
 pub struct ClusterBuilder<'a> {
@@ -52,7 +55,7 @@ pub struct ClusterBuilder<'a> {
     ready: Duration,
     /// Extra command-line flags, one list per agent.
     flags: Vec<Vec<String>>,
-    prepare: Option<Box<dyn FnOnce(&Testbed) + 'a>>,
+    prepare: Option<TestbedHook<'a>>,
 }
 
 impl<'a> ClusterBuilder<'a> {
