@@ -28,8 +28,8 @@ use tokio::sync::watch;
 
 use crate::config::NetworkConfig;
 use crate::etcd::backoff::Backoff;
-use crate::etcd::client::{describe, Conn, EtcdSettings};
-use crate::etcd::error::EtcdError;
+use crate::etcd::client::{Conn, EtcdSettings};
+use crate::etcd::error::{describe, is_lease_not_found, EtcdError};
 use crate::etcd::registry::{config_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError};
 
 /// flannel's lease TTL: 24 h.
@@ -653,14 +653,6 @@ impl SubnetManager {
                 }
             })
             .await
-    }
-}
-
-fn is_lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        _ => false,
     }
 }
 

@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
 use crate::etcd::backoff::Backoff;
-use crate::etcd::client::{describe, Conn, EtcdSettings, MAX_MESSAGE};
-use crate::etcd::error::EtcdError;
+use crate::etcd::client::{Conn, EtcdSettings, MAX_MESSAGE};
+use crate::etcd::error::{describe, EtcdError};
 use crate::etcd::lease::LeaseListing;
 use crate::etcd::registry::{check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs};
 use crate::etcd::status::EtcdStatus;
