@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::config::ConfigError;
+use crate::etcd::backoff::Transient;
 use crate::etcd::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,12 @@ impl EtcdError {
             EtcdError::Request { source, .. } => is_transient(source),
             _ => false,
         }
+    }
+}
+
+impl Transient for EtcdError {
+    fn is_transient(&self) -> bool {
+        EtcdError::is_transient(self)
     }
 }
 

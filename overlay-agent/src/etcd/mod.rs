@@ -2,10 +2,12 @@
 //! (shared/reference/flannel-compat.md).
 //!
 //! - [`registry`]: key names and lease values (pure, no I/O)
+//! - [`backoff`]: waiting between attempts, and the one retry loop
 //! - [`client`]: settings, connecting (TLS, auth, several endpoints), retries
 //! - [`lease`]: acquiring, renewing, releasing our own lease; the lease keeper
 //! - [`watch`]: everyone's leases as typed events (list + watch + resync)
 
+pub mod backoff;
 pub mod client;
 pub mod error;
 pub mod lease;
@@ -13,6 +15,7 @@ pub mod registry;
 pub mod status;
 pub mod watch;
 
+pub use backoff::{Backoff, Transient};
 pub use client::{connect, EtcdSettings};
 pub use error::EtcdError;
 pub use lease::{spawn_lease_keeper, LeaseListing, SubnetManager};
@@ -22,5 +25,3 @@ pub use registry::{
 };
 pub use status::EtcdStatus;
 pub use watch::{spawn_lease_watch, spawn_lease_watch_from, spawn_lease_watch_with_status, LeaseEvent};
-
-mod backoff;
