@@ -27,7 +27,7 @@ use crate::{
         DatapathMaps, Peer,
     },
     etcd::{
-        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, EtcdError,
+        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
         EtcdSettings, Lease, LeaseAttrs, LeaseEvent, SubnetManager,
     },
     health::{self, Health},
@@ -74,25 +74,6 @@ fn iface_selection(args: &RunArgs) -> Result<IfaceSelection> {
     })
 }
 
-/// Retries an etcd operation while etcd is unreachable (backing off up to
-/// 5 s, never spinning); any other error is returned at once.
-macro_rules! etcd_retry {
-    ($what:expr, $op:expr) => {{
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match $op.await {
-                Ok(v) => break Ok::<_, EtcdError>(v),
-                Err(e) if e.is_transient() => {
-                    warn!("{}: {e}; retrying in {delay:?}", $what);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => break Err(e),
-            }
-        }
-    }};
-}
-
 /// A locally administered, unicast MAC, like the kernel gives flannel.1.
 fn random_vtep_mac() -> [u8; 6] {
     let mut mac: [u8; 6] = rand::random();
@@ -118,8 +99,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
 
     let settings = etcd_settings(&args.etcd);
-    let mgr = etcd_retry!("connecting to etcd", SubnetManager::new(settings.clone()))?;
-    let cfg = etcd_retry!("reading the network config", mgr.network_config())?;
+    let mgr = Backoff::outage().retry("connecting to etcd", || SubnetManager::new(settings.clone())).await?;
+    let cfg = Backoff::outage().retry("reading the network config", || mgr.network_config()).await?;
     let backend = cfg.backend.kind;
     let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
     let pod_mtu = match backend {
@@ -131,10 +112,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // One listing of the leases serves the whole start: finding our lease,
     // acquiring it and the lease watch's first Snapshot (at 10,000 leases a
     // listing is ten range requests and ~2 MB).
-    let listing = etcd_retry!("listing the leases", mgr.list())?;
+    let listing = Backoff::outage().retry("listing the leases", || mgr.list()).await?;
     // Our VtepMAC survives restarts: from our lease in etcd, else from the
     // pinned data path, else new.
-    let own = etcd_retry!("looking up our lease", mgr.find_own_lease_in(&listing, uplink.public_ip))?;
+    let own = Backoff::outage()
+        .retry("looking up our lease", || mgr.find_own_lease_in(&listing, uplink.public_ip))
+        .await?;
     let pinned_mac = DatapathMaps::open_pinned(&pins)
         .ok()
         .and_then(|m| m.config().ok().flatten())
@@ -153,10 +136,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // A retry after an etcd failure lists afresh: the first attempt may have
     // changed our lease without our seeing the answer.
     let mut start_listing = Some(&listing);
-    let lease = etcd_retry!(
-        "acquiring a subnet lease",
-        mgr.acquire_from(start_listing.take(), &cfg, &attrs, previous)
-    )?;
+    let lease = Backoff::outage()
+        .retry("acquiring a subnet lease", || {
+            mgr.acquire_from(start_listing.take(), &cfg, &attrs, previous)
+        })
+        .await?;
     info!("lease {} (VtepMAC {})", lease.subnet, format_mac(&vtep_mac));
 
     for name in bridge::remove_flannel_devices(&handle).await? {

@@ -11,14 +11,15 @@
 //! - nothing hangs: connecting has a deadline ([`CONNECT_TIMEOUT`]) and so
 //!   does every request ([`REQUEST_TIMEOUT`]), retried with backoff inside it.
 
+use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions};
 
-use crate::etcd::backoff::Backoff;
-use crate::etcd::error::EtcdError;
+use crate::etcd::backoff::{Backoff, Transient};
+use crate::etcd::error::{describe, is_invalid_token, is_transient, EtcdError};
 use crate::etcd::registry::{config_key, normalize_prefix, DEFAULT_PREFIX};
 
 /// How long [`connect`] tries before reporting etcd unreachable.
@@ -144,52 +145,16 @@ impl Conn {
             );
         }
         let opts = connect_options(s)?;
-        let started = Instant::now();
-        let deadline = started + CONNECT_TIMEOUT;
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
-        let client = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let err = match tokio::time::timeout(left, Client::connect(&endpoints, Some(opts.clone()))).await {
-                Ok(Ok(c)) => break c,
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    return Err(EtcdError::Unreachable {
-                        endpoints: shown,
-                        timeout: CONNECT_TIMEOUT,
-                        reason: "no answer".into(),
-                        hint: "",
-                    })
-                }
-            };
-            // With credentials, connecting authenticates: a refused password
-            // is final, an unreachable endpoint is retried until the deadline.
-            if !is_transient(&err) {
-                if let Some(user) = &s.username {
-                    return Err(EtcdError::Auth {
-                        user: user.clone(),
-                        endpoints: shown,
-                        reason: describe(&err),
-                    });
-                }
-                let reason = describe(&err);
-                return Err(EtcdError::Rejected {
-                    endpoints: shown,
-                    hint: hint(s, &reason),
-                    reason,
-                });
-            }
-            let d = backoff.next_delay();
-            if Instant::now() + d >= deadline {
-                let reason = describe(&err);
-                return Err(EtcdError::Unreachable {
-                    endpoints: shown,
-                    timeout: CONNECT_TIMEOUT,
-                    hint: hint(s, &reason),
-                    reason,
-                });
-            }
-            tokio::time::sleep(d).await;
-        };
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        // With credentials, connecting authenticates: a refused password is
+        // final, an unreachable endpoint is retried until the deadline.
+        let client = Backoff::new(Duration::from_millis(50), Duration::from_millis(500))
+            .retry_until(deadline, format!("connecting to etcd at {shown}"), || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                attempt(left, Client::connect(&endpoints, Some(opts.clone())))
+            })
+            .await
+            .map_err(|f| first_contact_error(s, &shown, f))?;
         let conn = Conn {
             client,
             settings: s.clone(),
@@ -197,46 +162,12 @@ impl Conn {
         };
         let key = config_key(&s.prefix);
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-        let probe = conn
-            .run_until("probe read", &key, left, |mut c, k| async move {
-                c.get(k, Some(GetOptions::new().with_count_only())).await
-            })
-            .await;
-        match probe {
-            Ok(_) => Ok(conn),
-            Err(EtcdError::Request { source, .. }) if !is_transient(&source) => {
-                if let Some(user) = &s.username {
-                    Err(EtcdError::Auth {
-                        user: user.clone(),
-                        endpoints: shown,
-                        reason: describe(&source),
-                    })
-                } else {
-                    let reason = describe(&source);
-                    Err(EtcdError::Rejected {
-                        endpoints: shown,
-                        hint: hint(s, &reason),
-                        reason,
-                    })
-                }
-            }
-            Err(EtcdError::Request { source, .. }) => {
-                let reason = describe(&source);
-                Err(EtcdError::Unreachable {
-                    endpoints: shown,
-                    timeout: CONNECT_TIMEOUT,
-                    hint: hint(s, &reason),
-                    reason,
-                })
-            }
-            Err(EtcdError::Timeout { .. }) => Err(EtcdError::Unreachable {
-                endpoints: shown,
-                timeout: CONNECT_TIMEOUT,
-                reason: "no answer".into(),
-                hint: "",
-            }),
-            Err(e) => Err(e),
-        }
+        conn.attempts("probe read", &key, left, |mut c, k| async move {
+            c.get(k, Some(GetOptions::new().with_count_only())).await
+        })
+        .await
+        .map_err(|f| first_contact_error(s, &shown, f))?;
+        Ok(conn)
     }
 
     /// Runs one logical request with [`REQUEST_TIMEOUT`]; see [`Conn::run_until`].
@@ -257,8 +188,29 @@ impl Conn {
         op: &'static str,
         key: &str,
         budget: Duration,
-        mut f: F,
+        f: F,
     ) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client, String) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.attempts(op, key, budget, f).await.map_err(|f| match f {
+            Failure::Etcd(source) => EtcdError::Request {
+                op,
+                key: key.to_string(),
+                source,
+            },
+            Failure::NoAnswer => EtcdError::Timeout {
+                op,
+                key: key.to_string(),
+                after: budget,
+                endpoints: self.endpoints.clone(),
+            },
+        })
+    }
+
+    /// [`run_until`](Self::run_until) with the last failure as it is.
+    async fn attempts<T, F, Fut>(&self, op: &'static str, key: &str, budget: Duration, mut f: F) -> Result<T, Failure>
     where
         F: FnMut(Client, String) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -267,51 +219,100 @@ impl Conn {
         let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
         let mut refreshed = false;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = left.min(ATTEMPT_TIMEOUT);
-            let err = match tokio::time::timeout(attempt, f(self.client.clone(), key.to_string())).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => Some(e),
-                Err(_) => None,
-            };
-            if let Some(e) = &err {
-                if is_invalid_token(e) && !refreshed && self.settings.username.is_some() {
+            let r = backoff
+                .retry_until(deadline, format!("etcd {op} of {key:?}"), || {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    attempt(left.min(ATTEMPT_TIMEOUT), f(self.client.clone(), key.to_string()))
+                })
+                .await;
+            match r {
+                // Simple auth tokens live in etcd's memory only: after an etcd
+                // restart ours is unknown, and authenticating again fixes it.
+                Err(Failure::Etcd(e)) if is_invalid_token(&e) && !refreshed && self.settings.username.is_some() => {
                     refreshed = true;
                     log::info!("etcd auth token rejected; authenticating again");
                     if let Err(re) = self.client.refresh_token().await {
                         log::warn!("etcd re-authentication failed: {}", describe(&re));
                     }
-                    continue;
                 }
-                if !is_transient(e) {
-                    return Err(EtcdError::Request {
-                        op,
-                        key: key.to_string(),
-                        source: err.expect("checked"),
-                    });
-                }
+                r => return r,
             }
-            let d = backoff.next_delay();
-            if Instant::now() + d >= deadline {
-                return Err(match err {
-                    Some(source) => EtcdError::Request {
-                        op,
-                        key: key.to_string(),
-                        source,
-                    },
-                    None => EtcdError::Timeout {
-                        op,
-                        key: key.to_string(),
-                        after: budget,
-                        endpoints: self.endpoints.clone(),
-                    },
-                });
+        }
+    }
+}
+
+/// How one attempt at etcd failed.
+#[derive(Debug)]
+enum Failure {
+    Etcd(etcd_client::Error),
+    /// No answer within the attempt's time.
+    NoAnswer,
+}
+
+impl Transient for Failure {
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Etcd(e) => is_transient(e),
+            Failure::NoAnswer => true,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Etcd(e) => f.write_str(&describe(e)),
+            Failure::NoAnswer => f.write_str("attempt timed out"),
+        }
+    }
+}
+
+/// One attempt, given `limit` to answer.
+async fn attempt<T>(
+    limit: Duration,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(r) => r.map_err(Failure::Etcd),
+        Err(_) => Err(Failure::NoAnswer),
+    }
+}
+
+/// What the failure of a first contact (connecting, then the probe read)
+/// tells the operator: etcd refused us (our credentials, when we have some),
+/// or it could not be reached.
+fn first_contact_error(s: &EtcdSettings, endpoints: &str, failure: Failure) -> EtcdError {
+    let endpoints = endpoints.to_string();
+    let e = match failure {
+        Failure::NoAnswer => {
+            return EtcdError::Unreachable {
+                endpoints,
+                timeout: CONNECT_TIMEOUT,
+                reason: "no answer".into(),
+                hint: "",
             }
-            log::debug!(
-                "etcd {op} of {key:?}: {}; retrying in {d:?}",
-                err.as_ref().map(describe).unwrap_or_else(|| "attempt timed out".into())
-            );
-            tokio::time::sleep(d).await;
+        }
+        Failure::Etcd(e) => e,
+    };
+    let reason = describe(&e);
+    if is_transient(&e) {
+        EtcdError::Unreachable {
+            endpoints,
+            timeout: CONNECT_TIMEOUT,
+            hint: hint(s, &reason),
+            reason,
+        }
+    } else if let Some(user) = &s.username {
+        EtcdError::Auth {
+            user: user.clone(),
+            endpoints,
+            reason,
+        }
+    } else {
+        EtcdError::Rejected {
+            endpoints,
+            hint: hint(s, &reason),
+            reason,
         }
     }
 }
@@ -438,62 +439,6 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
         });
     }
     Ok(data)
-}
-
-/// Errors worth retrying: the request may not have reached a healthy member.
-pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
-    use etcd_client::Error as E;
-    // A server certificate we do not trust will not become trusted by retrying.
-    if describe(e).contains("invalid peer certificate") {
-        return false;
-    }
-    match e {
-        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
-        E::LeaseKeepAliveError(m) => !m.contains("lease not found"),
-        E::GRpcStatus(s) => {
-            // gRPC codes: 1 Cancelled, 2 Unknown, 4 DeadlineExceeded,
-            // 8 ResourceExhausted, 10 Aborted, 13 Internal, 14 Unavailable.
-            matches!(s.code() as i32, 1 | 2 | 4 | 8 | 10 | 13 | 14)
-        }
-        _ => false,
-    }
-}
-
-fn is_invalid_token(e: &etcd_client::Error) -> bool {
-    match e {
-        // 16 Unauthenticated: etcd's "invalid auth token" (e.g. after an etcd
-        // restart, simple tokens are kept in memory only).
-        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 16,
-        _ => false,
-    }
-}
-
-/// A one-line description of an etcd-client error: the gRPC message or the
-/// error chain, without the repetitions tonic's nesting produces.
-pub(crate) fn describe(e: &etcd_client::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut push = |m: String| {
-        let m = m.trim().to_string();
-        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
-            parts.retain(|p| !m.contains(p.as_str()));
-            parts.push(m);
-        }
-    };
-    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            push(if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() });
-            std::error::Error::source(s)
-        }
-        other => {
-            push(other.to_string());
-            std::error::Error::source(other)
-        }
-    };
-    while let Some(inner) = src {
-        push(inner.to_string());
-        src = inner.source();
-    }
-    parts.join(": ")
 }
 
 /// What to check, for the usual causes of a failed first contact.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::config::ConfigError;
+use crate::etcd::backoff::Transient;
 use crate::etcd::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +111,81 @@ impl EtcdError {
             EtcdError::Unreachable { .. }
             | EtcdError::Timeout { .. }
             | EtcdError::TooManyConflicts { .. } => true,
-            EtcdError::Request { source, .. } => crate::etcd::client::is_transient(source),
+            EtcdError::Request { source, .. } => is_transient(source),
             _ => false,
         }
+    }
+}
+
+impl Transient for EtcdError {
+    fn is_transient(&self) -> bool {
+        EtcdError::is_transient(self)
+    }
+}
+
+// How etcd-client's errors are read here, by the client and by the lease code.
+
+/// Errors worth retrying: the request may not have reached a healthy member.
+pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    // A server certificate we do not trust will not become trusted by retrying.
+    if describe(e).contains("invalid peer certificate") {
+        return false;
+    }
+    match e {
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
+        E::LeaseKeepAliveError(m) => !m.contains("lease not found"),
+        E::GRpcStatus(s) => {
+            // gRPC codes: 1 Cancelled, 2 Unknown, 4 DeadlineExceeded,
+            // 8 ResourceExhausted, 10 Aborted, 13 Internal, 14 Unavailable.
+            matches!(s.code() as i32, 1 | 2 | 4 | 8 | 10 | 13 | 14)
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn is_invalid_token(e: &etcd_client::Error) -> bool {
+    match e {
+        // 16 Unauthenticated: etcd's "invalid auth token" (e.g. after an etcd
+        // restart, simple tokens are kept in memory only).
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 16,
+        _ => false,
+    }
+}
+
+/// A one-line description of an etcd-client error: the gRPC message or the
+/// error chain, without the repetitions tonic's nesting produces.
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut push = |m: String| {
+        let m = m.trim().to_string();
+        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
+            parts.retain(|p| !m.contains(p.as_str()));
+            parts.push(m);
+        }
+    };
+    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            push(if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() });
+            std::error::Error::source(s)
+        }
+        other => {
+            push(other.to_string());
+            std::error::Error::source(other)
+        }
+    };
+    while let Some(inner) = src {
+        push(inner.to_string());
+        src = inner.source();
+    }
+    parts.join(": ")
+}
+
+/// The etcd lease is gone (expired or revoked).
+pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+        _ => false,
     }
 }

@@ -1,6 +1,7 @@
-//! Acquiring and keeping our own subnet lease (flannel's life cycle, minus its
-//! weak points: a lost creation race is retried with another subnet, and a
-//! deleted lease key is taken back instead of exiting, flannel #904).
+//! Acquiring, renewing and releasing our own subnet lease (flannel's life
+//! cycle, minus its weak points: a lost creation race is retried with another
+//! subnet, and a deleted lease key is taken back instead of exiting, flannel
+//! #904, by the keeper in [`crate::etcd::keeper`]).
 //!
 //! Life cycle:
 //! - create: grant an etcd lease (86400 s), then put the key only if absent
@@ -19,17 +20,15 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use etcd_client::{Compare, CompareOp, EventType, KeyValue, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use ipnet::Ipv4Net;
 use rand::Rng;
-use tokio::sync::watch;
 
 use crate::config::NetworkConfig;
-use crate::etcd::backoff::Backoff;
-use crate::etcd::client::{describe, Conn, EtcdSettings};
-use crate::etcd::error::EtcdError;
+use crate::etcd::client::{Conn, EtcdSettings};
+use crate::etcd::error::{is_lease_not_found, EtcdError};
 use crate::etcd::registry::{config_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError};
 
 /// flannel's lease TTL: 24 h.
@@ -71,7 +70,7 @@ impl LeaseListing {
 }
 
 /// The state of our own lease key, as read from etcd.
-enum Own {
+pub(super) enum Own {
     /// The key holds our PublicIP; attached to this etcd lease (0: none).
     Ours { etcd_lease: i64 },
     /// The key is gone or belongs to someone else.
@@ -537,7 +536,7 @@ impl SubnetManager {
     // ---- helpers ----
 
     /// Reads our key: is it still ours? Also returns the header revision.
-    async fn check_own(&self, lease: &Lease) -> Result<(Own, i64), EtcdError> {
+    pub(super) async fn check_own(&self, lease: &Lease) -> Result<(Own, i64), EtcdError> {
         let key = self.lease_key(lease.subnet);
         let resp = self
             .conn
@@ -622,7 +621,7 @@ impl SubnetManager {
         Ok((ttl > 0).then_some(ttl))
     }
 
-    async fn revoke_quietly(&self, id: i64) {
+    pub(super) async fn revoke_quietly(&self, id: i64) {
         let dir = subnets_prefix(&self.conn.settings.prefix);
         if let Err(e) = self
             .conn
@@ -637,7 +636,7 @@ impl SubnetManager {
     }
 
     /// A watch on our key from `start_revision`, once etcd confirmed it.
-    async fn watch_key(&self, key: &str, start_revision: i64) -> Result<WatchStream, EtcdError> {
+    pub(super) async fn watch_key(&self, key: &str, start_revision: i64) -> Result<WatchStream, EtcdError> {
         self.conn
             .run_until("watch", key, Duration::from_secs(3), move |mut c, k| async move {
                 let mut ws = c
@@ -653,14 +652,6 @@ impl SubnetManager {
                 }
             })
             .await
-    }
-}
-
-fn is_lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        _ => false,
     }
 }
 
@@ -690,257 +681,6 @@ impl Taken {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The lease keeper.
-
-/// Background task keeping our lease. Renews at expiry minus `renew_margin`
-/// (or halfway through when the TTL is shorter than the margin); when the key
-/// is deleted by someone, taken over, or its etcd lease expired, logs it and
-/// takes a lease back (the same subnet if still free, else a new one).
-/// Publishes the current lease: receivers are notified when the subnet,
-/// attributes or etcd lease change (not on plain renewals, which only update
-/// the expiration). The task ends when every receiver is dropped.
-pub fn spawn_lease_keeper(
-    mgr: SubnetManager,
-    cfg: NetworkConfig,
-    lease: Lease,
-    renew_margin: Duration,
-    attrs: LeaseAttrs,
-) -> watch::Receiver<Lease> {
-    let (tx, rx) = watch::channel(lease.clone());
-    tokio::spawn(Keeper { mgr, cfg, attrs, renew_margin, tx }.run(lease));
-    rx
-}
-
-struct Keeper {
-    mgr: SubnetManager,
-    cfg: NetworkConfig,
-    attrs: LeaseAttrs,
-    renew_margin: Duration,
-    tx: watch::Sender<Lease>,
-}
-
-impl Keeper {
-    async fn run(mut self, mut lease: Lease) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        'outer: loop {
-            if self.tx.is_closed() {
-                return;
-            }
-            let key = self.mgr.lease_key(lease.subnet);
-            // Read our key, then watch it from just after that read.
-            let (own, rev) = match self.mgr.check_own(&lease).await {
-                Ok(x) => x,
-                Err(e) => {
-                    log::warn!("checking our lease {key}: {e}");
-                    if !self.pause(&mut backoff).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            match own {
-                Own::Lost(reason) => {
-                    log::warn!("our lease {key} is lost: {reason}; taking a lease back");
-                    match self.reacquire(&lease).await {
-                        Some(l) => lease = l,
-                        None => return,
-                    }
-                    continue;
-                }
-                Own::Ours { etcd_lease } if etcd_lease != lease.etcd_lease => {
-                    lease.etcd_lease = etcd_lease;
-                    self.publish(&lease, true);
-                }
-                Own::Ours { .. } => {}
-            }
-            let mut ws = match self.mgr.watch_key(&key, rev + 1).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    log::warn!("watching our lease {key}: {e}");
-                    if !self.pause(&mut backoff).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            backoff.reset();
-            let mut retry_at: Option<Instant> = None;
-            let mut renew_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-            loop {
-                let renew_at = retry_at.or_else(|| renew_deadline(&lease, self.renew_margin));
-                tokio::select! {
-                    _ = self.tx.closed() => return,
-                    _ = sleep_until_opt(renew_at) => {
-                        match self.mgr.renew(&lease).await {
-                            Ok(l) => {
-                                log::debug!("renewed lease {key} (expires {:?})", l.expiration);
-                                let changed = l.etcd_lease != lease.etcd_lease;
-                                lease = l;
-                                self.publish(&lease, changed);
-                                retry_at = None;
-                                renew_backoff.reset();
-                            }
-                            Err(EtcdError::LeaseLost { reason, .. }) => {
-                                log::warn!("our lease {key} is lost: {reason}; taking a lease back");
-                                match self.reacquire(&lease).await {
-                                    Some(l) => lease = l,
-                                    None => return,
-                                }
-                                continue 'outer;
-                            }
-                            Err(e) => {
-                                let d = renew_backoff.next_delay();
-                                log::warn!("renewing lease {key} failed: {e}; retrying in {d:?}");
-                                retry_at = Some(Instant::now() + d);
-                            }
-                        }
-                    }
-                    msg = ws.message() => {
-                        let resp = match msg {
-                            Ok(Some(r)) => r,
-                            Ok(None) | Err(_) => {
-                                let why = match msg { Err(e) => describe(&e), _ => "closed".into() };
-                                log::info!("watch on our lease {key} broke ({why}); re-establishing");
-                                if !self.pause(&mut backoff).await {
-                                    return;
-                                }
-                                continue 'outer;
-                            }
-                        };
-                        if resp.canceled() {
-                            log::info!("watch on our lease {key} canceled ({}); re-establishing", resp.cancel_reason());
-                            // Compaction: start over at once; anything else
-                            // (e.g. permission denied) must not loop hot.
-                            if resp.compact_revision() == 0 && !self.pause(&mut backoff).await {
-                                return;
-                            }
-                            continue 'outer;
-                        }
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            match ev.event_type() {
-                                EventType::Delete => {
-                                    log::warn!(
-                                        "our lease key {key} was deleted (by someone, or its etcd lease \
-                                         expired); taking a lease back"
-                                    );
-                                    match self.reacquire(&lease).await {
-                                        Some(l) => lease = l,
-                                        None => return,
-                                    }
-                                    continue 'outer;
-                                }
-                                EventType::Put => {
-                                    match LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value())) {
-                                        Ok(a) if a.public_ip == self.attrs.public_ip => {
-                                            if kv.lease() != lease.etcd_lease {
-                                                lease.etcd_lease = kv.lease();
-                                                self.publish(&lease, true);
-                                            }
-                                        }
-                                        other => {
-                                            let what = match other {
-                                                Ok(a) => format!("PublicIP {}", a.public_ip),
-                                                Err(e) => format!("an invalid value ({e})"),
-                                            };
-                                            log::warn!(
-                                                "our lease key {key} was overwritten with {what}; \
-                                                 taking another lease"
-                                            );
-                                            match self.reacquire(&lease).await {
-                                                Some(l) => lease = l,
-                                                None => return,
-                                            }
-                                            continue 'outer;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Acquires until it works (backing off between failures); `None` when
-    /// every receiver is gone.
-    async fn reacquire(&mut self, old: &Lease) -> Option<Lease> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        loop {
-            if self.tx.is_closed() {
-                return None;
-            }
-            match self.mgr.acquire(&self.cfg, &self.attrs, Some(old.subnet)).await {
-                Ok(l) => {
-                    if l.subnet == old.subnet {
-                        log::info!("took lease {} back", self.mgr.lease_key(l.subnet));
-                    } else {
-                        log::warn!(
-                            "lease {} could not be taken back; now using {}",
-                            self.mgr.lease_key(old.subnet),
-                            self.mgr.lease_key(l.subnet)
-                        );
-                    }
-                    if old.etcd_lease != 0 && old.etcd_lease != l.etcd_lease {
-                        self.mgr.revoke_quietly(old.etcd_lease).await;
-                    }
-                    self.publish(&l, true);
-                    return Some(l);
-                }
-                Err(e) => {
-                    let d = backoff.next_delay();
-                    log::error!("acquiring a lease failed: {e}; retrying in {d:?}");
-                    tokio::select! {
-                        _ = self.tx.closed() => return None,
-                        _ = tokio::time::sleep(d) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    fn publish(&self, lease: &Lease, notify: bool) {
-        let l = lease.clone();
-        self.tx.send_if_modified(|cur| {
-            let changed = notify || cur.subnet != l.subnet || cur.attrs != l.attrs || cur.etcd_lease != l.etcd_lease;
-            *cur = l;
-            changed
-        });
-    }
-
-    /// Sleeps one backoff step (the client re-dials by itself); false when every
-    /// receiver is gone.
-    async fn pause(&mut self, backoff: &mut Backoff) -> bool {
-        let d = backoff.next_delay();
-        tokio::select! {
-            _ = self.tx.closed() => return false,
-            _ = tokio::time::sleep(d) => {}
-        }
-        true
-    }
-}
-
-/// When to renew: `expiration - margin`, or halfway through the remaining
-/// time when that is already past. `None` for reservations.
-fn renew_deadline(lease: &Lease, margin: Duration) -> Option<Instant> {
-    let exp = lease.expiration?;
-    if lease.etcd_lease == 0 {
-        return None;
-    }
-    let left = exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-    let wait = if left > margin { left - margin } else { left / 2 };
-    Some(Instant::now() + wait.max(Duration::from_millis(200)))
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,22 +692,5 @@ mod tests {
         assert!(t.overlaps("10.0.9.0/24".parse().unwrap()));
         assert!(t.overlaps("10.0.0.0/16".parse().unwrap()));
         assert!(!t.overlaps("10.0.2.0/24".parse().unwrap()));
-    }
-
-    #[test]
-    fn renew_deadline_uses_margin_or_half() {
-        let attrs = LeaseAttrs::host_gw(Ipv4Addr::LOCALHOST);
-        let mut l = Lease {
-            subnet: "10.0.1.0/24".parse().unwrap(),
-            attrs,
-            etcd_lease: 1,
-            expiration: Some(SystemTime::now() + Duration::from_secs(3600)),
-        };
-        let d = renew_deadline(&l, Duration::from_secs(600)).unwrap() - Instant::now();
-        assert!(d > Duration::from_secs(2990) && d <= Duration::from_secs(3000), "{d:?}");
-        let d = renew_deadline(&l, Duration::from_secs(7200)).unwrap() - Instant::now();
-        assert!(d > Duration::from_secs(1790) && d <= Duration::from_secs(1800), "{d:?}");
-        l.etcd_lease = 0;
-        assert!(renew_deadline(&l, Duration::from_secs(1)).is_none());
     }
 }

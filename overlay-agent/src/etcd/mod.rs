@@ -2,25 +2,29 @@
 //! (shared/reference/flannel-compat.md).
 //!
 //! - [`registry`]: key names and lease values (pure, no I/O)
+//! - [`backoff`]: waiting between attempts, and the one retry loop
 //! - [`client`]: settings, connecting (TLS, auth, several endpoints), retries
-//! - [`lease`]: acquiring, renewing, releasing our own lease; the lease keeper
+//! - [`lease`]: acquiring, renewing, releasing our own lease
+//! - [`keeper`]: the task keeping our lease (renewing it, taking it back)
 //! - [`watch`]: everyone's leases as typed events (list + watch + resync)
 
+pub mod backoff;
 pub mod client;
 pub mod error;
+pub mod keeper;
 pub mod lease;
 pub mod registry;
 pub mod status;
 pub mod watch;
 
+pub use backoff::{Backoff, Transient};
 pub use client::{connect, EtcdSettings};
 pub use error::EtcdError;
-pub use lease::{spawn_lease_keeper, LeaseListing, SubnetManager};
+pub use keeper::spawn_lease_keeper;
+pub use lease::{LeaseListing, SubnetManager};
 pub use registry::{
     config_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
     DEFAULT_PREFIX,
 };
 pub use status::EtcdStatus;
 pub use watch::{spawn_lease_watch, spawn_lease_watch_from, spawn_lease_watch_with_status, LeaseEvent};
-
-mod backoff;

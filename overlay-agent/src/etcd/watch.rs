@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
 use crate::etcd::backoff::Backoff;
-use crate::etcd::client::{describe, Conn, EtcdSettings, MAX_MESSAGE};
-use crate::etcd::error::EtcdError;
+use crate::etcd::client::{Conn, EtcdSettings, MAX_MESSAGE};
+use crate::etcd::error::{describe, EtcdError};
 use crate::etcd::lease::LeaseListing;
 use crate::etcd::registry::{check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs};
 use crate::etcd::status::EtcdStatus;
@@ -51,8 +51,6 @@ pub enum LeaseEvent {
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 /// Progress requests keep `last_sync` fresh on a quiet cluster.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Starts the lease watch; see the module docs. The task ends when the
 /// receiver is dropped.
@@ -130,7 +128,7 @@ struct Watcher {
 
 impl Watcher {
     async fn run(mut self) {
-        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut backoff = Backoff::outage();
         let mut conn: Option<Conn> = None;
         let mut failures: u32 = 0;
         let mut last_relist: Option<Instant> = None;
@@ -160,7 +158,7 @@ impl Watcher {
                     if hot {
                         tokio::select! {
                             _ = self.tx.closed() => return,
-                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                            _ = backoff.wait() => {}
                         }
                     }
                     continue;
@@ -181,10 +179,9 @@ impl Watcher {
                 }
             }
             self.status.set_connected(false);
-            let d = backoff.next_delay();
             tokio::select! {
                 _ = self.tx.closed() => return,
-                _ = tokio::time::sleep(d) => {}
+                _ = backoff.wait() => {}
             }
         }
     }
@@ -251,10 +248,9 @@ impl Watcher {
                     log::info!("lease watch broke ({why}); resuming from revision {next_rev}");
                     // A watch that dies right away must not turn into a loop.
                     if opened.elapsed() < Duration::from_secs(1) {
-                        let d = backoff.next_delay();
                         tokio::select! {
                             _ = self.tx.closed() => return Ok(Break::Closed),
-                            _ = tokio::time::sleep(d) => {}
+                            _ = backoff.wait() => {}
                         }
                     } else {
                         backoff.reset();

@@ -1,0 +1,285 @@
+//! The lease keeper: keeps our lease for as long as the agent runs. It
+//! renews the lease before it expires and watches its key; a key deleted by
+//! someone, taken over, or whose etcd lease expired is taken back (flannel
+//! exits instead, flannel #904).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{EventType, WatchStream};
+use tokio::sync::watch;
+
+use crate::config::NetworkConfig;
+use crate::etcd::backoff::Backoff;
+use crate::etcd::error::{describe, EtcdError};
+use crate::etcd::lease::{Own, SubnetManager};
+use crate::etcd::registry::{Lease, LeaseAttrs};
+
+/// Background task keeping our lease. Renews at expiry minus `renew_margin`
+/// (or halfway through when the TTL is shorter than the margin); when the key
+/// is deleted by someone, taken over, or its etcd lease expired, logs it and
+/// takes a lease back (the same subnet if still free, else a new one).
+/// Publishes the current lease: receivers are notified when the subnet,
+/// attributes or etcd lease change (not on plain renewals, which only update
+/// the expiration). The task ends when every receiver is dropped.
+pub fn spawn_lease_keeper(
+    mgr: SubnetManager,
+    cfg: NetworkConfig,
+    lease: Lease,
+    renew_margin: Duration,
+    attrs: LeaseAttrs,
+) -> watch::Receiver<Lease> {
+    let (tx, rx) = watch::channel(lease.clone());
+    tokio::spawn(Keeper { mgr, cfg, attrs, renew_margin, tx }.run(lease));
+    rx
+}
+
+struct Keeper {
+    mgr: SubnetManager,
+    cfg: NetworkConfig,
+    attrs: LeaseAttrs,
+    renew_margin: Duration,
+    tx: watch::Sender<Lease>,
+}
+
+/// What to do after keeping a lease stopped.
+enum Next {
+    /// Every receiver is gone: end the task.
+    Closed,
+    /// Read our key again and watch it from there.
+    Recheck,
+    /// The lease is lost: take one back.
+    Reacquire,
+}
+
+/// Our key as read, and watched from just after that read.
+enum Checked {
+    Ours { etcd_lease: i64, watch: Box<WatchStream> },
+    Lost(String),
+}
+
+impl Keeper {
+    async fn run(self, mut lease: Lease) {
+        let mut backoff = Backoff::outage();
+        loop {
+            match self.keep(&mut lease, &mut backoff).await {
+                Next::Closed => return,
+                Next::Recheck => {}
+                Next::Reacquire => match self.reacquire(&lease).await {
+                    Some(l) => lease = l,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Keeps `lease` (renewing it, watching its key) until that needs
+    /// something else.
+    async fn keep(&self, lease: &mut Lease, backoff: &mut Backoff) -> Next {
+        let key = self.mgr.lease_key(lease.subnet);
+        let checked = tokio::select! {
+            _ = self.tx.closed() => return Next::Closed,
+            c = backoff.retry_all(format!("checking our lease {key}"), || self.check_and_watch(lease, &key)) => c,
+        };
+        let mut ws = match checked {
+            Checked::Lost(reason) => {
+                log::warn!("our lease {key} is lost: {reason}; taking a lease back");
+                return Next::Reacquire;
+            }
+            Checked::Ours { etcd_lease, watch } => {
+                lease.etcd_lease = etcd_lease;
+                watch
+            }
+        };
+        let mut retry_at: Option<Instant> = None;
+        let mut renew_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            let renew_at = retry_at.or_else(|| renew_deadline(lease, self.renew_margin));
+            tokio::select! {
+                _ = self.tx.closed() => return Next::Closed,
+                _ = sleep_until_opt(renew_at) => {
+                    match self.mgr.renew(lease).await {
+                        Ok(l) => {
+                            log::debug!("renewed lease {key} (expires {:?})", l.expiration);
+                            let changed = l.etcd_lease != lease.etcd_lease;
+                            *lease = l;
+                            self.publish(lease, changed);
+                            retry_at = None;
+                            renew_backoff.reset();
+                        }
+                        Err(EtcdError::LeaseLost { reason, .. }) => {
+                            log::warn!("our lease {key} is lost: {reason}; taking a lease back");
+                            return Next::Reacquire;
+                        }
+                        // Not a retry loop of its own: the key's watch must
+                        // be read while the renewal waits for etcd.
+                        Err(e) => {
+                            let d = renew_backoff.next_delay();
+                            log::warn!("renewing lease {key} failed: {e}; retrying in {d:?}");
+                            retry_at = Some(Instant::now() + d);
+                        }
+                    }
+                }
+                msg = ws.message() => {
+                    let resp = match msg {
+                        Ok(Some(r)) => r,
+                        Ok(None) | Err(_) => {
+                            let why = match msg { Err(e) => describe(&e), _ => "closed".into() };
+                            log::info!("watch on our lease {key} broke ({why}); re-establishing");
+                            return self.pause(backoff).await;
+                        }
+                    };
+                    if resp.canceled() {
+                        log::info!("watch on our lease {key} canceled ({}); re-establishing", resp.cancel_reason());
+                        // Compaction: start over at once; anything else
+                        // (e.g. permission denied) must not loop hot.
+                        if resp.compact_revision() == 0 {
+                            return self.pause(backoff).await;
+                        }
+                        return Next::Recheck;
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        match ev.event_type() {
+                            EventType::Delete => {
+                                log::warn!(
+                                    "our lease key {key} was deleted (by someone, or its etcd lease \
+                                     expired); taking a lease back"
+                                );
+                                return Next::Reacquire;
+                            }
+                            EventType::Put => {
+                                match LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value())) {
+                                    Ok(a) if a.public_ip == self.attrs.public_ip => {
+                                        if kv.lease() != lease.etcd_lease {
+                                            lease.etcd_lease = kv.lease();
+                                            self.publish(lease, true);
+                                        }
+                                    }
+                                    other => {
+                                        let what = match other {
+                                            Ok(a) => format!("PublicIP {}", a.public_ip),
+                                            Err(e) => format!("an invalid value ({e})"),
+                                        };
+                                        log::warn!(
+                                            "our lease key {key} was overwritten with {what}; \
+                                             taking another lease"
+                                        );
+                                        return Next::Reacquire;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads our key, then watches it from just after that read.
+    async fn check_and_watch(&self, lease: &Lease, key: &str) -> Result<Checked, EtcdError> {
+        let (own, rev) = self.mgr.check_own(lease).await?;
+        let etcd_lease = match own {
+            Own::Lost(reason) => return Ok(Checked::Lost(reason)),
+            Own::Ours { etcd_lease } => etcd_lease,
+        };
+        if etcd_lease != lease.etcd_lease {
+            // Published before the watch is opened, as it is already true.
+            // Not forced: when opening the watch fails and this runs again,
+            // receivers have seen it already.
+            self.publish(&Lease { etcd_lease, ..lease.clone() }, false);
+        }
+        let watch = self.mgr.watch_key(key, rev + 1).await?;
+        Ok(Checked::Ours {
+            etcd_lease,
+            watch: Box::new(watch),
+        })
+    }
+
+    /// Acquires until it works (backing off between failures, whatever they
+    /// are: there is no one to give up to); `None` when every receiver is
+    /// gone.
+    async fn reacquire(&self, old: &Lease) -> Option<Lease> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let l = tokio::select! {
+            _ = self.tx.closed() => return None,
+            l = backoff.retry_all("acquiring a lease", || self.mgr.acquire(&self.cfg, &self.attrs, Some(old.subnet))) => l,
+        };
+        if l.subnet == old.subnet {
+            log::info!("took lease {} back", self.mgr.lease_key(l.subnet));
+        } else {
+            log::warn!(
+                "lease {} could not be taken back; now using {}",
+                self.mgr.lease_key(old.subnet),
+                self.mgr.lease_key(l.subnet)
+            );
+        }
+        if old.etcd_lease != 0 && old.etcd_lease != l.etcd_lease {
+            self.mgr.revoke_quietly(old.etcd_lease).await;
+        }
+        self.publish(&l, true);
+        Some(l)
+    }
+
+    /// Makes `lease` the current one; receivers are notified when `notify`
+    /// or when it differs from the current one in more than its expiration.
+    fn publish(&self, lease: &Lease, notify: bool) {
+        let l = lease.clone();
+        self.tx.send_if_modified(|cur| {
+            let changed = notify || cur.subnet != l.subnet || cur.attrs != l.attrs || cur.etcd_lease != l.etcd_lease;
+            *cur = l;
+            changed
+        });
+    }
+
+    /// Sleeps one backoff step (the client re-dials by itself), then has our
+    /// key read again.
+    async fn pause(&self, backoff: &mut Backoff) -> Next {
+        tokio::select! {
+            _ = self.tx.closed() => Next::Closed,
+            _ = backoff.wait() => Next::Recheck,
+        }
+    }
+}
+
+/// When to renew: `expiration - margin`, or halfway through the remaining
+/// time when that is already past. `None` for reservations.
+fn renew_deadline(lease: &Lease, margin: Duration) -> Option<Instant> {
+    let exp = lease.expiration?;
+    if lease.etcd_lease == 0 {
+        return None;
+    }
+    let left = exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let wait = if left > margin { left - margin } else { left / 2 };
+    Some(Instant::now() + wait.max(Duration::from_millis(200)))
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn renew_deadline_uses_margin_or_half() {
+        let attrs = LeaseAttrs::host_gw(Ipv4Addr::LOCALHOST);
+        let mut l = Lease {
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            attrs,
+            etcd_lease: 1,
+            expiration: Some(SystemTime::now() + Duration::from_secs(3600)),
+        };
+        let d = renew_deadline(&l, Duration::from_secs(600)).unwrap() - Instant::now();
+        assert!(d > Duration::from_secs(2990) && d <= Duration::from_secs(3000), "{d:?}");
+        let d = renew_deadline(&l, Duration::from_secs(7200)).unwrap() - Instant::now();
+        assert!(d > Duration::from_secs(1790) && d <= Duration::from_secs(1800), "{d:?}");
+        l.etcd_lease = 0;
+        assert!(renew_deadline(&l, Duration::from_secs(1)).is_none());
+    }
+}
