@@ -1,6 +1,4 @@
 //! Builds and inspects the frames the BPF tests feed to the programs.
-#![allow(dead_code)]
-
 use std::net::Ipv4Addr;
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -41,7 +39,7 @@ impl Ipv4 {
     }
 
     pub fn build(&self, payload: &[u8]) -> Vec<u8> {
-        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         let hl = 20 + self.options.len();
         let total = (hl + payload.len()) as u16;
         let mut h = vec![0u8; hl];
