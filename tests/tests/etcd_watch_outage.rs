@@ -76,11 +76,9 @@ async fn outage_backs_off_quietly_then_resyncs() {
     let newcomer = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 9, 3), 1, [0xaa, 0, 0, 0, 9, 3]);
     etcd.put(&format!("{P}/subnets/10.30.3.0-24"), &newcomer.to_json()).unwrap();
     let t = Instant::now();
-    let snap = loop {
-        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("a Snapshot").unwrap() {
-            LeaseEvent::Snapshot(v) => break v,
-            other => panic!("expected a Snapshot first, got {other:?}"),
-        }
+    let snap = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("a Snapshot").unwrap() {
+        LeaseEvent::Snapshot(v) => v,
+        other => panic!("expected a Snapshot first, got {other:?}"),
     };
     eprintln!("resynced {:?} after etcd answered again", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(8), "resynced after {:?}", t.elapsed());

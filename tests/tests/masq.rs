@@ -390,7 +390,10 @@ fn resync_repairs_in_the_background() {
     let m = rules(ns, "10.42.0.0/16", "10.42.3.0/24", true, true);
     m.ensure().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let handle = rt.block_on(async { m.spawn_resync(Duration::from_millis(200)) });
+    let handle = {
+        let _in_runtime = rt.enter();
+        m.spawn_resync(Duration::from_millis(200))
+    };
     ns.run(&["iptables", "-w", "-t", "nat", "-D", "FLANNEL-POSTRTG", "3"])
         .unwrap();
     ns.run(&[
