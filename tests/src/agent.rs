@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{ChildHandle, Host};
+use crate::{
+    forward::PortForward,
+    netns::{ChildHandle, Host},
+};
 
 /// The agent binary: `$OVERLAY_AGENT_BIN`, else the workspace's
 /// target/{debug,release}/overlay-agent (built by `cargo xtask test`).
@@ -38,6 +41,9 @@ pub struct Agent {
     pub log: PathBuf,
     host_ns: PathBuf,
     argv: Vec<String>,
+    /// The relays to etcd this agent was started with
+    /// ([`Agent::start_forwarded`]); dropped after the agent is killed.
+    forwards: Vec<PortForward>,
 }
 
 pub struct AgentOptions<'a> {
@@ -64,9 +70,54 @@ impl Agent {
             format!("--bpf-pin-dir={}", pin_root.display()),
         ];
         argv.extend(opts.extra);
-        let mut agent = Agent { name, child: None, pin_root, subnet_file, log, host_ns: host.path(), argv };
+        let mut agent =
+            Agent { name, child: None, pin_root, subnet_file, log, host_ns: host.path(), argv, forwards: Vec::new() };
         agent.spawn(host)?;
         Ok(agent)
+    }
+
+    /// [`Agent::start`] on etcd servers of the root namespace:
+    /// `opts.etcd_endpoints` lists them as the root namespace reaches them
+    /// (`http://127.0.0.1:2379,...`, comma-separated). The agent is given a
+    /// [`PortForward`] into `host` for each, which it keeps until it is
+    /// dropped (and which [`Agent::restart`] reuses).
+    pub fn start_forwarded(host: &Host, opts: AgentOptions<'_>) -> Result<Agent> {
+        let mut forwards = Vec::new();
+        let mut inside = Vec::new();
+        for endpoint in opts.etcd_endpoints.split(',') {
+            let (scheme, addr) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+            let target: std::net::SocketAddr =
+                addr.trim_end_matches('/').parse().with_context(|| format!("etcd endpoint {endpoint:?}"))?;
+            let fwd = PortForward::into_ns(host, target)?;
+            inside.push(format!("{scheme}://127.0.0.1:{}", fwd.port()));
+            forwards.push(fwd);
+        }
+        let mut agent = Agent::start(host, AgentOptions { etcd_endpoints: &inside.join(","), ..opts })?;
+        agent.forwards = forwards;
+        Ok(agent)
+    }
+
+    /// The etcd endpoints as seen from inside the agent's host: its
+    /// forwards' URLs, comma-separated (empty for [`Agent::start`]).
+    pub fn etcd_endpoints(&self) -> String {
+        self.forwards.iter().map(PortForward::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The relays to etcd this agent was started with.
+    pub fn forwards(&self) -> &[PortForward] {
+        &self.forwards
+    }
+
+    /// FLANNEL_MTU from the agent's subnet file (the MTU its pods get).
+    pub fn flannel_mtu(&self) -> Result<u32> {
+        let text = fs::read_to_string(&self.subnet_file)
+            .with_context(|| format!("reading {}", self.subnet_file.display()))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_MTU="))
+            .with_context(|| format!("no FLANNEL_MTU in {}", self.subnet_file.display()))?
+            .trim()
+            .parse()
+            .context("FLANNEL_MTU")
     }
 
     fn spawn(&mut self, host: &Host) -> Result<()> {
@@ -226,4 +277,25 @@ impl Drop for Agent {
             eprintln!("--- log of agent {} ---\n{}", self.name, self.log_text());
         }
     }
+}
+
+/// The time stamp of an agent log line (env_logger's
+/// `[2026-11-23T19:49:00.123Z LEVEL target] message`).
+pub fn log_time(line: &str) -> Option<std::time::SystemTime> {
+    use std::time::UNIX_EPOCH;
+    let ts = line.strip_prefix('[')?.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min, s) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    // Days since the epoch of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = (days * 86400 + h * 3600 + min * 60) as f64 + s;
+    Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
 }

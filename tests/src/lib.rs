@@ -5,7 +5,14 @@
 //! * [`netns`]: testbeds of network namespaces (hosts on a bridged underlay,
 //!   pods behind per-host bridges) and tracked processes inside them.
 //! * [`certs`]: a throw-away CA with server and client certificates.
-//! * [`agent`]: the real `overlay-agent` binary running in a testbed host.
+//! * [`agent`]: the real `overlay-agent` binary running in a testbed host
+//!   (with its own forwards to etcd: [`agent::Agent::start_forwarded`]).
+//! * [`cluster`]: a whole cluster in one testbed: agent nodes, flannel kernel
+//!   nodes, spare hosts, a pod on each node, one etcd, a watch of its leases.
+//! * [`traffic`]: pings, checked TCP transfers and UDP echoes between pods.
+//! * [`capture`]: tcpdump on an interface, and the VXLAN and IPv4 frames of
+//!   the pcap it wrote.
+//! * [`packet`]: frames built byte by byte for the BPF programs' test runs.
 //! * [`flannel`]: a node with flannel's kernel VXLAN, set up as flanneld does.
 //! * [`forward`]: reaching the root namespace's etcd from inside a namespace.
 //! * [`control_plane`]: many synthetic leases in etcd, etcd's request
@@ -19,12 +26,16 @@
 
 pub mod agent;
 pub mod bench;
+pub mod capture;
 pub mod certs;
+pub mod cluster;
 pub mod control_plane;
 pub mod etcd;
 pub mod flannel;
 pub mod forward;
 pub mod netns;
+pub mod packet;
+pub mod traffic;
 mod util;
 
 pub use util::{cleanup_stale, poll_until, random_hex};

@@ -735,3 +735,8 @@ impl Pod {
         self.host_index
     }
 }
+
+/// The address `n` after `ip` (a pod's address from its gateway's).
+pub fn next(ip: Ipv4Addr, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip) + n)
+}

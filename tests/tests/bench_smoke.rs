@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn quick_bench_writes_json_with_numbers() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the benchmark needs root");
-        return;
-    }
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root (network namespaces, bpffs): run as root");
     let out = std::env::temp_dir().join(format!("overlay-bench-smoke-{}", overlay_tests::random_hex(4)));
     let started = Instant::now();
     let run = Command::new(env!("CARGO_BIN_EXE_overlay-bench"))

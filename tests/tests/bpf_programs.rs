@@ -4,8 +4,6 @@
 //! Needs root (CAP_BPF); runs entirely inside the kernel's test harness, so
 //! no packet goes anywhere.
 
-mod support;
-
 use std::net::Ipv4Addr;
 
 use aya::{
@@ -21,7 +19,7 @@ use overlay_common::{
     stats::Reason,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use support::packet::*;
+use overlay_tests::packet::*;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use overlay_agent::cli::{
     parse_from, parse_from_env, CleanupArgs, Cli, Command, DockerOptsArgs, InspectArgs, RunArgs,
 };
+use overlay_tests::agent::agent_binary;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -710,6 +711,7 @@ fn process_environment_is_read() {
         .args([
             "--exact",
             "child_prints_config",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -749,10 +751,10 @@ fn process_environment_is_read() {
 }
 
 #[test]
+#[ignore = "helper; run by process_environment_is_read"]
 fn child_prints_config() {
-    let Ok(args) = std::env::var("OVERLAY_CLI_TEST_CHILD") else {
-        return;
-    };
+    let args = std::env::var("OVERLAY_CLI_TEST_CHILD")
+        .expect("OVERLAY_CLI_TEST_CHILD unset: this helper is run by process_environment_is_read");
     let args: Vec<&str> = args.split('\x1f').collect();
     let Cli {
         command: Command::Run(r),
@@ -881,31 +883,29 @@ fn cleanup_and_inspect() {
     assert!(parse_from_env(argv(&["inspect", "--ip-masq"]), no_env).is_err());
 }
 
-/// The built binary, if `cargo build -p overlay-agent` has produced one that
-/// is newer than cli.rs (cargo does not build another package's binary for
-/// this test crate, and running cargo from inside a test can deadlock on the
-/// build lock).
-fn fresh_binary() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/overlay-agent");
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok()?;
-    let src = std::fs::metadata(root.join("overlay-agent/src/cli.rs"))
-        .and_then(|m| m.modified())
-        .ok()?;
-    (built >= src).then_some(bin)
+/// The agent binary the integration tests run ([`agent_binary`]), which
+/// must be newer than cli.rs: cargo does not build another package's binary
+/// for this test crate (`cargo xtask test` does), and running cargo from
+/// inside a test can deadlock on the build lock.
+fn fresh_binary() -> PathBuf {
+    let bin = agent_binary();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../overlay-agent/src/cli.rs");
+    let modified = |p: &PathBuf| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    assert!(
+        modified(&bin) >= modified(&src),
+        "{} is older than overlay-agent/src/cli.rs: run cargo build -p overlay-agent (cargo xtask test does)",
+        bin.display()
+    );
+    bin
 }
 
 #[test]
 fn binary_print_config_with_env() {
-    let Some(bin) = fresh_binary() else {
-        eprintln!(
-            "skipped: no up-to-date target/debug/overlay-agent (run cargo build -p overlay-agent)"
-        );
-        return;
-    };
+    let bin = fresh_binary();
     let out = std::process::Command::new(&bin)
         .args([
             "--print-config",

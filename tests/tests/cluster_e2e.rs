@@ -7,17 +7,17 @@
 //! (64 MB transfers, MTU edges, the wire layout and spoofed VXLAN are in
 //! datapath_netns.rs.)
 
-mod support;
-
 use std::{
     net::Ipv4Addr,
     process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
+use overlay_agent::etcd::registry::parse_subnet_key;
 use overlay_common::maps::Mode;
+use overlay_tests::agent::log_time;
 use overlay_tests::poll_until;
-use support::cluster::*;
+use overlay_tests::{capture::*, cluster::*, netns::next, traffic::*};
 
 const DIRECT_ROUTING_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 const HOST_GW_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#;
@@ -81,7 +81,7 @@ fn a_joining_node_is_reachable_from_all_others_within_two_seconds() {
     let watch = c.watch_leases(0);
     let new = c.add_agent(2);
     let put = watch.next_put(Duration::from_secs(30)).expect("the new node's lease never appeared in etcd");
-    let subnet = key_subnet(&put.key).unwrap_or_else(|| panic!("lease key {}", put.key));
+    let subnet = parse_subnet_key(PREFIX, &put.key).unwrap_or_else(|| panic!("lease key {}", put.key));
     let gateway = next(subnet.network(), 1);
     // Ping the new node (its cni0 address, over the overlay) from a pod on
     // every other node, from the moment its lease is in etcd.

@@ -221,7 +221,7 @@ fn settings(etcd: &Etcd, prefix: &str) -> EtcdSettings {
 #[tokio::test]
 async fn config_from_etcd() {
     let etcd = Etcd::start().unwrap();
-    let mut mgr = SubnetManager::new(settings(&etcd, "/flannel/network")).await.unwrap();
+    let mgr = SubnetManager::new(settings(&etcd, "/flannel/network")).await.unwrap();
 
     // Missing: the key is named and the fix is shown.
     let e = mgr.network_config().await.unwrap_err();
@@ -255,6 +255,6 @@ async fn config_from_etcd() {
     assert!(!c.backend_defaulted);
 
     // A trailing slash on the prefix reads the same key (path.Join semantics).
-    let mut mgr2 = SubnetManager::new(settings(&etcd, "/flannel/network/")).await.unwrap();
+    let mgr2 = SubnetManager::new(settings(&etcd, "/flannel/network/")).await.unwrap();
     assert_eq!(mgr2.network_config().await.unwrap(), c);
 }

@@ -3,12 +3,10 @@
 //! and a node running flannel's kernel VXLAN set up exactly as flanneld does.
 //! Needs root.
 
-mod support;
-
 use std::net::Ipv4Addr;
 
 use overlay_tests::flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease};
-use support::cluster::*;
+use overlay_tests::{capture::*, cluster::*, netns::next, traffic::*};
 
 #[test]
 fn pods_talk_across_agent_nodes_icmp_tcp_udp() {
@@ -151,7 +149,7 @@ fn mtu_sized_ping_passes_and_one_byte_more_gets_frag_needed() {
     // A pod whose own MTU is larger than the overlay's: the node must answer
     // frag-needed instead of dropping silently.
     let (_, len, gw) = c.agents[0].lease().unwrap();
-    let big = c.tb.host(0).add_pod("cni0", &format!("{}/{len}", Ipv4Addr::from(u32::from(gw) + 50)), gw, 1500).unwrap();
+    let big = c.tb.host(0).add_pod("cni0", &format!("{}/{len}", next(gw, 50)), gw, 1500).unwrap();
     wait_ping(&big, b.ip());
     let ok = big.exec(&["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", &b.ip().to_string()]).unwrap();
     assert!(ok.status.success(), "1450-byte DF ping: {}", String::from_utf8_lossy(&ok.stdout));

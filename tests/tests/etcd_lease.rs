@@ -29,7 +29,7 @@ fn net(s: &str) -> Ipv4Net {
 async fn setup(config: &str) -> (Etcd, SubnetManager, NetworkConfig) {
     let etcd = Etcd::start().unwrap();
     etcd.put(&format!("{PREFIX}/config"), config).unwrap();
-    let mut mgr = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let mgr = SubnetManager::new(settings(&etcd)).await.unwrap();
     let cfg = mgr.network_config().await.unwrap();
     (etcd, mgr, cfg)
 }
@@ -51,7 +51,7 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn acquire_creates_the_key_with_a_24h_etcd_lease() {
-    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).await;
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).await;
     let attrs = node(3);
     let lease = mgr.acquire(&cfg, &attrs, None).await.unwrap();
     assert!(cfg.is_compatible_subnet(lease.subnet), "{}", lease.subnet);
@@ -81,7 +81,7 @@ async fn acquire_creates_the_key_with_a_24h_etcd_lease() {
 
 #[tokio::test]
 async fn restart_reuses_our_lease_by_public_ip() {
-    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.6.0.0/16"}"#).await;
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.6.0.0/16"}"#).await;
     let attrs = node(7);
     let first = mgr.acquire(&cfg, &attrs, None).await.unwrap();
     // Another node's lease must not be confused with ours.
@@ -89,7 +89,7 @@ async fn restart_reuses_our_lease_by_public_ip() {
     assert_ne!(other.subnet, first.subnet);
 
     // "Restart": a fresh manager finds the lease (for the VtepMAC) and reuses it.
-    let mut mgr2 = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let mgr2 = SubnetManager::new(settings(&etcd)).await.unwrap();
     let found = mgr2.find_own_lease(attrs.public_ip).await.unwrap().expect("own lease");
     assert_eq!(found.subnet, first.subnet);
     assert_eq!(found.attrs.vtep_mac, attrs.vtep_mac);
@@ -119,7 +119,7 @@ async fn restart_reuses_our_lease_by_public_ip() {
 
 #[tokio::test]
 async fn previous_subnet_is_used_when_free_and_ignored_when_taken() {
-    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.7.0.0/16"}"#).await;
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.7.0.0/16"}"#).await;
     let l = mgr.acquire(&cfg, &node(1), Some(net("10.7.77.0/24"))).await.unwrap();
     assert_eq!(l.subnet, net("10.7.77.0/24"));
 
@@ -148,7 +148,7 @@ async fn previous_subnet_is_used_when_free_and_ignored_when_taken() {
 
 #[tokio::test]
 async fn subnet_min_max_are_respected_and_out_of_subnets_is_clear() {
-    let (etcd, mut mgr, cfg) = setup(
+    let (etcd, mgr, cfg) = setup(
         r#"{"Network":"10.9.0.0/16","SubnetMin":"10.9.10.0","SubnetMax":"10.9.12.0","Backend":{"Type":"host-gw"}}"#,
     )
     .await;
@@ -175,7 +175,7 @@ async fn subnet_min_max_are_respected_and_out_of_subnets_is_clear() {
 #[tokio::test]
 async fn tiny_network_runs_out() {
     // A /28 gives /30 subnets; the first is never handed out: 3 usable.
-    let (_etcd, mut mgr, cfg) = setup(r#"{"Network":"10.10.0.0/28"}"#).await;
+    let (_etcd, mgr, cfg) = setup(r#"{"Network":"10.10.0.0/28"}"#).await;
     assert_eq!(cfg.subnet_len, 30);
     let mut got = HashSet::new();
     for i in 1..=3 {
@@ -196,7 +196,7 @@ async fn twenty_nodes_acquire_concurrently() {
         let s = settings(&etcd);
         let cfg = cfg.clone();
         tasks.push(tokio::spawn(async move {
-            let mut m = SubnetManager::new(s).await?;
+            let m = SubnetManager::new(s).await?;
             m.acquire(&cfg, &node(i), None).await
         }));
     }
@@ -232,7 +232,7 @@ async fn renew_extends_the_ttl() {
 
 #[tokio::test]
 async fn renew_and_release_notice_a_lost_lease() {
-    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.13.0.0/16"}"#).await;
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.13.0.0/16"}"#).await;
     let lease = mgr.acquire(&cfg, &node(1), None).await.unwrap();
     let key = subnet_key(PREFIX, lease.subnet);
     etcd.delete(&key).unwrap();
@@ -261,7 +261,7 @@ async fn renew_and_release_notice_a_lost_lease() {
 
 #[tokio::test]
 async fn reservations_and_stale_own_leases() {
-    let (etcd, mut mgr, cfg) = setup(r#"{"Network":"10.14.0.0/16","SubnetMin":"10.14.10.0"}"#).await;
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.14.0.0/16","SubnetMin":"10.14.10.0"}"#).await;
     // A reservation: put by an administrator without an etcd lease.
     let key = format!("{PREFIX}/subnets/10.14.50.0-24");
     etcd.put(&key, &node(5).to_json()).unwrap();

@@ -4,7 +4,6 @@
 //! etcd. Needs root (a network namespace, BPF). How the watch goes on from a
 //! handed-over listing: etcd_watch.rs; acquiring from one: etcd_lease.rs.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -13,7 +12,6 @@ use overlay_tests::control_plane::{
     count_subnets, grpc_started, open_subnets, requests_between, write_leases, CONTROL_CONFIG,
 };
 use overlay_tests::etcd::Etcd;
-use overlay_tests::forward::PortForward;
 use overlay_tests::netns::Testbed;
 use overlay_tests::poll_until;
 
@@ -43,13 +41,11 @@ fn agent_start_lists_the_leases_once() {
     })
     .unwrap();
 
-    let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
-    let fwd = PortForward::into_ns(tb.host(0), target).unwrap();
     // Nothing else talks to this etcd from here on.
     let before = grpc_started(&etcd).unwrap();
-    let agent = Agent::start(
+    let agent = Agent::start_forwarded(
         tb.host(0),
-        AgentOptions { etcd_endpoints: &fwd.url(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
+        AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
     )
     .unwrap();
     agent.wait_ready(Duration::from_secs(60)).unwrap();

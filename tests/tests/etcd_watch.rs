@@ -247,15 +247,26 @@ async fn compaction_gives_a_fresh_snapshot() {
     assert_eq!(status.snapshots(), 2);
 }
 
+/// The watch task (and the etcd client's tasks with it) ends once nobody
+/// listens: on this test's own runtime no task is left alive.
 #[tokio::test]
 async fn dropping_the_receiver_ends_the_task() {
     let etcd = Etcd::start().unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert_eq!(metrics.num_alive_tasks(), 0, "tasks alive before the watch");
     let mut rx = spawn_lease_watch(settings(&etcd), cfg());
     assert!(snapshot(&mut rx).await.is_empty());
+    assert!(metrics.num_alive_tasks() >= 1, "the watch task runs while its receiver exists");
     drop(rx);
-    // Nothing to observe directly but the absence of panics; give the task
-    // a moment to notice and exit.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.num_alive_tasks() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} task(s) still alive 10 s after the receiver was dropped",
+            metrics.num_alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A watch handed a listing starts from it: its first Snapshot is the listing

@@ -4,11 +4,9 @@
 //! checks what a user would: pod traffic, leases, the maps, the logs.
 //! Needs root.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, HashSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::Ipv4Addr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,12 +17,11 @@ use overlay_tests::{
     agent::{Agent, AgentOptions},
     etcd::EtcdCluster,
     flannel::VxlanLease,
-    forward::PortForward,
     netns::{ensure_bpffs, Testbed},
     poll_until,
 };
+use overlay_tests::{cluster::*, netns::next, traffic::*};
 use serde_json::Value;
-use support::cluster::*;
 
 fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
@@ -296,28 +293,17 @@ fn agents_survive_the_loss_of_any_etcd_member() {
     let tb = Testbed::new(3).unwrap();
     let mut etcd = EtcdCluster::start(3).unwrap();
     etcd.etcdctl(&["put", "--", &format!("{PREFIX}/config"), VXLAN_CONFIG]).unwrap();
-    let targets: Vec<SocketAddr> =
-        etcd.endpoints().iter().map(|e| e.trim_start_matches("http://").parse().unwrap()).collect();
-    let mut forwards: Vec<PortForward> = Vec::new();
+    let endpoints = etcd.endpoints().join(",");
     let mut agents: Vec<Agent> = Vec::new();
-    let start_agent = |h: usize, forwards: &mut Vec<PortForward>| -> Agent {
-        let urls: Vec<String> = targets
-            .iter()
-            .map(|t| {
-                let f = PortForward::into_ns(tb.host(h), *t).unwrap();
-                let url = f.url();
-                forwards.push(f);
-                url
-            })
-            .collect();
-        Agent::start(
+    let start_agent = |h: usize| -> Agent {
+        Agent::start_forwarded(
             tb.host(h),
-            AgentOptions { etcd_endpoints: &urls.join(","), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
+            AgentOptions { etcd_endpoints: &endpoints, prefix: PREFIX, dir: tb.dir(), extra: vec![] },
         )
         .unwrap()
     };
     for h in 0..2 {
-        let agent = start_agent(h, &mut forwards);
+        let agent = start_agent(h);
         agents.push(agent);
     }
     for a in &agents {
@@ -372,7 +358,7 @@ fn agents_survive_the_loss_of_any_etcd_member() {
 
         if victim == 0 {
             // A node that starts now, with the dead member first in its list, joins too.
-            let agent = start_agent(2, &mut forwards);
+            let agent = start_agent(2);
             agents.push(agent);
             agents[2].wait_ready(Duration::from_secs(30)).unwrap();
             let p = pod(2, &agents[2]);
@@ -393,7 +379,6 @@ fn agents_survive_the_loss_of_any_etcd_member() {
         assert!(a.log_lines_at("ERROR").is_empty(), "agent {i}: {:?}", a.log_lines_at("ERROR"));
     }
     drop(agents);
-    drop(forwards);
 }
 
 #[test]

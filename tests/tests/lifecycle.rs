@@ -3,19 +3,18 @@
 //! it installed; `--xdp-guard` drops strangers' VXLAN before TC sees it.
 //! Needs root.
 
-mod support;
-
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use overlay_common::stats::Reason;
 use overlay_tests::{
     agent::{agent_binary, Agent, AgentOptions},
+    capture::{Capture, VxlanFrame},
+    cluster::{Cluster, PREFIX, VXLAN_CONFIG},
     etcd::Etcd,
     flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
-    forward::PortForward,
     netns::{ensure_bpffs, Host, Pod, Testbed},
+    traffic::wait_ping,
 };
-use support::cluster::{wait_ping, Capture, Cluster, PREFIX, VXLAN_CONFIG};
 
 /// Names of the programs attached through TCX to the host's uplink and
 /// bridge, asked from inside its namespace (Debian's bpftool 7.1 predates
@@ -59,7 +58,7 @@ fn stopping_keeps_the_data_path_and_cleanup_removes_everything() {
             "--release-lease",
             &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display()),
             &format!("--subnet-file={}", c.agents[0].subnet_file.display()),
-            &format!("--etcd-endpoints={}", c.forwards[0].url()),
+            &format!("--etcd-endpoints={}", c.agents[0].etcd_endpoints()),
             &format!("--etcd-prefix={PREFIX}"),
         ])
         .unwrap();
@@ -135,7 +134,7 @@ fn stranger_and_peer_send_vxlan(flags: &[&str]) -> Arrivals {
     let out = ping3(peer_pod);
     assert!(out.status.success(), "the kernel node's pod lost pings: {}", String::from_utf8_lossy(&out.stdout));
     let (wire, eth0) = (wire.finish(), eth0.finish());
-    let from = |frames: &[support::pcap::VxlanFrame], ip| frames.iter().filter(|f| f.outer_src == ip).count();
+    let from = |frames: &[VxlanFrame], ip| frames.iter().filter(|f| f.outer_src == ip).count();
     let seen = Arrivals {
         stranger_on_wire: from(&wire, stranger.ip()),
         stranger_on_eth0: from(&eth0, stranger.ip()),
@@ -188,12 +187,10 @@ fn failed_start(config: Option<&str>, extra: &[&str]) -> (std::process::ExitStat
     if let Some(config) = config {
         etcd.put(&format!("{PREFIX}/config"), config).unwrap();
     }
-    let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
-    let fwd = PortForward::into_ns(tb.host(0), target).unwrap();
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_forwarded(
         tb.host(0),
         AgentOptions {
-            etcd_endpoints: &fwd.url(),
+            etcd_endpoints: &etcd.endpoint(),
             prefix: PREFIX,
             dir: tb.dir(),
             extra: extra.iter().map(|s| s.to_string()).collect(),

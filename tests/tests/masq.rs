@@ -391,7 +391,7 @@ fn resync_repairs_in_the_background() {
     m.ensure().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let handle = {
-        let _in_runtime = rt.enter(); // spawn_resync spawns onto the current runtime
+        let _in_runtime = rt.enter();
         m.spawn_resync(Duration::from_millis(200))
     };
     ns.run(&["iptables", "-w", "-t", "nat", "-D", "FLANNEL-POSTRTG", "3"])

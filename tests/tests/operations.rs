@@ -5,8 +5,6 @@
 //! change. Runs the real binary in network namespaces against a real etcd.
 //! Needs root.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
@@ -20,14 +18,15 @@ use std::{
 use overlay_agent::datapath::DatapathMaps;
 use overlay_tests::{
     agent::{agent_binary, Agent, AgentOptions},
+    cluster::*,
     etcd::Etcd,
     flannel::VxlanLease,
     forward::PortForward,
     netns::{ensure_bpffs, ChildHandle, Netns, Testbed},
     poll_until,
+    traffic::*,
 };
 use serde_json::Value;
-use support::cluster::*;
 
 const HEALTHZ_PORT: u16 = 10266;
 
@@ -583,13 +582,12 @@ fn readyz_is_not_ready_until_etcd_answers() {
     let tb = Testbed::new(1).unwrap();
     let mut etcd = Etcd::start().unwrap();
     etcd.put(&format!("{PREFIX}/config"), VXLAN_CONFIG).unwrap();
-    let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
+    let endpoint = etcd.endpoint();
     etcd.stop();
-    let fwd = PortForward::into_ns(tb.host(0), target).unwrap();
-    let agent = Agent::start(
+    let agent = Agent::start_forwarded(
         tb.host(0),
         AgentOptions {
-            etcd_endpoints: &fwd.url(),
+            etcd_endpoints: &endpoint,
             prefix: PREFIX,
             dir: tb.dir(),
             extra: vec!["--healthz-ip=127.0.0.1".into(), format!("--healthz-port={HEALTHZ_PORT}")],
@@ -628,7 +626,6 @@ fn readyz_is_not_ready_until_etcd_answers() {
     assert_eq!(r.body, "ready\n");
     assert!(agent.subnet_file.exists(), "ready before the subnet file was written");
     drop(agent);
-    drop(fwd);
 }
 
 // ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@
 //! * RSS: VmRSS (and the peak, VmHWM) from /proc/<agent pid>/status at the end.
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,6 @@ use crate::control_plane::{
     count_subnets, grpc_started, open_subnets, requests_between, synthetic_lease, write_leases, CONTROL_CONFIG,
 };
 use crate::etcd::Etcd;
-use crate::forward::PortForward;
 use crate::netns::Testbed;
 
 #[derive(Clone, Debug, Serialize)]
@@ -80,6 +79,9 @@ pub struct ControlOptions {
     pub change_interval: Duration,
 }
 
+/// When a put was sent, and when etcd acknowledged it.
+type SentAcked = (Instant, Instant);
+
 /// One run with `n` leases present: a fresh one-host testbed and prefix on
 /// the shared `etcd`.
 pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult> {
@@ -98,13 +100,11 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
     rt.block_on(write_leases(&mut client, &prefix, 0..n, lease_id))?;
     let write_s = t.elapsed().as_secs_f64();
 
-    let target: SocketAddr = endpoint.trim_start_matches("http://").parse()?;
-    let fwd = PortForward::into_ns(tb.host(0), target)?;
     let before = grpc_started(etcd)?;
     let t0 = Instant::now();
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_forwarded(
         tb.host(0),
-        AgentOptions { etcd_endpoints: &fwd.url(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
+        AgentOptions { etcd_endpoints: &endpoint, prefix: &prefix, dir: tb.dir(), extra: vec![] },
     )?;
     let pins = agent.pin_dir();
     let mut ready_s = None;
@@ -146,9 +146,8 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
 
     // The change stream.
     let m = opts.changes;
-    // Per change: when its put was sent and when etcd acknowledged it.
-    type SentAcked = Arc<Mutex<Vec<Option<(Instant, Instant)>>>>;
-    let sent: SentAcked = Arc::new(Mutex::new(vec![None; m]));
+    // When change j's put was sent and when etcd acknowledged it.
+    let sent: Arc<Mutex<Vec<Option<SentAcked>>>> = Arc::new(Mutex::new(vec![None; m]));
     let writer = {
         let sent = sent.clone();
         let prefix = prefix.clone();
@@ -225,7 +224,6 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
     let rss_peak_mb = status_kb(pid, "VmHWM:").unwrap_or(f64::NAN) / 1024.0;
     agent.stop();
     drop(agent);
-    drop(fwd);
     drop(tb);
     let change_total: u64 = change_requests.values().sum();
     Ok(ControlResult {

@@ -10,7 +10,7 @@
 //! | flannel | flannel.1 exactly as flanneld's vxlan backend ([`crate::flannel`]) | 1450 |
 //! | overlay | the real agent binary, `Backend.Type vxlan`, real etcd | 1450 |
 //! | overlay-dr | the same with `Backend.DirectRouting: true` (peers on the same subnet are routed, not encapsulated) | 1450 |
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,7 @@ use crate::agent::{Agent, AgentOptions};
 use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult, Wait};
 use crate::etcd::Etcd;
 use crate::flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease};
-use crate::forward::PortForward;
-use crate::netns::{ChildHandle, Pod, Testbed};
+use crate::netns::{next, ChildHandle, Pod, Testbed};
 use overlay_agent::datapath::DatapathMaps;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -109,13 +108,12 @@ impl Underlay {
 
 const IPERF_PORT: u16 = 5201;
 
-/// A built topology. Field order is drop order: agents (and their pins)
-/// before the port forwards, the namespaces last.
+/// A built topology. Field order is drop order: agents (their pins, then
+/// their port forwards) first, the namespaces last.
 pub struct Topology {
     pub mode: Mode,
     pub underlay: Underlay,
     agents: Vec<Agent>,
-    _forwards: Vec<PortForward>,
     iperf: Option<ChildHandle>,
     pub client: Pod,
     pub server: Pod,
@@ -147,7 +145,6 @@ impl Topology {
             }
         }
         let mut agents = Vec::new();
-        let mut forwards = Vec::new();
         let mut pods = Vec::new();
         let pod_mtu;
         match mode {
@@ -189,20 +186,17 @@ impl Topology {
                     if direct { r#","DirectRouting":true"# } else { "" }
                 );
                 etcd.put(&format!("{prefix}/config"), &config)?;
-                let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse()?;
                 for i in 0..2 {
-                    let fwd = PortForward::into_ns(tb.host(i), target)?;
-                    let agent = Agent::start(
+                    let agent = Agent::start_forwarded(
                         tb.host(i),
-                        AgentOptions { etcd_endpoints: &fwd.url(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
+                        AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
                     )?;
-                    forwards.push(fwd);
                     agents.push(agent);
                 }
                 for a in &agents {
                     a.wait_ready(Duration::from_secs(60))?;
                 }
-                pod_mtu = flannel_mtu(&agents[0])?;
+                pod_mtu = agents[0].flannel_mtu()?;
                 for (i, a) in agents.iter().enumerate() {
                     let (_, len, gw) = a.lease()?;
                     pods.push(tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, pod_mtu)?);
@@ -224,7 +218,7 @@ impl Topology {
         }
         let server = pods.pop().expect("two pods");
         let client = pods.pop().expect("two pods");
-        let mut topo = Topology { mode, underlay, agents, _forwards: forwards, iperf: None, client, server, pod_mtu, tb };
+        let mut topo = Topology { mode, underlay, agents, iperf: None, client, server, pod_mtu, tb };
         topo.wait_connected()?;
         topo.wait_endpoints()?;
         topo.start_iperf()?;
@@ -394,16 +388,3 @@ pub fn warmup_round_trips(round_trips: usize) -> usize {
     (round_trips / 10).max(100)
 }
 
-fn next(ip: Ipv4Addr, n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(ip) + n)
-}
-
-fn flannel_mtu(agent: &Agent) -> Result<u32> {
-    let text = std::fs::read_to_string(&agent.subnet_file)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_MTU="))
-        .ok_or_else(|| anyhow!("no FLANNEL_MTU in {}", agent.subnet_file.display()))?
-        .trim()
-        .parse()
-        .context("FLANNEL_MTU")
-}

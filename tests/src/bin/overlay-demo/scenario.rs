@@ -1,6 +1,6 @@
 //! The demo's steps, and the teardown that runs whatever happened.
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use overlay_tests::agent::{Agent, AgentOptions};
 use overlay_tests::etcd::Etcd;
-use overlay_tests::forward::PortForward;
-use overlay_tests::netns::{ensure_bpffs, Netns, Pod, Testbed};
+use overlay_tests::netns::{ensure_bpffs, next, Netns, Pod, Testbed};
+use overlay_tests::traffic::PingStats;
 use serde_json::Value;
 
-use crate::traffic::{self, PingStats};
+use crate::traffic;
 use crate::ui::{self, block, bold, cmd, cyan, dim, green, info, red, yellow};
 use crate::{signals, Options};
 
@@ -25,12 +25,11 @@ pub const STEPS: usize = 11;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the demo builds. Fields drop in declaration order: the agents
-/// (killed, pins removed: programs detach) first, then the relays, the
-/// namespaces (with every process left in them), and etcd last.
+/// (killed, pins removed: programs detach, then their relays to etcd) first,
+/// the namespaces (with every process left in them), and etcd last.
 #[derive(Default)]
 pub struct World {
     agents: Vec<Agent>,
-    forwards: Vec<PortForward>,
     pods: Vec<Vec<Pod>>,
     tb: Option<Testbed>,
     etcd: Option<Etcd>,
@@ -97,19 +96,17 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
 
     // 4. agents
     ui::step(4, STEPS, "Starting one overlay-agent per node");
-    let target: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse()?;
     for i in 0..n {
         signals::check()?;
         let host = tb.host(i);
-        let fwd = PortForward::into_ns(host, target)?;
-        let agent = Agent::start(
+        let agent = Agent::start_forwarded(
             host,
-            AgentOptions { etcd_endpoints: &fwd.url(), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
+            AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
         )?;
         if i == 0 {
             cmd(&format!(
                 "overlay-agent --etcd-endpoints={} --etcd-prefix={PREFIX} --iface=eth0 --subnet-file={} --bpf-pin-dir={}",
-                fwd.url(),
+                agent.etcd_endpoints(),
                 agent.subnet_file.display(),
                 agent.pin_root.display()
             ));
@@ -118,7 +115,6 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
                 node(0)
             )));
         }
-        w.forwards.push(fwd);
         w.agents.push(agent);
     }
     let t = Instant::now();
@@ -154,14 +150,10 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
         signals::check()?;
         let agent = &w.agents[i];
         let (_, len, gw) = agent.lease()?;
-        let mtu = subnet_env(&agent.subnet_file)?
-            .iter()
-            .find(|(k, _)| k == "FLANNEL_MTU")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(1450);
+        let mtu = agent.flannel_mtu()?;
         let mut pods = Vec::new();
         for j in 0..PODS_PER_NODE {
-            let ip = Ipv4Addr::from(u32::from(gw) + 1 + j as u32);
+            let ip = next(gw, 1 + j as u32);
             pods.push(tb.host(i).add_pod("cni0", &format!("{ip}/{len}"), gw, mtu)?);
         }
         let list: Vec<String> = pods.iter().enumerate().map(|(j, p)| format!("pod{j} {}", green(&p.ip().to_string()))).collect();
@@ -247,7 +239,7 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
 
     let keep_note = if opts.keep { keep_running(w, opts)? } else { String::new() };
 
-    let lost: u32 = pings.iter().map(|p| p.sent - p.received).sum();
+    let lost: u64 = pings.iter().map(PingStats::lost).sum();
     let avgs: Vec<f64> = pings.iter().filter_map(|p| p.rtt_ms.map(|r| r.1)).collect();
     let avg_rtt = avgs.iter().sum::<f64>() / avgs.len().max(1) as f64;
     let avg_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
@@ -301,16 +293,6 @@ fn decode_subnets(pin: &Path, tb: &Testbed) -> Vec<String> {
         lines.push(format!("= {}/{len} lives on {ip}{who}, VtepMAC {}, {mode}", Ipv4Addr::from(net), mac.join(":")));
     }
     lines
-}
-
-/// `KEY=value` lines of a subnet file.
-fn subnet_env(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
 }
 
 fn show_leases(etcd: &Etcd, tb: &Testbed) -> Result<()> {
@@ -411,12 +393,12 @@ fn ping_round(w: &World, n: usize) -> Result<Vec<PingStats>> {
         signals::check()?;
         let s = traffic::ping(from, *dst, 10, "0.02")?;
         let rtt = s.rtt_ms.map(|(lo, avg, hi)| format!("{lo:.3} / {avg:.3} / {hi:.3} ms")).unwrap_or_else(|| "-".into());
-        table_rows.push(vec![from_name.clone(), "→".into(), to_name.clone(), format!("{}/{}", s.received, s.sent), rtt]);
+        table_rows.push(vec![from_name.clone(), "→".into(), to_name.clone(), format!("{}/{}", s.received, s.transmitted), rtt]);
         stats.push(s);
     }
     ui::table(&["FROM", "", "TO", "ANSWERED", "RTT min / avg / max"], &table_rows, &[false, false, false, true, true], |r, c, cell| {
         match c {
-            3 if stats[r].received == stats[r].sent => green(cell),
+            3 if stats[r].received == stats[r].transmitted => green(cell),
             3 => red(cell),
             4 => bold(cell),
             _ => cell.to_string(),
@@ -562,7 +544,7 @@ fn keep_running(w: &World, opts: &Options) -> Result<String> {
 /// if something is left behind.
 pub fn teardown(w: World) -> bool {
     let t = Instant::now();
-    let World { agents, forwards, pods, tb, etcd } = w;
+    let World { agents, pods, tb, etcd } = w;
     if tb.is_none() && etcd.is_none() {
         return true;
     }
@@ -577,7 +559,6 @@ pub fn teardown(w: World) -> bool {
     let namespaces = ns_prefix.as_deref().map(netns_with_prefix).unwrap_or_default().len();
 
     drop(agents);
-    drop(forwards);
     drop(pods);
     drop(tb);
     drop(etcd);

@@ -6,33 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use overlay_tests::netns::Netns;
+use overlay_tests::traffic::{parse_ping, PingStats};
 
 use crate::signals;
-
-/// What `ping -q` reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PingStats {
-    pub sent: u32,
-    pub received: u32,
-    /// min / avg / max in milliseconds (None when nothing came back).
-    pub rtt_ms: Option<(f64, f64, f64)>,
-}
-
-/// Parses `ping -q`'s summary:
-/// "5 packets transmitted, 5 received, 0% packet loss, time 203ms" and
-/// "rtt min/avg/max/mdev = 0.046/0.065/0.093/0.016 ms".
-pub fn parse_ping(out: &str) -> Option<PingStats> {
-    let summary = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = summary.split(',').map(|part| part.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()));
-    let sent = nums.next()??;
-    let received = nums.next()??;
-    let rtt_ms = out.lines().find(|l| l.starts_with("rtt ") || l.starts_with("round-trip")).and_then(|l| {
-        let values = l.split('=').nth(1)?.split_whitespace().next()?;
-        let v: Vec<f64> = values.split('/').filter_map(|x| x.parse().ok()).collect();
-        (v.len() >= 3).then(|| (v[0], v[1], v[2]))
-    });
-    Some(PingStats { sent, received, rtt_ms })
-}
 
 /// Pings `dst` from `from` until it answers (the first packets may race the
 /// last lease reaching every node), for at most `timeout`.
@@ -183,19 +159,6 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_ip: Ipv4Addr, duration: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ping_summaries_parse() {
-        let out = "PING 10.42.1.2 (10.42.1.2) 56(84) bytes of data.\n\n--- 10.42.1.2 ping statistics ---\n\
-                   5 packets transmitted, 5 received, 0% packet loss, time 203ms\n\
-                   rtt min/avg/max/mdev = 0.046/0.065/0.093/0.016 ms\n";
-        assert_eq!(parse_ping(out), Some(PingStats { sent: 5, received: 5, rtt_ms: Some((0.046, 0.065, 0.093)) }));
-        let lost = "--- x ping statistics ---\n3 packets transmitted, 0 received, 100% packet loss, time 2030ms\n";
-        assert_eq!(parse_ping(lost), Some(PingStats { sent: 3, received: 0, rtt_ms: None }));
-        let errors = "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss, time 2ms\n";
-        assert_eq!(parse_ping(errors).map(|p| (p.sent, p.received)), Some((3, 1)));
-        assert_eq!(parse_ping("nothing"), None);
-    }
 
     #[test]
     fn pattern_checks_across_the_wrap() {

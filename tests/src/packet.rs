@@ -1,6 +1,4 @@
 //! Builds and inspects the frames the BPF tests feed to the programs.
-#![allow(dead_code)]
-
 use std::net::Ipv4Addr;
 
 pub const ETH_P_IP: u16 = 0x0800;

@@ -1,0 +1,324 @@
+//! A cluster in namespaces: agent nodes (the real binary), nodes running
+//! flannel's kernel VXLAN, spare hosts, one pod per node, a real etcd, and
+//! a timestamped watch of its leases.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    process::Stdio,
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ipnet::Ipv4Net;
+use overlay_agent::datapath::{DatapathMaps, Peer};
+
+use crate::{
+    agent::{Agent, AgentOptions},
+    etcd::Etcd,
+    flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
+    netns::{ensure_bpffs, next, ChildHandle, Pod, Testbed},
+};
+
+pub const PREFIX: &str = "/overlay-test/network";
+pub const VXLAN_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const READY: Duration = Duration::from_secs(30);
+
+pub struct Cluster {
+    // Field order is drop order: agents (their pins, then their forwards to
+    // etcd) first, the namespaces last.
+    pub agents: Vec<Agent>,
+    pub etcd: Etcd,
+    pub pods: Vec<Vec<Pod>>,
+    pub kernel_leases: Vec<VxlanLease>,
+    pub pod_mtu: u32,
+    /// The testbed host each agent runs in (agent i is on host i unless
+    /// added later with [`Cluster::add_agent`]).
+    pub agent_hosts: Vec<usize>,
+    pub tb: Testbed,
+}
+
+/// What [`Cluster::build`] starts: node counts, the configuration, extra
+/// agent flags, how long to wait for the agents, a testbed hook.
+pub struct ClusterBuilder<'a> {
+    agents: usize,
+    kernels: usize,
+    spare: usize,
+    config: &'a str,
+    ready: Duration,
+    /// Extra command-line flags, one list per agent.
+    flags: Vec<Vec<String>>,
+    prepare: Option<Prepare<'a>>,
+}
+
+/// A hook run on the testbed before any node is set up.
+type Prepare<'a> = Box<dyn FnOnce(&Testbed) + 'a>;
+
+impl<'a> ClusterBuilder<'a> {
+    /// Extra flags for every agent (after the harness's own, so a flag
+    /// given again here wins where the agent takes the last one).
+    pub fn agent_flags(mut self, flags: &[&str]) -> Self {
+        for list in &mut self.flags {
+            list.extend(flags.iter().map(|f| f.to_string()));
+        }
+        self
+    }
+
+    /// Extra flags for agent `i` only, after any given to all of them.
+    pub fn agent_flags_for(mut self, i: usize, flags: &[&str]) -> Self {
+        assert!(i < self.agents, "agent {i} of {}", self.agents);
+        self.flags[i].extend(flags.iter().map(|f| f.to_string()));
+        self
+    }
+
+    /// How long to wait for each agent to be ready (default 30 s; they all
+    /// start at once, so many agents on 2 cores need longer).
+    pub fn ready(mut self, timeout: Duration) -> Self {
+        self.ready = timeout;
+        self
+    }
+
+    /// Called on the testbed before any node is set up (e.g. to re-address
+    /// hosts or add routers).
+    pub fn prepare(mut self, prepare: impl FnOnce(&Testbed) + 'a) -> Self {
+        self.prepare = Some(Box::new(prepare));
+        self
+    }
+
+    pub fn start(self) -> Cluster {
+        let ClusterBuilder { agents, kernels, spare, config, ready, flags, prepare } = self;
+        ensure_bpffs().unwrap();
+        let tb = Testbed::new(agents + kernels + spare).unwrap();
+        if let Some(prepare) = prepare {
+            prepare(&tb);
+        }
+        let etcd = Etcd::start().unwrap();
+        etcd.put(&format!("{PREFIX}/config"), config).unwrap();
+
+        let mut kernel_leases = Vec::new();
+        for k in 0..kernels {
+            let lease = VxlanLease {
+                subnet: Ipv4Addr::new(10, 42, 250 - k as u8, 0),
+                prefix_len: 24,
+                public_ip: tb.host(agents + k).ip(),
+                vtep_mac: [0x0e, 0, 0, 0, 0xfa, k as u8 + 1],
+            };
+            etcd.put(&lease.etcd_key(PREFIX), &lease.etcd_value(1)).unwrap();
+            setup_kernel_vxlan(tb.host(agents + k), 1, &lease, 1500).unwrap();
+            kernel_leases.push(lease);
+        }
+
+        let started = flags.into_iter().enumerate().map(|(i, extra)| start_agent(&tb, &etcd, i, extra)).collect();
+        let mut cluster = Cluster {
+            agents: started,
+            etcd,
+            pods: vec![],
+            kernel_leases,
+            pod_mtu: 1450,
+            agent_hosts: (0..agents).collect(),
+            tb,
+        };
+        for a in &cluster.agents {
+            a.wait_ready(ready).unwrap();
+        }
+        if let Some(a) = cluster.agents.first() {
+            cluster.pod_mtu = a.flannel_mtu().unwrap();
+        }
+        for i in 0..agents {
+            let (_, len, gw) = cluster.agents[i].lease().unwrap();
+            let pod = cluster.tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, cluster.pod_mtu).unwrap();
+            cluster.pods.push(vec![pod]);
+        }
+        for k in 0..kernels {
+            let lease = cluster.kernel_leases[k];
+            let host = cluster.tb.host(agents + k);
+            let pod = host.add_pod("cni0", &format!("{}/24", next(lease.gateway(), 1)), lease.gateway(), 1450).unwrap();
+            cluster.pods.push(vec![pod]);
+            for i in 0..agents {
+                let (subnet, len, _) = cluster.agents[i].lease().unwrap();
+                let peer = VxlanLease { subnet, prefix_len: len, public_ip: cluster.tb.host(i).ip(), vtep_mac: cluster.vtep_mac(i) };
+                add_kernel_peer(host, 1, &peer).unwrap();
+            }
+            for (j, other) in cluster.kernel_leases.iter().enumerate() {
+                if j != k {
+                    add_kernel_peer(host, 1, other).unwrap();
+                }
+            }
+        }
+        cluster
+    }
+}
+
+impl Cluster {
+    /// `agents` agent nodes (hosts 0..), then `kernels` flannel kernel
+    /// nodes, then `spare` unconfigured hosts; one pod on each node. Set
+    /// more (agent flags, ...) on the builder, then `.start()`.
+    pub fn build(agents: usize, kernels: usize, spare: usize, config: &str) -> ClusterBuilder<'_> {
+        ClusterBuilder { agents, kernels, spare, config, ready: READY, flags: vec![Vec::new(); agents], prepare: None }
+    }
+
+    /// `Cluster::build(agents, kernels, spare, config).start()`.
+    pub fn start_with(agents: usize, kernels: usize, spare: usize, config: &str) -> Cluster {
+        Self::build(agents, kernels, spare, config).start()
+    }
+
+    /// [`Cluster::start_with`] with [`ClusterBuilder::prepare`].
+    pub fn start_prepared<'a>(
+        agents: usize,
+        kernels: usize,
+        spare: usize,
+        config: &'a str,
+        prepare: impl FnOnce(&Testbed) + 'a,
+    ) -> Cluster {
+        Self::build(agents, kernels, spare, config).prepare(prepare).start()
+    }
+
+    /// [`Cluster::start_prepared`] with [`ClusterBuilder::ready`].
+    pub fn start_custom<'a>(
+        agents: usize,
+        kernels: usize,
+        spare: usize,
+        config: &'a str,
+        ready: Duration,
+        prepare: impl FnOnce(&Testbed) + 'a,
+    ) -> Cluster {
+        Self::build(agents, kernels, spare, config).ready(ready).prepare(prepare).start()
+    }
+
+    /// Agent `i`'s VtepMAC, from its pinned configuration.
+    pub fn vtep_mac(&self, i: usize) -> [u8; 6] {
+        let maps = DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap();
+        maps.config().unwrap().expect("configured").vtep_mac
+    }
+
+    /// Agent `i`'s packet counters by reason name.
+    pub fn counters(&self, i: usize) -> HashMap<String, u64> {
+        let maps = DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap();
+        maps.stats().unwrap().counters.iter().map(|(r, c)| (r.name().to_string(), c.packets)).collect()
+    }
+
+    pub fn maps(&self, i: usize) -> DatapathMaps {
+        DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap()
+    }
+
+    /// Starts an agent on testbed host `host` (normally a spare one) with
+    /// its own forward to etcd, without waiting for it to be ready.
+    /// Returns its index in `agents`.
+    pub fn add_agent(&mut self, host: usize) -> usize {
+        let agent = start_agent(&self.tb, &self.etcd, host, vec![]);
+        self.agents.push(agent);
+        self.agent_hosts.push(host);
+        self.agents.len() - 1
+    }
+
+    /// A new pod behind agent `i`'s cni0, at the `nth` address of its lease
+    /// (the gateway is the first).
+    pub fn add_agent_pod(&self, i: usize, nth: u32) -> Pod {
+        let (_, len, gw) = self.agents[i].lease().unwrap();
+        let host = self.tb.host(self.agent_hosts[i]);
+        host.add_pod("cni0", &format!("{}/{len}", next(gw, nth - 1)), gw, self.pod_mtu).unwrap()
+    }
+
+    /// The remote subnets in agent `i`'s SUBNETS map.
+    pub fn peers(&self, i: usize) -> Vec<Peer> {
+        self.maps(i).peers().unwrap()
+    }
+
+    /// Agent `i`'s own lease as a subnet.
+    pub fn subnet(&self, i: usize) -> Ipv4Net {
+        let (net, len, _) = self.agents[i].lease().unwrap();
+        Ipv4Net::new(net, len).unwrap()
+    }
+
+    /// Watches `<prefix>/` with `etcdctl watch`, run inside agent
+    /// `agent`'s host through its forward (so the testbed kills it).
+    pub fn watch_leases(&self, agent: usize) -> LeaseWatch {
+        let ns_host = self.tb.host(self.agent_hosts[agent]);
+        let mut cmd = ns_host.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.agents[agent].etcd_endpoints()))
+            .args(["watch", "--prefix", &format!("{PREFIX}/")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let child = ns_host.spawn(cmd).unwrap();
+        let stdout = child.take_stdout().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(op)) = lines.next() {
+                let put = match op.as_str() {
+                    "PUT" => true,
+                    "DELETE" => false,
+                    _ => continue,
+                };
+                let Some(Ok(key)) = lines.next() else { break };
+                let value = if put { lines.next().and_then(|l| l.ok()) } else { None };
+                if tx.send(LeaseChange { at: SystemTime::now(), key, value }).is_err() {
+                    break;
+                }
+            }
+        });
+        // The watch must be established before the caller acts: poke a key
+        // of our own (outside subnets/, so no agent sees it) and wait for it
+        // to come through.
+        let probe = format!("{PREFIX}/test-watch-probe-{}", crate::random_hex(3));
+        let watch = LeaseWatch { _child: child, rx };
+        let start = Instant::now();
+        loop {
+            self.etcd.put(&probe, "probe").unwrap();
+            if let Ok(ch) = watch.rx.recv_timeout(Duration::from_millis(300)) {
+                if ch.key == probe {
+                    break;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "etcdctl watch did not start");
+        }
+        self.etcd.delete(&probe).unwrap();
+        // Drain the probe's own events.
+        while let Ok(ch) = watch.rx.recv_timeout(Duration::from_millis(300)) {
+            if ch.key == probe && ch.value.is_none() {
+                break;
+            }
+        }
+        watch
+    }
+}
+
+/// An agent on testbed host `host` with `extra` flags, reaching `etcd`
+/// through a forward of its own.
+fn start_agent(tb: &Testbed, etcd: &Etcd, host: usize, extra: Vec<String>) -> Agent {
+    let opts = AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: PREFIX, dir: tb.dir(), extra };
+    Agent::start_forwarded(tb.host(host), opts).unwrap()
+}
+
+/// One change seen by [`LeaseWatch`].
+#[derive(Clone, Debug)]
+pub struct LeaseChange {
+    pub at: SystemTime,
+    pub key: String,
+    /// The new value of a PUT; None for a DELETE.
+    pub value: Option<String>,
+}
+
+/// `etcdctl watch --prefix <prefix>/`, timestamping each change as it
+/// arrives.
+pub struct LeaseWatch {
+    _child: ChildHandle,
+    pub rx: mpsc::Receiver<LeaseChange>,
+}
+
+impl LeaseWatch {
+    /// The next PUT (new or changed lease) within `timeout`.
+    pub fn next_put(&self, timeout: Duration) -> Option<LeaseChange> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(ch) if ch.value.is_some() && ch.key.contains("/subnets/") => return Some(ch),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
