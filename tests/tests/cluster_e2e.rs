@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use overlay_common::maps::Mode;
+use overlay_agent::datapath::Mode;
 use overlay_tests::poll_until;
 use support::cluster::*;
 
