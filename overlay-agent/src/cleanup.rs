@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     cli::CleanupArgs,
-    datapath::loader::{pin_dir, uninstall},
+    datapath::{loader::uninstall, PinLayout},
     etcd::SubnetManager,
     host::{bridge, masq, netlink},
     node::etcd_settings,
@@ -24,10 +24,11 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
         .await
         .with_context(|| format!("cleaning up bridge {}", args.bridge))?;
     println!("removed the cluster route and our address from {} (the bridge itself is kept for its pods)", args.bridge);
-    if uninstall(&args.bpf_pin_dir)? {
-        println!("detached the BPF programs and removed {}", args.bpf_pin_dir.display());
+    let pins = PinLayout::new(&args.bpf_pin_dir);
+    if uninstall(&pins)? {
+        println!("detached the BPF programs and removed {}", pins.root().display());
     } else {
-        println!("no BPF state at {}", pin_dir(&args.bpf_pin_dir).display());
+        println!("no BPF state at {}", pins.dir().display());
     }
     if args.release_lease {
         let env = env.context("--release-lease needs the subnet file to know which lease is ours")?;

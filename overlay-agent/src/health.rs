@@ -5,7 +5,6 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -21,24 +20,30 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{datapath::DatapathMaps, etcd::EtcdStatus, etcd::Lease};
+use crate::{
+    datapath::{PinLayout, PinnedStats},
+    etcd::EtcdStatus,
+    etcd::Lease,
+};
 
 pub struct Health {
     pub etcd: Arc<EtcdStatus>,
     ready: AtomicBool,
     peers: AtomicUsize,
     lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
-    pin_dir: PathBuf,
+    /// Kept open across scrapes; the server starts before the data path is
+    /// pinned, so it opens on the first scrape that finds the pin.
+    counters: Mutex<PinnedStats>,
 }
 
 impl Health {
-    pub fn new(pin_dir: PathBuf) -> Arc<Health> {
+    pub fn new(pins: &PinLayout) -> Arc<Health> {
         Arc::new(Health {
             etcd: EtcdStatus::new(),
             ready: AtomicBool::new(false),
             peers: AtomicUsize::new(0),
             lease: Mutex::new(None),
-            pin_dir,
+            counters: Mutex::new(PinnedStats::new(pins)),
         })
     }
 
@@ -72,7 +77,8 @@ impl Health {
     /// The Prometheus exposition.
     pub fn metrics(&self) -> String {
         let mut out = String::new();
-        match DatapathMaps::open_pinned(&self.pin_dir).and_then(|m| m.stats()) {
+        let stats = self.counters.lock().unwrap_or_else(|p| p.into_inner()).read();
+        match stats {
             Ok(stats) => {
                 out.push_str("# HELP overlay_packets_total Packets seen by the BPF data path, by outcome.\n");
                 out.push_str("# TYPE overlay_packets_total counter\n");
@@ -102,7 +108,7 @@ impl Health {
             "# HELP overlay_build_info The agent's version (always 1).\n# TYPE overlay_build_info gauge\n\
              overlay_build_info{{version=\"{}\",pin_layout=\"v{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
-            overlay_common::PIN_VERSION
+            crate::datapath::pins::VERSION
         );
         gauge(&mut out, "overlay_leases_known", "Remote subnets installed in the data path.", self.peers.load(Ordering::Relaxed).to_string());
         gauge(&mut out, "overlay_etcd_connected", "1 while the lease watch is connected to etcd.", u8::from(self.etcd.is_connected()).to_string());
@@ -203,7 +209,7 @@ mod tests {
 
     #[test]
     fn metrics_without_pins_or_lease() {
-        let h = Health::new(PathBuf::from("/nonexistent/overlay-health-test"));
+        let h = Health::new(&PinLayout::new("/nonexistent/overlay-health-test"));
         let text = h.metrics();
         check_exposition(&text);
         assert!(text.contains("\noverlay_ready 0\n"), "{text}");
@@ -215,7 +221,7 @@ mod tests {
 
     #[test]
     fn metrics_with_a_lease() {
-        let h = Health::new(PathBuf::from("/nonexistent/overlay-health-test"));
+        let h = Health::new(&PinLayout::new("/nonexistent/overlay-health-test"));
         let expiry = SystemTime::now() + std::time::Duration::from_secs(86400);
         *h.lease.lock().unwrap() = Some(("10.42.3.0/24".parse().unwrap(), Some(expiry)));
         assert_eq!(h.not_ready_reason(), Some("the data path or the subnet file is not set up yet"));

@@ -1,31 +1,166 @@
 //! `overlay-agent inspect`: the node's data path as the kernel holds it,
 //! read from the pins alone (no etcd, works while the agent is down).
-use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
-
-use anyhow::Result;
-use aya::programs::links::PinnedLink;
-use ipnet::Ipv4Net;
-use serde_json::{json, Value};
-
-use overlay_common::{map_names, PIN_VERSION};
-
-use crate::{
-    datapath::{loader::pin_dir, DatapathMaps},
-    etcd::registry::format_mac,
-    node::mode_name,
+//!
+//! Everything shown is read once into a [`View`]; `--json` is its serde
+//! serialisation and the text its `Display`, so the two cannot disagree.
+use std::{
+    fmt::{self, Write as _},
+    net::Ipv4Addr,
+    path::Path,
 };
 
+use anyhow::Result;
+use aya::programs::links::{FdLink, PinnedLink};
+use ipnet::Ipv4Net;
+use serde::{Serialize, Serializer};
+
+use crate::{
+    datapath::{maps::coarse_now_ns, pins, DatapathMaps, Mode, NodeConfig, PinLayout},
+    etcd::registry::format_mac,
+};
+
+/// What `inspect` shows of an installed data path.
+#[derive(Serialize)]
+pub struct View {
+    pub pin_dir: String,
+    /// Always true here; false only in [`Absent`].
+    pub installed: bool,
+    /// None until the agent finished its first start.
+    pub config: Option<ConfigView>,
+    pub subnets: Vec<SubnetView>,
+    /// Known senders.
+    pub nodes: Vec<SenderView>,
+    pub endpoints: Vec<EndpointView>,
+    pub underlay: Vec<UnderlayView>,
+    pub programs: Vec<Attachment>,
+    /// In the order of the reasons; an object by reason name in JSON.
+    #[serde(serialize_with = "counters_by_name")]
+    pub counters: Vec<CounterView>,
+}
+
+/// `--json` when nothing is installed.
+#[derive(Serialize)]
+pub struct Absent {
+    pub pin_dir: String,
+    pub installed: bool,
+}
+
+#[derive(Serialize)]
+pub struct ConfigView {
+    pub public_ip: Ipv4Addr,
+    #[serde(serialize_with = "display")]
+    pub network: Ipv4Net,
+    #[serde(serialize_with = "display")]
+    pub subnet: Ipv4Net,
+    pub vni: u32,
+    pub port: u16,
+    pub vtep_mac: Mac,
+    pub uplink_ifindex: u32,
+    pub uplink_mtu: u32,
+    pub bridge_ifindex: u32,
+    pub bridge_mac: Mac,
+}
+
+#[derive(Serialize)]
+pub struct SubnetView {
+    #[serde(serialize_with = "display")]
+    pub subnet: Ipv4Net,
+    /// Both modes send to the node itself: VXLAN to its public IP, direct
+    /// routing via it.
+    pub next_hop: Ipv4Addr,
+    pub public_ip: Ipv4Addr,
+    #[serde(serialize_with = "display")]
+    pub mode: Mode,
+    pub vtep_mac: Mac,
+}
+
+#[derive(Serialize)]
+pub struct SenderView {
+    pub public_ip: Ipv4Addr,
+    #[serde(serialize_with = "display")]
+    pub subnet: Ipv4Net,
+}
+
+#[derive(Serialize)]
+pub struct EndpointView {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: Mac,
+}
+
+#[derive(Serialize)]
+pub struct UnderlayView {
+    pub public_ip: Ipv4Addr,
+    pub dst_mac: Mac,
+    pub src_mac: Mac,
+    pub age_ms: u64,
+}
+
+#[derive(Serialize)]
 pub struct Attachment {
     pub pin: String,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
 }
 
-/// Everything `inspect` shows, gathered once.
-pub struct Snapshot {
-    pub pin_dir: String,
-    pub json: Value,
-    pub text: String,
+#[derive(Serialize)]
+pub struct CounterView {
+    #[serde(skip)]
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A MAC, written (text and JSON) as `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_mac(&self.0))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn counters_by_name<S: Serializer>(counters: &[CounterView], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(counters.iter().map(|c| (c.reason, c)))
+}
+
+impl From<NodeConfig> for ConfigView {
+    fn from(c: NodeConfig) -> Self {
+        ConfigView {
+            public_ip: c.public_ip,
+            network: c.network,
+            subnet: c.subnet,
+            vni: c.vni,
+            port: c.port,
+            vtep_mac: Mac(c.vtep_mac),
+            uplink_ifindex: c.uplink_ifindex,
+            uplink_mtu: c.uplink_mtu,
+            bridge_ifindex: c.bridge_ifindex,
+            bridge_mac: Mac(c.bridge_mac),
+        }
+    }
+}
+
+impl SubnetView {
+    /// The VtepMAC column: none for directly routed (host-gw) peers.
+    fn vtep_text(&self) -> String {
+        if self.mode == Mode::Direct && self.vtep_mac.0 == [0; 6] {
+            "-".into()
+        } else {
+            self.vtep_mac.to_string()
+        }
+    }
 }
 
 /// Why there is nothing to show.
@@ -38,213 +173,171 @@ pub enum NotInstalled {
 
 /// The pinned data path, or why there is none. An incomplete state (some
 /// maps pinned, others not) is an error.
-pub fn gather(pin_root: &Path) -> Result<std::result::Result<Snapshot, NotInstalled>> {
-    let dir = pin_dir(pin_root);
-    if !dir.exists() {
+pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled>> {
+    if !pins.dir().exists() {
         return Ok(Err(NotInstalled::Missing));
     }
-    if !map_names::ALL.iter().any(|m| dir.join(m).exists()) {
+    if !pins.has_maps() {
         return Ok(Err(NotInstalled::Empty));
     }
-    let maps = DatapathMaps::open_pinned(&dir)?;
-    let cfg = maps.config()?;
-    let peers = maps.peers()?;
-    let nodes = maps.nodes()?;
-    let endpoints = maps.endpoints()?;
-    let underlay = maps.underlay()?;
-    let now_ns = crate::datapath::maps::coarse_now_ns();
-    let age_ms = |refreshed_ns: u64| now_ns.saturating_sub(refreshed_ns) / 1_000_000;
-    let stats = maps.stats()?;
-    let attachments = attachments(&dir);
-
-    let mut text = String::new();
-    let _ = writeln!(text, "pinned state: {}", dir.display());
-    match &cfg {
-        Some(c) => {
-            let net = |a: [u8; 4], p: u8| Ipv4Net::new(Ipv4Addr::from(a), p).map(|n| n.to_string()).unwrap_or_default();
-            let _ = writeln!(text, "\nnode");
-            let _ = writeln!(text, "  public IP      {}", Ipv4Addr::from(c.public_ip));
-            let _ = writeln!(text, "  network        {}", net(c.cluster_net, c.cluster_prefix_len));
-            let _ = writeln!(text, "  our subnet     {}", net(c.local_subnet, c.local_prefix_len));
-            let _ = writeln!(text, "  VNI / port     {} / {}", c.vni, c.port);
-            let _ = writeln!(text, "  VtepMAC        {}", format_mac(&c.vtep_mac));
-            let _ = writeln!(text, "  uplink         ifindex {} (MTU {})", c.uplink_ifindex, c.uplink_mtu);
-            let _ = writeln!(text, "  bridge         ifindex {} ({})", c.bridge_ifindex, format_mac(&c.bridge_mac));
-        }
-        None => {
-            let _ = writeln!(text, "\nnode: not configured yet (the agent has not finished starting)");
-        }
-    }
-    let _ = writeln!(text, "\nremote subnets ({})", peers.len());
-    let _ = writeln!(text, "  {:<18} {:<16} {:<7} VTEP MAC", "SUBNET", "NEXT HOP", "MODE");
-    for p in &peers {
-        // ipnet's Display ignores width: pad its string.
-        let _ = writeln!(text, "  {:<18} {:<16} {:<7} {}", p.subnet.to_string(), p.public_ip.to_string(), mode_name(p.mode), vtep_text(p));
-    }
-    let _ = writeln!(text, "\nknown senders ({})", nodes.len());
-    for (ip, subnet) in &nodes {
-        let _ = writeln!(text, "  {:<16} may send from {subnet}", ip.to_string());
-    }
-    let _ = writeln!(text, "\nlocal pods with direct delivery ({})", endpoints.len());
-    for e in &endpoints {
-        let _ = writeln!(text, "  {:<16} ifindex {:<5} {}", e.ip.to_string(), e.ifindex, format_mac(&e.mac));
-    }
-    // Entries older than a second are no longer used: the next packet to
-    // that node refreshes them through the kernel's neighbour table.
-    let _ = writeln!(text, "\nunderlay next hops cached by the send path ({})", underlay.len());
-    for u in &underlay {
-        let _ = writeln!(
-            text,
-            "  {:<16} to {} from {} ({} ms ago)",
-            u.public_ip.to_string(),
-            format_mac(&u.dst_mac),
-            format_mac(&u.src_mac),
-            age_ms(u.refreshed_ns)
-        );
-    }
-    let _ = writeln!(text, "\nattached programs ({})", attachments.len());
-    for a in &attachments {
-        let ids = match (a.link_id, a.program_id) {
-            (Some(l), Some(p)) => format!("link {l}, prog {p}"),
-            _ => "not attached".into(),
-        };
-        let _ = writeln!(text, "  {:<28} {ids}", a.pin);
-    }
-    let _ = writeln!(text, "\npacket counters");
-    let _ = writeln!(text, "  {:<22} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
-    for (reason, c) in &stats.counters {
-        let _ = writeln!(text, "  {:<22} {:>14} {:>16}", reason.name(), c.packets, c.bytes);
-    }
-
-    let json = json!({
-        "pin_dir": dir.display().to_string(),
-        "installed": true,
-        "config": cfg.map(|c| json!({
-            "public_ip": Ipv4Addr::from(c.public_ip).to_string(),
-            "network": format!("{}/{}", Ipv4Addr::from(c.cluster_net), c.cluster_prefix_len),
-            "subnet": format!("{}/{}", Ipv4Addr::from(c.local_subnet), c.local_prefix_len),
-            "vni": c.vni,
-            "port": c.port,
-            "vtep_mac": format_mac(&c.vtep_mac),
-            "uplink_ifindex": c.uplink_ifindex,
-            "uplink_mtu": c.uplink_mtu,
-            "bridge_ifindex": c.bridge_ifindex,
-            "bridge_mac": format_mac(&c.bridge_mac),
-        })),
-        "subnets": peers.iter().map(|p| json!({
-            "subnet": p.subnet.to_string(),
-            // Both modes send to the node itself: VXLAN to its public IP,
-            // direct routing via it.
-            "next_hop": p.public_ip.to_string(),
-            "public_ip": p.public_ip.to_string(),
-            "mode": mode_name(p.mode),
-            "vtep_mac": format_mac(&p.vtep_mac),
-        })).collect::<Vec<_>>(),
-        "nodes": nodes.iter().map(|(ip, s)| json!({"public_ip": ip.to_string(), "subnet": s.to_string()})).collect::<Vec<_>>(),
-        "endpoints": endpoints.iter().map(|e| json!({
-            "ip": e.ip.to_string(), "ifindex": e.ifindex, "mac": format_mac(&e.mac),
-        })).collect::<Vec<_>>(),
-        "underlay": underlay.iter().map(|u| json!({
-            "public_ip": u.public_ip.to_string(),
-            "dst_mac": format_mac(&u.dst_mac),
-            "src_mac": format_mac(&u.src_mac),
-            "age_ms": age_ms(u.refreshed_ns),
-        })).collect::<Vec<_>>(),
-        "programs": attachments.iter().map(|a| json!({
-            "pin": a.pin, "link_id": a.link_id, "program_id": a.program_id,
-        })).collect::<Vec<_>>(),
-        "counters": stats.counters.iter().map(|(r, c)| (r.name().to_string(), json!({"packets": c.packets, "bytes": c.bytes}))).collect::<serde_json::Map<_, _>>(),
-    });
-    Ok(Ok(Snapshot { pin_dir: dir.display().to_string(), json, text }))
-}
-
-/// The VtepMAC column: none for directly routed (host-gw) peers.
-fn vtep_text(p: &crate::datapath::Peer) -> String {
-    if p.mode == overlay_common::maps::Mode::Direct && p.vtep_mac == [0; 6] {
-        "-".into()
-    } else {
-        format_mac(&p.vtep_mac)
-    }
-}
-
-/// Pin folders of other layout versions next to ours (`v0`, `v2`, ...):
-/// left by an older or newer agent.
-fn other_versions(pin_root: &Path, ours: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(pin_root) else { return Vec::new() };
-    let mut found: Vec<String> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p != ours && p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|n| n.strip_prefix('v').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())))
+    let maps = DatapathMaps::open_pinned(pins)?;
+    let config = maps.config()?.map(ConfigView::from);
+    let subnets = maps
+        .peers()?
+        .into_iter()
+        .map(|p| SubnetView {
+            subnet: p.subnet,
+            next_hop: p.public_ip,
+            public_ip: p.public_ip,
+            mode: p.mode,
+            vtep_mac: Mac(p.vtep_mac),
+        })
         .collect();
-    found.sort();
-    found
+    let nodes = maps.nodes()?.into_iter().map(|(public_ip, subnet)| SenderView { public_ip, subnet }).collect();
+    let endpoints =
+        maps.endpoints()?.into_iter().map(|e| EndpointView { ip: e.ip, ifindex: e.ifindex, mac: Mac(e.mac) }).collect();
+    let now_ns = coarse_now_ns();
+    let underlay = maps
+        .underlay()?
+        .into_iter()
+        .map(|u| UnderlayView {
+            public_ip: u.public_ip,
+            dst_mac: Mac(u.dst_mac),
+            src_mac: Mac(u.src_mac),
+            age_ms: now_ns.saturating_sub(u.refreshed_ns) / 1_000_000,
+        })
+        .collect();
+    let counters = maps
+        .stats()?
+        .counters
+        .iter()
+        .map(|(reason, c)| CounterView { reason: reason.name(), packets: c.packets, bytes: c.bytes })
+        .collect();
+    Ok(Ok(View {
+        pin_dir: pins.dir().display().to_string(),
+        installed: true,
+        config,
+        subnets,
+        nodes,
+        endpoints,
+        underlay,
+        programs: attachments(pins),
+        counters,
+    }))
+}
+
+impl fmt::Display for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // ipnet's and Ipv4Addr's Display may ignore width: columns pad strings.
+        writeln!(f, "pinned state: {}", self.pin_dir)?;
+        match &self.config {
+            Some(c) => {
+                writeln!(f, "\nnode")?;
+                writeln!(f, "  public IP      {}", c.public_ip)?;
+                writeln!(f, "  network        {}", c.network)?;
+                writeln!(f, "  our subnet     {}", c.subnet)?;
+                writeln!(f, "  VNI / port     {} / {}", c.vni, c.port)?;
+                writeln!(f, "  VtepMAC        {}", c.vtep_mac)?;
+                writeln!(f, "  uplink         ifindex {} (MTU {})", c.uplink_ifindex, c.uplink_mtu)?;
+                writeln!(f, "  bridge         ifindex {} ({})", c.bridge_ifindex, c.bridge_mac)?;
+            }
+            None => writeln!(f, "\nnode: not configured yet (the agent has not finished starting)")?,
+        }
+        writeln!(f, "\nremote subnets ({})", self.subnets.len())?;
+        writeln!(f, "  {:<18} {:<16} {:<7} VTEP MAC", "SUBNET", "NEXT HOP", "MODE")?;
+        for s in &self.subnets {
+            let (subnet, next_hop) = (s.subnet.to_string(), s.next_hop.to_string());
+            writeln!(f, "  {subnet:<18} {next_hop:<16} {:<7} {}", s.mode, s.vtep_text())?;
+        }
+        writeln!(f, "\nknown senders ({})", self.nodes.len())?;
+        for n in &self.nodes {
+            writeln!(f, "  {:<16} may send from {}", n.public_ip.to_string(), n.subnet)?;
+        }
+        writeln!(f, "\nlocal pods with direct delivery ({})", self.endpoints.len())?;
+        for e in &self.endpoints {
+            writeln!(f, "  {:<16} ifindex {:<5} {}", e.ip.to_string(), e.ifindex, e.mac)?;
+        }
+        // Entries older than a second are no longer used: the next packet to
+        // that node refreshes them through the kernel's neighbour table.
+        writeln!(f, "\nunderlay next hops cached by the send path ({})", self.underlay.len())?;
+        for u in &self.underlay {
+            writeln!(f, "  {:<16} to {} from {} ({} ms ago)", u.public_ip.to_string(), u.dst_mac, u.src_mac, u.age_ms)?;
+        }
+        writeln!(f, "\nattached programs ({})", self.programs.len())?;
+        for a in &self.programs {
+            let ids = match (a.link_id, a.program_id) {
+                (Some(l), Some(p)) => format!("link {l}, prog {p}"),
+                _ => "not attached".into(),
+            };
+            writeln!(f, "  {:<28} {ids}", a.pin)?;
+        }
+        writeln!(f, "\npacket counters")?;
+        writeln!(f, "  {:<22} {:>14} {:>16}", "REASON", "PACKETS", "BYTES")?;
+        for c in &self.counters {
+            writeln!(f, "  {:<22} {:>14} {:>16}", c.reason, c.packets, c.bytes)?;
+        }
+        Ok(())
+    }
 }
 
 /// What `inspect` prints when nothing is pinned: where it looked, and what
 /// that usually means.
-pub fn not_installed_text(pin_root: &Path, why: &NotInstalled) -> String {
-    let dir = pin_dir(pin_root);
+pub fn not_installed_text(pins: &PinLayout, why: &NotInstalled) -> String {
+    let dir = pins.dir();
     let mut text = match why {
         NotInstalled::Missing => format!(
             "nothing installed: {} does not exist.\n\
              The agent has never run with --bpf-pin-dir={}, or `overlay-agent cleanup` removed its state.\n",
             dir.display(),
-            pin_root.display()
+            pins.root().display()
         ),
         NotInstalled::Empty => format!(
             "nothing installed: {} holds no maps (the agent did not finish its first start, or its state was removed by hand).\n",
             dir.display()
         ),
     };
-    let others = other_versions(pin_root, &dir);
+    let others = pins.other_versions();
     if !others.is_empty() {
         let _ = writeln!(
             text,
-            "{} also holds {}: state of an agent with another pin layout version (this one reads v{PIN_VERSION}).",
-            pin_root.display(),
-            others.join(", ")
+            "{} also holds {}: state of an agent with another pin layout version (this one reads v{}).",
+            pins.root().display(),
+            others.join(", "),
+            pins::VERSION
         );
     }
     text
 }
 
-fn attachments(dir: &Path) -> Vec<Attachment> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("links")) else { return out };
-    let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-    names.sort();
-    for path in names {
-        let pin = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let (link_id, program_id) = match PinnedLink::from_pin(&path) {
-            Ok(link) => {
-                let fd: aya::programs::links::FdLink = link.into();
-                match fd.info() {
-                    Ok(info) => (Some(info.id()), Some(info.program_id())),
-                    Err(_) => (None, None),
-                }
+fn attachments(pins: &PinLayout) -> Vec<Attachment> {
+    pins.links()
+        .into_iter()
+        .map(|path| {
+            let pin = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ids = PinnedLink::from_pin(&path).ok().and_then(|link| FdLink::from(link).info().ok());
+            Attachment {
+                pin,
+                link_id: ids.as_ref().map(|i| i.id()),
+                program_id: ids.as_ref().map(|i| i.program_id()),
             }
-            Err(_) => (None, None),
-        };
-        out.push(Attachment { pin, link_id, program_id });
-    }
-    out
+        })
+        .collect()
 }
 
-/// Prints the snapshot; exits 0 also when nothing is installed (that is an
+/// Prints the view; exits 0 also when nothing is installed (that is an
 /// answer, not an error).
 pub fn run(pin_root: &Path, as_json: bool) -> Result<()> {
-    match gather(pin_root)? {
-        Ok(s) if as_json => println!("{}", serde_json::to_string_pretty(&s.json)?),
-        Ok(s) => print!("{}", s.text),
-        Err(why) => {
-            if as_json {
-                println!("{}", json!({"pin_dir": pin_dir(pin_root).display().to_string(), "installed": false}));
-            } else {
-                print!("{}", not_installed_text(pin_root, &why));
-            }
+    let pins = PinLayout::new(pin_root);
+    // Through a Value, whose maps sort their keys: the output's key order
+    // does not depend on the order of the struct fields.
+    match gather(&pins)? {
+        Ok(view) if as_json => println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&view)?)?),
+        Ok(view) => print!("{view}"),
+        Err(_) if as_json => {
+            let absent = Absent { pin_dir: pins.dir().display().to_string(), installed: false };
+            println!("{}", serde_json::to_value(&absent)?);
         }
+        Err(why) => print!("{}", not_installed_text(&pins, &why)),
     }
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::{
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use log::{debug, info, warn};
-use overlay_common::maps::{config_flags, LocalConfig, Mode};
 use rtnetlink::Handle;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -22,9 +21,8 @@ use crate::{
     cli::RunArgs,
     config::{BackendType, NetworkConfig},
     datapath::{
-        endpoints,
-        loader::{pin_dir, Datapath, DatapathOptions, XdpGuard},
-        DatapathMaps, Peer,
+        loader::{Datapath, DatapathOptions, XdpGuard},
+        DatapathMaps, Mode, NodeConfig, Peer, PinLayout, PodEndpoint, VXLAN_OVERHEAD,
     },
     etcd::{
         registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
@@ -35,14 +33,12 @@ use crate::{
         bridge::{self, BridgePlan},
         iface::{self, IfaceSelection, Uplink},
         masq::MasqRules,
-        netlink,
+        netlink, pods,
     },
     notify,
     subnet_env::{self, SubnetEnv},
 };
 
-/// flannel's VXLAN overhead over an IPv4 underlay.
-const VXLAN_MTU_OVERHEAD: u32 = overlay_common::VXLAN_OVERHEAD as u32;
 const ENDPOINT_SYNC: Duration = Duration::from_secs(1);
 /// Every this many endpoint syncs, the bridge's cluster route and
 /// neighbour are re-asserted.
@@ -85,8 +81,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let handle = netlink::connect()?;
     // Health first: /healthz answers (and /readyz says what it waits for)
     // while etcd is still unreachable, so probes do not kill a waiting agent.
-    let pins = pin_dir(&args.bpf_pin_dir);
-    let health = Health::new(pins.clone());
+    let pins = PinLayout::new(&args.bpf_pin_dir);
+    let health = Health::new(&pins);
     if args.healthz_port != 0 {
         health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
     }
@@ -104,7 +100,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let backend = cfg.backend.kind;
     let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
     let pod_mtu = match backend {
-        BackendType::Vxlan => underlay_mtu.checked_sub(VXLAN_MTU_OVERHEAD).context("uplink MTU below 50")?,
+        BackendType::Vxlan => underlay_mtu.checked_sub(VXLAN_OVERHEAD).context("uplink MTU below 50")?,
         BackendType::HostGw => underlay_mtu,
     };
     info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
@@ -118,15 +114,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let own = Backoff::outage()
         .retry("looking up our lease", || mgr.find_own_lease_in(&listing, uplink.public_ip))
         .await?;
-    let pinned_mac = DatapathMaps::open_pinned(&pins)
-        .ok()
-        .and_then(|m| m.config().ok().flatten())
-        .map(|c| c.vtep_mac)
-        .filter(|mac| *mac != [0; 6]);
     let vtep_mac = own
         .as_ref()
         .and_then(|l| l.attrs.vtep_mac)
-        .or(pinned_mac)
+        .or_else(|| DatapathMaps::pinned_vtep_mac(&pins))
         .unwrap_or_else(random_vtep_mac);
     let attrs = match backend {
         BackendType::Vxlan => LeaseAttrs::vxlan(uplink.public_ip, cfg.backend.vni, vtep_mac),
@@ -151,7 +142,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     bridge::ensure_sysctls(&uplink.name)?;
 
     let datapath = Datapath::install(&DatapathOptions {
-        pin_root: args.bpf_pin_dir.clone(),
+        pins,
         uplink: uplink.name.clone(),
         bridge: args.bridge.clone(),
         xdp_guard: if args.xdp_guard { XdpGuard::Native } else { XdpGuard::Off },
@@ -270,20 +261,17 @@ impl Node {
     /// (possibly new) lease.
     async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
         let subnet = self.own.subnet;
-        self.datapath.maps.set_config(&LocalConfig {
-            public_ip: self.uplink.public_ip.octets(),
-            cluster_net: self.cfg.network.network().octets(),
-            local_subnet: subnet.network().octets(),
+        self.datapath.maps.set_config(&NodeConfig {
+            public_ip: self.uplink.public_ip,
+            network: self.cfg.network,
+            subnet,
             vni: self.cfg.backend.vni,
-            uplink_ifindex: self.uplink.index,
-            bridge_ifindex: self.bridge_index,
-            uplink_mtu: self.underlay_mtu,
             port: self.cfg.backend.port,
-            cluster_prefix_len: self.cfg.network.prefix_len(),
-            local_prefix_len: subnet.prefix_len(),
+            uplink_ifindex: self.uplink.index,
+            uplink_mtu: self.underlay_mtu,
+            bridge_ifindex: self.bridge_index,
             vtep_mac: self.vtep_mac,
             bridge_mac: self.bridge_mac,
-            flags: config_flags::READY,
         })?;
         if !first {
             let plan = bridge_plan(&self.args, &self.cfg, subnet, self.pod_mtu, self.vtep_mac);
@@ -417,7 +405,7 @@ impl Node {
                     "peer {verb}: {} via {} ({}, VtepMAC {})",
                     peer.subnet,
                     peer.public_ip,
-                    mode_name(peer.mode),
+                    peer.mode,
                     format_mac(&peer.vtep_mac)
                 );
                 self.peers.insert(peer.subnet, peer);
@@ -445,7 +433,7 @@ impl Node {
     }
 
     async fn sync_endpoints(&mut self) {
-        let found = match endpoints::discover(&self.handle, self.bridge_index, self.own.subnet).await {
+        let found = match pods::discover(&self.handle, self.bridge_index, self.own.subnet).await {
             Ok(found) => found,
             Err(e) => {
                 warn!("reading pod endpoints: {e}");
@@ -456,7 +444,9 @@ impl Node {
             (0, 0) => {}
             (attached, detached) => debug!("pod veths: encapsulation attached to {attached}, detached from {detached}"),
         }
-        match endpoints::reconcile(&mut self.datapath.maps, &found.endpoints) {
+        let endpoints: Vec<PodEndpoint> =
+            found.pods.iter().map(|p| PodEndpoint { ip: p.ip, ifindex: p.veth_ifindex, mac: p.mac }).collect();
+        match self.datapath.maps.reconcile_endpoints(&endpoints) {
             Ok((0, 0)) => {}
             Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
             Err(e) => warn!("updating the endpoint map: {e}"),
@@ -464,9 +454,3 @@ impl Node {
     }
 }
 
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Vxlan => "vxlan",
-        Mode::Direct => "direct",
-    }
-}

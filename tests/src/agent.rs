@@ -182,8 +182,14 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The agent's pin layout under its `--bpf-pin-dir`.
+    pub fn pins(&self) -> overlay_agent::datapath::PinLayout {
+        overlay_agent::datapath::PinLayout::new(&self.pin_root)
+    }
+
+    /// The versioned pin folder.
     pub fn pin_dir(&self) -> PathBuf {
-        self.pin_root.join(format!("v{}", overlay_common::PIN_VERSION))
+        self.pins().dir().to_path_buf()
     }
 
     pub fn pid(&self) -> Option<u32> {

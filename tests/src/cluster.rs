@@ -187,18 +187,18 @@ impl Cluster {
 
     /// Agent `i`'s VtepMAC, from its pinned configuration.
     pub fn vtep_mac(&self, i: usize) -> [u8; 6] {
-        let maps = DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap();
+        let maps = DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap();
         maps.config().unwrap().expect("configured").vtep_mac
     }
 
     /// Agent `i`'s packet counters by reason name.
     pub fn counters(&self, i: usize) -> HashMap<String, u64> {
-        let maps = DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap();
+        let maps = DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap();
         maps.stats().unwrap().counters.iter().map(|(r, c)| (r.name().to_string(), c.packets)).collect()
     }
 
     pub fn maps(&self, i: usize) -> DatapathMaps {
-        DatapathMaps::open_pinned(&self.agents[i].pin_dir()).unwrap()
+        DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap()
     }
 
     /// Starts an agent on testbed host `host` (normally a spare one) with

@@ -11,10 +11,12 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use overlay_agent::datapath::{loader::load_unattached, maps::coarse_now_ns, DatapathMaps, Peer, PodEndpoint};
+use overlay_agent::datapath::{
+    loader::load_unattached, maps::coarse_now_ns, DatapathMaps, Mode, NodeConfig, Peer, PodEndpoint,
+};
 use overlay_common::{
     map_names,
-    maps::{config_flags, LocalConfig, Mode, UnderlayHop},
+    maps::UnderlayHop,
     program_names::{FROM_HOST, FROM_PODS, FROM_UPLINK, XDP_GUARD},
     stats::Reason,
 };
@@ -53,20 +55,17 @@ struct Lab {
 impl Lab {
     fn new() -> Lab {
         let (ebpf, mut maps) = load_unattached().expect("load the BPF object (needs root)");
-        maps.set_config(&LocalConfig {
-            public_ip: OUR_IP.octets(),
-            cluster_net: [10, 42, 0, 0],
-            local_subnet: [10, 42, 1, 0],
+        maps.set_config(&NodeConfig {
+            public_ip: OUR_IP,
+            network: "10.42.0.0/16".parse().unwrap(),
+            subnet: "10.42.1.0/24".parse().unwrap(),
             vni: VNI,
-            uplink_ifindex: 1,
-            bridge_ifindex: 1,
-            uplink_mtu: 1500,
             port: PORT,
-            cluster_prefix_len: 16,
-            local_prefix_len: 24,
+            uplink_ifindex: 1,
+            uplink_mtu: 1500,
+            bridge_ifindex: 1,
             vtep_mac: OUR_VTEP,
             bridge_mac: BRIDGE_MAC,
-            flags: config_flags::READY,
         })
         .unwrap();
         maps.upsert_peer(&Peer {
@@ -643,4 +642,50 @@ fn randomized_frames_never_confuse_the_programs() {
     let counted: u64 = Reason::ALL.iter().map(|r| after.get(*r).packets - before.get(*r).packets).sum();
     assert_eq!(counted, runs, "every run is counted exactly once");
     assert!(verdicts.len() == 3, "all three verdicts seen: {verdicts:?}");
+}
+
+/// /metrics keeps the pinned STATS map open between scrapes (PinnedStats)
+/// and still follows the pin when a map is pinned there anew (`cleanup`,
+/// then another agent's start), instead of reading the old map forever.
+#[test]
+fn pinned_stats_follow_a_repinned_map() {
+    use aya::maps::{PerCpuArray, PerCpuValues};
+    use overlay_agent::datapath::{loader::EBPF_OBJECT, PinLayout, PinnedStats};
+    use overlay_common::stats::Counter;
+
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/overlay-test-pinned-stats-{}", std::process::id()));
+    let pins = PinLayout::new(&root);
+    std::fs::create_dir_all(pins.dir()).expect("a folder on bpffs (cargo xtask setup mounts it)");
+    let path = pins.map(map_names::STATS);
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    // A fresh object whose STATS is pinned in `pins`, with `packets` per CPU
+    // for one reason.
+    let load_pinned = |packets: u64| -> Ebpf {
+        let mut ebpf = aya::EbpfLoader::new().map_pin_path(map_names::STATS, path.as_path()).load(EBPF_OBJECT).unwrap();
+        set_encapsulated(&mut ebpf, packets);
+        ebpf
+    };
+    fn set_encapsulated(ebpf: &mut Ebpf, packets: u64) {
+        let mut stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(ebpf.map_mut(map_names::STATS).unwrap()).unwrap();
+        let n = aya::util::nr_cpus().unwrap();
+        let values = PerCpuValues::try_from(vec![Counter { packets, bytes: packets * 100 }; n]).unwrap();
+        stats.set(Reason::Encapsulated as u32, values, 0).unwrap();
+    }
+
+    let mut reader = PinnedStats::new(&pins);
+    assert!(reader.read().is_err(), "nothing pinned yet");
+    let mut first = load_pinned(1);
+    assert_eq!(reader.read().unwrap().get(Reason::Encapsulated).packets, cpus);
+    set_encapsulated(&mut first, 2);
+    assert_eq!(reader.read().unwrap().get(Reason::Encapsulated).packets, 2 * cpus);
+    // Unpinned while `first` keeps its map alive, then a new map pinned at
+    // the same path: the reader must switch to it.
+    std::fs::remove_file(&path).unwrap();
+    let _second = load_pinned(5);
+    let stats = reader.read().unwrap();
+    assert_eq!(stats.get(Reason::Encapsulated).packets, 5 * cpus);
+    assert_eq!(stats.get(Reason::Encapsulated).bytes, 500 * cpus);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(reader.read().is_err(), "the pin is gone");
+    drop(first);
 }

@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use overlay_agent::datapath::Mode;
 use overlay_agent::etcd::registry::parse_subnet_key;
-use overlay_common::maps::Mode;
 use overlay_tests::agent::log_time;
 use overlay_tests::poll_until;
 use overlay_tests::{capture::*, cluster::*, netns::next, traffic::*};

@@ -341,7 +341,7 @@ fn agents_survive_the_loss_of_any_etcd_member() {
             &format!("the lease put through member {via} in every agent's map"),
             || {
                 for (i, a) in agents.iter().enumerate() {
-                    let maps = overlay_agent::datapath::DatapathMaps::open_pinned(&a.pin_dir())?;
+                    let maps = overlay_agent::datapath::DatapathMaps::open_pinned(&a.pins())?;
                     anyhow::ensure!(maps.peers()?.iter().any(|p| p.subnet == net(&phantom)), "agent {i} lacks it");
                 }
                 Ok(killed.elapsed())

@@ -336,7 +336,7 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
         .unwrap()
         .iter()
         .map(|p| {
-            let mode = overlay_agent::node::mode_name(p.mode).to_string();
+            let mode = p.mode.to_string();
             (p.subnet.to_string(), p.public_ip.to_string(), p.public_ip.to_string(), mode, mac(&p.vtep_mac))
         })
         .collect();
@@ -551,7 +551,7 @@ fn health_endpoints_and_metrics() {
     let after = sample(&m, "overlay_packets_total{reason=\"encapsulated\"}");
     assert!(after >= before + 4.0, "encapsulated went from {before} to {after}");
     let counters = {
-        let maps = DatapathMaps::open_pinned(&c.agents[i].pin_dir()).unwrap();
+        let maps = DatapathMaps::open_pinned(&c.agents[i].pins()).unwrap();
         maps.stats().unwrap().get(overlay_common::stats::Reason::Encapsulated).packets
     };
     assert!(counters as f64 >= after, "metrics ({after}) ahead of the map ({counters})");

@@ -17,7 +17,7 @@ pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
 /// flanneld's default `--subnet-file`.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Default `--bpf-pin-dir` (the data path appends `/v1`).
-pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/overlay";
+pub const DEFAULT_BPF_PIN_DIR: &str = crate::datapath::pins::DEFAULT_ROOT;
 /// Default `--bridge`.
 pub const DEFAULT_BRIDGE: &str = "cni0";
 

@@ -4,12 +4,7 @@
 //! adopts what is pinned: the maps are reused as they are and each link is
 //! switched to the new program atomically (BPF_LINK_UPDATE), so no packet
 //! ever meets a missing program.
-use std::{
-    collections::BTreeSet,
-    fs,
-    io,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, fs, io, path::Path};
 
 use aya::{
     programs::{
@@ -21,9 +16,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use log::{debug, info, warn};
-use overlay_common::{map_names, program_names, PIN_VERSION};
+use overlay_common::{map_names, program_names};
 
-use super::{maps::DatapathMaps, DatapathError};
+use super::{maps::DatapathMaps, pins::PinLayout, DatapathError};
 
 /// The BPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("OVERLAY_EBPF_OBJECT"));
@@ -40,8 +35,7 @@ pub enum XdpGuard {
 
 #[derive(Clone, Debug)]
 pub struct DatapathOptions {
-    /// Root of the pin folders; the state lives in `{pin_root}/v{PIN_VERSION}`.
-    pub pin_root: PathBuf,
+    pub pins: PinLayout,
     pub uplink: String,
     pub bridge: String,
     pub xdp_guard: XdpGuard,
@@ -57,7 +51,7 @@ pub struct AttachReport {
 pub struct Datapath {
     pub maps: DatapathMaps,
     pub report: AttachReport,
-    pin_dir: PathBuf,
+    pins: PinLayout,
     /// Host-side pod veths that carry `from_pods` themselves.
     pod_veths: BTreeSet<String>,
     // Keeps program fds open for the agent's lifetime (the pins keep them
@@ -65,17 +59,12 @@ pub struct Datapath {
     ebpf: Ebpf,
 }
 
-/// `{pin_root}/v{PIN_VERSION}`.
-pub fn pin_dir(pin_root: &Path) -> PathBuf {
-    pin_root.join(format!("v{PIN_VERSION}"))
-}
-
 impl Datapath {
     /// Loads, attaches (or adopts) and pins everything.
     pub fn install(opts: &DatapathOptions) -> Result<Datapath, DatapathError> {
-        ensure_bpffs(&opts.pin_root)?;
-        let pin_dir = pin_dir(&opts.pin_root);
-        for dir in [pin_dir.clone(), pin_dir.join("links"), pin_dir.join("progs")] {
+        let pins = &opts.pins;
+        ensure_bpffs(pins.root())?;
+        for dir in [pins.dir().to_path_buf(), pins.links_dir(), pins.progs_dir()] {
             fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir { path: dir, source })?;
         }
         for iface in [&opts.uplink, &opts.bridge] {
@@ -87,8 +76,7 @@ impl Datapath {
         }
 
         let mut loader = EbpfLoader::new();
-        let map_paths: Vec<(&'static str, PathBuf)> =
-            map_names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        let map_paths: Vec<_> = map_names::ALL.iter().map(|n| (*n, pins.map(n))).collect();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -102,23 +90,22 @@ impl Datapath {
             (program_names::FROM_UPLINK, opts.uplink.as_str(), TcAttachType::Ingress),
         ];
         for (name, iface, hook) in tc {
-            attach_tc(&mut ebpf, &pin_dir, name, iface, hook, &mut report)?;
+            attach_tc(&mut ebpf, pins, name, iface, hook, &mut report)?;
         }
-        let xdp_pin = link_pin(&pin_dir, program_names::XDP_GUARD, &opts.uplink);
         match opts.xdp_guard {
-            XdpGuard::Off => detach_pinned(&xdp_pin),
-            mode => attach_xdp(&mut ebpf, &pin_dir, &opts.uplink, mode, &mut report)?,
+            XdpGuard::Off => detach_pinned(&pins.link(program_names::XDP_GUARD, &opts.uplink)),
+            mode => attach_xdp(&mut ebpf, pins, &opts.uplink, mode, &mut report)?,
         }
         // Pod veth links a previous agent pinned are adopted like the others
         // (switched to this agent's program); those of veths that are gone
         // are unpinned.
         let mut pod_veths = BTreeSet::new();
-        for veth in pinned_pod_veths(&pin_dir, &opts.bridge) {
+        for veth in pins.pod_veth_links(&opts.bridge) {
             if ifindex(&veth).is_none() {
-                detach_pinned(&link_pin(&pin_dir, program_names::FROM_PODS, &veth));
+                detach_pinned(&pins.link(program_names::FROM_PODS, &veth));
                 continue;
             }
-            match attach_tc(&mut ebpf, &pin_dir, program_names::FROM_PODS, &veth, TcAttachType::Ingress, &mut report) {
+            match attach_tc(&mut ebpf, pins, program_names::FROM_PODS, &veth, TcAttachType::Ingress, &mut report) {
                 Ok(()) => {
                     pod_veths.insert(veth);
                 }
@@ -127,15 +114,15 @@ impl Datapath {
         }
         info!(
             "data path ready in {} (adopted: [{}], attached: [{}])",
-            pin_dir.display(),
+            pins.dir().display(),
             report.adopted.join(", "),
             report.created.join(", ")
         );
-        Ok(Datapath { maps, report, pin_dir, pod_veths, ebpf })
+        Ok(Datapath { maps, report, pins: pins.clone(), pod_veths, ebpf })
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
+    pub fn pins(&self) -> &PinLayout {
+        &self.pins
     }
 
     /// Makes `from_pods` run on exactly these host-side pod veths (TC
@@ -147,7 +134,7 @@ impl Datapath {
         let mut attached = 0;
         for veth in veths.difference(&self.pod_veths.clone()) {
             let mut report = AttachReport::default();
-            match attach_tc(&mut self.ebpf, &self.pin_dir, program_names::FROM_PODS, veth, TcAttachType::Ingress, &mut report) {
+            match attach_tc(&mut self.ebpf, &self.pins, program_names::FROM_PODS, veth, TcAttachType::Ingress, &mut report) {
                 Ok(()) => {
                     debug!("from_pods attached to pod veth {veth}");
                     self.pod_veths.insert(veth.clone());
@@ -158,23 +145,11 @@ impl Datapath {
         }
         let gone: Vec<String> = self.pod_veths.difference(veths).cloned().collect();
         for veth in &gone {
-            detach_pinned(&link_pin(&self.pin_dir, program_names::FROM_PODS, veth));
+            detach_pinned(&self.pins.link(program_names::FROM_PODS, veth));
             self.pod_veths.remove(veth);
         }
         (attached, gone.len())
     }
-}
-
-/// Pod veths whose `from_pods` links a previous agent pinned (everything
-/// `from_pods@*` except the bridge's own).
-fn pinned_pod_veths(pin_dir: &Path, bridge: &str) -> BTreeSet<String> {
-    let prefix = format!("{}@", program_names::FROM_PODS);
-    let Ok(entries) = fs::read_dir(pin_dir.join("links")) else { return BTreeSet::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(str::to_string))
-        .filter(|iface| iface != bridge)
-        .collect()
 }
 
 /// Loads the object and every program into the kernel (the verifier runs)
@@ -191,13 +166,13 @@ pub fn load_unattached() -> Result<(Ebpf, DatapathMaps), DatapathError> {
     Ok((ebpf, maps))
 }
 
-/// Removes everything the agent pinned under `pin_root` (all versions):
+/// Removes everything the agent pinned under the root (all versions):
 /// unpinning the links detaches the programs, unpinning the maps frees them.
-pub fn uninstall(pin_root: &Path) -> Result<bool, DatapathError> {
-    if !pin_root.exists() {
+pub fn uninstall(pins: &PinLayout) -> Result<bool, DatapathError> {
+    if !pins.root().exists() {
         return Ok(false);
     }
-    fs::remove_dir_all(pin_root)?;
+    fs::remove_dir_all(pins.root())?;
     Ok(true)
 }
 
@@ -207,10 +182,6 @@ pub fn ifindex(name: &str) -> Option<u32> {
     // SAFETY: c is a valid NUL-terminated string for the call's duration.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
-}
-
-fn link_pin(pin_dir: &Path, program: &str, iface: &str) -> PathBuf {
-    pin_dir.join("links").join(format!("{program}@{iface}"))
 }
 
 fn prog_err<E>(program: &'static str, what: impl Into<String>) -> impl FnOnce(E) -> DatapathError
@@ -225,10 +196,10 @@ where
 /// replaces the pin of an older version.
 fn pin_program(
     prog: &mut aya::programs::Program,
-    pin_dir: &Path,
+    pins: &PinLayout,
     name: &'static str,
 ) -> Result<(), DatapathError> {
-    let path = pin_dir.join("progs").join(name);
+    let path = pins.prog(name);
     let _ = fs::remove_file(&path);
     prog.pin(&path).map_err(prog_err(name, format!("pin at {}", path.display())))
 }
@@ -261,14 +232,14 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
 
 fn attach_tc(
     ebpf: &mut Ebpf,
-    pin_dir: &Path,
+    pins: &PinLayout,
     name: &'static str,
     iface: &str,
     hook: TcAttachType,
     report: &mut AttachReport,
 ) -> Result<(), DatapathError> {
     let prog = classifier(ebpf, name)?;
-    let pin = link_pin(pin_dir, name, iface);
+    let pin = pins.link(name, iface);
     let label = format!("{name} on {iface} {}", hook_name(hook));
 
     let mut adopted = None;
@@ -310,19 +281,19 @@ fn attach_tc(
     let fd_link = FdLink::try_from(link).map_err(prog_err(name, "link fd"))?;
     fd_link.pin(&pin).map_err(prog_err(name, format!("pin link at {}", pin.display())))?;
     debug!("{label}: pinned at {}", pin.display());
-    pin_program(ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?, pin_dir, name)
+    pin_program(ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?, pins, name)
 }
 
 fn attach_xdp(
     ebpf: &mut Ebpf,
-    pin_dir: &Path,
+    pins: &PinLayout,
     iface: &str,
     mode: XdpGuard,
     report: &mut AttachReport,
 ) -> Result<(), DatapathError> {
     let name = program_names::XDP_GUARD;
     let prog = xdp_program(ebpf)?;
-    let pin = link_pin(pin_dir, name, iface);
+    let pin = pins.link(name, iface);
     let label = format!("{name} on {iface} xdp");
     let mut adopted = None;
     if let Some(old) = open_pinned_link(&pin) {
@@ -356,7 +327,7 @@ fn attach_xdp(
     let link = prog.take_link(id).map_err(prog_err(name, "take link"))?;
     let fd_link = FdLink::try_from(link).map_err(prog_err(name, "link fd"))?;
     fd_link.pin(&pin).map_err(prog_err(name, format!("pin link at {}", pin.display())))?;
-    pin_program(ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?, pin_dir, name)
+    pin_program(ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?, pins, name)
 }
 
 fn open_pinned_link(pin: &Path) -> Option<PinnedLink> {

@@ -1,17 +1,123 @@
 //! The typed API over the pinned maps: the only way the control plane
 //! changes what the BPF programs see. Every write is a whole entry (one
 //! map update), so a packet sees either the old or the new next hop.
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fmt,
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+};
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use ipnet::Ipv4Net;
 use overlay_common::{
     map_names,
-    maps::{Endpoint, LocalConfig, Mode, NextHop, NodeEntry, UnderlayHop},
+    maps::{self as wire, config_flags, Endpoint, LocalConfig, NextHop, NodeEntry, UnderlayHop},
     stats::{Counter, Reason, REASON_COUNT},
 };
 
-use super::DatapathError;
+use super::{pins::PinLayout, DatapathError};
+
+/// How a remote subnet is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Encapsulated in VXLAN to the node's public IP.
+    Vxlan,
+    /// Routed unencapsulated via the node's public IP (host-gw, or
+    /// DirectRouting to a peer on the uplink's own L2 segment).
+    Direct,
+}
+
+impl Mode {
+    fn to_wire(self) -> wire::Mode {
+        match self {
+            Mode::Vxlan => wire::Mode::Vxlan,
+            Mode::Direct => wire::Mode::Direct,
+        }
+    }
+
+    fn from_wire(v: u8) -> Option<Mode> {
+        match wire::Mode::from_u8(v)? {
+            wire::Mode::Vxlan => Some(Mode::Vxlan),
+            wire::Mode::Direct => Some(Mode::Direct),
+        }
+    }
+}
+
+/// The names `inspect`, the logs and the tests use.
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Mode::Vxlan => "vxlan",
+            Mode::Direct => "direct",
+        })
+    }
+}
+
+/// This node, as the programs see it (the `CONFIG` map).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Outer source of what we send.
+    pub public_ip: Ipv4Addr,
+    /// The flannel Network.
+    pub network: Ipv4Net,
+    /// Our own lease.
+    pub subnet: Ipv4Net,
+    pub vni: u32,
+    /// VXLAN UDP port.
+    pub port: u16,
+    pub uplink_ifindex: u32,
+    /// Encapsulated frames must fit in it.
+    pub uplink_mtu: u32,
+    pub bridge_ifindex: u32,
+    /// Inner source of what we send, inner destination we accept.
+    pub vtep_mac: [u8; 6],
+    /// Source MAC of frames delivered to local pods.
+    pub bridge_mac: [u8; 6],
+}
+
+impl NodeConfig {
+    fn to_wire(self) -> LocalConfig {
+        LocalConfig {
+            public_ip: self.public_ip.octets(),
+            cluster_net: self.network.network().octets(),
+            local_subnet: self.subnet.network().octets(),
+            vni: self.vni,
+            uplink_ifindex: self.uplink_ifindex,
+            bridge_ifindex: self.bridge_ifindex,
+            uplink_mtu: self.uplink_mtu,
+            port: self.port,
+            cluster_prefix_len: self.network.prefix_len(),
+            local_prefix_len: self.subnet.prefix_len(),
+            vtep_mac: self.vtep_mac,
+            bridge_mac: self.bridge_mac,
+            flags: config_flags::READY,
+        }
+    }
+
+    /// None while the agent has not filled the entry in.
+    fn from_wire(c: LocalConfig) -> Result<Option<NodeConfig>, DatapathError> {
+        if c.flags & config_flags::READY == 0 {
+            return Ok(None);
+        }
+        let net = |addr: [u8; 4], prefix: u8| {
+            Ipv4Net::new(Ipv4Addr::from(addr), prefix).map_err(|_| DatapathError::Corrupt("CONFIG with a prefix over 32"))
+        };
+        Ok(Some(NodeConfig {
+            public_ip: Ipv4Addr::from(c.public_ip),
+            network: net(c.cluster_net, c.cluster_prefix_len)?,
+            subnet: net(c.local_subnet, c.local_prefix_len)?,
+            vni: c.vni,
+            port: c.port,
+            uplink_ifindex: c.uplink_ifindex,
+            uplink_mtu: c.uplink_mtu,
+            bridge_ifindex: c.bridge_ifindex,
+            vtep_mac: c.vtep_mac,
+            bridge_mac: c.bridge_mac,
+        }))
+    }
+}
 
 /// A remote node as the data path knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,17 +194,10 @@ impl DatapathMaps {
         )
     }
 
-    /// Opens the maps pinned in `pin_dir` (the versioned folder), without
-    /// loading anything: what `inspect` and tests use.
-    pub fn open_pinned(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let open = |name: &'static str| -> Result<Map, DatapathError> {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
-                path: path.clone(),
-                source,
-            })?;
-            Map::from_map_data(data).map_err(map_err(name))
-        };
+    /// Opens the pinned maps without loading anything: what `inspect` and
+    /// tests use.
+    pub fn open_pinned(pins: &PinLayout) -> Result<Self, DatapathError> {
+        let open = |name: &'static str| open_pin(pins, name);
         let mut maps = Self::from_maps(
             open(map_names::SUBNETS)?,
             open(map_names::NODES)?,
@@ -106,7 +205,7 @@ impl DatapathMaps {
             open(map_names::CONFIG)?,
             open(map_names::STATS)?,
         )?;
-        if pin_dir.join(map_names::UNDERLAY).exists() {
+        if pins.map(map_names::UNDERLAY).exists() {
             let map = open(map_names::UNDERLAY)?;
             maps.underlay = Some(HashMap::try_from(map).map_err(map_err(map_names::UNDERLAY))?);
         }
@@ -130,14 +229,23 @@ impl DatapathMaps {
         })
     }
 
-    pub fn set_config(&mut self, cfg: &LocalConfig) -> Result<(), DatapathError> {
-        self.config.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
+    /// Writes this node's configuration and marks it ready: until then
+    /// every program passes everything.
+    pub fn set_config(&mut self, cfg: &NodeConfig) -> Result<(), DatapathError> {
+        self.config.set(0, cfg.to_wire(), 0).map_err(map_err(map_names::CONFIG))
     }
 
     /// The configuration, or `None` when the agent never filled it in.
-    pub fn config(&self) -> Result<Option<LocalConfig>, DatapathError> {
-        let cfg = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
-        Ok((cfg.flags & overlay_common::maps::config_flags::READY != 0).then_some(cfg))
+    pub fn config(&self) -> Result<Option<NodeConfig>, DatapathError> {
+        NodeConfig::from_wire(self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?)
+    }
+
+    /// The VtepMAC a previous agent configured, so a restart keeps it even
+    /// when etcd lost our lease. None when nothing (usable) is pinned.
+    pub fn pinned_vtep_mac(pins: &PinLayout) -> Option<[u8; 6]> {
+        let maps = Self::open_pinned(pins).ok()?;
+        let cfg = maps.config().ok()??;
+        Some(cfg.vtep_mac).filter(|mac| *mac != [0; 6])
     }
 
     /// Adds or replaces a remote node's lease. The node entry is written
@@ -154,7 +262,7 @@ impl DatapathMaps {
         let hop = NextHop {
             public_ip: peer.public_ip.octets(),
             vtep_mac: peer.vtep_mac,
-            mode: peer.mode as u8,
+            mode: peer.mode.to_wire() as u8,
             _pad: 0,
         };
         self.subnets
@@ -185,7 +293,7 @@ impl DatapathMaps {
         let mut out = Vec::new();
         for item in self.subnets.iter() {
             let (key, hop) = item.map_err(map_err(map_names::SUBNETS))?;
-            let Some(mode) = Mode::from_u8(hop.mode) else { continue };
+            let Some(mode) = Mode::from_wire(hop.mode) else { continue };
             let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
                 .map_err(|_| DatapathError::Corrupt("SUBNETS key with a prefix over 32"))?;
             out.push(Peer {
@@ -223,6 +331,26 @@ impl DatapathMaps {
         ignore_missing(self.endpoints.remove(&ip.octets())).map_err(map_err(map_names::ENDPOINTS))
     }
 
+    /// Makes the endpoint map equal to `wanted`; returns (added or changed,
+    /// removed).
+    pub fn reconcile_endpoints(&mut self, wanted: &[PodEndpoint]) -> Result<(usize, usize), DatapathError> {
+        let current: StdHashMap<Ipv4Addr, PodEndpoint> = self.endpoints()?.into_iter().map(|e| (e.ip, e)).collect();
+        let wanted_ips: HashSet<Ipv4Addr> = wanted.iter().map(|e| e.ip).collect();
+        let mut changed = 0;
+        for ep in wanted {
+            if current.get(&ep.ip) != Some(ep) {
+                self.upsert_endpoint(ep)?;
+                changed += 1;
+            }
+        }
+        let mut removed = 0;
+        for ip in current.keys().filter(|ip| !wanted_ips.contains(ip)) {
+            self.remove_endpoint(*ip)?;
+            removed += 1;
+        }
+        Ok((changed, removed))
+    }
+
     pub fn endpoints(&self) -> Result<Vec<PodEndpoint>, DatapathError> {
         let mut out = Vec::new();
         for item in self.endpoints.iter() {
@@ -257,18 +385,64 @@ impl DatapathMaps {
 
     /// Counters summed over all CPUs.
     pub fn stats(&self) -> Result<Stats, DatapathError> {
-        let mut counters = Vec::with_capacity(REASON_COUNT as usize);
-        for reason in Reason::ALL {
-            let per_cpu = self.stats.get(&(reason as u32), 0).map_err(map_err(map_names::STATS))?;
-            let mut total = Counter::default();
-            for c in per_cpu.iter() {
-                total.packets += c.packets;
-                total.bytes += c.bytes;
-            }
-            counters.push((reason, total));
-        }
-        Ok(Stats { counters })
+        sum_stats(&self.stats)
     }
+}
+
+/// The pinned counters alone, kept open for a reader that polls them
+/// (`/metrics`) instead of opening the map per read. The pin is checked
+/// (one stat) at every read, so a map pinned later, or pinned anew after
+/// `cleanup` and another agent's start, is picked up.
+pub struct PinnedStats {
+    path: PathBuf,
+    /// The open map and the (device, inode) of the pin it came from.
+    open: Option<((u64, u64), PerCpuArray<MapData, Counter>)>,
+}
+
+impl PinnedStats {
+    /// Opens nothing yet: the map may not be pinned so far.
+    pub fn new(pins: &PinLayout) -> PinnedStats {
+        PinnedStats { path: pins.map(map_names::STATS), open: None }
+    }
+
+    pub fn read(&mut self) -> Result<Stats, DatapathError> {
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.open = None;
+                return Err(e.into());
+            }
+        };
+        let id = (meta.dev(), meta.ino());
+        if self.open.as_ref().is_none_or(|(open_id, _)| *open_id != id) {
+            let data = MapData::from_pin(&self.path)
+                .map_err(|source| DatapathError::OpenPin { path: self.path.clone(), source })?;
+            let map = Map::from_map_data(data).map_err(map_err(map_names::STATS))?;
+            self.open = Some((id, PerCpuArray::try_from(map).map_err(map_err(map_names::STATS))?));
+        }
+        let (_, map) = self.open.as_ref().expect("opened above");
+        sum_stats(map)
+    }
+}
+
+fn sum_stats(map: &PerCpuArray<MapData, Counter>) -> Result<Stats, DatapathError> {
+    let mut counters = Vec::with_capacity(REASON_COUNT as usize);
+    for reason in Reason::ALL {
+        let per_cpu = map.get(&(reason as u32), 0).map_err(map_err(map_names::STATS))?;
+        let mut total = Counter::default();
+        for c in per_cpu.iter() {
+            total.packets += c.packets;
+            total.bytes += c.bytes;
+        }
+        counters.push((reason, total));
+    }
+    Ok(Stats { counters })
+}
+
+fn open_pin(pins: &PinLayout, name: &'static str) -> Result<Map, DatapathError> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })?;
+    Map::from_map_data(data).map_err(map_err(name))
 }
 
 /// Now on CLOCK_MONOTONIC_COARSE, the clock of the programs'
@@ -290,5 +464,54 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeConfig {
+        NodeConfig {
+            public_ip: Ipv4Addr::new(192, 168, 1, 10),
+            network: "10.42.0.0/16".parse().unwrap(),
+            subnet: "10.42.7.0/24".parse().unwrap(),
+            vni: 1,
+            port: 8472,
+            uplink_ifindex: 2,
+            uplink_mtu: 1500,
+            bridge_ifindex: 3,
+            vtep_mac: [0x0e, 1, 2, 3, 4, 5],
+            bridge_mac: [0x0e, 6, 7, 8, 9, 10],
+        }
+    }
+
+    #[test]
+    fn node_config_round_trips_through_the_map_value() {
+        let wire = node().to_wire();
+        assert_eq!(wire.cluster_net, [10, 42, 0, 0]);
+        assert_eq!((wire.cluster_prefix_len, wire.local_subnet, wire.local_prefix_len), (16, [10, 42, 7, 0], 24));
+        assert_eq!(wire.flags, config_flags::READY);
+        assert_eq!(NodeConfig::from_wire(wire).unwrap(), Some(node()));
+    }
+
+    #[test]
+    fn an_unfilled_config_is_none_and_a_bad_prefix_is_corrupt() {
+        let mut wire = node().to_wire();
+        wire.flags = 0;
+        assert_eq!(NodeConfig::from_wire(wire).unwrap(), None);
+        wire.flags = config_flags::READY;
+        wire.local_prefix_len = 33;
+        assert!(matches!(NodeConfig::from_wire(wire), Err(DatapathError::Corrupt(_))));
+    }
+
+    #[test]
+    fn modes_round_trip_and_have_their_inspect_names() {
+        for (mode, name) in [(Mode::Vxlan, "vxlan"), (Mode::Direct, "direct")] {
+            assert_eq!(Mode::from_wire(mode.to_wire() as u8), Some(mode));
+            assert_eq!(mode.to_string(), name);
+        }
+        assert_eq!(format!("{:<7}|", Mode::Direct), "direct |");
+        assert_eq!(Mode::from_wire(0), None);
     }
 }

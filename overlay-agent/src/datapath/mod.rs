@@ -1,15 +1,21 @@
-//! Everything that touches BPF: loading, attaching and pinning the programs
-//! (`loader`), the typed map API (`maps`), and the pod endpoint table kept
-//! from netlink (`endpoints`).
+//! Everything that touches BPF, and the only user of the `overlay-common`
+//! contract: loading, attaching and pinning the programs (`loader`), where
+//! the pins live (`pins`), and the typed map API (`maps`). The rest of the
+//! agent speaks its types (addresses, subnets, MACs), never map layouts.
 
-pub mod endpoints;
 pub mod loader;
 pub mod maps;
+pub mod pins;
 
 use std::path::PathBuf;
 
 pub use loader::{AttachReport, Datapath, DatapathOptions, XdpGuard};
-pub use maps::{DatapathMaps, Peer, PodEndpoint, Stats};
+pub use maps::{DatapathMaps, Mode, NodeConfig, Peer, PinnedStats, PodEndpoint, Stats};
+pub use pins::PinLayout;
+
+/// Bytes VXLAN adds over an IPv4 underlay (outer IPv4, UDP, VXLAN, inner
+/// Ethernet): what the pod MTU gives up.
+pub const VXLAN_OVERHEAD: u32 = overlay_common::VXLAN_OVERHEAD as u32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

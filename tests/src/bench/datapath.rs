@@ -204,11 +204,11 @@ impl Topology {
                 // Both nodes know each other.
                 for a in &agents {
                     crate::poll_until(Duration::from_secs(30), "the peer in the maps", || {
-                        let peers = DatapathMaps::open_pinned(&a.pin_dir())?.peers()?;
+                        let peers = DatapathMaps::open_pinned(&a.pins())?.peers()?;
                         if peers.is_empty() {
                             bail!("no peer yet");
                         }
-                        if direct && peers.iter().any(|p| p.mode != overlay_common::maps::Mode::Direct) {
+                        if direct && peers.iter().any(|p| p.mode != overlay_agent::datapath::Mode::Direct) {
                             bail!("DirectRouting: peer not in direct mode yet: {peers:?}");
                         }
                         Ok(())
@@ -245,7 +245,7 @@ impl Topology {
         for (a, pod) in self.agents.iter().zip([&self.client, &self.server]) {
             let pod_ip = pod.ip();
             crate::poll_until(Duration::from_secs(20), "the pod in the agent's ENDPOINTS", || {
-                if !DatapathMaps::open_pinned(&a.pin_dir())?.endpoints()?.iter().any(|e| e.ip == pod_ip) {
+                if !DatapathMaps::open_pinned(&a.pins())?.endpoints()?.iter().any(|e| e.ip == pod_ip) {
                     // Keep the neighbour entries fresh while waiting.
                     let _ = self.client.ping(self.server.ip());
                     bail!("pod {pod_ip} not in ENDPOINTS yet");

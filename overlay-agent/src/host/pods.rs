@@ -1,10 +1,11 @@
-//! The endpoint map (local pod IP -> host-side veth, pod MAC) that lets the
-//! decap path hand packets straight to a pod with `bpf_redirect_peer`.
-//! Kept from the kernel's own tables: the bridge's neighbour entries give
-//! IP -> MAC, its forwarding database gives MAC -> port. A pod not (yet)
-//! in the map is still reached, through the host's stack and the bridge.
+//! The pods on the bridge, from the kernel's own tables: the bridge's
+//! neighbour entries give IP -> MAC, its forwarding database gives MAC ->
+//! port. What the data path makes of them (direct delivery with
+//! `bpf_redirect_peer`, encapsulation on each pod veth) is up to the caller;
+//! a pod not found here is still reached, through the host's stack and the
+//! bridge.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -18,20 +19,29 @@ use rtnetlink::{
     Handle,
 };
 
-use super::{maps::PodEndpoint, DatapathError, DatapathMaps};
-use crate::host::netlink::{links, req_err, NetlinkError};
+use super::netlink::{links, req_err, NetlinkError};
+
+/// A pod whose IP, MAC and host-side veth are all known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// The host-side veth: the bridge port the pod sits behind.
+    pub veth_ifindex: u32,
+}
 
 /// The pods on a bridge, as the kernel knows them.
 #[derive(Clone, Debug, Default)]
-pub struct Discovered {
-    /// Pods with a known IP, MAC and veth: direct delivery is possible.
-    pub endpoints: Vec<PodEndpoint>,
-    /// Names of every veth port of the bridge (where pods' packets enter).
-    pub veths: std::collections::BTreeSet<String>,
+pub struct BridgePods {
+    /// Pods with a known IP, MAC and veth, by IP.
+    pub pods: Vec<Pod>,
+    /// Names of every veth port of the bridge (where pods' packets enter),
+    /// including those whose pod is not known yet.
+    pub veths: BTreeSet<String>,
 }
 
 /// What the kernel currently knows about pods on `bridge` inside `subnet`.
-pub async fn discover(handle: &Handle, bridge: u32, subnet: Ipv4Net) -> Result<Discovered, NetlinkError> {
+pub async fn discover(handle: &Handle, bridge: u32, subnet: Ipv4Net) -> Result<BridgePods, NetlinkError> {
     // Ports of the bridge that are veths (bpf_redirect_peer needs a veth).
     let ports: Vec<_> = links(handle)
         .await?
@@ -86,11 +96,11 @@ pub async fn discover(handle: &Handle, bridge: u32, subnet: Ipv4Net) -> Result<D
             continue;
         }
         if let Some(port) = mac_port.get(&mac) {
-            out.push(PodEndpoint { ip, ifindex: *port, mac });
+            out.push(Pod { ip, mac, veth_ifindex: *port });
         }
     }
-    out.sort_by_key(|e| e.ip);
-    Ok(Discovered { endpoints: out, veths })
+    out.sort_by_key(|p| p.ip);
+    Ok(BridgePods { pods: out, veths })
 }
 
 fn lladdr(attrs: &[NeighbourAttribute]) -> Option<[u8; 6]> {
@@ -102,24 +112,4 @@ fn lladdr(attrs: &[NeighbourAttribute]) -> Option<[u8; 6]> {
         }
         _ => None,
     })
-}
-
-/// Makes the endpoint map equal to `wanted`; returns (added or changed,
-/// removed).
-pub fn reconcile(maps: &mut DatapathMaps, wanted: &[PodEndpoint]) -> Result<(usize, usize), DatapathError> {
-    let current: HashMap<Ipv4Addr, PodEndpoint> = maps.endpoints()?.into_iter().map(|e| (e.ip, e)).collect();
-    let wanted_ips: HashSet<Ipv4Addr> = wanted.iter().map(|e| e.ip).collect();
-    let mut changed = 0;
-    for ep in wanted {
-        if current.get(&ep.ip) != Some(ep) {
-            maps.upsert_endpoint(ep)?;
-            changed += 1;
-        }
-    }
-    let mut removed = 0;
-    for ip in current.keys().filter(|ip| !wanted_ips.contains(ip)) {
-        maps.remove_endpoint(*ip)?;
-        removed += 1;
-    }
-    Ok((changed, removed))
 }
