@@ -7,6 +7,10 @@
 //! * [`certs`]: a throw-away CA with server and client certificates.
 //! * [`agent`]: the real `overlay-agent` binary running in a testbed host.
 //! * [`flannel`]: a node with flannel's kernel VXLAN, set up as flanneld does.
+//! * [`docker`]: a real dockerd per node namespace, with its own state
+//!   directory, and the `docker` CLI against it (containers, networks).
+//! * [`cni`]: the real CNI plugins (bridge, host-local, loopback) invoked
+//!   as a runtime does, with flannel's delegate configuration.
 //! * [`forward`]: reaching the root namespace's etcd from inside a namespace.
 //! * [`control_plane`]: many synthetic leases in etcd, etcd's request
 //!   counters, the agent's `SUBNETS` map (the benchmark and the tests).
@@ -20,7 +24,9 @@
 pub mod agent;
 pub mod bench;
 pub mod certs;
+pub mod cni;
 pub mod control_plane;
+pub mod docker;
 pub mod etcd;
 pub mod flannel;
 pub mod forward;
