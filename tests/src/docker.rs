@@ -409,6 +409,9 @@ impl Dockerd {
 
     /// `docker run -d --init --name <name> <extra...> bb <command...>`.
     pub fn run_container_with(&mut self, name: &str, extra: &[&str], command: &[&str]) -> Result<Container> {
+        if name.len() < 2 {
+            bail!("container name {name:?}: docker wants at least 2 characters ([a-zA-Z0-9][a-zA-Z0-9_.-]+)");
+        }
         let mut args = vec!["run", "-d", "--init", "--name", name];
         args.extend(extra);
         args.push(IMAGE);
