@@ -14,6 +14,10 @@
 //!   the pcap it wrote.
 //! * [`packet`]: frames built byte by byte for the BPF programs' test runs.
 //! * [`flannel`]: a node with flannel's kernel VXLAN, set up as flanneld does.
+//! * [`docker`]: a real dockerd per node namespace, with its own state
+//!   directory, and the `docker` CLI against it (containers, networks).
+//! * [`cni`]: the real CNI plugins (bridge, host-local, loopback) invoked
+//!   as a runtime does, with flannel's delegate configuration.
 //! * [`forward`]: reaching the root namespace's etcd from inside a namespace.
 //! * [`control_plane`]: many synthetic leases in etcd, etcd's request
 //!   counters, the agent's `SUBNETS` map (the benchmark and the tests).
@@ -29,7 +33,9 @@ pub mod bench;
 pub mod capture;
 pub mod certs;
 pub mod cluster;
+pub mod cni;
 pub mod control_plane;
+pub mod docker;
 pub mod etcd;
 pub mod flannel;
 pub mod forward;

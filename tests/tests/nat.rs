@@ -6,8 +6,6 @@
 //! port), and what the host firewall's FORWARD chain sees.
 //! Needs root.
 
-mod support;
-
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -20,7 +18,11 @@ use std::{
 };
 
 use overlay_tests::netns::{Netns, Pod};
-use support::cluster::{next, Cluster, VXLAN_CONFIG};
+use overlay_tests::{
+    cluster::{Cluster, VXLAN_CONFIG},
+    netns::next,
+    traffic::{tcp_roundtrip, wait_ping},
+};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -238,7 +240,7 @@ fn ordinary_pod_traffic_keeps_the_fast_path_next_to_services() {
     for _ in 0..20 {
         assert_eq!(tcp_ask(a.ns(), SocketAddrV4::new(b.ip(), 8080)), Ok(b.ip()));
     }
-    support::cluster::tcp_roundtrip(a, b, 4 << 20);
+    tcp_roundtrip(a, b, 4 << 20);
     let after: Vec<_> = (0..2).map(|i| c.counters(i)).collect();
     for i in 0..2 {
         let moved = |k: &str| after[i][k] - before[i][k];
@@ -391,8 +393,8 @@ fn pods_cannot_forge_sources_or_reach_the_vxlan_port() {
     assert_eq!(received(&sock, TIMEOUT).as_deref(), Some(&b"honest"[..]));
     // Make sure the node knows both local pods: once the endpoint map names
     // them, their veths carry the per-veth check (attached first).
-    support::cluster::wait_ping(neighbour.ns(), victim.ip());
-    support::cluster::wait_ping(attacker.ns(), victim.ip());
+    wait_ping(neighbour.ns(), victim.ip());
+    wait_ping(attacker.ns(), victim.ip());
     overlay_tests::poll_until(Duration::from_secs(10), "the node to learn its pods", || {
         let eps = c.maps(0).endpoints()?;
         let all = [attacker.ip(), neighbour.ip()].iter().all(|ip| eps.iter().any(|e| e.ip == *ip));

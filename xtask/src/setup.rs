@@ -29,6 +29,12 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     // `systemd-analyze verify` of dist/overlay-agent.service in the tests.
     "systemd",
+    // The real clients of subnet.env (tests/src/docker.rs, tests/src/cni.rs):
+    // dockerd with containerd and runc, the busybox the test image is made
+    // from, and the CNI plugins flannel's CNI plugin delegates to.
+    "docker.io",
+    "busybox-static",
+    "containernetworking-plugins",
 ];
 
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -501,6 +507,9 @@ mod tests {
             "bpftool",
             "iperf3",
             "tcpdump",
+            "docker.io",
+            "busybox-static",
+            "containernetworking-plugins",
         ] {
             assert!(p.iter().any(|x| x == needed), "{needed}");
         }
