@@ -1,13 +1,14 @@
 //! `overlay-agent cleanup`: removes what the agent installed on this node
-//! (BPF programs and pins, the bridge's cluster route and address, the
-//! masquerade rules) and, with `--release-lease`, our lease in etcd.
+//! (BPF programs and pins, the tunnel device with its cluster route and
+//! address, the masquerade rules) and, with `--release-lease`, our lease in
+//! etcd. Pod bridges are not ours (Docker's, the CNI plugin's): they stay.
 use anyhow::{Context, Result};
 
 use crate::{
     cli::CleanupArgs,
     datapath::{loader::uninstall, PinLayout},
     etcd::SubnetManager,
-    host::{bridge, masq, netlink},
+    host::{leftovers, masq, netlink, tunnel_device},
     node::etcd_settings,
     subnet_env::SubnetEnv,
 };
@@ -20,13 +21,18 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
     masq::remove_all().context("removing the masquerade rules")?;
     println!("removed the FLANNEL-POSTRTG / FLANNEL-FWD rules (if present)");
     let handle = netlink::connect()?;
-    bridge::remove_bridge_setup(&handle, &args.bridge, env.as_ref().map(|e| e.network))
-        .await
-        .with_context(|| format!("cleaning up bridge {}", args.bridge))?;
-    println!("removed the cluster route and our address from {} (the bridge itself is kept for its pods)", args.bridge);
+    if tunnel_device::remove(&handle).await.context("removing the tunnel device")? {
+        println!("removed {} with its cluster route and address", tunnel_device::TUNNEL_DEVICE);
+    }
+    if let Some(name) = &args.bridge {
+        leftovers::remove_bridge_setup(&handle, name, env.as_ref().map(|e| e.network))
+            .await
+            .with_context(|| format!("cleaning up bridge {name}"))?;
+        println!("removed the cluster route and our address from {name} (the bridge itself is kept for its pods)");
+    }
     let pins = PinLayout::new(&args.bpf_pin_dir);
     if uninstall(&pins)? {
-        println!("detached the BPF programs and removed {}", pins.root().display());
+        println!("detached the BPF programs and removed our pinned state under {}", pins.root().display());
     } else {
         println!("no BPF state at {}", pins.dir().display());
     }

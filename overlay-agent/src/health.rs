@@ -31,6 +31,10 @@ pub struct Health {
     ready: AtomicBool,
     peers: AtomicUsize,
     lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
+    /// The pod bridge found (None while there is none).
+    pod_bridge: Mutex<Option<String>>,
+    /// What is wrong with the host's bridges now (problem kinds).
+    bridge_problems: Mutex<Vec<&'static str>>,
     /// Kept open across scrapes; the server starts before the data path is
     /// pinned, so it opens on the first scrape that finds the pin.
     counters: Mutex<PinnedStats>,
@@ -43,6 +47,8 @@ impl Health {
             ready: AtomicBool::new(false),
             peers: AtomicUsize::new(0),
             lease: Mutex::new(None),
+            pod_bridge: Mutex::new(None),
+            bridge_problems: Mutex::new(Vec::new()),
             counters: Mutex::new(PinnedStats::new(pins)),
         })
     }
@@ -53,6 +59,14 @@ impl Health {
 
     pub fn set_peers(&self, n: usize) {
         self.peers.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_pod_bridge(&self, name: Option<&str>) {
+        *self.pod_bridge.lock().unwrap_or_else(|p| p.into_inner()) = name.map(str::to_string);
+    }
+
+    pub fn set_bridge_problems(&self, kinds: impl Iterator<Item = &'static str>) {
+        *self.bridge_problems.lock().unwrap_or_else(|p| p.into_inner()) = kinds.collect();
     }
 
     pub fn set_lease(&self, lease: &Lease) {
@@ -121,6 +135,30 @@ impl Health {
         }
         if let Some((_, Some(exp))) = *self.lease.lock().unwrap_or_else(|p| p.into_inner()) {
             gauge(&mut out, "overlay_lease_expiry_timestamp_seconds", "When our subnet lease expires unless renewed (Unix time).", unix(exp));
+        }
+        {
+            let bridge = self.pod_bridge.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = writeln!(
+                out,
+                "# HELP overlay_pod_bridge 1 while a pod bridge is found (the one carrying the lease's gateway, or --bridge), by name.\n# TYPE overlay_pod_bridge gauge"
+            );
+            match bridge {
+                Some(name) => {
+                    let _ = writeln!(out, "overlay_pod_bridge{{bridge=\"{name}\"}} 1");
+                }
+                None => {
+                    let _ = writeln!(out, "overlay_pod_bridge{{bridge=\"\"}} 0");
+                }
+            }
+            let problems = self.bridge_problems.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = writeln!(
+                out,
+                "# HELP overlay_pod_bridge_problems Problems with the host's bridges now (see the log), by kind.\n# TYPE overlay_pod_bridge_problems gauge"
+            );
+            for kind in ["ambiguous_gateway", "address_not_gateway", "not_a_bridge"] {
+                let n = problems.iter().filter(|k| **k == kind).count();
+                let _ = writeln!(out, "overlay_pod_bridge_problems{{kind=\"{kind}\"}} {n}");
+            }
         }
         gauge(&mut out, "overlay_ready", "1 once the data path is attached, the lease held and the subnet file written.", u8::from(self.is_ready()).to_string());
         out

@@ -1,5 +1,6 @@
-//! The daemon: acquire our lease, set up the bridge and the data path, then
-//! follow etcd. Lease events become whole map entries through
+//! The daemon: acquire our lease, set up the tunnel device and the data
+//! path, then follow etcd (leases) and the host (which bridge the pods are
+//! on, and which pods). Lease events become whole map entries through
 //! `datapath::maps`; nothing here parses etcd data or touches BPF directly.
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,18 +31,21 @@ use crate::{
     },
     health::{self, Health},
     host::{
-        bridge::{self, BridgePlan},
         iface::{self, IfaceSelection, Uplink},
+        leftovers,
         masq::MasqRules,
-        netlink, pods,
+        netlink,
+        pod_bridge::{self, BridgeScan, PodBridge},
+        pods, sysctl,
+        tunnel_device::{self, TunnelKind, TunnelPlan, TUNNEL_DEVICE},
     },
     notify,
     subnet_env::{self, SubnetEnv},
 };
 
+/// How often the pod bridge, its pods and their veths are looked at again.
 const ENDPOINT_SYNC: Duration = Duration::from_secs(1);
-/// Every this many endpoint syncs, the bridge's cluster route and
-/// neighbour are re-asserted.
+/// Every this many endpoint syncs, the cluster route is re-asserted.
 const HOST_RESYNC_TICKS: u64 = 5;
 
 pub fn etcd_settings(etcd: &crate::cli::EtcdArgs) -> EtcdSettings {
@@ -134,17 +138,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await?;
     info!("lease {} (VtepMAC {})", lease.subnet, format_mac(&vtep_mac));
 
-    for name in bridge::remove_flannel_devices(&handle).await? {
+    for name in leftovers::remove_flannel_devices(&handle).await? {
         info!("removed {name}");
     }
-    let plan = bridge_plan(&args, &cfg, lease.subnet, pod_mtu, vtep_mac);
-    let bridge_info = bridge::ensure_bridge(&handle, &plan).await.context("setting up the bridge")?;
-    bridge::ensure_sysctls(&uplink.name)?;
+    let tunnel_plan = tunnel_plan(&cfg, lease.subnet, pod_mtu, vtep_mac);
+    tunnel_device::ensure(&handle, &tunnel_plan).await.with_context(|| format!("setting up {TUNNEL_DEVICE}"))?;
+    sysctl::ensure_sysctls(&uplink.name)?;
 
     let datapath = Datapath::install(&DatapathOptions {
         pins,
         uplink: uplink.name.clone(),
-        bridge: args.bridge.clone(),
+        tunnel: TUNNEL_DEVICE.to_string(),
         xdp_guard: if args.xdp_guard { XdpGuard::Native } else { XdpGuard::Off },
     })
     .context("installing the BPF data path")?;
@@ -156,8 +160,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         uplink,
         cfg: cfg.clone(),
         datapath,
-        bridge_index: bridge_info.index,
-        bridge_mac: bridge_info.mac,
+        bridge: BridgeScan::default(),
+        tunnel_plan,
         vtep_mac,
         underlay_mtu,
         pod_mtu,
@@ -168,6 +172,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args: args.clone(),
         health: health.clone(),
     };
+    // The pod bridge before the config, so the first config names it.
+    node.scan_pod_bridge().await;
     node.apply_own_lease(true).await?;
 
     let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin as u64 * 60);
@@ -182,13 +188,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     node.run(events, own_rx).await
 }
 
-fn bridge_plan(args: &RunArgs, cfg: &NetworkConfig, subnet: Ipv4Net, mtu: u32, vtep_mac: [u8; 6]) -> BridgePlan {
-    BridgePlan {
-        name: args.bridge.clone(),
-        address: subnet_env::first_usable(subnet),
-        mtu,
+fn tunnel_plan(cfg: &NetworkConfig, subnet: Ipv4Net, pod_mtu: u32, vtep_mac: [u8; 6]) -> TunnelPlan {
+    TunnelPlan {
+        kind: match cfg.backend.kind {
+            BackendType::Vxlan => TunnelKind::Vxlan { port: cfg.backend.port },
+            BackendType::HostGw => TunnelKind::Plain,
+        },
+        mtu: pod_mtu,
+        mac: vtep_mac,
+        subnet,
         cluster: cfg.network,
-        vtep_mac,
     }
 }
 
@@ -197,8 +206,10 @@ struct Node {
     uplink: Uplink,
     cfg: NetworkConfig,
     datapath: Datapath,
-    bridge_index: u32,
-    bridge_mac: [u8; 6],
+    /// The pod bridge as last found (and what is wrong with the host's
+    /// bridges, if anything).
+    bridge: BridgeScan,
+    tunnel_plan: TunnelPlan,
     vtep_mac: [u8; 6],
     underlay_mtu: u32,
     pod_mtu: u32,
@@ -257,25 +268,32 @@ impl Node {
         Ok(())
     }
 
-    /// Config map, bridge address, subnet file and masquerading for our
-    /// (possibly new) lease.
-    async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
-        let subnet = self.own.subnet;
-        self.datapath.maps.set_config(&NodeConfig {
+    /// This node as the programs see it.
+    fn node_config(&self) -> NodeConfig {
+        let bridge = self.bridge.bridge.as_ref();
+        NodeConfig {
             public_ip: self.uplink.public_ip,
             network: self.cfg.network,
-            subnet,
+            subnet: self.own.subnet,
             vni: self.cfg.backend.vni,
             port: self.cfg.backend.port,
             uplink_ifindex: self.uplink.index,
             uplink_mtu: self.underlay_mtu,
-            bridge_ifindex: self.bridge_index,
+            bridge_ifindex: bridge.map_or(0, |b| b.index),
             vtep_mac: self.vtep_mac,
-            bridge_mac: self.bridge_mac,
-        })?;
+            bridge_mac: bridge.map_or([0; 6], |b| b.mac),
+            kernel_forwarding: self.args.kernel_forwarding,
+        }
+    }
+
+    /// Config map, tunnel device, subnet file and masquerading for our
+    /// (possibly new) lease.
+    async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
+        let subnet = self.own.subnet;
+        self.datapath.maps.set_config(&self.node_config())?;
         if !first {
-            let plan = bridge_plan(&self.args, &self.cfg, subnet, self.pod_mtu, self.vtep_mac);
-            bridge::ensure_bridge(&self.handle, &plan).await?;
+            self.tunnel_plan.subnet = subnet;
+            tunnel_device::ensure(&self.handle, &self.tunnel_plan).await?;
             // A peer entry for what is now our own subnet must go.
             if self.peers.contains_key(&subnet) {
                 self.remove_peer(subnet);
@@ -426,23 +444,64 @@ impl Node {
     }
 
     async fn resync_host(&mut self) {
-        let plan = bridge_plan(&self.args, &self.cfg, self.own.subnet, self.pod_mtu, self.vtep_mac);
-        if let Err(e) = bridge::resync_cluster_route(&self.handle, &plan).await {
-            warn!("re-asserting the cluster route on {}: {e}", plan.name);
+        if let Err(e) = tunnel_device::resync_route(&self.handle, &self.tunnel_plan).await {
+            warn!("re-asserting the cluster route via {TUNNEL_DEVICE}: {e}");
         }
     }
 
-    async fn sync_endpoints(&mut self) {
-        let found = match pods::discover(&self.handle, self.bridge_index, self.own.subnet).await {
-            Ok(found) => found,
+    /// Finds the pod bridge again; when it changed (appeared, went away,
+    /// was re-made, another bridge took the gateway address), the programs
+    /// follow and the config names the new one.
+    async fn scan_pod_bridge(&mut self) -> bool {
+        let gateway = subnet_env::first_usable(self.own.subnet);
+        let scan = match pod_bridge::scan(&self.handle, self.args.bridge.as_deref(), gateway).await {
+            Ok(scan) => scan,
             Err(e) => {
-                warn!("reading pod endpoints: {e}");
-                return;
+                warn!("looking for the pod bridge: {e}");
+                return false;
             }
         };
-        match self.datapath.sync_pod_veths(&found.veths) {
+        for problem in scan.problems.difference(&self.bridge.problems) {
+            warn!("{problem}");
+        }
+        self.health.set_bridge_problems(scan.problems.iter().map(|p| p.kind()));
+        if scan.bridge == self.bridge.bridge {
+            self.bridge.problems = scan.problems;
+            return false;
+        }
+        match (&self.bridge.bridge, &scan.bridge) {
+            (_, Some(new)) => {
+                info!("pod bridge: {} (ifindex {}, gateway {gateway})", new.name, new.index);
+                pin_bridge_mac(&self.handle, new).await;
+            }
+            (Some(old), None) => info!("pod bridge {} is gone: pods get the kernel path until one carries {gateway}", old.name),
+            (None, None) => {}
+        }
+        self.bridge = scan;
+        self.health.set_pod_bridge(self.bridge.bridge.as_ref().map(|b| b.name.as_str()));
+        true
+    }
+
+    async fn sync_endpoints(&mut self) {
+        if self.scan_pod_bridge().await {
+            if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
+                warn!("updating the config for the pod bridge: {e}");
+            }
+        }
+        let found = match &self.bridge.bridge {
+            Some(b) => match pods::discover(&self.handle, b.index, self.own.subnet).await {
+                Ok(found) => found,
+                Err(e) => {
+                    warn!("reading pod endpoints: {e}");
+                    return;
+                }
+            },
+            None => pods::BridgePods::default(),
+        };
+        let bridge = self.bridge.bridge.as_ref().map(|b| b.name.as_str());
+        match self.datapath.sync_pod_side(bridge, &found.veths) {
             (0, 0) => {}
-            (attached, detached) => debug!("pod veths: encapsulation attached to {attached}, detached from {detached}"),
+            (attached, detached) => debug!("pod side: {attached} programs attached, {detached} detached"),
         }
         let endpoints: Vec<PodEndpoint> =
             found.pods.iter().map(|p| PodEndpoint { ip: p.ip, ifindex: p.veth_ifindex, mac: p.mac }).collect();
@@ -454,3 +513,12 @@ impl Node {
     }
 }
 
+/// Sets the bridge's current MAC explicitly. Otherwise a bridge takes the
+/// lowest MAC of its ports and changes it as pods come and go, which the
+/// pods' neighbour entries and our config would then chase.
+async fn pin_bridge_mac(handle: &Handle, bridge: &PodBridge) {
+    let set = rtnetlink::LinkUnspec::new_with_index(bridge.index).address(bridge.mac.to_vec()).build();
+    if let Err(e) = handle.link().set(set).execute().await {
+        warn!("pinning the MAC of {}: {e}", bridge.name);
+    }
+}

@@ -653,12 +653,17 @@ impl Host {
 
     /// A pod: a new namespace whose `eth0` (address `addr_cidr`, `mtu`,
     /// default route via `gateway`) is a veth peered with `vethp<N>` in this
-    /// host, attached to `bridge`.
+    /// host, attached to `bridge`. A missing bridge is created with the
+    /// gateway address, as the CNI bridge plugin does (`isGateway`); the
+    /// real plugin is driven by [`crate::cni`].
     pub fn add_pod(&self, bridge: &str, addr_cidr: &str, gateway: Ipv4Addr, mtu: u32) -> Result<Pod> {
         let (ip, prefix_len) = {
             let (a, l) = addr_cidr.split_once('/').ok_or_else(|| anyhow!("{addr_cidr:?} is not a CIDR"))?;
             (a.parse::<Ipv4Addr>()?, l.parse::<u8>()?)
         };
+        if self.ns.run(&["ip", "link", "show", "dev", bridge]).is_err() {
+            self.add_bridge(bridge, Some(&format!("{gateway}/{prefix_len}")), mtu)?;
+        }
         let j = self.next_pod.fetch_add(1, Ordering::Relaxed);
         let ns = create_netns(&self.ns.tracker, &format!("{}p{j}", self.ns.name))?;
         let host_veth = format!("vethp{j}");

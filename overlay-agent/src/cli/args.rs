@@ -18,8 +18,6 @@ pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Default `--bpf-pin-dir` (the data path appends `/v1`).
 pub const DEFAULT_BPF_PIN_DIR: &str = crate::datapath::pins::DEFAULT_ROOT;
-/// Default `--bridge`.
-pub const DEFAULT_BRIDGE: &str = "cni0";
 
 /// etcd connection flags, shared by the daemon and `cleanup`.
 #[derive(Args, Debug, Clone, PartialEq, Eq, Serialize)]
@@ -140,11 +138,15 @@ pub struct RunArgs {
     #[serde(rename = "v")]
     pub verbosity: u32,
 
-    /// bridge the pods are attached to
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_BRIDGE, value_parser = parse_nonempty, help_heading = "overlay-agent")]
-    pub bridge: String,
+    /// bridge the pods are attached to (default: the bridge that carries the lease's gateway address, FLANNEL_SUBNET: docker0, br-<id>, cni0)
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty, help_heading = "overlay-agent")]
+    pub bridge: Option<String>,
 
-    /// bpffs directory for pinned maps and programs (the data path uses <dir>/v1)
+    /// send all pod traffic through the kernel's forwarding (and so the host firewall's FORWARD chain) instead of the BPF fast path
+    #[arg(long = "kernel-forwarding", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
+    pub kernel_forwarding: bool,
+
+    /// bpffs directory for pinned maps and programs (the data path uses <dir>/v<layout version>)
     #[arg(long = "bpf-pin-dir", value_name = "DIR", default_value = DEFAULT_BPF_PIN_DIR, help_heading = "overlay-agent")]
     pub bpf_pin_dir: PathBuf,
 
@@ -277,9 +279,9 @@ pub struct CleanupArgs {
     #[arg(long = "subnet-file", value_name = "PATH", default_value = DEFAULT_SUBNET_FILE)]
     pub subnet_file: PathBuf,
 
-    /// bridge the pods are attached to
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_BRIDGE, value_parser = parse_nonempty)]
-    pub bridge: String,
+    /// also remove the cluster route and our address from this bridge (what agents before the tunnel device set up)
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
+    pub bridge: Option<String>,
 
     /// bpffs directory for pinned maps and programs
     #[arg(long = "bpf-pin-dir", value_name = "DIR", default_value = DEFAULT_BPF_PIN_DIR)]

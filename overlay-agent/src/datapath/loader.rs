@@ -4,7 +4,11 @@
 //! adopts what is pinned: the maps are reused as they are and each link is
 //! switched to the new program atomically (BPF_LINK_UPDATE), so no packet
 //! ever meets a missing program.
-use std::{collections::BTreeSet, fs, io, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    path::Path,
+};
 
 use aya::{
     programs::{
@@ -37,9 +41,14 @@ pub enum XdpGuard {
 pub struct DatapathOptions {
     pub pins: PinLayout,
     pub uplink: String,
-    pub bridge: String,
+    /// The agent's tunnel device (`host::tunnel_device`): the kernel's route
+    /// to remote pods, and its VXLAN socket's deliveries.
+    pub tunnel: String,
     pub xdp_guard: XdpGuard,
 }
+
+/// Where a pod-side program runs: (program, interface name).
+type PodAttachment = (&'static str, String);
 
 /// What happened to each attachment: adopted from a previous agent, or new.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,8 +61,10 @@ pub struct Datapath {
     pub maps: DatapathMaps,
     pub report: AttachReport,
     pins: PinLayout,
-    /// Host-side pod veths that carry `from_pods` themselves.
-    pod_veths: BTreeSet<String>,
+    /// The pod-side attachments (the pod bridge's ingress, each pod veth's
+    /// ingress and egress), with the ifindex they were made on: a device
+    /// deleted and re-made under the same name needs a new attachment.
+    pod_side: BTreeMap<PodAttachment, u32>,
     // Keeps program fds open for the agent's lifetime (the pins keep them
     // in the kernel after it exits).
     ebpf: Ebpf,
@@ -67,7 +78,8 @@ impl Datapath {
         for dir in [pins.dir().to_path_buf(), pins.links_dir(), pins.progs_dir()] {
             fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir { path: dir, source })?;
         }
-        for iface in [&opts.uplink, &opts.bridge] {
+        retire_other_versions(pins);
+        for iface in [&opts.uplink, &opts.tunnel] {
             // Not /sys/class/net: sysfs shows the namespace it was mounted
             // in, which need not be ours.
             if ifindex(iface).is_none() {
@@ -85,9 +97,9 @@ impl Datapath {
 
         let mut report = AttachReport::default();
         let tc = [
-            (program_names::FROM_PODS, opts.bridge.as_str(), TcAttachType::Ingress),
-            (program_names::FROM_HOST, opts.bridge.as_str(), TcAttachType::Egress),
             (program_names::FROM_UPLINK, opts.uplink.as_str(), TcAttachType::Ingress),
+            (program_names::FROM_HOST, opts.tunnel.as_str(), TcAttachType::Egress),
+            (program_names::FROM_TUNNEL, opts.tunnel.as_str(), TcAttachType::Ingress),
         ];
         for (name, iface, hook) in tc {
             attach_tc(&mut ebpf, pins, name, iface, hook, &mut report)?;
@@ -96,20 +108,23 @@ impl Datapath {
             XdpGuard::Off => detach_pinned(&pins.link(program_names::XDP_GUARD, &opts.uplink)),
             mode => attach_xdp(&mut ebpf, pins, &opts.uplink, mode, &mut report)?,
         }
-        // Pod veth links a previous agent pinned are adopted like the others
-        // (switched to this agent's program); those of veths that are gone
-        // are unpinned.
-        let mut pod_veths = BTreeSet::new();
-        for veth in pins.pod_veth_links(&opts.bridge) {
-            if ifindex(&veth).is_none() {
-                detach_pinned(&pins.link(program_names::FROM_PODS, &veth));
-                continue;
-            }
-            match attach_tc(&mut ebpf, pins, program_names::FROM_PODS, &veth, TcAttachType::Ingress, &mut report) {
-                Ok(()) => {
-                    pod_veths.insert(veth);
+        // Pod-side links a previous agent pinned are adopted like the others
+        // (switched to this agent's program), so pods keep the fast path
+        // across a restart; the first sync then drops what is no longer
+        // wanted. Those of devices that are gone are unpinned.
+        let mut pod_side = BTreeMap::new();
+        for (program, hook) in POD_SIDE {
+            for iface in pins.linked_ifaces(program) {
+                let Some(index) = ifindex(&iface) else {
+                    detach_pinned(&pins.link(program, &iface));
+                    continue;
+                };
+                match attach_tc(&mut ebpf, pins, program, &iface, hook, &mut report) {
+                    Ok(()) => {
+                        pod_side.insert((program, iface), index);
+                    }
+                    Err(e) => warn!("adopting {program} on {iface}: {e}"),
                 }
-                Err(e) => warn!("adopting from_pods on pod veth {veth}: {e}"),
             }
         }
         info!(
@@ -118,37 +133,80 @@ impl Datapath {
             report.adopted.join(", "),
             report.created.join(", ")
         );
-        Ok(Datapath { maps, report, pins: pins.clone(), pod_veths, ebpf })
+        Ok(Datapath { maps, report, pins: pins.clone(), pod_side, ebpf })
     }
 
     pub fn pins(&self) -> &PinLayout {
         &self.pins
     }
 
-    /// Makes `from_pods` run on exactly these host-side pod veths (TC
-    /// ingress), in addition to the bridge. A packet encapsulated there never
-    /// crosses the bridge (measured ~7 % more single-stream TCP); the bridge
-    /// attachment still covers pods not attached yet. Links of veths that
-    /// are gone are unpinned. Returns (attached, detached).
-    pub fn sync_pod_veths(&mut self, veths: &BTreeSet<String>) -> (usize, usize) {
+    /// Makes the pod-side programs run exactly on the pod bridge (`from_pods`
+    /// at its ingress: pods not attached yet) and on each of `veths`
+    /// (`from_pods` at ingress, `to_pods` at egress). A packet encapsulated
+    /// on its veth never crosses the bridge (measured ~7 % more
+    /// single-stream TCP). Attachments on devices that are gone, or were
+    /// re-made since, are replaced. Returns (attached, detached).
+    pub fn sync_pod_side(&mut self, bridge: Option<&str>, veths: &BTreeSet<String>) -> (usize, usize) {
+        let mut wanted: BTreeMap<PodAttachment, u32> = BTreeMap::new();
+        let mut want = |program: &'static str, iface: &str| {
+            if let Some(index) = ifindex(iface) {
+                wanted.insert((program, iface.to_string()), index);
+            }
+        };
+        if let Some(bridge) = bridge {
+            want(program_names::FROM_PODS, bridge);
+        }
+        for veth in veths {
+            want(program_names::FROM_PODS, veth);
+            want(program_names::TO_PODS, veth);
+        }
+        let stale: Vec<PodAttachment> = self
+            .pod_side
+            .iter()
+            .filter(|(at, index)| wanted.get(*at) != Some(*index))
+            .map(|(at, _)| at.clone())
+            .collect();
+        for (program, iface) in &stale {
+            detach_pinned(&self.pins.link(program, iface));
+            self.pod_side.remove(&(*program, iface.clone()));
+        }
         let mut attached = 0;
-        for veth in veths.difference(&self.pod_veths.clone()) {
+        for ((program, iface), index) in wanted {
+            if self.pod_side.contains_key(&(program, iface.clone())) {
+                continue;
+            }
+            let hook = if program == program_names::TO_PODS { TcAttachType::Egress } else { TcAttachType::Ingress };
             let mut report = AttachReport::default();
-            match attach_tc(&mut self.ebpf, &self.pins, program_names::FROM_PODS, veth, TcAttachType::Ingress, &mut report) {
+            match attach_tc(&mut self.ebpf, &self.pins, program, &iface, hook, &mut report) {
                 Ok(()) => {
-                    debug!("from_pods attached to pod veth {veth}");
-                    self.pod_veths.insert(veth.clone());
+                    debug!("{program} attached to {iface}");
+                    self.pod_side.insert((program, iface), index);
                     attached += 1;
                 }
-                Err(e) => warn!("attaching from_pods to {veth}: {e}"),
+                Err(e) => warn!("attaching {program} to {iface}: {e}"),
             }
         }
-        let gone: Vec<String> = self.pod_veths.difference(veths).cloned().collect();
-        for veth in &gone {
-            detach_pinned(&self.pins.link(program_names::FROM_PODS, veth));
-            self.pod_veths.remove(veth);
+        (attached, stale.len())
+    }
+}
+
+/// The programs on the pod side and where they hook.
+const POD_SIDE: [(&str, TcAttachType); 2] =
+    [(program_names::FROM_PODS, TcAttachType::Ingress), (program_names::TO_PODS, TcAttachType::Egress)];
+
+/// Another layout version's programs would stay attached next to ours
+/// (and TCX runs the first that passes or redirects): unpinning their links
+/// detaches them; their maps go with their folder.
+fn retire_other_versions(pins: &PinLayout) {
+    for version in pins.other_versions() {
+        let other = PinLayout::new(pins.root()).with_version_folder(&version);
+        for link in other.links() {
+            detach_pinned(&link);
         }
-        (attached, gone.len())
+        match fs::remove_dir_all(other.dir()) {
+            Ok(()) => info!("removed the pinned state of layout {version} ({})", other.dir().display()),
+            Err(e) => warn!("cannot remove {}: {e}", other.dir().display()),
+        }
     }
 }
 
@@ -159,21 +217,34 @@ impl Datapath {
 pub fn load_unattached() -> Result<(Ebpf, DatapathMaps), DatapathError> {
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
     let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
-    for name in [program_names::FROM_PODS, program_names::FROM_HOST, program_names::FROM_UPLINK] {
+    for name in [
+        program_names::FROM_PODS,
+        program_names::TO_PODS,
+        program_names::FROM_HOST,
+        program_names::FROM_TUNNEL,
+        program_names::FROM_UPLINK,
+    ] {
         classifier(&mut ebpf, name)?;
     }
     xdp_program(&mut ebpf)?;
     Ok((ebpf, maps))
 }
 
-/// Removes everything the agent pinned under the root (all versions):
-/// unpinning the links detaches the programs, unpinning the maps frees them.
+/// Removes everything the agent pinned under the root (every layout
+/// version's folder, nothing else: the root may be shared, e.g.
+/// `--bpf-pin-dir=/sys/fs/bpf`): unpinning the links detaches the programs,
+/// unpinning the maps frees them. The root goes too once it is empty.
 pub fn uninstall(pins: &PinLayout) -> Result<bool, DatapathError> {
-    if !pins.root().exists() {
-        return Ok(false);
+    let mut folders = pins.other_versions();
+    if pins.dir().exists() {
+        folders.push(format!("v{}", super::pins::VERSION));
     }
-    fs::remove_dir_all(pins.root())?;
-    Ok(true)
+    for folder in &folders {
+        fs::remove_dir_all(pins.with_version_folder(folder).dir())?;
+    }
+    // Not remove_dir_all: only if nothing else lives there.
+    let _ = fs::remove_dir(pins.root());
+    Ok(!folders.is_empty())
 }
 
 /// The interface's index in the current network namespace.

@@ -75,6 +75,8 @@ pub struct NodeConfig {
     pub vtep_mac: [u8; 6],
     /// Source MAC of frames delivered to local pods.
     pub bridge_mac: [u8; 6],
+    /// Every pod packet through the kernel's forwarding (`--kernel-forwarding`).
+    pub kernel_forwarding: bool,
 }
 
 impl NodeConfig {
@@ -92,7 +94,8 @@ impl NodeConfig {
             local_prefix_len: self.subnet.prefix_len(),
             vtep_mac: self.vtep_mac,
             bridge_mac: self.bridge_mac,
-            flags: config_flags::READY,
+            flags: config_flags::READY
+                | if self.kernel_forwarding { config_flags::KERNEL_FORWARDING } else { 0 },
         }
     }
 
@@ -115,6 +118,7 @@ impl NodeConfig {
             bridge_ifindex: c.bridge_ifindex,
             vtep_mac: c.vtep_mac,
             bridge_mac: c.bridge_mac,
+            kernel_forwarding: c.flags & config_flags::KERNEL_FORWARDING != 0,
         }))
     }
 }

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use overlay_common::{map_names, program_names, PIN_ROOT, PIN_VERSION};
+use overlay_common::{map_names, PIN_ROOT, PIN_VERSION};
 
 /// The default `--bpf-pin-dir`.
 pub const DEFAULT_ROOT: &str = PIN_ROOT;
@@ -91,16 +91,20 @@ impl PinLayout {
         out
     }
 
-    /// Pod veths whose `from_pods` links are pinned (every `from_pods@*`
-    /// except the bridge's own).
-    pub fn pod_veth_links(&self, bridge: &str) -> BTreeSet<String> {
-        let prefix = format!("{}@", program_names::FROM_PODS);
+    /// The interfaces that have a pinned link of `program`.
+    pub fn linked_ifaces(&self, program: &str) -> BTreeSet<String> {
+        let prefix = format!("{program}@");
         let Ok(entries) = fs::read_dir(self.links_dir()) else { return BTreeSet::new() };
         entries
             .flatten()
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(str::to_string))
-            .filter(|iface| iface != bridge)
             .collect()
+    }
+
+    /// The layout in another version's folder under the same root (named
+    /// as [`PinLayout::other_versions`] lists them), to clean it up.
+    pub fn with_version_folder(&self, folder: &str) -> PinLayout {
+        PinLayout { root: self.root.clone(), dir: self.root.join(folder) }
     }
 
     /// Folders of other layout versions next to ours (`v0`, `v2`, ...):
@@ -122,22 +126,23 @@ impl PinLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use overlay_common::program_names;
 
     #[test]
     fn default_layout_is_the_documented_one() {
         let pins = PinLayout::default();
         assert_eq!(pins.root(), Path::new(PIN_ROOT));
         assert_eq!(pins.dir(), Path::new(overlay_common::PIN_DIR));
-        assert_eq!(pins.map(map_names::SUBNETS), Path::new("/sys/fs/bpf/overlay/v1/SUBNETS"));
-        assert_eq!(pins.link("from_pods", "cni0"), Path::new("/sys/fs/bpf/overlay/v1/links/from_pods@cni0"));
-        assert_eq!(pins.prog("from_uplink"), Path::new("/sys/fs/bpf/overlay/v1/progs/from_uplink"));
+        assert_eq!(pins.map(map_names::SUBNETS), Path::new("/sys/fs/bpf/overlay/v2/SUBNETS"));
+        assert_eq!(pins.link("from_pods", "cni0"), Path::new("/sys/fs/bpf/overlay/v2/links/from_pods@cni0"));
+        assert_eq!(pins.prog("from_uplink"), Path::new("/sys/fs/bpf/overlay/v2/progs/from_uplink"));
     }
 
     #[test]
     fn listings_read_the_folders() {
         let tmp = std::env::temp_dir().join(format!("overlay-pins-test-{}", std::process::id()));
         let pins = PinLayout::new(&tmp);
-        assert!(pins.pod_veth_links("cni0").is_empty() && pins.links().is_empty() && !pins.has_maps());
+        assert!(pins.linked_ifaces("from_pods").is_empty() && pins.links().is_empty() && !pins.has_maps());
         fs::create_dir_all(pins.links_dir()).unwrap();
         for name in ["from_pods@cni0", "from_pods@veth1", "from_host@cni0", "from_pods@veth0"] {
             fs::write(pins.links_dir().join(name), b"").unwrap();
@@ -146,13 +151,14 @@ mod tests {
         for other in ["v0", "v12", "vx", "tmp"] {
             fs::create_dir_all(tmp.join(other)).unwrap();
         }
-        let veths: Vec<String> = pins.pod_veth_links("cni0").into_iter().collect();
-        assert_eq!(veths, ["veth0", "veth1"]);
+        let ifaces: Vec<String> = pins.linked_ifaces(program_names::FROM_PODS).into_iter().collect();
+        assert_eq!(ifaces, ["cni0", "veth0", "veth1"]);
         let links: Vec<String> =
             pins.links().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(links, ["from_host@cni0", "from_pods@cni0", "from_pods@veth0", "from_pods@veth1"]);
         assert!(pins.has_maps());
         assert_eq!(pins.other_versions(), ["v0", "v12"]);
+        assert_eq!(pins.with_version_folder("v0").dir(), tmp.join("v0"));
         fs::remove_dir_all(&tmp).unwrap();
     }
 }
