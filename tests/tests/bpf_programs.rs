@@ -17,7 +17,7 @@ use overlay_agent::datapath::{
 use overlay_common::{
     map_names,
     maps::UnderlayHop,
-    program_names::{FROM_HOST, FROM_PODS, FROM_UPLINK, XDP_GUARD},
+    program_names::{FROM_HOST, FROM_PODS, FROM_TUNNEL, FROM_UPLINK, TO_PODS, XDP_GUARD},
     stats::Reason,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -52,22 +52,32 @@ struct Lab {
     maps: DatapathMaps,
 }
 
+/// The node every test runs as. Test runs see their frames arrive on `lo`
+/// (ifindex 1), which is the pod bridge here unless a test says otherwise.
+fn node_config() -> NodeConfig {
+    NodeConfig {
+        public_ip: OUR_IP,
+        network: "10.42.0.0/16".parse().unwrap(),
+        subnet: "10.42.1.0/24".parse().unwrap(),
+        vni: VNI,
+        port: PORT,
+        uplink_ifindex: 1,
+        uplink_mtu: 1500,
+        bridge_ifindex: 1,
+        vtep_mac: OUR_VTEP,
+        bridge_mac: BRIDGE_MAC,
+        kernel_forwarding: false,
+    }
+}
+
 impl Lab {
     fn new() -> Lab {
+        Lab::with(node_config())
+    }
+
+    fn with(cfg: NodeConfig) -> Lab {
         let (ebpf, mut maps) = load_unattached().expect("load the BPF object (needs root)");
-        maps.set_config(&NodeConfig {
-            public_ip: OUR_IP,
-            network: "10.42.0.0/16".parse().unwrap(),
-            subnet: "10.42.1.0/24".parse().unwrap(),
-            vni: VNI,
-            port: PORT,
-            uplink_ifindex: 1,
-            uplink_mtu: 1500,
-            bridge_ifindex: 1,
-            vtep_mac: OUR_VTEP,
-            bridge_mac: BRIDGE_MAC,
-        })
-        .unwrap();
+        maps.set_config(&cfg).unwrap();
         maps.upsert_peer(&Peer {
             subnet: "10.42.2.0/24".parse().unwrap(),
             public_ip: PEER_IP,
@@ -605,7 +615,7 @@ fn randomized_frames_never_confuse_the_programs() {
         from_pod(DIRECT_POD, 17, &udp(1, 2, &[7u8; 100]), 64),
         from_host(REMOTE_POD, b"seed"),
     ];
-    let progs = [FROM_PODS, FROM_HOST, FROM_UPLINK];
+    let progs = [FROM_PODS, TO_PODS, FROM_HOST, FROM_TUNNEL, FROM_UPLINK];
     let before = lab.maps.stats().unwrap();
     let mut runs = 0u64;
     let mut verdicts = std::collections::HashMap::new();
@@ -642,6 +652,132 @@ fn randomized_frames_never_confuse_the_programs() {
     let counted: u64 = Reason::ALL.iter().map(|r| after.get(*r).packets - before.get(*r).packets).sum();
     assert_eq!(counted, runs, "every run is counted exactly once");
     assert!(verdicts.len() == 3, "all three verdicts seen: {verdicts:?}");
+}
+
+/// A pod packet with `src`, arriving at the gateway (from_pods).
+fn from_pod_at(src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8], proto: u8) -> Vec<u8> {
+    eth(BRIDGE_MAC, POD_MAC, ETH_P_IP, &Ipv4::new(src, dst, proto).build(l4))
+}
+
+/// VXLAN from the peer carrying `inner` (IPv4) to us.
+fn vxlan_from_peer(inner: &[u8]) -> Vec<u8> {
+    let inner = eth(OUR_VTEP, PEER_VTEP, ETH_P_IP, inner);
+    let mut outer = Ipv4::new(PEER_IP, OUR_IP, 17);
+    outer.df = false;
+    eth(UPLINK_MAC, UNDERLAY_GW_MAC, ETH_P_IP, &outer.build(&udp(40000, PORT, &vxlan(VNI, &inner))))
+}
+
+#[test]
+fn a_pod_may_only_send_from_its_own_address() {
+    // On a pod's veth (the frames arrive on ifindex 1, and the bridge is
+    // elsewhere), the endpoint map names the veth of each known pod.
+    let mut lab = Lab::with(NodeConfig { bridge_ifindex: 99, ..node_config() });
+    let neighbour = Ipv4Addr::new(10, 42, 1, 6);
+    lab.maps.upsert_endpoint(&PodEndpoint { ip: neighbour, ifindex: 7, mac: [2, 0, 0, 0, 0, 6] }).unwrap();
+    let l4 = udp(1000, 2000, b"who am i");
+    let (_, _, r) = lab.run(FROM_PODS, &from_pod_at(LOCAL_POD, REMOTE_POD, &l4, 17));
+    assert_eq!(r, Reason::Encapsulated, "its own address");
+    let (_, _, r) = lab.run(FROM_PODS, &from_pod_at(UNKNOWN_LOCAL_POD, REMOTE_POD, &l4, 17));
+    assert_eq!(r, Reason::Encapsulated, "an address of our lease no known pod holds (a pod not learnt yet)");
+    for (what, src) in [
+        ("another local pod's address", neighbour),
+        ("the node's address", OUR_IP),
+        ("another node's pod", Ipv4Addr::new(10, 42, 2, 9)),
+        ("outside the cluster", Ipv4Addr::new(192, 0, 2, 1)),
+        ("our lease's network address", Ipv4Addr::new(10, 42, 1, 0)),
+        ("the gateway", Ipv4Addr::new(10, 42, 1, 1)),
+        ("our lease's broadcast", Ipv4Addr::new(10, 42, 1, 255)),
+    ] {
+        for dst in [REMOTE_POD, Ipv4Addr::new(10, 99, 0, 1), OUR_IP] {
+            let frame = from_pod_at(src, dst, &l4, 17);
+            let (ret, _, r) = lab.run(FROM_PODS, &frame);
+            assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropPodSpoofedSource), "{what} to {dst}");
+        }
+    }
+    // On the bridge the port is unknown: any known pod's address passes.
+    let mut lab = Lab::new();
+    lab.maps.upsert_endpoint(&PodEndpoint { ip: neighbour, ifindex: 7, mac: [2, 0, 0, 0, 0, 6] }).unwrap();
+    assert_eq!(lab.run(FROM_PODS, &from_pod_at(neighbour, REMOTE_POD, &l4, 17)).2, Reason::Encapsulated);
+    assert_eq!(lab.run(FROM_PODS, &from_pod_at(OUR_IP, REMOTE_POD, &l4, 17)).2, Reason::DropPodSpoofedSource);
+}
+
+#[test]
+fn a_pod_cannot_reach_a_nodes_vxlan_port() {
+    let lab = Lab::new();
+    for node in [PEER_IP, DIRECT_PEER_IP, OUR_IP] {
+        let frame = from_pod_at(LOCAL_POD, node, &udp(40000, PORT, &vxlan(VNI, &[0u8; 40])), 17);
+        let (ret, _, r) = lab.run(FROM_PODS, &frame);
+        assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropPodToTunnelPort), "to {node}");
+    }
+    // Other ports of a node, and the port elsewhere, are not ours to stop.
+    for (dst, dport) in [(PEER_IP, PORT + 1), (Ipv4Addr::new(192, 0, 2, 1), PORT)] {
+        let frame = from_pod_at(LOCAL_POD, dst, &udp(40000, dport, b"fine"), 17);
+        assert_eq!(lab.run(FROM_PODS, &frame).2, Reason::PassedNotOurs, "to {dst}:{dport}");
+    }
+}
+
+#[test]
+fn replies_of_flows_the_kernel_forwarded_go_back_through_the_kernel() {
+    let lab = Lab::new();
+    // The kernel routed a pod's connection (after a Service's DNAT) to a
+    // remote pod through the tunnel device: from_host records it.
+    let request = eth(OUR_VTEP, BRIDGE_MAC, ETH_P_IP, &Ipv4::new(LOCAL_POD, REMOTE_POD, 6).build(&tcp(5555, 8080, b"GET")));
+    assert_eq!(lab.run(FROM_HOST, &request).2, Reason::Encapsulated);
+    let reply = Ipv4::new(REMOTE_POD, LOCAL_POD, 6).ttl(63).build(&tcp(8080, 5555, b"200"));
+    let (ret, out, r) = lab.run(FROM_UPLINK, &vxlan_from_peer(&reply));
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedKernelFlow), "the reply meets the kernel's conntrack");
+    assert_eq!(&out[14..], &reply[..], "decapsulated, untouched");
+    // Another connection between the same pods keeps the fast path.
+    let other = Ipv4::new(REMOTE_POD, LOCAL_POD, 6).ttl(63).build(&tcp(8080, 5556, b"200"));
+    assert_eq!(lab.run(FROM_UPLINK, &vxlan_from_peer(&other)).2, Reason::DecapToPod);
+
+    // The kernel delivered a remote pod's connection to a local pod (after
+    // a published port's DNAT): to_pods records it, and the local pod's
+    // replies go to the kernel instead of being encapsulated.
+    let delivered = eth(POD_MAC, BRIDGE_MAC, ETH_P_IP, &Ipv4::new(REMOTE_POD, LOCAL_POD, 17).build(&udp(7000, 53, b"q")));
+    let (ret, out, r) = lab.run(TO_PODS, &delivered);
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::KernelDelivered));
+    assert_eq!(out, delivered);
+    let answer = from_pod_at(LOCAL_POD, REMOTE_POD, &udp(53, 7000, b"a"), 17);
+    let (ret, out, r) = lab.run(FROM_PODS, &answer);
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedKernelFlow));
+    assert_eq!(out, answer, "untouched");
+    assert_eq!(lab.run(FROM_PODS, &from_pod_at(LOCAL_POD, REMOTE_POD, &udp(53, 7001, b"a"), 17)).2, Reason::Encapsulated);
+    // What the kernel delivers from outside the cluster or from this node
+    // needs nothing: its replies never take the fast path.
+    for src in [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(10, 42, 1, 9)] {
+        let f = eth(POD_MAC, BRIDGE_MAC, ETH_P_IP, &Ipv4::new(src, LOCAL_POD, 17).build(&udp(9, 53, b"q")));
+        assert_eq!(lab.run(TO_PODS, &f).2, Reason::KernelDelivered);
+    }
+}
+
+#[test]
+fn kernel_forwarding_hands_every_pod_packet_to_the_kernel() {
+    let lab = Lab::with(NodeConfig { kernel_forwarding: true, ..node_config() });
+    let frame = from_pod(REMOTE_POD, 6, &tcp(1, 2, b"x"), 64);
+    let (ret, out, r) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedToKernel));
+    assert_eq!(out, frame);
+    // Forgeries are still dropped.
+    let forged = from_pod_at(OUR_IP, REMOTE_POD, &udp(1, 2, b"x"), 17);
+    assert_eq!(lab.run(FROM_PODS, &forged).2, Reason::DropPodSpoofedSource);
+    // VXLAN for a known pod is decapsulated but delivered by the kernel.
+    assert_eq!(lab.run(FROM_UPLINK, &Vx::default().frame()).2, Reason::DecapToHost);
+    // What the kernel forwarded is encapsulated as always.
+    assert_eq!(lab.run(FROM_HOST, &from_host(REMOTE_POD, b"x")).2, Reason::Encapsulated);
+}
+
+#[test]
+fn the_tunnel_device_trusts_nothing_without_the_sockets_metadata() {
+    // A test run carries no tunnel metadata, like anything that reaches the
+    // device other than through its VXLAN socket: dropped.
+    let lab = Lab::new();
+    let frame = eth(OUR_VTEP, PEER_VTEP, ETH_P_IP, &Ipv4::new(REMOTE_POD, LOCAL_POD, 1).build(&icmp_echo(1, 1, b"x")));
+    let (ret, _, r) = lab.run(FROM_TUNNEL, &frame);
+    assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropMalformed));
+    let (ebpf, maps) = load_unattached().unwrap();
+    let unconfigured = Lab { ebpf, maps };
+    assert_eq!(unconfigured.run(FROM_TUNNEL, &frame).0, TC_ACT_SHOT, "nothing is trusted before the config");
 }
 
 /// /metrics keeps the pinned STATS map open between scrapes (PinnedStats)

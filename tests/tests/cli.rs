@@ -89,7 +89,8 @@ fn defaults_are_flanneld_defaults() {
     assert_eq!(r.healthz_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!(r.healthz_port, 0);
     assert_eq!(r.verbosity, 0);
-    assert_eq!(r.bridge, "cni0");
+    assert_eq!(r.bridge, None, "by default the pod bridge is found by its gateway address");
+    assert!(!r.kernel_forwarding);
     assert_eq!(r.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/overlay"));
     assert!(!r.xdp_guard);
     assert!(!r.print_config);
@@ -287,6 +288,8 @@ fn bools_take_go_values() {
     assert!(run(&["--ip-masq-fully-random-disable"]).ip_masq_fully_random_disable);
     assert!(run(&["--ip-masq-random-fully-disable=true"]).ip_masq_fully_random_disable);
     assert!(run(&["--xdp-guard"]).xdp_guard);
+    assert!(run(&["--kernel-forwarding"]).kernel_forwarding);
+    assert!(!run(&["--kernel-forwarding=false"]).kernel_forwarding);
     // a later occurrence wins, as in Go
     assert!(!run(&["--ip-masq", "--ip-masq=false"]).ip_masq);
     assert_eq!(
@@ -301,7 +304,7 @@ fn bools_take_go_values() {
         ["http://c:3"]
     );
     let c = parse_from_env(argv(&["cleanup", "--bridge=a", "--bridge=b"]), no_env).unwrap();
-    assert!(matches!(c.command, Command::Cleanup(CleanupArgs { ref bridge, .. }) if bridge == "b"));
+    assert!(matches!(c.command, Command::Cleanup(CleanupArgs { ref bridge, .. }) if bridge.as_deref() == Some("b")));
     let e = err(&["--ip-masq=yes"]);
     assert!(e.contains("--ip-masq") && e.contains("yes"), "{e}");
 }
@@ -371,7 +374,7 @@ fn all_flags_parse() {
     assert_eq!(r.healthz_port, 8471);
     assert_eq!(r.verbosity, 2);
     assert_eq!(r.log_level(), log::LevelFilter::Debug);
-    assert_eq!(r.bridge, "br-pods");
+    assert_eq!(r.bridge.as_deref(), Some("br-pods"));
     assert_eq!(r.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/other"));
     assert!(r.xdp_guard);
     assert_eq!(r.compat.public_ipv6, Some("fd00::1".parse().unwrap()));
@@ -599,7 +602,7 @@ fn env_fills_absent_flags() {
     assert_eq!(r.healthz_ip, "127.0.0.2".parse::<IpAddr>().unwrap());
     assert_eq!(r.healthz_port, 9999);
     assert_eq!(r.verbosity, 4);
-    assert_eq!(r.bridge, "brenv");
+    assert_eq!(r.bridge.as_deref(), Some("brenv"));
     assert_eq!(r.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/env"));
     assert!(r.xdp_guard);
 }
@@ -690,7 +693,7 @@ fn env_applies_to_cleanup_too() {
         CleanupArgs {
             release_lease: true,
             subnet_file: "/run/flannel/subnet.env".into(),
-            bridge: "cni0".into(),
+            bridge: None,
             bpf_pin_dir: "/env/pins".into(),
             etcd: overlay_agent::cli::EtcdArgs {
                 endpoints: vec!["http://env:2379".into()],
@@ -828,7 +831,7 @@ fn cleanup_and_inspect() {
         panic!()
     };
     assert!(!c.release_lease);
-    assert_eq!(c.bridge, "cni0");
+    assert_eq!(c.bridge, None);
     assert_eq!(c.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/overlay"));
     assert_eq!(c.etcd, RunArgs::default().etcd);
     let c = parse_from_env(
@@ -848,7 +851,7 @@ fn cleanup_and_inspect() {
         panic!()
     };
     assert!(c.release_lease);
-    assert_eq!(c.bridge, "br1");
+    assert_eq!(c.bridge.as_deref(), Some("br1"));
     assert_eq!(c.bpf_pin_dir, PathBuf::from("/p"));
     assert_eq!(c.etcd.endpoints, ["https://e:2379"]);
     assert_eq!(c.etcd.cafile, Some(PathBuf::from("/ca")));

@@ -487,7 +487,16 @@ mod tests {
             bridge_ifindex: 3,
             vtep_mac: [0x0e, 1, 2, 3, 4, 5],
             bridge_mac: [0x0e, 6, 7, 8, 9, 10],
+            kernel_forwarding: false,
         }
+    }
+
+    #[test]
+    fn kernel_forwarding_is_a_flag_of_the_config() {
+        let on = NodeConfig { kernel_forwarding: true, ..node() };
+        assert_eq!(on.to_wire().flags, config_flags::READY | config_flags::KERNEL_FORWARDING);
+        assert_eq!(NodeConfig::from_wire(on.to_wire()).unwrap(), Some(on));
+        assert_eq!(node().to_wire().flags, config_flags::READY);
     }
 
     #[test]
