@@ -1,6 +1,7 @@
 //! `cargo xtask demo`'s program (`overlay-demo`) runs to the end against the
 //! real agent, shows what it promises, and leaves nothing behind: not when
-//! it completes, and not when it gets Ctrl-C halfway. Needs root.
+//! it completes, and not when it gets Ctrl-C halfway. The same for
+//! `--docker` (real dockerd and containers). Needs root.
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -126,4 +127,43 @@ fn ctrl_c_halfway_removes_everything() {
     assert!(out.contains("Stopped by SIGINT"), "{out}");
     assert!(out.contains("nothing left behind"), "{out}");
     assert_nothing_left(&out);
+}
+
+/// The dockerd state folders in "state in <dir>, API at".
+fn docker_dirs(out: &str) -> Vec<String> {
+    out.split("state in ").skip(1).map(|rest| rest.split(", API at").next().unwrap().trim().to_string()).collect()
+}
+
+#[test]
+fn docker_demo_runs_to_the_end_and_cleans_up() {
+    let out = demo().arg("--docker").output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "the Docker demo failed ({}):\n{all}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "[1/10] Starting etcd",
+        "/coreos.com/network/subnets/10.42.",
+        "FLANNEL_SUBNET=10.42.",
+        "overlay-agent docker-opts -f ",
+        "DOCKER_OPTS=\" --bip=10.42.",
+        "dockerd --bip=10.42.",
+        "docker0 10.42.",
+        "node0/client 10.42.",
+        "5/5",
+        "\"hello from web on node1\"",
+        "\"hello from web on node0\"",
+        "encapsulated",
+        "nothing left behind",
+        "Done in ",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from the output:\n{all}");
+    }
+    assert!(stdout.contains("(0 lost)"), "lost pings:\n{stdout}");
+    let dirs = docker_dirs(&stdout);
+    assert_eq!(dirs.len(), 2, "{stdout}");
+    assert_nothing_left(&stdout);
+    for d in dirs {
+        assert!(!Path::new(&d).exists(), "dockerd folder {d} left");
+        assert!(overlay_tests::docker::processes_mentioning(&d).is_empty(), "processes of {d} left");
+    }
 }
