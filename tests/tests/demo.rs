@@ -167,3 +167,36 @@ fn docker_demo_runs_to_the_end_and_cleans_up() {
         assert!(overlay_tests::docker::processes_mentioning(&d).is_empty(), "processes of {d} left");
     }
 }
+
+#[test]
+fn docker_demo_ctrl_c_with_containers_running_removes_everything() {
+    let mut child = demo().arg("--docker").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Read until both dockerd run and the containers are being made (step
+    // 7 begins), then press "Ctrl-C".
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("[7/10]") {
+        assert!(started.elapsed() < Duration::from_secs(240), "step 7 never came:\n{}", String::from_utf8_lossy(&seen));
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the demo ended early:\n{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stdout.read_to_end(&mut seen).unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&seen).into_owned();
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{out}\n{stderr}");
+    assert!(out.contains("Stopped by SIGINT"), "{out}");
+    assert!(out.contains("nothing left behind"), "{out}");
+    let dirs = docker_dirs(&out);
+    assert_eq!(dirs.len(), 2, "{out}");
+    assert_nothing_left(&out);
+    for d in dirs {
+        assert!(!Path::new(&d).exists(), "dockerd folder {d} left");
+        assert!(overlay_tests::docker::processes_mentioning(&d).is_empty(), "processes of {d} left");
+    }
+}

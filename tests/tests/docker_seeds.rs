@@ -446,6 +446,13 @@ fn agent_sigkilled_while_containers_talk_loses_nothing() {
     let out = run.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("100 packets transmitted, 100 packets received"), "{text}");
+    // And after the restart, TCP both ways and pings back.
+    let back = docker[0].container_ip("ctr", None).unwrap();
+    ping_across(&docker[1], "ctr", back);
+    let srv1 = tcp_server(&mut docker[1], "srv1", None);
+    let srv0 = tcp_server(&mut docker[0], "srv0", None);
+    tcp_across(&docker[0], "ctr", srv1, "pong-srv1");
+    tcp_across(&docker[1], "ctr", srv0, "pong-srv0");
 }
 
 /// In pod `pod` (namespace under node `node`, so the testbed kills it): a

@@ -146,8 +146,8 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
         d.run_container_with("web", &[], &["sh", "-c", &script])?;
         let (c, s) = (d.container_ip("client", None)?, d.container_ip("web", None)?);
         if i == 0 {
-            cmd(&format!("docker run -d --name client {IMAGE} sleep 600"));
-            cmd(&format!("docker run -d --name web {IMAGE} sh -c '{script}'"));
+            cmd(&format!("docker run -d --init --name client {IMAGE} sleep 600"));
+            cmd(&format!("docker run -d --init --name web {IMAGE} sh -c '{script}'"));
         }
         info(&format!("{}  client {}   web {}", bold(&node(i)), green(&c.to_string()), green(&s.to_string())));
         clients.push(c);
