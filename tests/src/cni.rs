@@ -15,8 +15,11 @@
 //! ```
 //!
 //! inside the node's network namespace (plus `loopback` for the pod's `lo`,
-//! as runtimes do). host-local keeps its allocations in a `dataDir` of the
-//! node's own, so nodes and parallel tests never share one.
+//! as runtimes do). A pod with host ports gets `portmap` chained after
+//! `bridge` with `runtimeConfig.portMappings`, as a runtime does under
+//! kube-flannel.yml's conflist ([`CniNode::add_pod_with_ports`]).
+//! host-local keeps its allocations in a `dataDir` of the node's own, so
+//! nodes and parallel tests never share one.
 //!
 //! Pods are namespaces named `<node>c<hex>`: under the testbed's prefix, so
 //! a killed test's leftovers are removed by [`crate::cleanup_stale`].
@@ -71,6 +74,36 @@ pub fn flannel_delegate_conf(env: &SubnetEnv, data_dir: &Path) -> Value {
     })
 }
 
+/// One entry of `runtimeConfig.portMappings`: what a runtime passes for a
+/// pod's `hostPort` (kubelet for `ports[].hostPort`, like `docker run -p`).
+#[derive(Clone, Copy, Debug)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+}
+
+/// The `portmap` plugin's configuration as a runtime hands it over in
+/// kube-flannel.yml's chain (`{"type":"portmap","capabilities":
+/// {"portMappings":true}}`): the runtime adds `runtimeConfig.portMappings`
+/// because the capability is declared, and the previous plugin's result as
+/// `prevResult`.
+pub fn portmap_conf(mappings: &[PortMapping], prev_result: &Value) -> Value {
+    let mappings: Vec<Value> = mappings
+        .iter()
+        .map(|m| json!({ "hostPort": m.host_port, "containerPort": m.container_port, "protocol": m.protocol }))
+        .collect();
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": NETWORK_NAME,
+        "type": "portmap",
+        "capabilities": { "portMappings": true },
+        "runtimeConfig": { "portMappings": mappings },
+        "prevResult": prev_result,
+    })
+}
+
 /// A pod made through CNI: its namespace, the container id the runtime
 /// passed, and what the plugin returned.
 #[derive(Clone, Debug)]
@@ -85,6 +118,10 @@ pub struct CniPod {
     pub result: Value,
     /// The delegate configuration used at ADD (flannel reuses it at DEL).
     pub conf: Value,
+    /// Plugins chained after `bridge` at ADD (kube-flannel's conflist:
+    /// `portmap`), with the configuration each got; DEL runs them first,
+    /// last one first.
+    pub chained: Vec<(String, Value)>,
 }
 
 impl CniPod {
@@ -216,6 +253,7 @@ impl CniNode {
             gateway: Ipv4Addr::UNSPECIFIED,
             result: Value::Null,
             conf: conf.clone(),
+            chained: Vec::new(),
         });
         let lo = json!({ "cniVersion": CNI_VERSION, "name": "lo", "type": "loopback" });
         self.invoke("loopback", "ADD", &container_id, &netns, "lo", &lo)?;
@@ -236,11 +274,27 @@ impl CniNode {
         Ok(pod.clone())
     }
 
+    /// [`CniNode::add_pod`], then `portmap` ADD chained after it with
+    /// `mappings` (a pod with `hostPort`s under kube-flannel's conflist).
+    pub fn add_pod_with_ports(&mut self, mappings: &[PortMapping]) -> Result<CniPod> {
+        let pod = self.add_pod()?;
+        let conf = portmap_conf(mappings, &pod.result);
+        // Registered before ADD so that DEL (and Drop) undo a partial one.
+        self.pods.last_mut().expect("just added").chained.push(("portmap".into(), conf.clone()));
+        self.invoke("portmap", "ADD", &pod.container_id, &pod.path(), "eth0", &conf)?;
+        Ok(self.pods.last().expect("just added").clone())
+    }
+
     /// DEL as flannel's plugin does it: the delegate configuration saved at
     /// ADD to `bridge` (host-local releases the address, the veth goes),
     /// then `loopback`; the runtime then removes the namespace.
     pub fn del_pod(&mut self, pod: &CniPod) -> Result<()> {
         let netns = pod.path();
+        // The chain in reverse: portmap's rules go before the address.
+        let chained = self.pods.iter().find(|p| p.name == pod.name).map(|p| p.chained.clone()).unwrap_or_default();
+        for (plugin, conf) in chained.iter().rev() {
+            self.invoke(plugin, "DEL", &pod.container_id, &netns, "eth0", conf)?;
+        }
         self.invoke("bridge", "DEL", &pod.container_id, &netns, "eth0", &pod.conf)?;
         let lo = json!({ "cniVersion": CNI_VERSION, "name": "lo", "type": "loopback" });
         self.invoke("loopback", "DEL", &pod.container_id, &netns, "lo", &lo)?;
@@ -291,6 +345,11 @@ impl Drop for CniNode {
     fn drop(&mut self) {
         for pod in std::mem::take(&mut self.pods) {
             let netns = pod.path();
+            for (plugin, conf) in pod.chained.iter().rev() {
+                if let Err(e) = self.invoke(plugin, "DEL", &pod.container_id, &netns, "eth0", conf) {
+                    eprintln!("CNI cleanup: {e:#}");
+                }
+            }
             if let Err(e) = self.invoke("bridge", "DEL", &pod.container_id, &netns, "eth0", &pod.conf) {
                 eprintln!("CNI cleanup: {e:#}");
             }

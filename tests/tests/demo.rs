@@ -1,6 +1,7 @@
 //! `cargo xtask demo`'s program (`overlay-demo`) runs to the end against the
 //! real agent, shows what it promises, and leaves nothing behind: not when
-//! it completes, and not when it gets Ctrl-C halfway. Needs root.
+//! it completes, and not when it gets Ctrl-C halfway. The same for
+//! `--docker` (real dockerd and containers). Needs root.
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -126,4 +127,76 @@ fn ctrl_c_halfway_removes_everything() {
     assert!(out.contains("Stopped by SIGINT"), "{out}");
     assert!(out.contains("nothing left behind"), "{out}");
     assert_nothing_left(&out);
+}
+
+/// The dockerd state folders in "state in <dir>, API at".
+fn docker_dirs(out: &str) -> Vec<String> {
+    out.split("state in ").skip(1).map(|rest| rest.split(", API at").next().unwrap().trim().to_string()).collect()
+}
+
+#[test]
+fn docker_demo_runs_to_the_end_and_cleans_up() {
+    let out = demo().arg("--docker").output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "the Docker demo failed ({}):\n{all}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "[1/10] Starting etcd",
+        "/coreos.com/network/subnets/10.42.",
+        "FLANNEL_SUBNET=10.42.",
+        "overlay-agent docker-opts -f ",
+        "DOCKER_OPTS=\" --bip=10.42.",
+        "dockerd --bip=10.42.",
+        "docker0 10.42.",
+        "node0/client 10.42.",
+        "5/5",
+        "\"hello from web on node1\"",
+        "\"hello from web on node0\"",
+        "encapsulated",
+        "nothing left behind",
+        "Done in ",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from the output:\n{all}");
+    }
+    assert!(stdout.contains("(0 lost)"), "lost pings:\n{stdout}");
+    let dirs = docker_dirs(&stdout);
+    assert_eq!(dirs.len(), 2, "{stdout}");
+    assert_nothing_left(&stdout);
+    for d in dirs {
+        assert!(!Path::new(&d).exists(), "dockerd folder {d} left");
+        assert!(overlay_tests::docker::processes_mentioning(&d).is_empty(), "processes of {d} left");
+    }
+}
+
+#[test]
+fn docker_demo_ctrl_c_with_containers_running_removes_everything() {
+    let mut child = demo().arg("--docker").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Read until both dockerd run and the containers are being made (step
+    // 7 begins), then press "Ctrl-C".
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("[7/10]") {
+        assert!(started.elapsed() < Duration::from_secs(240), "step 7 never came:\n{}", String::from_utf8_lossy(&seen));
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the demo ended early:\n{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stdout.read_to_end(&mut seen).unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&seen).into_owned();
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{out}\n{stderr}");
+    assert!(out.contains("Stopped by SIGINT"), "{out}");
+    assert!(out.contains("nothing left behind"), "{out}");
+    let dirs = docker_dirs(&out);
+    assert_eq!(dirs.len(), 2, "{out}");
+    assert_nothing_left(&out);
+    for d in dirs {
+        assert!(!Path::new(&d).exists(), "dockerd folder {d} left");
+        assert!(overlay_tests::docker::processes_mentioning(&d).is_empty(), "processes of {d} left");
+    }
 }

@@ -1,47 +1,148 @@
-//! Issue 12, "Docker and CNI for real": the seeds' walkthroughs with two
-//! agent nodes, each with its own real dockerd (or the real CNI plugins) in
-//! its namespace, and containers talking across nodes both ways (ping and
-//! TCP). The harness is tests/src/docker.rs and tests/src/cni.rs (checked on
-//! its own by real_clients.rs).
+//! Issue 12, "Docker and CNI for real": the seeds' walkthroughs with agent
+//! nodes, each with its own real dockerd (or the real CNI plugins) in its
+//! namespace, and containers talking across nodes both ways (ping and TCP).
+//! The harness is tests/src/docker.rs and tests/src/cni.rs (checked on its
+//! own by real_clients.rs).
 //!
-//! Several of these fail with today's agent, which makes its own `cni0`
-//! with the lease's gateway address: docker0 (`--bip`) or the seed's
-//! `br-<id>` then gets the same address and the cluster route points at the
-//! empty cni0. That is the bug of issue 12; these tests are its acceptance.
-
+//! The nodes here have no bridge and no pod of the harness's: the bridge is
+//! the client's (docker0 from `--bip`, the seed's `br-<id>`, cni0 from the
+//! bridge plugin), and the agent must find it by the lease's gateway
+//! address. With an agent that makes its own `cni0` with that address, the
+//! client's bridge gets the same address and the cluster route points at
+//! the empty cni0: the bug of issue 12; these tests are its acceptance.
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use overlay_tests::{
-    agent::{agent_binary, Agent},
-    cni::CniNode,
+    agent::{agent_binary, Agent, AgentOptions},
+    cni::{CniNode, CniPod, PortMapping},
     docker::{opts_from_env_file, Dockerd},
-    netns::Netns,
+    etcd::Etcd,
+    flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
+    forward::PortForward,
+    netns::{ensure_bpffs, ChildHandle, Host, Netns, Testbed},
     poll_until,
 };
-use overlay_tests::{
-    cluster::{Cluster, VXLAN_CONFIG},
-    traffic::parse_ping,
-};
 
-/// `overlay-agent docker-opts -f <agent's subnet file> -d <out> <flags>`,
-/// as the seeds run mk-docker-opts.sh; returns the output file.
-fn docker_opts(agent: &Agent, dir: &std::path::Path, flags: &[&str]) -> PathBuf {
-    let out = dir.join(format!("{}-docker_opts.env", agent.name));
-    let res = std::process::Command::new(agent_binary())
-        .arg("docker-opts")
-        .arg("-f")
-        .arg(&agent.subnet_file)
-        .arg("-d")
-        .arg(&out)
-        .args(flags)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+const PREFIX: &str = "/overlay-test/network";
+const VXLAN_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const READY: Duration = Duration::from_secs(30);
+
+/// Hosts on one underlay and a real etcd with the network config; agents
+/// on some hosts. No bridge, no pod: that is the clients' job here. Field
+/// order is drop order (agents and their pins first, namespaces last); the
+/// tests' Dockerd and CniNode locals are declared later, so they go first.
+struct Nodes {
+    agents: Vec<Agent>,
+    forwards: Vec<PortForward>,
+    etcd: Etcd,
+    tb: Testbed,
+}
+
+impl Nodes {
+    /// `hosts` hosts, etcd with [`VXLAN_CONFIG`], no agent yet.
+    fn new(hosts: usize) -> Nodes {
+        ensure_bpffs().unwrap();
+        let tb = Testbed::new(hosts).unwrap();
+        let etcd = Etcd::start().unwrap();
+        etcd.put(&format!("{PREFIX}/config"), VXLAN_CONFIG).unwrap();
+        Nodes { agents: vec![], forwards: vec![], etcd, tb }
+    }
+
+    /// Agents on hosts 0..n with `flags`, all ready.
+    fn start(n: usize, flags: &[&str]) -> Nodes {
+        let mut nodes = Nodes::new(n);
+        for i in 0..n {
+            nodes.start_agent(i, flags);
+        }
+        nodes.wait_ready();
+        nodes
+    }
+
+    fn host(&self, i: usize) -> &Host {
+        self.tb.host(i)
+    }
+
+    /// A relay inside host `i` to the root namespace's etcd; its URL (for
+    /// agents started by hand, with their own command line).
+    fn etcd_url(&mut self, i: usize) -> String {
+        let target: SocketAddr = self.etcd.endpoint().trim_start_matches("http://").parse().unwrap();
+        let fwd = PortForward::into_ns(self.tb.host(i), target).unwrap();
+        let url = fwd.url();
+        self.forwards.push(fwd);
+        url
+    }
+
+    /// The harness's agent (`--etcd-endpoints=... --iface=eth0 ...`) on host
+    /// `i` (agent i is on host i), not waiting for it.
+    fn start_agent(&mut self, i: usize, flags: &[&str]) {
+        assert_eq!(self.agents.len(), i, "agents go on hosts 0, 1, ... in order");
+        let extra = flags.iter().map(|f| f.to_string()).collect();
+        let endpoint = self.etcd.endpoint();
+        let opts = AgentOptions { etcd_endpoints: &endpoint, prefix: PREFIX, dir: self.tb.dir(), extra };
+        let agent = Agent::start_forwarded(self.tb.host(i), opts).unwrap();
+        self.agents.push(agent);
+    }
+
+    fn wait_ready(&self) {
+        for a in &self.agents {
+            a.wait_ready(READY).unwrap();
+        }
+    }
+
+    /// FLANNEL_MTU of agent 0's subnet file.
+    fn pod_mtu(&self) -> u32 {
+        env_value(&self.agents[0].subnet_file, "FLANNEL_MTU").parse().unwrap()
+    }
+
+    /// The VtepMAC a lease of `subnet` (`10.42.5.0/24`) announces in etcd.
+    fn vtep_mac_of(&self, subnet: &str) -> [u8; 6] {
+        let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+        let value = self.etcd.get(&key).unwrap().unwrap_or_else(|| panic!("no lease {key}"));
+        let v: serde_json::Value = serde_json::from_str(&value).unwrap();
+        let mac = v.pointer("/BackendData/VtepMAC").and_then(|m| m.as_str()).unwrap_or_else(|| panic!("{value}"));
+        let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        bytes.try_into().unwrap()
+    }
+}
+
+/// `KEY`'s value in a subnet file.
+fn env_value(path: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {}:\n{text}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// FLANNEL_SUBNET's lease as a network (`10.42.5.0/24`).
+fn lease_network(subnet_file: &Path) -> String {
+    let s = env_value(subnet_file, "FLANNEL_SUBNET");
+    let (gw, len) = s.split_once('/').unwrap();
+    let gw: Ipv4Addr = gw.parse().unwrap();
+    let len: u32 = len.parse().unwrap();
+    format!("{}/{len}", Ipv4Addr::from(u32::from(gw) & (u32::MAX << (32 - len))))
+}
+
+/// `overlay-agent docker-opts -f <subnet file> -d <out> <flags>` in the
+/// node's namespace (the script checks the node's routes), as the seeds run
+/// mk-docker-opts.sh; returns the output file.
+fn docker_opts(node: &Netns, subnet_file: &Path, dir: &Path, flags: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{}-docker_opts.env", node.name()));
+    let mut cmd = node.command(agent_binary().to_str().unwrap());
+    let res = cmd.arg("docker-opts").arg("-f").arg(subnet_file).arg("-d").arg(&out).args(flags).stdin(Stdio::null()).output().unwrap();
     assert!(res.status.success(), "docker-opts {flags:?}: {}", String::from_utf8_lossy(&res.stderr));
     out
+}
+
+/// dockerd's words from `docker-opts -c` for the agent's subnet file.
+fn dockerd_opts(nodes: &Nodes, i: usize) -> Vec<String> {
+    let env = docker_opts(nodes.host(i), &nodes.agents[i].subnet_file, nodes.tb.dir(), &["-c"]);
+    opts_from_env_file(&env, "DOCKER_OPTS").unwrap()
 }
 
 /// The agent's lease as FLANNEL_SUBNET writes it (`10.42.5.1/24`).
@@ -68,8 +169,8 @@ fn ping_across(d: &Dockerd, from: &str, to: Ipv4Addr) {
     poll_until(Duration::from_secs(15), &format!("{from} -> {to} answered"), || d.ping(from, to))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", diagnose(d.netns())));
     let out = d.exec_output(from, &["ping", "-c", "3", "-W", "2", &to.to_string()]).unwrap();
-    let stats = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
-    assert_eq!((stats.transmitted, stats.received), (3, 3), "{from} -> {to}:\n{}", stats.text);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 packets transmitted, 3 packets received"), "{from} -> {to}:\n{text}");
 }
 
 /// From container `from`: a TCP connection to `to`:7000 gets `expect`.
@@ -89,25 +190,35 @@ fn diagnose(ns: &Netns) -> String {
     format!("--- {} addresses ---\n{addrs}--- routes ---\n{routes}", ns.name())
 }
 
+/// On each of `d`: a container `ctr` (on `network` if given) and a TCP
+/// server `srv<i>`; then ping and TCP from every node's `ctr` to the other
+/// nodes' containers.
+fn containers_talk(d: &mut [Dockerd], network: Option<&str>) {
+    for x in d.iter_mut() {
+        x.run_container("ctr", network).unwrap();
+    }
+    let srv: Vec<Ipv4Addr> = d.iter_mut().enumerate().map(|(i, x)| tcp_server(x, &format!("srv{i}"), network)).collect();
+    let ip: Vec<Ipv4Addr> = d.iter().map(|x| x.container_ip("ctr", network).unwrap()).collect();
+    for a in 0..d.len() {
+        for b in (0..d.len()).filter(|&b| b != a) {
+            ping_across(&d[a], "ctr", ip[b]);
+            tcp_across(&d[a], "ctr", srv[b], &format!("pong-srv{b}"));
+        }
+    }
+}
+
 /// Two agent nodes, dockerd on each started from `docker-opts <flags>`'s
-/// `key`, a container and a TCP server on each; traffic both ways.
+/// `key`; containers talk both ways.
 fn seed_docker_opts(flags: &[&str], key: &str) {
-    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
+    let nodes = Nodes::start(2, &[]);
     let mut docker = Vec::new();
     for i in 0..2 {
-        let env = docker_opts(&c.agents[i], c.tb.dir(), flags);
+        let env = docker_opts(nodes.host(i), &nodes.agents[i].subnet_file, nodes.tb.dir(), flags);
         let opts = opts_from_env_file(&env, key).unwrap();
-        assert!(opts.contains(&format!("--bip={}", flannel_subnet(&c.agents[i]))), "{opts:?}");
-        let mut d = Dockerd::start(c.tb.host(i), &opts).unwrap();
-        d.run_container("ctr", None).unwrap();
-        docker.push(d);
+        assert!(opts.contains(&format!("--bip={}", flannel_subnet(&nodes.agents[i]))), "{opts:?}");
+        docker.push(Dockerd::start(nodes.host(i), &opts).unwrap());
     }
-    let srv: Vec<Ipv4Addr> = docker.iter_mut().enumerate().map(|(i, d)| tcp_server(d, &format!("srv{i}"), None)).collect();
-    let ip: Vec<Ipv4Addr> = docker.iter().map(|d| d.container_ip("ctr", None).unwrap()).collect();
-    ping_across(&docker[0], "ctr", ip[1]);
-    ping_across(&docker[1], "ctr", ip[0]);
-    tcp_across(&docker[0], "ctr", srv[1], "pong-srv1");
-    tcp_across(&docker[1], "ctr", srv[0], "pong-srv0");
+    containers_talk(&mut docker, None);
 }
 
 #[test]
@@ -122,52 +233,201 @@ fn seed_003_docker_network_options() {
 
 #[test]
 fn seed_000_docker_network_create_flannel() {
-    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
+    let nodes = Nodes::start(2, &[]);
     let mut docker = Vec::new();
     for i in 0..2 {
-        let mut d = Dockerd::start(c.tb.host(i), &[]).unwrap();
+        let d = Dockerd::start(nodes.host(i), &[]).unwrap();
         // `docker network create --subnet $FLANNEL_SUBNET flannel`, then the
         // seed sets the bridge's MTU to FLANNEL_MTU by hand.
-        let net = d.create_network("flannel", &flannel_subnet(&c.agents[i]), &[]).unwrap();
-        c.tb.host(i).run(&["ip", "link", "set", "dev", &net.bridge, "mtu", &c.pod_mtu.to_string()]).unwrap();
-        d.run_container("ctr", Some("flannel")).unwrap();
+        let net = d.create_network("flannel", &flannel_subnet(&nodes.agents[i]), &[]).unwrap();
+        nodes.host(i).run(&["ip", "link", "set", "dev", &net.bridge, "mtu", &nodes.pod_mtu().to_string()]).unwrap();
         docker.push(d);
     }
-    let srv: Vec<Ipv4Addr> =
-        docker.iter_mut().enumerate().map(|(i, d)| tcp_server(d, &format!("srv{i}"), Some("flannel"))).collect();
-    let ip: Vec<Ipv4Addr> = docker.iter().map(|d| d.container_ip("ctr", Some("flannel")).unwrap()).collect();
-    ping_across(&docker[0], "ctr", ip[1]);
-    ping_across(&docker[1], "ctr", ip[0]);
-    tcp_across(&docker[0], "ctr", srv[1], "pong-srv1");
-    tcp_across(&docker[1], "ctr", srv[0], "pong-srv0");
+    containers_talk(&mut docker, Some("flannel"));
+}
+
+/// An agent started the way seed 004 starts flanneld: Go's single-dash
+/// flags (`-etcd-endpoints=...`), a bare `-ip-masq`, `-iface eth0` with the
+/// value as the next word. The harness's [`Agent`] always passes
+/// `--etcd-endpoints=...`, so this one is spawned here. Dropping it kills
+/// it and removes its pins.
+struct GoFlagsAgent {
+    child: Option<ChildHandle>,
+    pin_root: PathBuf,
+    subnet_file: PathBuf,
+    log: PathBuf,
+}
+
+impl GoFlagsAgent {
+    fn start(host: &Host, etcd_url: &str, dir: &Path) -> GoFlagsAgent {
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(format!("{}-agent", host.name()));
+        let subnet_file = dir.join(format!("{}-subnet.env", host.name()));
+        let log = dir.join(format!("{}-agent.log", host.name()));
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = host.command(agent_binary().to_str().unwrap());
+        cmd.arg(format!("-etcd-endpoints={etcd_url}"))
+            .arg(format!("-etcd-prefix={PREFIX}"))
+            .args(["-iface", host.uplink()])
+            .arg("-ip-masq")
+            .arg(format!("-subnet-file={}", subnet_file.display()))
+            .arg(format!("-bpf-pin-dir={}", pin_root.display()))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let child = Some(host.spawn(cmd).unwrap());
+        GoFlagsAgent { child, pin_root, subnet_file, log }
+    }
+
+    fn wait_ready(&self) {
+        poll_until(READY, "agent started with Go flags ready", || {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.lines().any(|l| l.ends_with(" ready")) {
+                return Ok(());
+            }
+            anyhow::ensure!(self.child.as_ref().is_some_and(|c| c.is_running()), "it exited; log:\n{log}");
+            anyhow::bail!("not yet; log:\n{log}")
+        })
+        .unwrap();
+    }
+}
+
+impl Drop for GoFlagsAgent {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            c.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+#[test]
+fn seed_004_single_dash_go_flags_then_docker_network_options() {
+    let mut nodes = Nodes::new(2);
+    let agents: Vec<GoFlagsAgent> = (0..2)
+        .map(|i| {
+            let url = nodes.etcd_url(i);
+            GoFlagsAgent::start(nodes.host(i), &url, nodes.tb.dir())
+        })
+        .collect();
+    for a in &agents {
+        a.wait_ready();
+        // The flags took: the prefix (a lease under it), -ip-masq.
+        assert_eq!(env_value(&a.subnet_file, "FLANNEL_IPMASQ"), "true");
+        let key = format!("{PREFIX}/subnets/{}", lease_network(&a.subnet_file).replace('/', "-"));
+        assert!(nodes.etcd.get(&key).unwrap().is_some(), "no lease {key}");
+    }
+    // Seed 004 writes /etc/sysconfig/docker-network by hand:
+    // DOCKER_NETWORK_OPTIONS=' --bip=<FLANNEL_SUBNET> --mtu=<FLANNEL_MTU> '.
+    let mut docker = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        let file = nodes.tb.dir().join(format!("docker-network-{i}"));
+        let line = format!(
+            "DOCKER_NETWORK_OPTIONS=' --bip={} --mtu={} '\n",
+            env_value(&a.subnet_file, "FLANNEL_SUBNET"),
+            env_value(&a.subnet_file, "FLANNEL_MTU")
+        );
+        std::fs::write(&file, line).unwrap();
+        let opts = opts_from_env_file(&file, "DOCKER_NETWORK_OPTIONS").unwrap();
+        docker.push(Dockerd::start(nodes.host(i), &opts).unwrap());
+    }
+    containers_talk(&mut docker, None);
+}
+
+#[test]
+fn containers_on_an_agent_node_and_a_flannel_kernel_node_talk() {
+    // Host 0: the agent. Host 1: flanneld's kernel data path (flannel.1,
+    // per-peer neighbour, FDB entry and route), its lease put in etcd as
+    // flanneld would, its subnet.env written as flanneld would, and dockerd
+    // from `docker-opts -c` of that file.
+    let mut nodes = Nodes::new(2);
+    let kernel = VxlanLease {
+        subnet: Ipv4Addr::new(10, 42, 250, 0),
+        prefix_len: 24,
+        public_ip: nodes.host(1).ip(),
+        vtep_mac: [0x0e, 0, 0, 0, 0xfa, 1],
+    };
+    nodes.etcd.put(&kernel.etcd_key(PREFIX), &kernel.etcd_value(1)).unwrap();
+    setup_kernel_vxlan(nodes.host(1), 1, &kernel, 1500).unwrap();
+    // That helper also makes a cni0 with the gateway address for the
+    // harness's pods; here the pods are docker's, behind docker0 with
+    // --bip=<gateway>: the same address must not be on cni0 too.
+    nodes.host(1).run(&["ip", "link", "del", "cni0"]).unwrap();
+    nodes.start_agent(0, &[]);
+    nodes.wait_ready();
+    let agent_net = lease_network(&nodes.agents[0].subnet_file);
+    let (subnet, len, _) = nodes.agents[0].lease().unwrap();
+    let peer = VxlanLease { subnet, prefix_len: len, public_ip: nodes.host(0).ip(), vtep_mac: nodes.vtep_mac_of(&agent_net) };
+    add_kernel_peer(nodes.host(1), 1, &peer).unwrap();
+    // FLANNEL_IPMASQ=true, as under `flanneld --ip-masq`: docker gets
+    // --ip-masq=false, so nothing between the containers is masqueraded.
+    let kernel_env = nodes.tb.dir().join("kernel-subnet.env");
+    std::fs::write(
+        &kernel_env,
+        format!("FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET={}/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n", kernel.gateway()),
+    )
+    .unwrap();
+    let kernel_opts = opts_from_env_file(&docker_opts(nodes.host(1), &kernel_env, nodes.tb.dir(), &["-c"]), "DOCKER_OPTS").unwrap();
+    let mut docker = vec![
+        Dockerd::start(nodes.host(0), &dockerd_opts(&nodes, 0)).unwrap(),
+        Dockerd::start(nodes.host(1), &kernel_opts).unwrap(),
+    ];
+    containers_talk(&mut docker, None);
+}
+
+#[test]
+fn dockerd_started_before_the_agent_from_the_last_run_s_subnet_env() {
+    // A node's first run leaves its subnet.env (and its lease in etcd);
+    // then, as after a reboot where docker.service comes up before the
+    // agent, dockerd starts from that file, and only then the agent.
+    let mut nodes = Nodes::start(2, &[]);
+    let before = flannel_subnet(&nodes.agents[0]);
+    // "Reboot" node 0: the agent is gone and so is what lived in the kernel
+    // (its pins on bpffs, its overlay0); files and the etcd lease remain.
+    nodes.agents[0].kill();
+    std::fs::remove_dir_all(&nodes.agents[0].pin_root).unwrap();
+    let _ = nodes.host(0).run(&["ip", "link", "del", "overlay0"]);
+    let opts0 = dockerd_opts(&nodes, 0);
+    assert!(opts0.contains(&format!("--bip={before}")), "{opts0:?}");
+    let mut docker = vec![Dockerd::start(nodes.host(0), &opts0).unwrap()];
+    // docker0 carries the gateway before any agent runs on the node.
+    let docker0 = nodes.host(0).run(&["ip", "-4", "-br", "addr", "show", "dev", "docker0"]).unwrap();
+    assert!(docker0.contains(&before), "{docker0}");
+    let host0 = nodes.tb.host(0);
+    nodes.agents[0].restart(host0).unwrap();
+    nodes.agents[0].wait_ready_n(2, READY).unwrap();
+    assert_eq!(flannel_subnet(&nodes.agents[0]), before, "the agent took another lease than the one docker0 carries");
+    docker.push(Dockerd::start(nodes.host(1), &dockerd_opts(&nodes, 1)).unwrap());
+    containers_talk(&mut docker, None);
 }
 
 #[test]
 fn dockerd_restarted_while_the_agent_runs() {
-    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
-    let mut docker = Vec::new();
-    for i in 0..2 {
-        let opts = opts_from_env_file(&docker_opts(&c.agents[i], c.tb.dir(), &["-c"]), "DOCKER_OPTS").unwrap();
-        let mut d = Dockerd::start(c.tb.host(i), &opts).unwrap();
+    let nodes = Nodes::start(2, &[]);
+    let mut docker: Vec<Dockerd> = (0..2).map(|i| Dockerd::start(nodes.host(i), &dockerd_opts(&nodes, i)).unwrap()).collect();
+    for d in docker.iter_mut() {
         d.run_container("ctr", None).unwrap();
-        docker.push(d);
     }
     docker[1].restart().unwrap();
     docker[1].docker(&["start", "ctr"]).unwrap();
     let ip: Vec<Ipv4Addr> = docker.iter().map(|d| d.container_ip("ctr", None).unwrap()).collect();
     ping_across(&docker[0], "ctr", ip[1]);
     ping_across(&docker[1], "ctr", ip[0]);
+    let srv1 = tcp_server(&mut docker[1], "srv1", None);
+    let srv0 = tcp_server(&mut docker[0], "srv0", None);
+    tcp_across(&docker[0], "ctr", srv1, "pong-srv1");
+    tcp_across(&docker[1], "ctr", srv0, "pong-srv0");
 }
 
 #[test]
 fn agent_sigkilled_while_containers_talk_loses_nothing() {
-    let mut c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
-    let mut docker = Vec::new();
-    for i in 0..2 {
-        let opts = opts_from_env_file(&docker_opts(&c.agents[i], c.tb.dir(), &["-c"]), "DOCKER_OPTS").unwrap();
-        let mut d = Dockerd::start(c.tb.host(i), &opts).unwrap();
+    let mut nodes = Nodes::start(2, &[]);
+    let mut docker: Vec<Dockerd> = (0..2).map(|i| Dockerd::start(nodes.host(i), &dockerd_opts(&nodes, i)).unwrap()).collect();
+    for d in docker.iter_mut() {
         d.run_container("ctr", None).unwrap();
-        docker.push(d);
     }
     let to = docker[1].container_ip("ctr", None).unwrap();
     ping_across(&docker[0], "ctr", to);
@@ -179,32 +439,156 @@ fn agent_sigkilled_while_containers_talk_loses_nothing() {
         .stderr(Stdio::piped());
     let run = ping.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    c.agents[0].kill();
-    c.agents[0].restart(c.tb.host(0)).unwrap();
-    c.agents[0].wait_ready_n(2, Duration::from_secs(30)).unwrap();
+    nodes.agents[0].kill();
+    let host0 = nodes.tb.host(0);
+    nodes.agents[0].restart(host0).unwrap();
+    nodes.agents[0].wait_ready_n(2, READY).unwrap();
     let out = run.wait_with_output().unwrap();
-    let stats = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
-    assert_eq!(stats.lost(), 0, "{}", stats.text);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("100 packets transmitted, 100 packets received"), "{text}");
+    // And after the restart, TCP both ways and pings back.
+    let back = docker[0].container_ip("ctr", None).unwrap();
+    ping_across(&docker[1], "ctr", back);
+    let srv1 = tcp_server(&mut docker[1], "srv1", None);
+    let srv0 = tcp_server(&mut docker[0], "srv0", None);
+    tcp_across(&docker[0], "ctr", srv1, "pong-srv1");
+    tcp_across(&docker[1], "ctr", srv0, "pong-srv0");
+}
+
+/// In pod `pod` (namespace under node `node`, so the testbed kills it): a
+/// TCP server on port `port` answering `pong-<pod name>` to every
+/// connection.
+fn pod_tcp_server(node: &Host, pod: &CniPod, port: u16) {
+    let script = format!("while true; do echo pong-{} | /bin/busybox nc -l -p {port}; done", pod.name);
+    let mut cmd = pod.command("/bin/busybox");
+    cmd.args(["sh", "-c", &script]).stdout(Stdio::null()).stderr(Stdio::null());
+    node.spawn(cmd).unwrap();
+}
+
+/// From pod `from`: a TCP connection to `to:port` gets `expect`.
+fn pod_tcp(from: &CniPod, to: Ipv4Addr, port: u16, expect: &str) {
+    poll_until(Duration::from_secs(15), &format!("TCP {} -> {to}:{port}", from.name), || {
+        let out = from.run(&["/bin/busybox", "sh", "-c", &format!("/bin/busybox nc -w 3 {to} {port} </dev/null")])?;
+        anyhow::ensure!(out.trim() == expect, "got {out:?}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Ping (until answered, then 3 of 3) and TCP from `a` to `b` and back;
+/// both run [`pod_tcp_server`] on 7000.
+fn pods_talk(a: &CniPod, b: &CniPod, diag: &[&Netns]) {
+    for (from, to) in [(a, b), (b, a)] {
+        poll_until(Duration::from_secs(15), &format!("{} -> {}", from.name, to.ip), || from.ping(to.ip)).unwrap_or_else(|e| {
+            panic!("{e:#}\n{}", diag.iter().map(|n| diagnose(n)).collect::<Vec<_>>().join("\n"))
+        });
+        let out = from.run(&["ping", "-c", "3", "-W", "2", &to.ip.to_string()]).unwrap();
+        assert!(out.contains("3 packets transmitted, 3 received"), "{} -> {}:\n{out}", from.name, to.ip);
+        pod_tcp(from, to.ip, 7000, &format!("pong-{}", to.name));
+    }
 }
 
 #[test]
 fn cni_pods_on_two_agent_nodes_talk_and_cni0_is_remade() {
-    let c = Cluster::start_with(2, 0, 0, VXLAN_CONFIG);
-    let mut nodes: Vec<CniNode> = (0..2).map(|i| CniNode::new(c.tb.host(i), &c.agents[i].subnet_file).unwrap()).collect();
-    let a = nodes[0].add_pod().unwrap();
-    let b = nodes[1].add_pod().unwrap();
-    for (from, to) in [(&a, b.ip), (&b, a.ip)] {
-        poll_until(Duration::from_secs(15), &format!("{} -> {to}", from.name), || from.ping(to))
-            .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", diagnose(c.tb.host(0)), diagnose(c.tb.host(1))));
-    }
+    let nodes = Nodes::start(2, &["--ip-masq"]);
+    let mut cni: Vec<CniNode> = (0..2).map(|i| CniNode::new(nodes.host(i), &nodes.agents[i].subnet_file).unwrap()).collect();
+    let a = cni[0].add_pod().unwrap();
+    let b = cni[1].add_pod().unwrap();
+    pod_tcp_server(nodes.host(0), &a, 7000);
+    pod_tcp_server(nodes.host(1), &b, 7000);
+    pods_talk(&a, &b, &[nodes.host(0), nodes.host(1)]);
     // cni0 deleted while the agent runs: the plugin makes it again at the
     // next ADD, and that pod is reachable across nodes.
-    c.tb.host(0).run(&["ip", "link", "del", "cni0"]).unwrap();
-    let a2 = nodes[0].add_pod().unwrap();
-    poll_until(Duration::from_secs(15), "new pod behind a re-made cni0 reachable", || b.ping(a2.ip))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", diagnose(c.tb.host(0))));
-    a2.ping(b.ip).unwrap();
+    nodes.host(0).run(&["ip", "link", "del", "cni0"]).unwrap();
+    let a2 = cni[0].add_pod().unwrap();
+    pod_tcp_server(nodes.host(0), &a2, 7000);
+    pods_talk(&a2, &b, &[nodes.host(0), nodes.host(1)]);
     // DEL releases the address.
-    nodes[0].del_pod(&a2).unwrap();
-    assert!(nodes[0].allocated().unwrap().iter().all(|(ip, _)| *ip != a2.ip));
+    cni[0].del_pod(&a2).unwrap();
+    assert!(cni[0].allocated().unwrap().iter().all(|(ip, _)| *ip != a2.ip));
+}
+
+#[test]
+fn cni_add_and_del_on_three_nodes_release_addresses_and_the_rest_keep_talking() {
+    // kube-flannel's way: flanneld --ip-masq, so the bridge plugin gets
+    // ipMasq false.
+    let nodes = Nodes::start(3, &["--ip-masq"]);
+    let hosts: Vec<&Netns> = (0..3).map(|i| &**nodes.host(i)).collect();
+    let mut cni: Vec<CniNode> = (0..3).map(|i| CniNode::new(nodes.host(i), &nodes.agents[i].subnet_file).unwrap()).collect();
+    let mut pods: Vec<Vec<CniPod>> = Vec::new();
+    for (i, node) in cni.iter_mut().enumerate() {
+        let two = vec![node.add_pod().unwrap(), node.add_pod().unwrap()];
+        let net = lease_network(&nodes.agents[i].subnet_file);
+        for p in &two {
+            pod_tcp_server(nodes.host(i), p, 7000);
+            assert!(ipnet_contains(&net, p.ip), "{} not in the lease {net}", p.ip);
+        }
+        let allocated = node.allocated().unwrap();
+        for p in &two {
+            assert!(allocated.contains(&(p.ip, p.container_id.clone())), "{allocated:?} lacks {} of {}", p.ip, p.container_id);
+        }
+        pods.push(two);
+    }
+    // Around the ring, both ways: node0 <-> node1 <-> node2 <-> node0.
+    for i in 0..3 {
+        pods_talk(&pods[i][0], &pods[(i + 1) % 3][1], &hosts);
+    }
+    // DEL the first pod on every node: its address is released there, the
+    // other stays allocated.
+    for (i, node) in cni.iter_mut().enumerate() {
+        let gone = pods[i].remove(0);
+        node.del_pod(&gone).unwrap();
+        let allocated = node.allocated().unwrap();
+        assert!(allocated.iter().all(|(ip, _)| *ip != gone.ip), "node{i}: {} still allocated: {allocated:?}", gone.ip);
+        assert!(allocated.iter().any(|(ip, _)| *ip == pods[i][0].ip), "node{i}: {allocated:?}");
+    }
+    // The rest keep talking; new pods (ADD after DEL) talk too.
+    for i in 0..3 {
+        pods_talk(&pods[i][0], &pods[(i + 1) % 3][0], &hosts);
+    }
+    for (i, node) in cni.iter_mut().enumerate() {
+        let p = node.add_pod().unwrap();
+        pod_tcp_server(nodes.host(i), &p, 7000);
+        pods[i].push(p);
+    }
+    for i in 0..3 {
+        pods_talk(&pods[i][1], &pods[(i + 2) % 3][1], &hosts);
+    }
+    // DEL of everything leaves no allocation on any node.
+    for (i, node) in cni.iter_mut().enumerate() {
+        for p in std::mem::take(&mut pods[i]) {
+            node.del_pod(&p).unwrap();
+        }
+        assert_eq!(node.allocated().unwrap(), vec![], "node{i} after DEL of all its pods");
+    }
+}
+
+fn ipnet_contains(net: &str, ip: Ipv4Addr) -> bool {
+    let (a, len) = net.split_once('/').unwrap();
+    let (a, len): (Ipv4Addr, u32) = (a.parse().unwrap(), len.parse().unwrap());
+    let mask = u32::MAX << (32 - len);
+    u32::from(ip) & mask == u32::from(a) & mask
+}
+
+#[test]
+fn cni_portmap_host_port_reached_from_a_pod_on_the_other_node() {
+    let nodes = Nodes::start(2, &["--ip-masq"]);
+    let mut cni: Vec<CniNode> = (0..2).map(|i| CniNode::new(nodes.host(i), &nodes.agents[i].subnet_file).unwrap()).collect();
+    // A pod with hostPort 8080 -> 7000 on node 0, as kubelet asks for
+    // `ports: [{containerPort: 7000, hostPort: 8080}]`.
+    let web = cni[0].add_pod_with_ports(&[PortMapping { host_port: 8080, container_port: 7000, protocol: "tcp" }]).unwrap();
+    let client = cni[1].add_pod().unwrap();
+    pod_tcp_server(nodes.host(0), &web, 7000);
+    pod_tcp_server(nodes.host(1), &client, 7000);
+    // The overlay between the two pods, both ways.
+    pods_talk(&web, &client, &[nodes.host(0), nodes.host(1)]);
+    // node 0's IP:8080 from the pod on node 1 reaches the pod on node 0.
+    pod_tcp(&client, nodes.host(0).ip(), 8080, &format!("pong-{}", web.name));
+    let rules = nodes.host(0).run(&["iptables-save", "-t", "nat"]).unwrap();
+    assert!(rules.contains("CNI-HOSTPORT-DNAT") && rules.contains("--dport 8080"), "portmap's rules:\n{rules}");
+    // DEL runs portmap's DEL too: its rules for the pod go, the address is free.
+    cni[0].del_pod(&web).unwrap();
+    let rules = nodes.host(0).run(&["iptables-save", "-t", "nat"]).unwrap();
+    assert!(!rules.contains("--dport 8080"), "portmap's rules left after DEL:\n{rules}");
+    assert!(cni[0].allocated().unwrap().iter().all(|(ip, _)| *ip != web.ip));
 }

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use crate::util::{cargo, effective_uid, host_target_dir, is_root, run as run_cmd, show, step};
 
 const USAGE: &str = "\
-usage: cargo xtask demo [--release] [--keep] [--nodes N] [--no-color]
+usage: cargo xtask demo [--release] [--docker] [--keep] [--nodes N] [--no-color]
        cargo xtask demo -- --help
 
 Sets the machine up (as `cargo xtask setup`), builds the agent and the demo,
@@ -28,6 +28,10 @@ TCP transfers between pods on different nodes, one node's SUBNETS map
 Everything is removed at the end, on error and on Ctrl-C.
 
   --release      build and run the release agent (default: debug, as the tests)
+  --docker       the seeds' Docker walkthrough instead: per node the agent,
+                 `overlay-agent docker-opts -c`, a real dockerd started with
+                 $DOCKER_OPTS, busybox containers pinging and talking TCP
+                 across nodes (default 2 nodes)
   --keep         leave the cluster running until Enter or Ctrl-C, and print
                  how to look around (nsenter, pins, inspect, etcdctl)
   --nodes N      2 to 8 nodes (default 3)
@@ -45,7 +49,7 @@ fn parse_args(args: &[String]) -> Result<Option<(bool, Vec<String>)>> {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
             "--release" => release = true,
-            "--keep" | "--no-color" => forwarded.push(arg.clone()),
+            "--keep" | "--no-color" | "--docker" => forwarded.push(arg.clone()),
             "--nodes" | "-n" => {
                 let value = it.next().context("--nodes needs a value")?;
                 check_nodes(value)?;
@@ -183,6 +187,7 @@ mod tests {
             .unwrap();
         assert!(release);
         assert_eq!(fwd, ["--keep", "--nodes", "4", "--no-color"]);
+        assert_eq!(parse("--docker --keep").unwrap().unwrap().1, ["--docker", "--keep"]);
         assert_eq!(parse("--nodes=2").unwrap().unwrap().1, ["--nodes=2"]);
         assert_eq!(parse("--help").unwrap(), None);
         assert!(parse("--nodes 1").is_err());

@@ -7,10 +7,16 @@
 //! counters. Everything is removed at the end, on error and on Ctrl-C
 //! (SIGINT, SIGTERM, SIGHUP). Needs root.
 //!
+//! With `--docker` it walks through the seeds' Docker setup instead
+//! (docker_demo.rs): the agents, `overlay-agent docker-opts`, a real dockerd
+//! per node started with the result, and busybox containers on different
+//! nodes pinging and talking TCP.
+//!
 //! ```text
-//! overlay-demo --agent target/debug/overlay-agent [--nodes N] [--keep] [--no-color]
+//! overlay-demo --agent target/debug/overlay-agent [--docker] [--nodes N] [--keep] [--no-color]
 //! ```
 
+mod docker_demo;
 mod scenario;
 mod signals;
 mod traffic;
@@ -23,11 +29,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "\
-usage: overlay-demo [--agent PATH] [--nodes N] [--keep] [--no-color]
+usage: overlay-demo [--agent PATH] [--docker] [--nodes N] [--keep] [--no-color]
 
   --agent PATH   the overlay-agent binary to run on every node
                  (default: $OVERLAY_AGENT_BIN, else target/{debug,release}/overlay-agent)
-  --nodes N      how many nodes (2 to 8, default 3); each gets two pods
+  --docker       the seeds' Docker walkthrough: overlay-agent docker-opts, a real
+                 dockerd per node with its output, busybox containers talking
+  --nodes N      how many nodes (2 to 8, default 3, with --docker 2); each gets
+                 two pods (with --docker: two containers)
   --keep         leave everything running until Enter or Ctrl-C, and print
                  how to look around (nsenter, pins, inspect, etcdctl)
   --no-color     no colours even on a terminal (NO_COLOR works too)
@@ -40,11 +49,13 @@ pub struct Options {
     pub nodes: usize,
     pub keep: bool,
     pub color: bool,
+    pub docker: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Options>> {
     let mut agent = None;
-    let mut nodes = 3usize;
+    let mut nodes = None;
+    let mut docker = false;
     let mut keep = false;
     let mut color = true;
     let mut it = args.iter();
@@ -64,11 +75,13 @@ fn parse_args(args: &[String]) -> Result<Option<Options>> {
             "--agent" => agent = Some(PathBuf::from(value("--agent")?)),
             "--nodes" | "-n" => {
                 let v = value("--nodes")?;
-                nodes = v.parse().with_context(|| format!("--nodes {v:?} is not a number"))?;
-                if !(2..=8).contains(&nodes) {
-                    bail!("--nodes must be between 2 and 8 (got {nodes})");
+                let n: usize = v.parse().with_context(|| format!("--nodes {v:?} is not a number"))?;
+                if !(2..=8).contains(&n) {
+                    bail!("--nodes must be between 2 and 8 (got {n})");
                 }
+                nodes = Some(n);
             }
+            "--docker" => docker = true,
             "--keep" => keep = true,
             "--no-color" => color = false,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -80,7 +93,9 @@ fn parse_args(args: &[String]) -> Result<Option<Options>> {
             .context("no overlay-agent binary found: pass --agent PATH (`cargo xtask demo` builds one and does)")?,
     };
     let agent = std::fs::canonicalize(&agent).with_context(|| format!("the agent binary {}", agent.display()))?;
-    Ok(Some(Options { agent, nodes, keep, color }))
+    // A dockerd per node is heavier than a few namespaces: 2 by default.
+    let nodes = nodes.unwrap_or(if docker { 2 } else { 3 });
+    Ok(Some(Options { agent, nodes, keep, color, docker }))
 }
 
 /// `$OVERLAY_AGENT_BIN`, else the workspace's target/{debug,release}/overlay-agent.
@@ -120,7 +135,13 @@ fn main() -> ExitCode {
 
     let started = Instant::now();
     let mut world = scenario::World::default();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario::run(&mut world, &opts)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if opts.docker {
+            docker_demo::run(&mut world, &opts)
+        } else {
+            scenario::run(&mut world, &opts)
+        }
+    }));
     let step = ui::current_step();
     let clean = scenario::teardown(world);
     let code = match outcome {
@@ -135,7 +156,7 @@ fn main() -> ExitCode {
                     "{} by {} during step {step} of {}, after {}",
                     ui::yellow("Stopped"),
                     signals::name(sig),
-                    scenario::STEPS,
+                    scenario::steps(&opts),
                     ui::secs(started.elapsed())
                 ));
                 128 + sig as u8
@@ -168,7 +189,11 @@ mod tests {
         assert_eq!((o.nodes, o.keep, o.color), (4, true, false));
         assert_eq!(o.agent, std::fs::canonicalize("/bin/true").unwrap());
         let o = parse_args(&args("--agent=/bin/true --nodes=2")).unwrap().unwrap();
-        assert_eq!((o.nodes, o.keep, o.color), (2, false, true));
+        assert_eq!((o.nodes, o.keep, o.color, o.docker), (2, false, true, false));
+        let o = parse_args(&args("--agent /bin/true --docker")).unwrap().unwrap();
+        assert_eq!((o.nodes, o.docker), (2, true));
+        let o = parse_args(&args("--agent /bin/true --docker --nodes 3")).unwrap().unwrap();
+        assert_eq!((o.nodes, o.docker), (3, true));
         assert!(parse_args(&args("--help")).unwrap().is_none());
         assert!(parse_args(&args("--agent /bin/true --nodes 9")).is_err());
         assert!(parse_args(&args("--agent /bin/true --nodes")).is_err());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use overlay_tests::agent::{Agent, AgentOptions};
+use overlay_tests::docker::{processes_mentioning, Dockerd};
 use overlay_tests::etcd::Etcd;
 use overlay_tests::netns::{ensure_bpffs, next, Netns, Pod, Testbed};
 use overlay_tests::traffic::PingStats;
@@ -17,25 +18,36 @@ use crate::ui::{self, block, bold, cmd, cyan, dim, green, info, red, yellow};
 use crate::{signals, Options};
 
 /// flanneld's default prefix: the demo uses flannel's own etcd layout.
-const PREFIX: &str = "/coreos.com/network";
-const NETWORK_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#;
-const UNDERLAY: &str = "192.168.77.0/24";
+pub const PREFIX: &str = "/coreos.com/network";
+pub const NETWORK_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#;
+pub const UNDERLAY: &str = "192.168.77.0/24";
 const PODS_PER_NODE: usize = 2;
 pub const STEPS: usize = 11;
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many steps the chosen demo has.
+pub fn steps(opts: &Options) -> usize {
+    if opts.docker {
+        crate::docker_demo::STEPS
+    } else {
+        STEPS
+    }
+}
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the demo builds. Fields drop in declaration order: the agents
 /// (killed, pins removed: programs detach, then their relays to etcd) first,
 /// the namespaces (with every process left in them), and etcd last.
 #[derive(Default)]
 pub struct World {
-    agents: Vec<Agent>,
+    /// `--docker`: a dockerd per node, with its containers (stopped first).
+    pub docker: Vec<Dockerd>,
+    pub agents: Vec<Agent>,
     pods: Vec<Vec<Pod>>,
-    tb: Option<Testbed>,
-    etcd: Option<Etcd>,
+    pub tb: Option<Testbed>,
+    pub etcd: Option<Etcd>,
 }
 
-fn node(i: usize) -> String {
+pub fn node(i: usize) -> String {
     format!("node{i}")
 }
 
@@ -295,7 +307,17 @@ fn decode_subnets(pin: &Path, tb: &Testbed) -> Vec<String> {
     lines
 }
 
-fn show_leases(etcd: &Etcd, tb: &Testbed) -> Result<()> {
+/// `KEY=value` lines of a subnet file.
+pub fn subnet_env(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
+pub fn show_leases(etcd: &Etcd, tb: &Testbed) -> Result<()> {
     let out = etcd.etcdctl(&["get", "--prefix", "-w", "json", "--", &format!("{PREFIX}/")])?;
     let v: Value = serde_json::from_str(&out).context("parsing etcdctl's JSON")?;
     let b64 = |s: &str| -> String {
@@ -423,7 +445,7 @@ fn inspect(agent_bin: &Path, host: &Netns, pin_root: &Path, json: bool) -> Resul
 }
 
 /// The per-node table; returns a short note for the summary.
-fn show_counters(w: &World, opts: &Options, n: usize) -> Result<String> {
+pub fn show_counters(w: &World, opts: &Options, n: usize) -> Result<String> {
     let tb = w.tb.as_ref().ok_or_else(|| anyhow!("no testbed"))?;
     const COLUMNS: [&str; 5] = ["encapsulated", "decap_to_pod", "decap_to_host", "passed_to_kernel", "passed_not_ours"];
     let mut rows = Vec::new();
@@ -476,7 +498,7 @@ fn show_counters(w: &World, opts: &Options, n: usize) -> Result<String> {
 }
 
 /// `--keep`: print how to look around, then wait for Enter or a signal.
-fn keep_running(w: &World, opts: &Options) -> Result<String> {
+pub fn keep_running(w: &World, opts: &Options) -> Result<String> {
     let tb = w.tb.as_ref().ok_or_else(|| anyhow!("no testbed"))?;
     let etcd = w.etcd.as_ref().ok_or_else(|| anyhow!("no etcd"))?;
     let (p00, p11) = (&w.pods[0][0], &w.pods[1][1]);
@@ -509,6 +531,11 @@ fn keep_running(w: &World, opts: &Options) -> Result<String> {
     info(&dim(&format!("all namespaces: ip netns list | grep ov{}-", tb.id())));
     ui::line("");
 
+    wait_for_enter(w)
+}
+
+/// `--keep`'s wait: until Enter or a signal, failing if an agent dies.
+pub fn wait_for_enter(w: &World) -> Result<String> {
     let (tx, rx) = std::sync::mpsc::channel::<bool>();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -544,7 +571,7 @@ fn keep_running(w: &World, opts: &Options) -> Result<String> {
 /// if something is left behind.
 pub fn teardown(w: World) -> bool {
     let t = Instant::now();
-    let World { agents, pods, tb, etcd } = w;
+    let World { docker, agents, pods, tb, etcd } = w;
     if tb.is_none() && etcd.is_none() {
         return true;
     }
@@ -557,7 +584,12 @@ pub fn teardown(w: World) -> bool {
     let etcd_dir = etcd.as_ref().map(|e| e.dir().to_path_buf());
     let etcd_pid = etcd.as_ref().and_then(|e| e.pid());
     let namespaces = ns_prefix.as_deref().map(netns_with_prefix).unwrap_or_default().len();
+    let n_docker = docker.len();
+    let docker_dirs: Vec<PathBuf> = docker.iter().map(|d| d.dir().to_path_buf()).collect();
 
+    // dockerd before the agents and namespaces: its Drop removes the
+    // containers, stops it, and unmounts and deletes its state.
+    drop(docker);
     drop(agents);
     drop(pods);
     drop(tb);
@@ -573,8 +605,13 @@ pub fn teardown(w: World) -> bool {
     for p in pin_roots.iter().filter(|p| p.exists()) {
         left.push(format!("pins {}", p.display()));
     }
-    for d in [&tb_dir, &etcd_dir].into_iter().flatten().filter(|d| d.exists()) {
+    for d in [&tb_dir, &etcd_dir].into_iter().flatten().chain(&docker_dirs).filter(|d| d.exists()) {
         left.push(format!("folder {}", d.display()));
+    }
+    for d in &docker_dirs {
+        if !processes_mentioning(&d.to_string_lossy()).is_empty() {
+            left.push(format!("processes of the dockerd in {}", d.display()));
+        }
     }
     if let (Some(pid), Some(dir)) = (etcd_pid, &etcd_dir) {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -582,8 +619,9 @@ pub fn teardown(w: World) -> bool {
             left.push(format!("etcd (pid {pid})"));
         }
     }
+    let dockers = if n_docker > 0 { format!("{n_docker} dockerd with their containers, ") } else { String::new() };
     let what = format!(
-        "removed {n_agents} agents with their pins, {namespaces} namespaces, {}the temporary files in {}",
+        "removed {dockers}{n_agents} agents with their pins, {namespaces} namespaces, {}the temporary files in {}",
         if etcd_pid.is_some() { "etcd, " } else { "" },
         ui::secs(t.elapsed())
     );
