@@ -307,16 +307,6 @@ fn decode_subnets(pin: &Path, tb: &Testbed) -> Vec<String> {
     lines
 }
 
-/// `KEY=value` lines of a subnet file.
-pub fn subnet_env(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
-}
-
 pub fn show_leases(etcd: &Etcd, tb: &Testbed) -> Result<()> {
     let out = etcd.etcdctl(&["get", "--prefix", "-w", "json", "--", &format!("{PREFIX}/")])?;
     let v: Value = serde_json::from_str(&out).context("parsing etcdctl's JSON")?;
