@@ -59,7 +59,7 @@ pub fn record(key: &FlowKey) {
 /// flow the kernel handled.
 #[inline(always)]
 pub fn is_reply_of_kernel_flow(key: &FlowKey) -> bool {
-    KERNEL_FLOWS.get_ptr(&key.reversed()).is_some()
+    KERNEL_FLOWS.get_ptr(key.reversed()).is_some()
 }
 
 /// TC egress on a pod veth: the kernel delivers to a local pod. Flows from
