@@ -52,8 +52,14 @@ pub mod map_names {
     /// Flows the kernel forwarded or delivered (the programs keep it): their
     /// replies go through the kernel too, so conntrack and NAT see both ways.
     pub const KERNEL_FLOWS: &str = "KERNEL_FLOWS";
+    /// Flows the decapsulation handed to the kernel only because it did not
+    /// know the destination pod yet (the programs keep it): the kernel
+    /// delivering them says nothing about NAT, so they are not recorded
+    /// in `KERNEL_FLOWS`.
+    pub const UNLEARNT_POD_FLOWS: &str = "UNLEARNT_POD_FLOWS";
     /// Every map, all pinned in the pin folder.
-    pub const ALL: [&str; 7] = [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS, UNDERLAY, KERNEL_FLOWS];
+    pub const ALL: [&str; 8] =
+        [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS, UNDERLAY, KERNEL_FLOWS, UNLEARNT_POD_FLOWS];
 }
 
 /// Names of the programs in the object.
@@ -84,3 +90,5 @@ pub const MAX_ENDPOINTS: u32 = 16_384;
 /// this, the least recently seen flow is forgotten (and its replies take
 /// the fast path again).
 pub const MAX_KERNEL_FLOWS: u32 = 65_536;
+/// Flows to pods the decapsulation did not know yet (seconds' worth).
+pub const MAX_UNLEARNT_POD_FLOWS: u32 = 16_384;

@@ -110,10 +110,16 @@ pub fn deliver(ctx: &TcContext, cfg: &LocalConfig, inner: &Ipv4Hdr) -> Outcome {
     if inner.ttl <= 1 || cfg.flags & config_flags::KERNEL_FORWARDING != 0 {
         return to_host;
     }
+    let flow = flows::key(ctx, ETH_HLEN, inner);
     let Some(ep) = endpoint(inner.dst) else {
+        // A pod of ours the agent has not learnt yet (not the host's own
+        // addresses): the kernel delivers it, which is no sign of NAT.
+        if in_subnet(inner.dst, cfg.local_subnet, cfg.local_prefix_len) {
+            flows::note_unlearnt_pod(&flow);
+        }
         return to_host;
     };
-    if flows::is_reply_of_kernel_flow(&flows::key(ctx, ETH_HLEN, inner)) {
+    if flows::is_reply_of_kernel_flow(&flow) {
         return Outcome::pass(Reason::PassedKernelFlow);
     }
     if decrement_ttl(ctx, ETH_HLEN, inner).is_err() {

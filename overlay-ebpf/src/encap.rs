@@ -20,7 +20,7 @@ use crate::{
     maps::SUBNETS,
     parse::{eth_ipv4, in_subnet, load, Ipv4Hdr},
     pod_guard,
-    route::{config, router_checks, Origin},
+    route::{config, ingress_ifindex, router_checks, Origin},
     underlay::{self, NextHopKind},
     verdict::Outcome,
 };
@@ -53,6 +53,14 @@ pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
             return Ok(Outcome::pass(Reason::PassedNotOurs));
         }
         pod_guard::check(ctx, &cfg, &ip)?;
+        // The fast path starts only on a pod's veth, where the packet is as
+        // the pod sent it. At the bridge's own ingress it may already carry
+        // the bridge's netfilter (br_netfilter: a Service's DNAT, as
+        // Kubernetes nodes run it), so there the kernel forwards it, through
+        // the tunnel device, where the flow is recorded for its replies.
+        if ingress_ifindex(ctx) == cfg.bridge_ifindex {
+            return Ok(Outcome::pass(Reason::PassedToKernel));
+        }
     }
     let Some(nh) = SUBNETS.get(&Key::new(32, ip.dst)).copied() else {
         // The host reaches remote pods through a cluster-wide route via the

@@ -10,12 +10,18 @@
 //! pod). Those flows are recorded, post-NAT, and a packet that would take
 //! the fast path in the other direction of a recorded flow is passed to
 //! the kernel instead. Plain pod-to-pod traffic never passes there, so it
-//! keeps the fast path.
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
-use overlay_common::{maps::FlowKey, stats::Reason, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP};
+//! keeps the fast path; the exception, a pod the decapsulation did not
+//! know yet (the agent learns pods within a second), is remembered where
+//! it happens so that its flows are not taken for translated ones.
+use aya_ebpf::{btf_maps::LruHashMap, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use overlay_common::{
+    maps::{FlowKey, FlowSeen},
+    stats::Reason,
+    ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{
-    maps::KERNEL_FLOWS,
+    maps::{KERNEL_FLOWS, UNLEARNT_POD_FLOWS},
     parse::{eth_ipv4, in_subnet, load, Ipv4Hdr},
     route::config,
     verdict::Outcome,
@@ -43,16 +49,28 @@ pub fn key(ctx: &TcContext, l3_off: usize, ip: &Ipv4Hdr) -> FlowKey {
 /// Remembers that the kernel handled this flow.
 #[inline(always)]
 pub fn record(key: &FlowKey) {
+    remember(&KERNEL_FLOWS, key);
+}
+
+/// Remembers that decapsulation handed this flow to the kernel only because
+/// the destination pod is not in the endpoint map yet.
+#[inline(always)]
+pub fn note_unlearnt_pod(key: &FlowKey) {
+    remember(&UNLEARNT_POD_FLOWS, key);
+}
+
+#[inline(always)]
+fn remember<const N: usize>(map: &LruHashMap<FlowKey, FlowSeen, N>, key: &FlowKey) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(seen) = KERNEL_FLOWS.get_ptr(key) {
+    if let Some(seen) = map.get_ptr(key) {
         // SAFETY: a valid map value pointer; a racing update only makes us
         // refresh once more.
         if now.wrapping_sub(unsafe { *seen }) < REFRESH_NS {
             return;
         }
     }
-    let _ = KERNEL_FLOWS.insert(key, now, 0);
+    let _ = map.insert(key, now, 0);
 }
 
 /// Whether `key` (a packet about to take the fast path) is the reply of a
@@ -76,7 +94,10 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<Outcome, Outcome> {
     if in_subnet(ip.src, cfg.cluster_net, cfg.cluster_prefix_len)
         && !in_subnet(ip.src, cfg.local_subnet, cfg.local_prefix_len)
     {
-        record(&key(ctx, ETH_HLEN, &ip));
+        let key = key(ctx, ETH_HLEN, &ip);
+        if UNLEARNT_POD_FLOWS.get_ptr(key).is_none() {
+            record(&key);
+        }
     }
     Ok(delivered)
 }

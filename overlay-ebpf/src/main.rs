@@ -34,7 +34,8 @@ fn finish(len: u32, result: Result<Outcome, Outcome>) -> i32 {
     outcome.action
 }
 
-/// TC ingress on the pod bridge and each pod veth: packets from local pods.
+/// TC ingress on each pod veth (the fast path) and on the pod bridge
+/// (checks only): packets from local pods.
 #[classifier]
 pub fn from_pods(ctx: TcContext) -> i32 {
     let len = ctx.len();

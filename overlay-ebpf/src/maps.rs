@@ -9,7 +9,7 @@ use overlay_common::{
         UnderlayHop, UnderlayKey,
     },
     stats::{Counter, REASON_COUNT},
-    MAX_ENDPOINTS, MAX_KERNEL_FLOWS, MAX_NODES, MAX_SUBNETS,
+    MAX_ENDPOINTS, MAX_KERNEL_FLOWS, MAX_NODES, MAX_SUBNETS, MAX_UNLEARNT_POD_FLOWS,
 };
 
 /// Remote pod subnet -> next hop.
@@ -41,3 +41,9 @@ pub static UNDERLAY: LruHashMap<UnderlayKey, UnderlayHop, { MAX_NODES as usize }
 /// LRU so that no number of flows can fill it).
 #[btf_map]
 pub static KERNEL_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_KERNEL_FLOWS as usize }> = LruHashMap::new();
+
+/// Flows decap handed to the kernel because their pod was not in ENDPOINTS
+/// yet -> when (see flows.rs).
+#[btf_map]
+pub static UNLEARNT_POD_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_UNLEARNT_POD_FLOWS as usize }> =
+    LruHashMap::new();

@@ -9,6 +9,7 @@ use overlay_common::{maps::LocalConfig, stats::Reason, ETH_HLEN, IPPROTO_UDP};
 use crate::{
     maps::{ENDPOINTS, NODES},
     parse::{in_subnet, load, Ipv4Hdr, UdpHdr},
+    route::ingress_ifindex,
     verdict::Outcome,
 };
 
@@ -36,8 +37,7 @@ pub fn check(ctx: &TcContext, cfg: &LocalConfig, ip: &Ipv4Hdr) -> Result<(), Out
 /// lease that no pod may hold (network, gateway, broadcast) is refused.
 #[inline(always)]
 fn source_is_own(ctx: &TcContext, cfg: &LocalConfig, src: [u8; 4]) -> bool {
-    // SAFETY: ctx.skb.skb is the context pointer the kernel passed in.
-    let here = unsafe { (*ctx.skb.skb).ifindex };
+    let here = ingress_ifindex(ctx);
     if let Some(ep) = ENDPOINTS.get_ptr(src) {
         // SAFETY: a valid map value pointer, read once.
         let veth = unsafe { (*ep).ifindex };

@@ -49,6 +49,13 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()>
     ctx.store(0, &macs, 0).map_err(|_| ())
 }
 
+/// The device the program runs on (TC ingress: where the packet arrived).
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: ctx.skb.skb is the context pointer the kernel passed in.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
 /// Whether the skb is a GSO super-packet (segmented later, so its length is
 /// not what goes on the wire).
 #[inline(always)]

@@ -45,7 +45,8 @@ const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 2, 7);
 const DIRECT_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 3, 7);
 const VNI: u32 = 1;
 const PORT: u16 = 8472;
-const POD_VETH_IFINDEX: u32 = 1; // never used for real: test runs do not redirect
+const POD_VETH_IFINDEX: u32 = 1; // lo, where test runs deliver; never redirected to
+const BRIDGE_IFINDEX: u32 = 99; // no such device: the bridge is elsewhere
 
 struct Lab {
     ebpf: Ebpf,
@@ -53,7 +54,8 @@ struct Lab {
 }
 
 /// The node every test runs as. Test runs see their frames arrive on `lo`
-/// (ifindex 1), which is the pod bridge here unless a test says otherwise.
+/// (ifindex 1), which is a pod's veth here (the pod bridge is elsewhere)
+/// unless a test says otherwise.
 fn node_config() -> NodeConfig {
     NodeConfig {
         public_ip: OUR_IP,
@@ -63,7 +65,7 @@ fn node_config() -> NodeConfig {
         port: PORT,
         uplink_ifindex: 1,
         uplink_mtu: 1500,
-        bridge_ifindex: 1,
+        bridge_ifindex: BRIDGE_IFINDEX,
         vtep_mac: OUR_VTEP,
         bridge_mac: BRIDGE_MAC,
         kernel_forwarding: false,
@@ -671,7 +673,7 @@ fn vxlan_from_peer(inner: &[u8]) -> Vec<u8> {
 fn a_pod_may_only_send_from_its_own_address() {
     // On a pod's veth (the frames arrive on ifindex 1, and the bridge is
     // elsewhere), the endpoint map names the veth of each known pod.
-    let mut lab = Lab::with(NodeConfig { bridge_ifindex: 99, ..node_config() });
+    let mut lab = Lab::new();
     let neighbour = Ipv4Addr::new(10, 42, 1, 6);
     lab.maps.upsert_endpoint(&PodEndpoint { ip: neighbour, ifindex: 7, mac: [2, 0, 0, 0, 0, 6] }).unwrap();
     let l4 = udp(1000, 2000, b"who am i");
@@ -679,7 +681,7 @@ fn a_pod_may_only_send_from_its_own_address() {
     assert_eq!(r, Reason::Encapsulated, "its own address");
     let (_, _, r) = lab.run(FROM_PODS, &from_pod_at(UNKNOWN_LOCAL_POD, REMOTE_POD, &l4, 17));
     assert_eq!(r, Reason::Encapsulated, "an address of our lease no known pod holds (a pod not learnt yet)");
-    for (what, src) in [
+    let forgeries = [
         ("another local pod's address", neighbour),
         ("the node's address", OUR_IP),
         ("another node's pod", Ipv4Addr::new(10, 42, 2, 9)),
@@ -687,18 +689,29 @@ fn a_pod_may_only_send_from_its_own_address() {
         ("our lease's network address", Ipv4Addr::new(10, 42, 1, 0)),
         ("the gateway", Ipv4Addr::new(10, 42, 1, 1)),
         ("our lease's broadcast", Ipv4Addr::new(10, 42, 1, 255)),
-    ] {
+    ];
+    for (what, src) in forgeries {
         for dst in [REMOTE_POD, Ipv4Addr::new(10, 99, 0, 1), OUR_IP] {
             let frame = from_pod_at(src, dst, &l4, 17);
             let (ret, _, r) = lab.run(FROM_PODS, &frame);
             assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropPodSpoofedSource), "{what} to {dst}");
         }
     }
-    // On the bridge the port is unknown: any known pod's address passes.
-    let mut lab = Lab::new();
+    // At the bridge's own ingress (a pod whose veth has no program yet) the
+    // port is unknown: any known pod's address passes the check, and the
+    // kernel forwards (the bridge's netfilter may have translated it).
+    let mut lab = Lab::with(NodeConfig { bridge_ifindex: 1, ..node_config() });
     lab.maps.upsert_endpoint(&PodEndpoint { ip: neighbour, ifindex: 7, mac: [2, 0, 0, 0, 0, 6] }).unwrap();
-    assert_eq!(lab.run(FROM_PODS, &from_pod_at(neighbour, REMOTE_POD, &l4, 17)).2, Reason::Encapsulated);
-    assert_eq!(lab.run(FROM_PODS, &from_pod_at(OUR_IP, REMOTE_POD, &l4, 17)).2, Reason::DropPodSpoofedSource);
+    let frame = from_pod_at(neighbour, REMOTE_POD, &l4, 17);
+    let (ret, out, r) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedToKernel));
+    assert_eq!(out, frame, "untouched");
+    for (what, src) in &forgeries[1..] {
+        let (ret, _, r) = lab.run(FROM_PODS, &from_pod_at(*src, REMOTE_POD, &l4, 17));
+        assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropPodSpoofedSource), "at the bridge: {what}");
+    }
+    let to_tunnel = from_pod_at(LOCAL_POD, PEER_IP, &udp(40000, PORT, b"x"), 17);
+    assert_eq!(lab.run(FROM_PODS, &to_tunnel).2, Reason::DropPodToTunnelPort, "at the bridge");
 }
 
 #[test]
@@ -743,6 +756,15 @@ fn replies_of_flows_the_kernel_forwarded_go_back_through_the_kernel() {
     assert_eq!((ret, r), (TC_ACT_OK, Reason::PassedKernelFlow));
     assert_eq!(out, answer, "untouched");
     assert_eq!(lab.run(FROM_PODS, &from_pod_at(LOCAL_POD, REMOTE_POD, &udp(53, 7001, b"a"), 17)).2, Reason::Encapsulated);
+    // A flow to a pod the agent has not learnt yet is handed to the kernel
+    // by decap (no endpoint) and then delivered by it: no NAT, so the pod's
+    // replies keep the fast path.
+    let first = Ipv4::new(REMOTE_POD, UNKNOWN_LOCAL_POD, 17).ttl(63).build(&udp(7100, 53, b"q"));
+    assert_eq!(lab.run(FROM_UPLINK, &vxlan_from_peer(&first)).2, Reason::DecapToHost);
+    let delivered = eth(POD_MAC, BRIDGE_MAC, ETH_P_IP, &Ipv4::new(REMOTE_POD, UNKNOWN_LOCAL_POD, 17).ttl(62).build(&udp(7100, 53, b"q")));
+    assert_eq!(lab.run(TO_PODS, &delivered).2, Reason::KernelDelivered);
+    let answer = from_pod_at(UNKNOWN_LOCAL_POD, REMOTE_POD, &udp(53, 7100, b"a"), 17);
+    assert_eq!(lab.run(FROM_PODS, &answer).2, Reason::Encapsulated, "not taken for a translated flow");
     // What the kernel delivers from outside the cluster or from this node
     // needs nothing: its replies never take the fast path.
     for src in [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(10, 42, 1, 9)] {

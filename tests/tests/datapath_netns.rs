@@ -21,10 +21,19 @@ fn pods_talk_across_agent_nodes_icmp_tcp_udp() {
     // The host itself reaches remote pods, and they answer it.
     wait_ping(c.tb.host(0), b.ip());
     wait_ping(c.tb.host(1), a.ip());
-    // No tunnel device of any kind on an agent node.
+    // No flannel-style VXLAN device: the only one is the agent's overlay0,
+    // metadata-collecting ("external": no VNI, no remote), with no FDB and
+    // no neighbour entries (no per-node state in the kernel).
     for i in 0..2 {
-        let vxlan = c.tb.host(i).run(&["ip", "-d", "link", "show", "type", "vxlan"]).unwrap();
-        assert!(vxlan.trim().is_empty(), "vxlan link on agent node {i}: {vxlan}");
+        let host = c.tb.host(i);
+        let vxlan = host.run(&["ip", "-d", "-o", "link", "show", "type", "vxlan"]).unwrap();
+        let lines: Vec<&str> = vxlan.lines().collect();
+        assert_eq!(lines.len(), 1, "agent node {i}: {vxlan}");
+        assert!(lines[0].contains("overlay0") && lines[0].contains("vxlan external"), "agent node {i}: {vxlan}");
+        let fdb = host.run(&["bridge", "fdb", "show", "dev", "overlay0"]).unwrap();
+        assert!(fdb.trim().is_empty(), "agent node {i}: FDB entries on overlay0: {fdb}");
+        let neigh = host.run(&["ip", "neigh", "show", "dev", "overlay0"]).unwrap();
+        assert!(neigh.trim().is_empty(), "agent node {i}: neighbours on overlay0: {neigh}");
     }
     // Each pod's veth carries the encapsulation itself (the bridge is the
     // fallback for pods not attached yet).

@@ -181,6 +181,22 @@ fn kube_proxy_service(
     }
 }
 
+/// What the nodes' data paths did and know, for failure messages.
+fn state(c: &Cluster) -> String {
+    let mut out = String::new();
+    for i in 0..c.agents.len() {
+        let mut moved: Vec<(String, u64)> = c.counters(i).into_iter().filter(|(_, n)| *n > 0).collect();
+        moved.sort();
+        let eps = c.maps(i).endpoints().unwrap_or_default();
+        let flows = c.maps(i).kernel_flows().unwrap_or_default();
+        out.push_str(&format!(
+            "\nnode {i}: counters {moved:?}\n  endpoints {eps:?}\n  kernel flows {flows:?}\n  log:\n{}",
+            c.agents[i].log_text()
+        ));
+    }
+    out
+}
+
 fn counter(c: &Cluster, i: usize, name: &str) -> u64 {
     c.counters(i).get(name).copied().unwrap_or_else(|| panic!("no counter {name}"))
 }
@@ -192,7 +208,7 @@ fn cluster_ip_reaches_backends_on_both_nodes_over_tcp_and_udp() {
     let c = Cluster::build(2, 0, 0, VXLAN_CONFIG).start();
     let client = &c.pods[0][0];
     let remote = &c.pods[1][0];
-    let local = c.add_agent_pod(0, 2);
+    let local = c.add_agent_pod(0, 3);
     let _s1 = Identity::serve(remote, 8080);
     let _s2 = Identity::serve(&local, 8080);
     let vip_remote = Ipv4Addr::new(10, 96, 0, 10);
@@ -206,10 +222,15 @@ fn cluster_ip_reaches_backends_on_both_nodes_over_tcp_and_udp() {
     }
     let kernel_flows_before = counter(&c, 0, "passed_kernel_flow") + counter(&c, 1, "passed_kernel_flow");
 
-    assert_eq!(tcp_ask(client.ns(), SocketAddrV4::new(vip_remote, 80)), Ok(remote.ip()));
+    assert_eq!(tcp_ask(client.ns(), SocketAddrV4::new(vip_remote, 80)), Ok(remote.ip()), "{}", state(&c));
     let (who, from) = udp_ask(client.ns(), SocketAddrV4::new(vip_remote, 80)).unwrap();
     assert_eq!(who, remote.ip());
-    assert_eq!(from, SocketAddrV4::new(vip_remote, 80), "the reply must come from the Service address");
+    assert_eq!(
+        from,
+        SocketAddrV4::new(vip_remote, 80),
+        "the reply must come from the Service address; {}",
+        state(&c)
+    );
 
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
@@ -236,6 +257,16 @@ fn ordinary_pod_traffic_keeps_the_fast_path_next_to_services() {
         kube_proxy_service(ns, "REMOTE", CLUSTER_NET, Ipv4Addr::new(10, 96, 0, 10), 80, None, &[(b.ip(), 8080)]);
     }
     let _s = Identity::serve(b, 8080);
+    // Until a node has learnt its pod (within a second), replies to it go
+    // through its kernel; measure the fast path once both have.
+    wait_ping(a.ns(), b.ip());
+    for (i, pod) in [(0, a), (1, b)] {
+        overlay_tests::poll_until(Duration::from_secs(10), "the nodes to learn their pods", || {
+            let eps = c.maps(i).endpoints()?;
+            eps.iter().any(|e| e.ip == pod.ip()).then_some(()).ok_or_else(|| anyhow::anyhow!("node {i}: {eps:?}"))
+        })
+        .unwrap();
+    }
     let before: Vec<_> = (0..2).map(|i| c.counters(i)).collect();
     for _ in 0..20 {
         assert_eq!(tcp_ask(a.ns(), SocketAddrV4::new(b.ip(), 8080)), Ok(b.ip()));
@@ -244,9 +275,9 @@ fn ordinary_pod_traffic_keeps_the_fast_path_next_to_services() {
     let after: Vec<_> = (0..2).map(|i| c.counters(i)).collect();
     for i in 0..2 {
         let moved = |k: &str| after[i][k] - before[i][k];
-        assert_eq!(moved("passed_kernel_flow"), 0, "node {i}: plain pod traffic left the fast path");
-        assert!(moved("encapsulated") > 20, "node {i}: encapsulated {}", moved("encapsulated"));
-        assert!(moved("decap_to_pod") > 20, "node {i}: decap_to_pod {}", moved("decap_to_pod"));
+        assert_eq!(moved("passed_kernel_flow"), 0, "node {i}: plain pod traffic left the fast path; counters {:?}\nlog:\n{}", after[i], c.agents[i].log_text());
+        assert!(moved("encapsulated") > 20, "node {i}: encapsulated {}; {}", moved("encapsulated"), state(&c));
+        assert!(moved("decap_to_pod") > 20, "node {i}: decap_to_pod {}; {}", moved("decap_to_pod"), state(&c));
     }
 }
 
@@ -386,7 +417,7 @@ fn received(sock: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
 fn pods_cannot_forge_sources_or_reach_the_vxlan_port() {
     let c = Cluster::build(2, 0, 0, VXLAN_CONFIG).agent_flags(&["--ip-masq"]).start();
     let (attacker, victim) = (&c.pods[0][0], &c.pods[1][0]);
-    let neighbour = c.add_agent_pod(0, 2);
+    let neighbour = c.add_agent_pod(0, 3);
     let sock = victim.in_ns(|| UdpSocket::bind(SocketAddrV4::new(victim.ip(), 7777))).unwrap();
     // The address check itself lets honest packets through: control.
     send_raw_udp(attacker, attacker.ip(), victim.ip(), 7777, b"honest");

@@ -141,8 +141,10 @@ impl Datapath {
     }
 
     /// Makes the pod-side programs run exactly on the pod bridge (`from_pods`
-    /// at its ingress: pods not attached yet) and on each of `veths`
-    /// (`from_pods` at ingress, `to_pods` at egress). A packet encapsulated
+    /// at its ingress: the pod checks for pods whose veth has no program
+    /// yet; no fast path there, as the bridge's netfilter may have
+    /// translated the packet) and on each of `veths` (`from_pods` at
+    /// ingress, the fast path; `to_pods` at egress). A packet encapsulated
     /// on its veth never crosses the bridge (measured ~7 % more
     /// single-stream TCP). Attachments on devices that are gone, or were
     /// re-made since, are replaced. Returns (attached, detached).

@@ -165,6 +165,17 @@ pub struct DatapathMaps {
     /// The programs' own cache (they write it, we only read it); absent in
     /// pins of an agent that predates it.
     underlay: Option<HashMap<MapData, [u8; 4], UnderlayHop>>,
+    /// The programs' record of flows the kernel forwarded (read only).
+    kernel_flows: Option<HashMap<MapData, wire::FlowKey, u64>>,
+}
+
+/// A flow the kernel forwarded or delivered, whose replies the programs
+/// hand to the kernel too (as it left the kernel, after any NAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelFlow {
+    pub proto: u8,
+    pub src: std::net::SocketAddrV4,
+    pub dst: std::net::SocketAddrV4,
 }
 
 /// A cached underlay next hop, as the send path uses it.
@@ -213,6 +224,10 @@ impl DatapathMaps {
             let map = open(map_names::UNDERLAY)?;
             maps.underlay = Some(HashMap::try_from(map).map_err(map_err(map_names::UNDERLAY))?);
         }
+        if pins.map(map_names::KERNEL_FLOWS).exists() {
+            let map = open(map_names::KERNEL_FLOWS)?;
+            maps.kernel_flows = Some(HashMap::try_from(map).map_err(map_err(map_names::KERNEL_FLOWS))?);
+        }
         Ok(maps)
     }
 
@@ -230,6 +245,7 @@ impl DatapathMaps {
             config: Array::try_from(config).map_err(map_err(map_names::CONFIG))?,
             stats: PerCpuArray::try_from(stats).map_err(map_err(map_names::STATS))?,
             underlay: None,
+            kernel_flows: None,
         })
     }
 
@@ -384,6 +400,27 @@ impl DatapathMaps {
             });
         }
         out.sort_by_key(|e| e.public_ip);
+        Ok(out)
+    }
+
+    /// The flows whose replies go through the kernel (pinned maps only).
+    pub fn kernel_flows(&self) -> Result<Vec<KernelFlow>, DatapathError> {
+        let Some(map) = &self.kernel_flows else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in map.keys() {
+            let k = match item {
+                Ok(k) => k,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::KERNEL_FLOWS)(e)),
+            };
+            let port = |p: [u8; 2]| u16::from_be_bytes(p);
+            out.push(KernelFlow {
+                proto: k.proto,
+                src: std::net::SocketAddrV4::new(Ipv4Addr::from(k.src), port(k.src_port)),
+                dst: std::net::SocketAddrV4::new(Ipv4Addr::from(k.dst), port(k.dst_port)),
+            });
+        }
+        out.sort();
         Ok(out)
     }
 

@@ -18,7 +18,8 @@
 //!   the same checks as on the uplink. Its MAC is our VtepMAC, so frames
 //!   for us are the device's own. NOARP: no neighbour entries are needed;
 //!   the egress program writes every header itself.
-//! - With host-gw it is a dummy: only the route matters.
+//! - With host-gw it is a dummy (an ifb where the kernel has no dummy
+//!   driver): only the route matters.
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
@@ -27,10 +28,10 @@ use log::{info, warn};
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+        link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
         route::RouteScope,
     },
-    Handle, LinkDummy, LinkUnspec, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkDummy, LinkIfb, LinkUnspec, LinkVxlan, RouteMessageBuilder,
 };
 
 use super::netlink::{req_err, NetlinkError};
@@ -139,7 +140,7 @@ fn kind_of(msg: &LinkMessage) -> Option<TunnelKind> {
     let mut vxlan = None;
     for info in infos {
         match info {
-            LinkInfo::Kind(rtnetlink::packet_route::link::InfoKind::Dummy) => is_dummy = true,
+            LinkInfo::Kind(InfoKind::Dummy | InfoKind::Ifb) => is_dummy = true,
             LinkInfo::Data(InfoData::Vxlan(attrs)) => vxlan = Some(attrs),
             _ => {}
         }
@@ -176,7 +177,19 @@ async fn create(handle: &Handle, plan: &TunnelPlan) -> Result<u32, NetlinkError>
             .up()
             .build(),
     };
-    handle.link().add(msg).execute().await.map_err(req_err(format!("create {TUNNEL_DEVICE}")))?;
+    let created = handle.link().add(msg).execute().await;
+    match created {
+        // No dummy driver in this kernel: an ifb does the same job here (a
+        // device whose egress our program handles; it sends nothing itself).
+        Err(rtnetlink::Error::NetlinkError(e))
+            if plan.kind == TunnelKind::Plain && e.raw_code() == -libc::EOPNOTSUPP =>
+        {
+            info!("no dummy driver: making {TUNNEL_DEVICE} an ifb");
+            let msg = LinkIfb::new(TUNNEL_DEVICE).mtu(plan.mtu).address(plan.mac.to_vec()).arp(false).up().build();
+            handle.link().add(msg).execute().await.map_err(req_err(format!("create {TUNNEL_DEVICE} (ifb)")))?;
+        }
+        other => other.map_err(req_err(format!("create {TUNNEL_DEVICE}")))?,
+    }
     match find(handle).await? {
         Some((index, _)) => Ok(index),
         None => Err(NetlinkError::Missing(TUNNEL_DEVICE.to_string())),
