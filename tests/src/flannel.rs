@@ -1,12 +1,13 @@
 //! A node that runs flannel's kernel data path, set up exactly as flanneld's
 //! vxlan backend does it (shared/reference/flannel-compat.md): device
 //! `flannel.<VNI>` (local = public IP, dev = uplink, dstport 8472,
-//! nolearning, MTU uplink - 50, address `<subnet>.0/32`), and per remote
+//! nolearning, outer UDP checksum on (the kernel default, which flanneld
+//! keeps), MTU uplink - 50, address `<subnet>.0/32`), and per remote
 //! lease a permanent neighbour, an FDB entry and an onlink route. It is the
 //! reference our BPF data path must interoperate with and be compared to.
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 
 use crate::netns::Host;
 
@@ -47,14 +48,35 @@ pub fn mac_str(mac: &[u8; 6]) -> String {
 /// Sets `host` up as flanneld (vxlan backend) would for `own`, plus a `cni0`
 /// bridge holding the first address of the lease with MTU uplink - 50.
 pub fn setup_kernel_vxlan(host: &Host, vni: u32, own: &VxlanLease, uplink_mtu: u32) -> Result<()> {
+    setup_kernel_vxlan_with(host, vni, own, uplink_mtu, UdpCsum::AsFlanneld)
+}
+
+/// The outer UDP checksum of a kernel VXLAN device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpCsum {
+    /// What flanneld does: it sets no `IFLA_VXLAN_UDP_CSUM` (vishvananda/netlink
+    /// sends the attribute only when `UDPCSum` is true, and flannel leaves it
+    /// false), so the kernel's default for an IPv4 underlay applies: on
+    /// (`ip -d link show` says `udpcsum`).
+    AsFlanneld,
+    /// `noudpcsum`: outer UDP checksum 0, as our BPF encapsulation sends.
+    Off,
+}
+
+/// [`setup_kernel_vxlan`] with a choice of outer UDP checksum.
+pub fn setup_kernel_vxlan_with(host: &Host, vni: u32, own: &VxlanLease, uplink_mtu: u32, csum: UdpCsum) -> Result<()> {
     let dev = format!("flannel.{vni}");
     let mtu = uplink_mtu - 50;
     host.ip_batch(&[
         format!(
-            "link add {dev} address {} type vxlan id {vni} local {} dev {} dstport 8472 nolearning",
+            "link add {dev} address {} type vxlan id {vni} local {} dev {} dstport 8472 nolearning{}",
             mac_str(&own.vtep_mac),
             own.public_ip,
-            host.uplink()
+            host.uplink(),
+            match csum {
+                UdpCsum::AsFlanneld => "",
+                UdpCsum::Off => " noudpcsum",
+            }
         ),
         format!("link set {dev} mtu {mtu} up"),
         format!("addr add {}/32 dev {dev}", own.subnet),
@@ -62,10 +84,18 @@ pub fn setup_kernel_vxlan(host: &Host, vni: u32, own: &VxlanLease, uplink_mtu: u
         format!("link set cni0 mtu {mtu} up"),
         format!("addr add {}/{} dev cni0", own.gateway(), own.prefix_len),
     ])?;
-    // flannel.1 has UDP checksums on by default in flanneld (udpcsum): the
-    // kernel's default for vxlan over IPv4 is also on.
     host.set_sysctl("net.ipv4.ip_forward", "1")?;
     Ok(())
+}
+
+/// Whether `flannel.<vni>` on `host` puts a UDP checksum in the outer header,
+/// as the kernel reports it (`udp_csum` of `ip -d -j link show`).
+pub fn kernel_vxlan_udp_csum(host: &Host, vni: u32) -> Result<bool> {
+    let out = host.run(&["ip", "-d", "-j", "link", "show", "dev", &format!("flannel.{vni}")])?;
+    let json: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -d -j link show: {out}"))?;
+    json.pointer("/0/linkinfo/info_data/udp_csum")
+        .and_then(|v| v.as_bool())
+        .ok_or_else(|| anyhow!("flannel.{vni}: no linkinfo.info_data.udp_csum in {out}"))
 }
 
 /// What flanneld does when a remote lease appears.

@@ -1,7 +1,9 @@
 //! `overlay-bench` (what `cargo xtask bench` runs) in its quickest mode, on
-//! one data path mode and a tiny control plane run: it must finish and
-//! write a JSON with a positive number for every measurement. Speed is not
-//! asserted. Needs root.
+//! the default NIC-like cable, the agent and both flannel.1 variants (with
+//! and without outer UDP checksum) and a tiny control plane run: it must
+//! finish and write a JSON with a positive number for every measurement,
+//! the cable's offloads and each mode's outer UDP checksum, and the goals'
+//! verdicts. Speed is not asserted. Needs root and ethtool.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,8 @@ fn quick_bench_writes_json_with_numbers() {
     let run = Command::new(env!("CARGO_BIN_EXE_overlay-bench"))
         .arg("--agent")
         .arg(overlay_tests::agent::agent_binary())
-        .args(["--quick", "--modes", "overlay", "--tcp-secs", "1", "--udp-secs", "0.3", "--round-trips", "300"])
+        .args(["--quick", "--modes", "overlay,flannel,flannel-nocsum", "--tcp-secs", "1", "--udp-secs", "0.3"])
+        .args(["--round-trips", "300"])
         .args(["--leases", "20", "--changes", "10", "--change-interval-ms", "2"])
         .arg("--out")
         .arg(&out)
@@ -22,13 +25,41 @@ fn quick_bench_writes_json_with_numbers() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "overlay-bench failed ({}):\n{stdout}\n{stderr}", run.status);
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(90), "took {:?}", started.elapsed());
 
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&out);
-    // The default underlay, recorded in the JSON and printed in the header.
-    assert_eq!(json["underlay"], "cable", "{json:#}");
-    assert!(stdout.contains("underlay cable"), "{stdout}");
+    // The default underlay, recorded in the JSON and printed in the header,
+    // with the offloads read back from both cable ends.
+    assert_eq!(json["underlay"], "nic", "{json:#}");
+    assert!(stdout.contains("underlay nic (cable ends: tso off, gso off, gro on)"), "{stdout}");
+    for node in ["node0 eth0", "node1 eth0"] {
+        let o = &json["underlay_offloads"][node];
+        assert_eq!(o["tcp-segmentation-offload"], "off", "{node}: {o:#}");
+        assert_eq!(o["generic-segmentation-offload"], "off", "{node}: {o:#}");
+        assert_eq!(o["generic-receive-offload"], "on", "{node}: {o:#}");
+    }
+    // The outer UDP checksum of each encapsulating mode, read back.
+    let csum = &json["datapath"]["outer_udp_checksum"];
+    assert_eq!(csum["flannel"], true, "{csum:#}");
+    assert_eq!(csum["flannel-nocsum"], false, "{csum:#}");
+    assert_eq!(csum["overlay"], false, "{csum:#}");
+    let header = stdout.lines().find(|l| l.starts_with("## Data path")).unwrap_or_default();
+    for note in ["outer UDP checksum: ", "flannel on", "flannel-nocsum 0 (off)", "overlay 0 (off)"] {
+        assert!(header.contains(note), "{note:?} not in the table header {header:?}");
+    }
+    // Issue 14's goals, each with a verdict.
+    assert!(json["goal_set"].as_str().unwrap_or("").contains("nic underlay"), "{json:#}");
+    let goals: Vec<&str> = json["goals"].as_array().unwrap().iter().filter_map(|g| g["goal"].as_str()).collect();
+    for goal in [
+        "TCP 1 stream: overlay/flannel >= 1.3",
+        "TCP 8 streams: overlay/flannel >= 1.3",
+        "UDP 64 B pps per sender core: overlay/flannel >= 1.6",
+        "req/resp p50, spinning sockets: overlay/flannel <= 0.7",
+        "kernel CPU per Gbit, TCP 1 stream: overlay/flannel <= 0.8",
+    ] {
+        assert!(goals.contains(&goal), "{goal} not in {goals:?}");
+    }
     let overlay = &json["datapath"]["summary"][0];
     assert_eq!(overlay["mode"], "overlay", "{json:#}");
     for key in [

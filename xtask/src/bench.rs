@@ -6,8 +6,11 @@
 //!
 //! Arguments are handed to `overlay-bench` as they are, e.g.
 //! `cargo xtask bench --quick`, `cargo xtask bench --modes overlay,flannel`,
-//! `cargo xtask bench --underlay bridge` (the nodes on a Linux bridge, as
-//! before the default became one veth pair, `--underlay cable`),
+//! `cargo xtask bench --underlay cable` (the plain veth cable instead of
+//! the default NIC-like one, `--underlay nic`: no TSO/GSO on its ends, GRO
+//! on receive; setup installs the ethtool it needs),
+//! `cargo xtask bench --underlay bridge` (the nodes on a Linux bridge),
+//! `cargo xtask bench --modes host-gw,flannel,flannel-nocsum,overlay`,
 //! `cargo xtask bench --no-control`, `cargo xtask bench --help`.
 use std::path::Path;
 use std::time::Instant;

@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "iperf3",
+    "ethtool", // the bench's NIC-like cable: ethtool -K <end> tso off gso off gro on
     "iputils-ping",
     "tcpdump",
     "openssl",

@@ -1,13 +1,17 @@
 //! One topology per data path mode, all alike: two hosts on a veth underlay
 //! (MTU 1500), one pod behind `cni0` on each; traffic goes from the pod on
-//! host 0 to the pod on host 1. The underlay ([`Underlay`]) is either one
-//! veth pair between the hosts' `eth0` (`Testbed::cable()`, a cable between
-//! two NICs) or a bridge with a port per host (`Testbed::new(2)`, a switch).
+//! host 0 to the pod on host 1. The underlay ([`Underlay`]) is one veth pair
+//! between the hosts' `eth0` (`Testbed::cable()`, a cable between two NICs),
+//! either made NIC-like (`nic`: no TSO/GSO on its ends, so MTU-sized frames
+//! cross it, and GRO on receive) or left as veth is (`cable`: 64 KB GSO
+//! super-packets cross it whole), or a bridge with a port per host
+//! (`Testbed::new(2)`, a switch).
 //!
 //! | mode | node set-up | pod MTU |
 //! |---|---|---|
 //! | host-gw | `cni0`, `ip route add <remote subnet> via <remote host>` | 1500 |
-//! | flannel | flannel.1 exactly as flanneld's vxlan backend ([`crate::flannel`]) | 1450 |
+//! | flannel | flannel.1 exactly as flanneld's vxlan backend ([`crate::flannel`]), outer UDP checksum on | 1450 |
+//! | flannel-nocsum | the same with `noudpcsum` (outer UDP checksum 0, as ours); not run by default | 1450 |
 //! | overlay | the real agent binary, `Backend.Type vxlan`, real etcd | 1450 |
 //! | overlay-dr | the same with `Backend.DirectRouting: true` (peers on the same subnet are routed, not encapsulated) | 1450 |
 use std::net::Ipv4Addr;
@@ -20,7 +24,7 @@ use serde::Serialize;
 use crate::agent::{Agent, AgentOptions};
 use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult, Wait};
 use crate::etcd::Etcd;
-use crate::flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease};
+use crate::flannel::{add_kernel_peer, kernel_vxlan_udp_csum, setup_kernel_vxlan_with, UdpCsum, VxlanLease};
 use crate::netns::{next, ChildHandle, Pod, Testbed};
 use overlay_agent::datapath::DatapathMaps;
 
@@ -30,6 +34,8 @@ pub enum Mode {
     HostGw,
     #[serde(rename = "flannel")]
     Flannel,
+    #[serde(rename = "flannel-nocsum")]
+    FlannelNoCsum,
     #[serde(rename = "overlay")]
     Overlay,
     #[serde(rename = "overlay-dr")]
@@ -37,12 +43,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::HostGw, Mode::Flannel, Mode::Overlay, Mode::OverlayDirect];
+    pub const ALL: [Mode; 5] = [Mode::HostGw, Mode::Flannel, Mode::FlannelNoCsum, Mode::Overlay, Mode::OverlayDirect];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::HostGw => "host-gw",
             Mode::Flannel => "flannel",
+            Mode::FlannelNoCsum => "flannel-nocsum",
             Mode::Overlay => "overlay",
             Mode::OverlayDirect => "overlay-dr",
         }
@@ -51,7 +58,8 @@ impl Mode {
     pub fn describe(self) -> &'static str {
         match self {
             Mode::HostGw => "plain routes, no encapsulation (the no-overlay limit)",
-            Mode::Flannel => "kernel flannel.1 VXLAN, set up as flanneld does",
+            Mode::Flannel => "kernel flannel.1 VXLAN, set up as flanneld does (outer UDP checksum on)",
+            Mode::FlannelNoCsum => "kernel flannel.1 VXLAN as flanneld's, but noudpcsum (outer UDP checksum 0, like ours)",
             Mode::Overlay => "overlay-agent, BPF VXLAN (TC encap on the pod veths and cni0, TC decap + redirect_peer to the pod)",
             Mode::OverlayDirect => "overlay-agent, Backend.DirectRouting: true (same-subnet peers routed by BPF)",
         }
@@ -61,7 +69,15 @@ impl Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| anyhow!("unknown mode {s:?} (known: host-gw, flannel, overlay, overlay-dr)"))
+            .ok_or_else(|| {
+                let known: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                anyhow!("unknown mode {s:?} (known: {})", known.join(", "))
+            })
+    }
+
+    /// Whether this mode runs flannel's kernel VXLAN (flannel.1).
+    pub fn is_flannel(self) -> bool {
+        matches!(self, Mode::Flannel | Mode::FlannelNoCsum)
     }
 }
 
@@ -69,7 +85,12 @@ impl Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Underlay {
-    /// One veth pair: node 0's eth0 <-> node 1's eth0.
+    /// One veth pair made NIC-like: on both ends [`NIC_OFFLOADS`] (no
+    /// TSO/GSO, so only MTU-sized frames cross it, as on a physical link;
+    /// GRO on receive, as a NIC driver does).
+    Nic,
+    /// One veth pair as veth is: node 0's eth0 <-> node 1's eth0 (64 KB GSO
+    /// super-packets cross it whole, which no physical link does).
     Cable,
     /// A Linux bridge in an underlay namespace, one veth port per node.
     Bridge,
@@ -78,32 +99,132 @@ pub enum Underlay {
 impl Underlay {
     pub fn name(self) -> &'static str {
         match self {
+            Underlay::Nic => "nic",
             Underlay::Cable => "cable",
             Underlay::Bridge => "bridge",
         }
     }
 
+    /// The `ethtool -K` settings of the cable's two ends (`nic` only).
+    pub fn offloads(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Underlay::Nic => NIC_OFFLOADS,
+            Underlay::Cable | Underlay::Bridge => &[],
+        }
+    }
+
+    /// The name and its offloads, e.g. "nic (cable ends: tso off, gso off, gro on)".
+    pub fn label(self) -> String {
+        let offloads = self.offloads();
+        if offloads.is_empty() {
+            return self.name().into();
+        }
+        let o: Vec<String> = offloads.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        format!("{} (cable ends: {})", self.name(), o.join(", "))
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
-            Underlay::Cable => "the nodes' eth0 are the two ends of one veth pair (a cable between two NICs)",
+            Underlay::Nic => {
+                "the nodes' eth0 are the two ends of one veth pair made NIC-like with `ethtool -K <end> tso off gso off gro on`: \
+                 MTU-sized frames on the wire, GRO on receive (a cable between two NICs)"
+            }
+            Underlay::Cable => {
+                "the nodes' eth0 are the two ends of one veth pair as veth is (64 KB GSO super-packets cross it whole)"
+            }
             Underlay::Bridge => "the nodes' eth0 are veths on a Linux bridge in an underlay namespace (a switch, forwarding on the sender's CPU)",
         }
     }
 
     pub fn parse(s: &str) -> Result<Underlay> {
         match s {
+            "nic" => Ok(Underlay::Nic),
             "cable" => Ok(Underlay::Cable),
             "bridge" => Ok(Underlay::Bridge),
-            _ => bail!("unknown underlay {s:?} (known: cable, bridge)"),
+            _ => bail!("unknown underlay {s:?} (known: nic, cable, bridge)"),
         }
+    }
+
+    /// Fails, naming the problem, if this underlay cannot be built here
+    /// (`nic` needs ethtool): checked before anything is started.
+    pub fn check_tools(self) -> Result<()> {
+        if !self.offloads().is_empty() && !ethtool_installed() {
+            bail!(
+                "--underlay {} needs ethtool, which is not installed (`cargo xtask setup` installs it, or \
+                 `apt-get install -y ethtool`); `--underlay cable` runs without it",
+                self.name()
+            );
+        }
+        Ok(())
     }
 
     fn testbed(self) -> Result<Testbed> {
         match self {
+            Underlay::Nic => {
+                self.check_tools()?;
+                let tb = Testbed::cable()?;
+                for host in tb.hosts() {
+                    set_offloads(host, host.uplink(), NIC_OFFLOADS)?;
+                }
+                Ok(tb)
+            }
             Underlay::Cable => Testbed::cable(),
             Underlay::Bridge => Testbed::new(2),
         }
     }
+}
+
+/// `--underlay nic`: what `ethtool -K` sets on both cable ends. Without TSO
+/// and GSO the sender segments to the MTU before the cable (as a NIC's wire
+/// carries only MTU-sized frames); GRO merges them again on the receiving
+/// end, as a NIC driver's NAPI poll does.
+pub const NIC_OFFLOADS: &[(&str, &str)] = &[("tso", "off"), ("gso", "off"), ("gro", "on")];
+
+/// The `ethtool -k` features the short names of [`NIC_OFFLOADS`] stand for.
+fn feature_name(short: &str) -> &str {
+    match short {
+        "tso" => "tcp-segmentation-offload",
+        "gso" => "generic-segmentation-offload",
+        "gro" => "generic-receive-offload",
+        other => other,
+    }
+}
+
+fn ethtool_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("ethtool").is_file()))
+}
+
+/// `ethtool -K <dev> <settings>` in `host`'s namespace, then checks with
+/// `ethtool -k` that every feature is what was asked.
+fn set_offloads(host: &crate::netns::Host, dev: &str, settings: &[(&str, &str)]) -> Result<()> {
+    let mut argv = vec!["ethtool", "-K", dev];
+    for (k, v) in settings {
+        argv.extend([*k, *v]);
+    }
+    host.run(&argv).with_context(|| format!("{}: ethtool -K {dev}", host.name()))?;
+    let now = offloads(host, dev)?;
+    for (k, v) in settings {
+        let feature = feature_name(k);
+        match now.get(feature) {
+            Some(state) if state == v => {}
+            state => bail!("{}: {dev}: {feature} is {state:?} after `ethtool -K {dev} {k} {v}`", host.name()),
+        }
+    }
+    Ok(())
+}
+
+/// The TSO/GSO/GRO state of `dev` as `ethtool -k` prints it ("on", "off",
+/// "off [fixed]" shortened to "off").
+fn offloads(host: &crate::netns::Host, dev: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let out = host.run(&["ethtool", "-k", dev]).with_context(|| format!("{}: ethtool -k {dev}", host.name()))?;
+    let wanted = ["tcp-segmentation-offload", "generic-segmentation-offload", "generic-receive-offload", "rx-udp-gro-forwarding"];
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| wanted.contains(&k.trim()))
+        .map(|(k, v)| (k.trim().to_string(), v.split_whitespace().next().unwrap_or("").to_string()))
+        .collect())
 }
 
 const IPERF_PORT: u16 = 5201;
@@ -159,8 +280,9 @@ impl Topology {
                     pods.push(host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?);
                 }
             }
-            Mode::Flannel => {
+            Mode::Flannel | Mode::FlannelNoCsum => {
                 pod_mtu = 1450;
+                let csum = if mode == Mode::FlannelNoCsum { UdpCsum::Off } else { UdpCsum::AsFlanneld };
                 let leases: Vec<VxlanLease> = (0..2)
                     .map(|i| VxlanLease {
                         subnet: host_subnet(i).0,
@@ -171,7 +293,7 @@ impl Topology {
                     .collect();
                 for i in 0..2 {
                     let host = tb.host(i);
-                    setup_kernel_vxlan(host, 1, &leases[i], tb.underlay_mtu())?;
+                    setup_kernel_vxlan_with(host, 1, &leases[i], tb.underlay_mtu(), csum)?;
                     add_kernel_peer(host, 1, &leases[1 - i])?;
                     let gw = leases[i].gateway();
                     pods.push(host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?);
@@ -282,6 +404,30 @@ impl Topology {
             pod.run(&["ip", "link", "set", "dev", "eth0", "gso_max_size", &size.to_string()])?;
         }
         Ok(())
+    }
+
+    /// The offloads of both nodes' `eth0` (the cable's ends) as `ethtool -k`
+    /// reports them now; empty if ethtool is not installed.
+    pub fn underlay_offloads(&self) -> Result<serde_json::Value> {
+        if !ethtool_installed() {
+            return Ok(serde_json::json!({}));
+        }
+        let mut out = serde_json::Map::new();
+        for (i, host) in self.tb.hosts().iter().enumerate() {
+            out.insert(format!("node{i} {}", host.uplink()), serde_json::to_value(offloads(host, host.uplink())?)?);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    /// The outer UDP checksum of this mode's VXLAN as the sending node
+    /// makes it: flannel.1's `udp_csum` read back from the kernel; our BPF
+    /// encapsulation always writes 0. None for modes without encapsulation.
+    pub fn outer_udp_csum(&self) -> Result<Option<bool>> {
+        Ok(match self.mode {
+            m if m.is_flannel() => Some(kernel_vxlan_udp_csum(self.tb.host(0), 1)?),
+            Mode::Overlay => Some(false),
+            _ => None,
+        })
     }
 
     /// Pid of the agent on host `i`, if this mode runs agents.

@@ -28,8 +28,10 @@ pub const METRICS: &[Metric] = &[
     Metric { key: "rr_p99_us", label: "UDP req/resp p99, blocking", unit: "µs", higher_is_better: false },
     Metric { key: "rr_spin_p50_us", label: "UDP req/resp p50, spinning", unit: "µs", higher_is_better: false },
     Metric { key: "rr_spin_p99_us", label: "UDP req/resp p99, spinning", unit: "µs", higher_is_better: false },
-    Metric { key: "tcp1_cpu_ms_per_gbit", label: "CPU, TCP 1 stream", unit: "ms/Gbit", higher_is_better: false },
-    Metric { key: "tcp8_cpu_ms_per_gbit", label: "CPU, TCP 8 streams", unit: "ms/Gbit", higher_is_better: false },
+    // Kernel CPU (system + softirq + irq of all CPUs, /proc/stat: both
+    // nodes share this machine) per Gbit received.
+    Metric { key: "tcp1_cpu_ms_per_gbit", label: "kernel CPU, TCP 1 stream", unit: "ms/Gbit", higher_is_better: false },
+    Metric { key: "tcp8_cpu_ms_per_gbit", label: "kernel CPU, TCP 8 streams", unit: "ms/Gbit", higher_is_better: false },
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -107,11 +109,14 @@ pub fn paired_ratio(modes: &[ModeSummary], a: &str, b: &str, key: &str) -> Optio
     (!r.is_empty()).then(|| Summary::of(&r))
 }
 
+/// The modes the agent's modes are compared with (those present in a run).
+pub const RATIO_BASES: [&str; 3] = ["flannel", "flannel-nocsum", "host-gw"];
+
 /// Ratios of each agent mode against flannel and host-gw, per metric.
 pub fn ratio_table(modes: &[ModeSummary]) -> String {
     let mut pairs = Vec::new();
     for ours in ["overlay", "overlay-dr"] {
-        for base in ["flannel", "host-gw"] {
+        for base in RATIO_BASES {
             if modes.iter().any(|m| m.mode == ours) && modes.iter().any(|m| m.mode == base) {
                 pairs.push((ours, base));
             }
@@ -143,11 +148,12 @@ pub fn ratio_table(modes: &[ModeSummary]) -> String {
     out
 }
 
-const MODE_COLORS: [RGBColor; 4] = [
+const MODE_COLORS: [RGBColor; 5] = [
     RGBColor(0x8c, 0x8c, 0x8c), // host-gw
     RGBColor(0xe0, 0x8a, 0x2c), // flannel
     RGBColor(0x2c, 0x6f, 0xbb), // overlay
     RGBColor(0x4f, 0xa8, 0x5a), // overlay-dr
+    RGBColor(0xf2, 0xc0, 0x7e), // flannel-nocsum
 ];
 
 fn mode_color(name: &str) -> RGBColor {
@@ -155,6 +161,7 @@ fn mode_color(name: &str) -> RGBColor {
         "host-gw" => MODE_COLORS[0],
         "flannel" => MODE_COLORS[1],
         "overlay" => MODE_COLORS[2],
+        "flannel-nocsum" => MODE_COLORS[4],
         _ => MODE_COLORS[3],
     }
 }
