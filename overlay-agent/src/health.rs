@@ -254,7 +254,16 @@ mod tests {
         assert!(text.contains("\noverlay_leases_known 0\n"), "{text}");
         assert!(!text.contains("overlay_lease_expiry_timestamp_seconds"), "no lease, no expiry: {text}");
         assert_eq!(h.not_ready_reason(), Some("no subnet lease yet"));
-        assert!(text.contains(&format!("overlay_build_info{{version=\"{}\",pin_layout=\"v1\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(
+            text.contains(&format!(
+                "overlay_build_info{{version=\"{}\",pin_layout=\"v{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                crate::datapath::pins::VERSION
+            )),
+            "{text}"
+        );
+        assert!(text.contains("\noverlay_pod_bridge{bridge=\"\"} 0\n"), "no pod bridge yet: {text}");
+        assert!(text.contains("\noverlay_pod_bridge_problems{kind=\"ambiguous_gateway\"} 0\n"), "{text}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::{
         leftovers,
         masq::MasqRules,
         netlink,
-        pod_bridge::{self, BridgeScan, PodBridge},
+        pod_bridge::{self, BridgeScan},
         pods, sysctl,
         tunnel_device::{self, TunnelKind, TunnelPlan, TUNNEL_DEVICE},
     },
@@ -470,10 +470,12 @@ impl Node {
             return false;
         }
         match (&self.bridge.bridge, &scan.bridge) {
-            (_, Some(new)) => {
-                info!("pod bridge: {} (ifindex {}, gateway {gateway})", new.name, new.index);
-                pin_bridge_mac(&self.handle, new).await;
-            }
+            (_, Some(new)) => info!(
+                "pod bridge: {} (ifindex {}, MAC {}, gateway {gateway})",
+                new.name,
+                new.index,
+                format_mac(&new.mac)
+            ),
             (Some(old), None) => info!("pod bridge {} is gone: pods get the kernel path until one carries {gateway}", old.name),
             (None, None) => {}
         }
@@ -510,15 +512,5 @@ impl Node {
             Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
             Err(e) => warn!("updating the endpoint map: {e}"),
         }
-    }
-}
-
-/// Sets the bridge's current MAC explicitly. Otherwise a bridge takes the
-/// lowest MAC of its ports and changes it as pods come and go, which the
-/// pods' neighbour entries and our config would then chase.
-async fn pin_bridge_mac(handle: &Handle, bridge: &PodBridge) {
-    let set = rtnetlink::LinkUnspec::new_with_index(bridge.index).address(bridge.mac.to_vec()).build();
-    if let Err(e) = handle.link().set(set).execute().await {
-        warn!("pinning the MAC of {}: {e}", bridge.name);
     }
 }

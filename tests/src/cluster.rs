@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
     net::Ipv4Addr,
-    process::Stdio,
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant, SystemTime},
 };
@@ -18,6 +18,7 @@ use crate::{
     etcd::Etcd,
     flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
     netns::{ensure_bpffs, next, ChildHandle, Pod, Testbed},
+    poll_until,
 };
 
 pub const PREFIX: &str = "/overlay-test/network";
@@ -321,4 +322,42 @@ impl LeaseWatch {
             }
         }
     }
+}
+
+/// Host 2 is moved to another L2 segment (192.168.88.0/24 on its own
+/// bridge, with MTU `mtu`) behind host 3, a router with a leg on each
+/// segment. Hosts 0 and 1 route 192.168.88.0/24 via the router.
+pub fn put_host_2_behind_a_router(tb: &Testbed, mtu: u32) {
+    let (ul, far, router) = (tb.underlay(), tb.host(2), tb.host(3));
+    ul.ip_batch(&[
+        "link add br1 type bridge".into(),
+        format!("link set br1 mtu {mtu} up"),
+        format!("link set {} nomaster", tb.underlay_port(2)),
+        format!("link set {} master br1", tb.underlay_port(2)),
+    ])
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["link", "add", "eth1", "netns", router.name(), "type", "veth", "peer", "name", "r1", "netns", ul.name()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ul.ip_batch(&[format!("link set r1 mtu {mtu} master br1 up"), format!("link set {} mtu {mtu}", tb.underlay_port(2))])
+        .unwrap();
+    router.ip_batch(&[format!("link set eth1 mtu {mtu} up"), "addr add 192.168.88.1/24 dev eth1".into()]).unwrap();
+    far.ip_batch(&[
+        format!("link set eth0 mtu {mtu}"),
+        format!("addr del {} dev eth0", far.cidr()),
+        "addr add 192.168.88.10/24 dev eth0".into(),
+        "route add default via 192.168.88.1".into(),
+    ])
+    .unwrap();
+    for h in 0..2 {
+        tb.host(h).ip_batch(&[format!("route add 192.168.88.0/24 via {}", router.ip())]).unwrap();
+    }
+    for h in 0..2 {
+        poll_until(Duration::from_secs(10), "host 2 reachable through the router", || far.ping(tb.host(h).ip()))
+            .unwrap();
+    }
+    let route = tb.host(0).run(&["ip", "route", "get", "192.168.88.10"]).unwrap();
+    assert!(route.contains(&format!("via {}", router.ip())), "{route}");
 }

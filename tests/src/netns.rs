@@ -143,7 +143,12 @@ fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<()> {
 /// what is sent through it: under load that window is long enough to lose
 /// the first ARP request and fail a test's first ping.
 fn wait_links_up(ns: &str, devs: &[&str]) -> Result<()> {
-    crate::poll_until(Duration::from_secs(10), &format!("links {devs:?} up in netns {ns}"), || {
+    wait_links(ns, devs, &["UP"])
+}
+
+/// Waits until each of `devs` has one of the operstates in `accept`.
+fn wait_links(ns: &str, devs: &[&str], accept: &[&str]) -> Result<()> {
+    crate::poll_until(Duration::from_secs(10), &format!("links {devs:?} {accept:?} in netns {ns}"), || {
         let out = Command::new("ip").args(["-n", ns, "-j", "link", "show"]).stdin(Stdio::null()).output()?;
         let links: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -j link show")?;
         for dev in devs {
@@ -153,7 +158,7 @@ fn wait_links_up(ns: &str, devs: &[&str]) -> Result<()> {
                 .ok_or_else(|| anyhow!("{dev} missing"))?;
             let operstate = link.get("operstate").and_then(|v| v.as_str()).unwrap_or("");
             let qdisc = link.get("qdisc").and_then(|v| v.as_str()).unwrap_or("");
-            if operstate != "UP" || qdisc == "noop" {
+            if !accept.contains(&operstate) || qdisc == "noop" {
                 bail!("{dev}: operstate {operstate}, qdisc {qdisc}");
             }
         }
@@ -675,7 +680,10 @@ impl Host {
             format!("addr add {addr_cidr} dev eth0"),
             format!("route add default via {gateway} dev eth0"),
         ])?;
-        wait_links_up(&self.ns.name, &[&host_veth, bridge])?;
+        wait_links_up(&self.ns.name, &[&host_veth])?;
+        // A bridge made a moment ago may still say UNKNOWN until the kernel's
+        // link watch runs (it is up and forwarding already).
+        wait_links(&self.ns.name, &[bridge], &["UP", "UNKNOWN"])?;
         wait_links_up(&ns.name, &["eth0"])?;
         let mac = ns.mac("eth0")?;
         let pod = Pod { ns, ip, prefix_len, gateway, host_veth, mac, host_index: self.index };

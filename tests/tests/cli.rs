@@ -887,12 +887,12 @@ fn cleanup_and_inspect() {
 }
 
 /// The agent binary the integration tests run ([`agent_binary`]), which
-/// must be newer than cli.rs: cargo does not build another package's binary
+/// must be newer than the flag definitions (cli/args.rs): cargo does not build another package's binary
 /// for this test crate (`cargo xtask test` does), and running cargo from
 /// inside a test can deadlock on the build lock.
 fn fresh_binary() -> PathBuf {
     let bin = agent_binary();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../overlay-agent/src/cli.rs");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../overlay-agent/src/cli/args.rs");
     let modified = |p: &PathBuf| {
         std::fs::metadata(p)
             .and_then(|m| m.modified())
@@ -900,7 +900,7 @@ fn fresh_binary() -> PathBuf {
     };
     assert!(
         modified(&bin) >= modified(&src),
-        "{} is older than overlay-agent/src/cli.rs: run cargo build -p overlay-agent (cargo xtask test does)",
+        "{} is older than overlay-agent/src/cli/args.rs: run cargo build -p overlay-agent (cargo xtask test does)",
         bin.display()
     );
     bin

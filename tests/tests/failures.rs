@@ -89,7 +89,9 @@ fn sigkilled_agent_restarts_without_losing_a_packet_and_adopts_its_links() {
     wait_ping(&a, b.ip());
     wait_ping(&b, a.ip());
     let before = settled_attachments(&c.agents[0]);
-    for hook in ["from_pods@cni0", "from_host@cni0", "from_uplink@eth0"] {
+    let veth = format!("from_pods@{}", a.host_veth());
+    let to_pod = format!("to_pods@{}", a.host_veth());
+    for hook in ["from_pods@cni0", "from_host@overlay0", "from_tunnel@overlay0", "from_uplink@eth0", &veth, &to_pod] {
         assert!(before.contains_key(hook), "{hook} not attached: {before:?}");
     }
 
@@ -126,25 +128,27 @@ fn sigkilled_agent_restarts_without_losing_a_packet_and_adopts_its_links() {
     let second_start = log.rfind("data path ready in").expect("data path log line");
     let line = log[second_start..].lines().next().unwrap();
     assert!(line.contains("attached: [])"), "nothing attached anew: {line}");
-    for hook in ["from_pods on cni0 tc ingress", "from_host on cni0 tc egress", "from_uplink on eth0 tc ingress"] {
+    for hook in [
+        "from_pods on cni0 tc ingress",
+        "from_host on overlay0 tc egress",
+        "from_tunnel on overlay0 tc ingress",
+        "from_uplink on eth0 tc ingress",
+        &format!("to_pods on {} tc egress", a.host_veth()),
+    ] {
         let adopted = &line[line.find("adopted: [").unwrap()..];
         assert!(adopted.contains(hook), "{hook} not adopted: {line}");
     }
     let after = settled_attachments(&c.agents[0]);
     assert_eq!(after.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
-    // The programs the restarted agent loaded: those on the bridge's links.
-    let new_progs: HashSet<u64> = after
-        .iter()
-        .filter(|(pin, _)| pin.ends_with("@cni0") || pin.ends_with("@eth0"))
-        .map(|(_, (_, p))| *p)
-        .collect();
+    // The programs the killed agent had loaded: none may still run.
+    let old_progs: HashSet<u64> = before.values().map(|(_, p)| *p).collect();
     let mut problems = Vec::new();
     for (pin, (link, prog)) in &after {
         let (old_link, old_prog) = before[pin];
         if *link != old_link {
             problems.push(format!("{pin}: link {old_link} was replaced by link {link} (re-created, not updated)"));
         }
-        if *prog == old_prog || !new_progs.contains(prog) {
+        if *prog == old_prog || old_progs.contains(prog) {
             problems.push(format!("{pin}: link {link} still runs program {prog} of the killed agent"));
         }
         // The kernel agrees: bpftool sees the link running that program, and
@@ -152,7 +156,7 @@ fn sigkilled_agent_restarts_without_losing_a_packet_and_adopts_its_links() {
         let l = bpftool_link(*link);
         assert_eq!(l["prog_id"].as_u64(), Some(*prog), "{pin}: {l}");
         let (program, iface) = pin.split_once('@').unwrap();
-        let hook = if program == "from_host" { TcAttachType::Egress } else { TcAttachType::Ingress };
+        let hook = if matches!(program, "from_host" | "to_pods") { TcAttachType::Egress } else { TcAttachType::Ingress };
         let attached: Vec<u64> = c
             .tb
             .host(0)

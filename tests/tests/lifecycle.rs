@@ -13,6 +13,7 @@ use overlay_tests::{
     etcd::Etcd,
     flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
     netns::{ensure_bpffs, Host, Pod, Testbed},
+    poll_until,
     traffic::wait_ping,
 };
 
@@ -23,7 +24,12 @@ fn tcx_programs(host: &Host) -> Vec<String> {
     use aya::programs::{SchedClassifier, TcAttachType};
     host.in_ns(|| {
         let mut names = Vec::new();
-        for (iface, hook) in [("eth0", TcAttachType::Ingress), ("cni0", TcAttachType::Ingress), ("cni0", TcAttachType::Egress)] {
+        for (iface, hook) in [
+            ("eth0", TcAttachType::Ingress),
+            ("cni0", TcAttachType::Ingress),
+            ("overlay0", TcAttachType::Ingress),
+            ("overlay0", TcAttachType::Egress),
+        ] {
             if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, hook) {
                 names.extend(progs.iter().filter_map(|p| p.name_as_str().map(str::to_string)));
             }
@@ -42,6 +48,12 @@ fn stopping_keeps_the_data_path_and_cleanup_removes_everything() {
     let key = format!("{PREFIX}/subnets/{subnet}-{len}");
     let host = c.tb.host(0);
     assert!(host.run(&["iptables-save", "-t", "nat"]).unwrap().contains("FLANNEL-POSTRTG"));
+    // The agent finds the pod bridge (made with the pod) within a second.
+    poll_until(Duration::from_secs(10), "from_pods on the pod bridge", || {
+        let progs = tcx_programs(host);
+        progs.iter().any(|p| p == "from_pods").then_some(()).ok_or_else(|| anyhow::anyhow!("{progs:?}"))
+    })
+    .unwrap();
 
     let status = c.agents[0].stop().expect("the agent exits on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
@@ -49,7 +61,7 @@ fn stopping_keeps_the_data_path_and_cleanup_removes_everything() {
     wait_ping(pod1, pod0.ip());
     assert!(c.etcd.get(&key).unwrap().is_some(), "the lease stays in etcd");
     assert!(c.agents[0].pin_dir().join("SUBNETS").exists());
-    assert_eq!(tcx_programs(host), ["from_host", "from_pods", "from_uplink"]);
+    assert_eq!(tcx_programs(host), ["from_host", "from_pods", "from_tunnel", "from_uplink"]);
 
     let out = host
         .exec(&[

@@ -181,6 +181,31 @@ fn kube_proxy_service(
     }
 }
 
+/// Waits until every agent node has its pods on the fast path: their veths
+/// carry the programs, and the endpoint map knows the node's first pod
+/// (which has talked across; a pod is learnt once the host has seen it),
+/// within a second or two of a pod's start. Before that their traffic takes the kernel path,
+/// which is correct but not what these tests look at.
+fn wait_fast_path(c: &Cluster) {
+    for i in 0..c.agents.len() {
+        let pins = c.agents[i].pins();
+        let pods = c.tb.host(c.agent_hosts[i]).pods();
+        overlay_tests::poll_until(Duration::from_secs(15), &format!("node {i}'s pods on the fast path"), || {
+            let eps = c.maps(i).endpoints()?;
+            for pod in &pods {
+                for program in ["from_pods", "to_pods"] {
+                    let pin = pins.link(program, pod.host_veth());
+                    anyhow::ensure!(pin.exists(), "no {}", pin.display());
+                }
+            }
+            let first = &c.pods[i][0];
+            anyhow::ensure!(eps.iter().any(|e| e.ip == first.ip()), "{} not in {eps:?}", first.ip());
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
 /// What the nodes' data paths did and know, for failure messages.
 fn state(c: &Cluster) -> String {
     let mut out = String::new();
@@ -220,6 +245,9 @@ fn cluster_ip_reaches_backends_on_both_nodes_over_tcp_and_udp() {
         kube_proxy_service(ns, "REMOTE", CLUSTER_NET, vip_remote, 80, None, &[(remote.ip(), 8080)]);
         kube_proxy_service(ns, "BOTH", CLUSTER_NET, vip_both, 80, None, &[(remote.ip(), 8080), (local.ip(), 8080)]);
     }
+    wait_ping(client.ns(), remote.ip());
+    wait_ping(client.ns(), local.ip());
+    wait_fast_path(&c);
     let kernel_flows_before = counter(&c, 0, "passed_kernel_flow") + counter(&c, 1, "passed_kernel_flow");
 
     assert_eq!(tcp_ask(client.ns(), SocketAddrV4::new(vip_remote, 80)), Ok(remote.ip()), "{}", state(&c));
@@ -257,16 +285,8 @@ fn ordinary_pod_traffic_keeps_the_fast_path_next_to_services() {
         kube_proxy_service(ns, "REMOTE", CLUSTER_NET, Ipv4Addr::new(10, 96, 0, 10), 80, None, &[(b.ip(), 8080)]);
     }
     let _s = Identity::serve(b, 8080);
-    // Until a node has learnt its pod (within a second), replies to it go
-    // through its kernel; measure the fast path once both have.
     wait_ping(a.ns(), b.ip());
-    for (i, pod) in [(0, a), (1, b)] {
-        overlay_tests::poll_until(Duration::from_secs(10), "the nodes to learn their pods", || {
-            let eps = c.maps(i).endpoints()?;
-            eps.iter().any(|e| e.ip == pod.ip()).then_some(()).ok_or_else(|| anyhow::anyhow!("node {i}: {eps:?}"))
-        })
-        .unwrap();
-    }
+    wait_fast_path(&c);
     let before: Vec<_> = (0..2).map(|i| c.counters(i)).collect();
     for _ in 0..20 {
         assert_eq!(tcp_ask(a.ns(), SocketAddrV4::new(b.ip(), 8080)), Ok(b.ip()));
@@ -308,6 +328,8 @@ fn published_port_on_the_server_node_answers_a_pod_on_another_node() {
     let (client, server) = (&c.pods[0][0], &c.pods[1][0]);
     let _s = Identity::serve(server, 8080);
     let node1 = c.tb.host(1).ip();
+    wait_ping(client.ns(), server.ip());
+    wait_fast_path(&c);
     // What `docker run -p 18080:8080` writes (its DOCKER chain).
     let ns = c.tb.host(1).ns();
     iptables(
@@ -426,12 +448,7 @@ fn pods_cannot_forge_sources_or_reach_the_vxlan_port() {
     // them, their veths carry the per-veth check (attached first).
     wait_ping(neighbour.ns(), victim.ip());
     wait_ping(attacker.ns(), victim.ip());
-    overlay_tests::poll_until(Duration::from_secs(10), "the node to learn its pods", || {
-        let eps = c.maps(0).endpoints()?;
-        let all = [attacker.ip(), neighbour.ip()].iter().all(|ip| eps.iter().any(|e| e.ip == *ip));
-        all.then_some(()).ok_or_else(|| anyhow::anyhow!("endpoints: {eps:?}"))
-    })
-    .unwrap();
+    wait_fast_path(&c);
 
     let spoofed_before = counter(&c, 0, "drop_pod_spoofed_source");
     let forgeries = [
@@ -487,6 +504,8 @@ fn forward_chain_sees_pod_traffic_only_with_kernel_forwarding() {
         let c = Cluster::build(2, 0, 0, VXLAN_CONFIG).agent_flags(flags).start();
         let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
         let _s = Identity::serve(b, 8080);
+        wait_ping(a.ns(), b.ip());
+        wait_fast_path(&c);
         assert_eq!(tcp_ask(a.ns(), SocketAddrV4::new(b.ip(), 8080)), Ok(b.ip()), "before the rule");
         // Rejected on the client's node (the kernel would forward it there).
         iptables(c.tb.host(0).ns(), &[format!("-I FORWARD 1 -s {} -d {} -j REJECT", a.ip(), b.ip())]);

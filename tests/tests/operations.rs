@@ -305,7 +305,14 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
     })
     .unwrap();
     let programs = section(&text, "attached programs");
-    for pin in ["from_uplink@eth0", "from_pods@cni0", "from_host@cni0", &format!("from_pods@{}", a.host_veth())] {
+    for pin in [
+        "from_uplink@eth0",
+        "from_pods@cni0",
+        "from_host@overlay0",
+        "from_tunnel@overlay0",
+        &format!("from_pods@{}", a.host_veth()),
+        &format!("to_pods@{}", a.host_veth()),
+    ] {
         let row = programs.iter().find(|l| l.split_whitespace().next() == Some(pin)).unwrap_or_else(|| panic!("{pin} not listed:\n{text}"));
         assert!(row.contains("link ") && row.contains("prog "), "{pin} not attached: {row}\n{text}");
     }
@@ -391,7 +398,7 @@ fn inspect_without_pins_says_nothing_is_installed() {
     let out = inspect_raw(&root, false);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    let pins = root.join("v1");
+    let pins = root.join(format!("v{}", overlay_common::PIN_VERSION));
     assert_eq!(
         text,
         format!(
@@ -453,8 +460,10 @@ fn bpftool_shows_named_map_fields_and_our_tcx_programs() {
     let expected = [
         ("eth0", "tcx/ingress", "from_uplink"),
         ("cni0", "tcx/ingress", "from_pods"),
-        ("cni0", "tcx/egress", "from_host"),
+        ("overlay0", "tcx/egress", "from_host"),
+        ("overlay0", "tcx/ingress", "from_tunnel"),
         (veth.as_str(), "tcx/ingress", "from_pods"),
+        (veth.as_str(), "tcx/egress", "to_pods"),
     ];
     let version = Command::new("bpftool").arg("version").output().unwrap();
     let version = String::from_utf8_lossy(&version.stdout).to_string();
@@ -472,7 +481,7 @@ fn bpftool_shows_named_map_fields_and_our_tcx_programs() {
         let pin_root = c.agents[0].pin_root.clone();
         let j = poll_until(Duration::from_secs(10), "the pod veth's attachment", || {
             let j = inspect_json(&pin_root);
-            anyhow::ensure!(j["programs"].as_array().unwrap().len() == 4, "{}", j["programs"]);
+            anyhow::ensure!(j["programs"].as_array().unwrap().len() == expected.len(), "{}", j["programs"]);
             Ok(j)
         })
         .unwrap();

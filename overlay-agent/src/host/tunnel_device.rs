@@ -52,7 +52,7 @@ pub struct TunnelPlan {
     pub kind: TunnelKind,
     /// The pod MTU (uplink MTU minus the encapsulation).
     pub mtu: u32,
-    /// Our VtepMAC.
+    /// Our VtepMAC (the vxlan device's MAC).
     pub mac: [u8; 6],
     /// Our lease: the device holds its network address as a /32.
     pub subnet: Ipv4Net,
@@ -85,9 +85,15 @@ pub async fn ensure(handle: &Handle, plan: &TunnelPlan) -> Result<TunnelDevice, 
         }
         None => create(handle, plan).await?,
     };
+    let mut set = LinkUnspec::new_with_index(index).mtu(plan.mtu).arp(false).up();
+    // The VtepMAC matters only where frames for us arrive (vxlan); an ifb
+    // cannot change its MAC at all.
+    if plan.kind != TunnelKind::Plain {
+        set = set.address(plan.mac.to_vec());
+    }
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).mtu(plan.mtu).address(plan.mac.to_vec()).arp(false).up().build())
+        .set(set.build())
         .execute()
         .await
         .map_err(req_err(format!("set {TUNNEL_DEVICE} up with MTU {}", plan.mtu)))?;
@@ -170,12 +176,7 @@ async fn create(handle: &Handle, plan: &TunnelPlan) -> Result<u32, NetlinkError>
             .arp(false)
             .up()
             .build(),
-        TunnelKind::Plain => LinkDummy::new(TUNNEL_DEVICE)
-            .mtu(plan.mtu)
-            .address(plan.mac.to_vec())
-            .arp(false)
-            .up()
-            .build(),
+        TunnelKind::Plain => LinkDummy::new(TUNNEL_DEVICE).mtu(plan.mtu).arp(false).up().build(),
     };
     let created = handle.link().add(msg).execute().await;
     match created {
@@ -185,7 +186,7 @@ async fn create(handle: &Handle, plan: &TunnelPlan) -> Result<u32, NetlinkError>
             if plan.kind == TunnelKind::Plain && e.raw_code() == -libc::EOPNOTSUPP =>
         {
             info!("no dummy driver: making {TUNNEL_DEVICE} an ifb");
-            let msg = LinkIfb::new(TUNNEL_DEVICE).mtu(plan.mtu).address(plan.mac.to_vec()).arp(false).up().build();
+            let msg = LinkIfb::new(TUNNEL_DEVICE).mtu(plan.mtu).arp(false).up().build();
             handle.link().add(msg).execute().await.map_err(req_err(format!("create {TUNNEL_DEVICE} (ifb)")))?;
         }
         other => other.map_err(req_err(format!("create {TUNNEL_DEVICE}")))?,
