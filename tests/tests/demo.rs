@@ -102,16 +102,17 @@ fn demo_runs_to_the_end_and_cleans_up() {
     assert_nothing_left(&stdout);
 }
 
-#[test]
-fn ctrl_c_halfway_removes_everything() {
-    let mut child = demo().args(["--nodes", "2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// Runs the demo with `args`, reads its output until `marker` appears
+/// (within `limit`), then sends SIGINT as Ctrl-C would; returns the exit
+/// status, all of stdout and stderr.
+fn interrupt_at(args: &[&str], marker: &str, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut child = demo().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    // Read until the agents are up (step 5 begins), then press "Ctrl-C".
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     let started = Instant::now();
-    while !String::from_utf8_lossy(&seen).contains("[5/11]") {
-        assert!(started.elapsed() < Duration::from_secs(30), "step 5 never came:\n{}", String::from_utf8_lossy(&seen));
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        assert!(started.elapsed() < limit, "{marker} never came:\n{}", String::from_utf8_lossy(&seen));
         let n = stdout.read(&mut buf).unwrap();
         assert!(n > 0, "the demo ended early:\n{}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
@@ -121,7 +122,13 @@ fn ctrl_c_halfway_removes_everything() {
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let status = child.wait().unwrap();
-    let out = String::from_utf8_lossy(&seen).into_owned();
+    (status, String::from_utf8_lossy(&seen).into_owned(), stderr)
+}
+
+#[test]
+fn ctrl_c_halfway_removes_everything() {
+    // Ctrl-C once the agents are up (step 5 begins).
+    let (status, out, stderr) = interrupt_at(&["--nodes", "2"], "[5/11]", Duration::from_secs(30));
     assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{out}\n{stderr}");
     assert!(stderr.contains("SIGINT (Ctrl-C) received"), "{stderr}");
     assert!(out.contains("Stopped by SIGINT"), "{out}");
@@ -170,25 +177,9 @@ fn docker_demo_runs_to_the_end_and_cleans_up() {
 
 #[test]
 fn docker_demo_ctrl_c_with_containers_running_removes_everything() {
-    let mut child = demo().arg("--docker").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    // Read until both dockerd run and the containers are being made (step
-    // 7 begins), then press "Ctrl-C".
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let started = Instant::now();
-    while !String::from_utf8_lossy(&seen).contains("[7/10]") {
-        assert!(started.elapsed() < Duration::from_secs(240), "step 7 never came:\n{}", String::from_utf8_lossy(&seen));
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the demo ended early:\n{}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    stdout.read_to_end(&mut seen).unwrap();
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    let status = child.wait().unwrap();
-    let out = String::from_utf8_lossy(&seen).into_owned();
+    // Ctrl-C once both dockerd run and the containers are being made (step
+    // 7 begins).
+    let (status, out, stderr) = interrupt_at(&["--docker"], "[7/10]", Duration::from_secs(240));
     assert_eq!(status.code(), Some(130), "exit status after SIGINT:\n{out}\n{stderr}");
     assert!(out.contains("Stopped by SIGINT"), "{out}");
     assert!(out.contains("nothing left behind"), "{out}");

@@ -300,7 +300,9 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
     // Pod veths get their own attachment within a second of appearing.
     let text = poll_until(Duration::from_secs(10), "the pod veth's attachment", || {
         let text = inspect_text(&pin_root);
+        // Both of the veth's programs (attached one after the other).
         anyhow::ensure!(text.contains(&format!("from_pods@{}", a.host_veth())), "{text}");
+        anyhow::ensure!(text.contains(&format!("to_pods@{}", a.host_veth())), "{text}");
         Ok(text)
     })
     .unwrap();

@@ -11,7 +11,6 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use overlay_tests::agent::{Agent, AgentOptions};
 use overlay_tests::docker::{opts_from_env_file, Dockerd, IMAGE};
 use overlay_tests::etcd::Etcd;
 use overlay_tests::netns::{ensure_bpffs, Testbed};
@@ -63,24 +62,7 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
 
     // 4. agents
     ui::step(4, STEPS, "Starting one overlay-agent per node (no bridge yet: docker makes it)");
-    for i in 0..n {
-        signals::check()?;
-        let host = tb.host(i);
-        let agent = Agent::start_forwarded(
-            host,
-            AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
-        )?;
-        if i == 0 {
-            cmd(&format!(
-                "overlay-agent --etcd-endpoints={} --etcd-prefix={PREFIX} --iface=eth0 --subnet-file={} --bpf-pin-dir={}",
-                agent.etcd_endpoints(),
-                agent.subnet_file.display(),
-                agent.pin_root.display()
-            ));
-            info(&dim(&format!("(in {}'s namespace; the others alike)", node(0))));
-        }
-        w.agents.push(agent);
-    }
+    scenario::start_agents(&mut w.agents, tb, etcd, n)?;
     let t = Instant::now();
     for (i, agent) in w.agents.iter().enumerate() {
         while agent.ready_count() == 0 {

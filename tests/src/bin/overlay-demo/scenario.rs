@@ -108,27 +108,7 @@ pub fn run(w: &mut World, opts: &Options) -> Result<String> {
 
     // 4. agents
     ui::step(4, STEPS, "Starting one overlay-agent per node");
-    for i in 0..n {
-        signals::check()?;
-        let host = tb.host(i);
-        let agent = Agent::start_forwarded(
-            host,
-            AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
-        )?;
-        if i == 0 {
-            cmd(&format!(
-                "overlay-agent --etcd-endpoints={} --etcd-prefix={PREFIX} --iface=eth0 --subnet-file={} --bpf-pin-dir={}",
-                agent.etcd_endpoints(),
-                agent.subnet_file.display(),
-                agent.pin_root.display()
-            ));
-            info(&dim(&format!(
-                "(in {}'s namespace; the others alike. etcd is reached through a relay from the node's loopback to the root namespace's)",
-                node(0)
-            )));
-        }
-        w.agents.push(agent);
-    }
+    start_agents(&mut w.agents, tb, etcd, n)?;
     let t = Instant::now();
     let mut ready = vec![None; n];
     while ready.iter().any(Option::is_none) {
@@ -631,6 +611,33 @@ fn netns_with_prefix(prefix: &str) -> Vec<String> {
     v.retain(|n| n.starts_with(prefix));
     v.sort();
     v
+}
+
+/// One agent per node, each with its own relay to etcd; shows the first
+/// one's command line (the others are alike).
+pub fn start_agents(agents: &mut Vec<Agent>, tb: &Testbed, etcd: &Etcd, n: usize) -> Result<()> {
+    for i in 0..n {
+        signals::check()?;
+        let host = tb.host(i);
+        let agent = Agent::start_forwarded(
+            host,
+            AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: PREFIX, dir: tb.dir(), extra: vec![] },
+        )?;
+        if i == 0 {
+            cmd(&format!(
+                "overlay-agent --etcd-endpoints={} --etcd-prefix={PREFIX} --iface=eth0 --subnet-file={} --bpf-pin-dir={}",
+                agent.etcd_endpoints(),
+                agent.subnet_file.display(),
+                agent.pin_root.display()
+            ));
+            info(&dim(&format!(
+                "(in {}'s namespace; the others alike. etcd is reached through a relay from the node's loopback to the root namespace's)",
+                node(0)
+            )));
+        }
+        agents.push(agent);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
