@@ -23,7 +23,7 @@ use crate::{
     config::{BackendType, NetworkConfig},
     datapath::{
         loader::{Datapath, DatapathOptions, XdpGuard},
-        DatapathMaps, Mode, NodeConfig, Peer, PinLayout, PodEndpoint, VXLAN_OVERHEAD,
+        DatapathMaps, Mode, NodeConfig, Peer, PeerChanges, PinLayout, PodEndpoint, VXLAN_OVERHEAD,
     },
     etcd::{
         registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
@@ -166,7 +166,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         underlay_mtu,
         pod_mtu,
         own: lease.clone(),
-        peers: BTreeMap::new(),
+        leases: BTreeMap::new(),
         skipped: HashMap::new(),
         masq: None,
         args: args.clone(),
@@ -186,6 +186,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     notify::ready();
     info!("ready");
     node.run(events, own_rx).await
+}
+
+/// One of the two subnets contains the other.
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b) || b.contains(&a)
 }
 
 fn tunnel_plan(cfg: &NetworkConfig, subnet: Ipv4Net, pod_mtu: u32, vtep_mac: [u8; 6]) -> TunnelPlan {
@@ -214,8 +219,9 @@ struct Node {
     underlay_mtu: u32,
     pod_mtu: u32,
     own: Lease,
-    /// What we installed, by subnet.
-    peers: BTreeMap<Ipv4Net, Peer>,
+    /// Every lease etcd holds, as the lease watch last said, by subnet: the
+    /// peer maps are a function of these and `own` (see `peer_for`).
+    leases: BTreeMap<Ipv4Net, Lease>,
     /// Leases we refused, with why (to warn once per change, not per resync).
     skipped: HashMap<Ipv4Net, String>,
     masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
@@ -229,7 +235,6 @@ impl Node {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut endpoint_tick = tokio::time::interval(ENDPOINT_SYNC);
         endpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.peers = self.datapath.maps.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
@@ -272,6 +277,7 @@ impl Node {
     fn node_config(&self) -> NodeConfig {
         let bridge = self.bridge.bridge.as_ref();
         NodeConfig {
+            local_ip: self.uplink.iface_addr,
             public_ip: self.uplink.public_ip,
             network: self.cfg.network,
             subnet: self.own.subnet,
@@ -294,10 +300,7 @@ impl Node {
         if !first {
             self.tunnel_plan.subnet = subnet;
             tunnel_device::ensure(&self.handle, &self.tunnel_plan).await?;
-            // A peer entry for what is now our own subnet must go.
-            if self.peers.contains_key(&subnet) {
-                self.remove_peer(subnet);
-            }
+            self.recheck_peers().await;
         }
         let env = SubnetEnv::from_lease(self.cfg.network, subnet, self.pod_mtu, self.args.ip_masq);
         env.write_atomic(&self.args.subnet_file)
@@ -328,39 +331,84 @@ impl Node {
     async fn apply_event(&mut self, ev: LeaseEvent) {
         match ev {
             LeaseEvent::Snapshot(leases) => {
+                self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
                 let mut wanted = BTreeMap::new();
-                for lease in &leases {
+                for lease in self.leases.clone().values() {
                     if let Some(peer) = self.peer_for(lease).await {
                         wanted.insert(peer.subnet, peer);
                     }
                 }
-                let stale: Vec<Ipv4Net> = self.peers.keys().filter(|s| !wanted.contains_key(s)).copied().collect();
-                for subnet in stale {
-                    self.remove_peer(subnet);
+                self.skipped.retain(|s, _| self.leases.contains_key(s));
+                // The maps become exactly what the leases say, whatever an
+                // earlier run (or a SIGKILL between two writes) left in them.
+                match self.datapath.maps.reconcile_peers(&wanted) {
+                    Ok(c) if c == PeerChanges::default() => {}
+                    Ok(c) => info!(
+                        "peers resynced: {} subnets written, {} removed, {} senders changed",
+                        c.written, c.removed, c.senders
+                    ),
+                    Err(e) => warn!("resyncing the peer maps: {e}"),
                 }
-                for (_, peer) in wanted {
-                    self.upsert_peer(peer);
-                }
-                self.skipped.retain(|s, _| leases.iter().any(|l| l.subnet == *s));
-                self.health.set_peers(self.peers.len());
-                debug!("resynced: {} peers from {} leases", self.peers.len(), leases.len());
+                debug!("resynced: {} peers from {} leases", wanted.len(), self.leases.len());
             }
             LeaseEvent::Added(lease) => {
-                match self.peer_for(&lease).await {
-                    Some(peer) => self.upsert_peer(peer),
-                    // A lease that turned invalid no longer routes anywhere.
-                    None if self.peers.contains_key(&lease.subnet) => self.remove_peer(lease.subnet),
-                    None => {}
-                }
-                self.health.set_peers(self.peers.len());
+                self.leases.insert(lease.subnet, lease.clone());
+                self.apply_lease(&lease).await;
             }
             LeaseEvent::Removed(subnet) => {
+                self.leases.remove(&subnet);
                 self.skipped.remove(&subnet);
-                if self.peers.contains_key(&subnet) {
-                    self.remove_peer(subnet);
-                }
-                self.health.set_peers(self.peers.len());
+                self.remove_peer(subnet);
             }
+        }
+        self.report_peers();
+    }
+
+    /// Installs, changes or removes the peer entry of one lease.
+    async fn apply_lease(&mut self, lease: &Lease) {
+        match self.peer_for(lease).await {
+            Some(peer) => self.upsert_peer(peer),
+            // A lease that turned invalid no longer routes anywhere.
+            None => self.remove_peer(lease.subnet),
+        }
+    }
+
+    /// After our own lease moved: a lease refused for overlapping our old
+    /// lease (or for being it: the node that took it over) may be valid
+    /// now, and an installed one may overlap our new lease. flanneld exits
+    /// when it loses its lease; we move, so we look again.
+    async fn recheck_peers(&mut self) {
+        let own = self.own.subnet;
+        let installed = match self.datapath.maps.installed_peers() {
+            Ok(peers) => peers.keys().copied().collect::<std::collections::BTreeSet<_>>(),
+            Err(e) => {
+                warn!("reading the installed peers: {e}");
+                Default::default()
+            }
+        };
+        let affected: Vec<Lease> = self
+            .leases
+            .values()
+            .filter(|l| !installed.contains(&l.subnet) || overlaps(l.subnet, own))
+            .cloned()
+            .collect();
+        for lease in &affected {
+            self.apply_lease(lease).await;
+        }
+        // An entry overlapping our new lease with no lease behind it (left
+        // from before the first Snapshot) goes too.
+        let orphans: Vec<Ipv4Net> =
+            installed.into_iter().filter(|s| overlaps(*s, own) && !self.leases.contains_key(s)).collect();
+        for subnet in orphans {
+            self.remove_peer(subnet);
+        }
+        self.report_peers();
+    }
+
+    fn report_peers(&mut self) {
+        match self.datapath.maps.installed_peers() {
+            Ok(peers) => self.health.set_peers(peers.len()),
+            Err(e) => warn!("reading the installed peers: {e}"),
         }
     }
 
@@ -371,7 +419,7 @@ impl Node {
             return None;
         }
         let backend = self.cfg.backend.kind.as_str();
-        let problem = if lease.subnet.contains(&self.own.subnet) || self.own.subnet.contains(&lease.subnet) {
+        let problem = if overlaps(lease.subnet, self.own.subnet) {
             Some(format!("overlaps our lease {}", self.own.subnet))
         } else if lease.attrs.public_ip == self.uplink.public_ip {
             Some(format!("claims our PublicIP {}", self.uplink.public_ip))
@@ -413,12 +461,19 @@ impl Node {
     }
 
     fn upsert_peer(&mut self, peer: Peer) {
-        if self.peers.get(&peer.subnet) == Some(&peer) {
+        let old = match self.datapath.maps.installed_peers() {
+            Ok(peers) => peers.get(&peer.subnet).copied(),
+            Err(e) => {
+                warn!("installing peer {}: {e}", peer.subnet);
+                return;
+            }
+        };
+        if old == Some(peer) {
             return;
         }
         match self.datapath.maps.upsert_peer(&peer) {
             Ok(()) => {
-                let verb = if self.peers.contains_key(&peer.subnet) { "changed" } else { "added" };
+                let verb = if old.is_some() { "changed" } else { "added" };
                 info!(
                     "peer {verb}: {} via {} ({}, VtepMAC {})",
                     peer.subnet,
@@ -426,19 +481,23 @@ impl Node {
                     peer.mode,
                     format_mac(&peer.vtep_mac)
                 );
-                self.peers.insert(peer.subnet, peer);
             }
             Err(e) => warn!("installing peer {}: {e}", peer.subnet),
         }
     }
 
+    /// Removes a subnet's peer entry, if there is one.
     fn remove_peer(&mut self, subnet: Ipv4Net) {
-        match self.datapath.maps.remove_peer(subnet) {
-            Ok(()) => {
-                if let Some(p) = self.peers.remove(&subnet) {
-                    info!("peer removed: {} (was via {})", subnet, p.public_ip);
-                }
+        let old = match self.datapath.maps.installed_peers() {
+            Ok(peers) => peers.get(&subnet).copied(),
+            Err(e) => {
+                warn!("removing peer {subnet}: {e}");
+                return;
             }
+        };
+        let Some(old) = old else { return };
+        match self.datapath.maps.remove_peer(subnet) {
+            Ok(()) => info!("peer removed: {} (was via {})", subnet, old.public_ip),
             Err(e) => warn!("removing peer {subnet}: {e}"),
         }
     }

@@ -121,7 +121,7 @@ fn vxlan(
     hdr[4..6].copy_from_slice(&ip_id.to_be_bytes());
     hdr[8] = OUTER_TTL;
     hdr[9] = IPPROTO_UDP;
-    hdr[12..16].copy_from_slice(&cfg.public_ip);
+    hdr[12..16].copy_from_slice(&cfg.local_ip);
     hdr[16..20].copy_from_slice(&nh.public_ip);
     let mut ip_hdr = [0u8; 20];
     ip_hdr.copy_from_slice(&hdr[..20]);

@@ -6,6 +6,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use overlay_common::{stats::Reason, ETH_HLEN, IPPROTO_UDP};
 
 use crate::{
+    decap::is_local,
     maps::NODES,
     parse::{EthHdr, Ipv4Hdr, UdpHdr},
     route::config,
@@ -31,7 +32,7 @@ pub fn try_guard(ctx: &XdpContext) -> u32 {
         return pass;
     }
     let Some(ip) = at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return pass };
-    if !ip.is_valid() || ip.proto != IPPROTO_UDP || ip.dst != cfg.public_ip || ip.is_fragment() {
+    if !ip.is_valid() || ip.proto != IPPROTO_UDP || !is_local(&cfg, ip.dst) || ip.is_fragment() {
         return pass;
     }
     let hl = ip.header_len();

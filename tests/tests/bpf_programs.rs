@@ -58,6 +58,7 @@ struct Lab {
 /// unless a test says otherwise.
 fn node_config() -> NodeConfig {
     NodeConfig {
+        local_ip: OUR_IP,
         public_ip: OUR_IP,
         network: "10.42.0.0/16".parse().unwrap(),
         subnet: "10.42.1.0/24".parse().unwrap(),

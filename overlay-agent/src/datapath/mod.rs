@@ -10,7 +10,7 @@ pub mod pins;
 use std::path::PathBuf;
 
 pub use loader::{AttachReport, Datapath, DatapathOptions, XdpGuard};
-pub use maps::{DatapathMaps, KernelFlow, Mode, NodeConfig, Peer, PinnedStats, PodEndpoint, Stats};
+pub use maps::{DatapathMaps, KernelFlow, Mode, NodeConfig, Peer, PeerChanges, PinnedStats, PodEndpoint, Sender, Stats};
 pub use pins::PinLayout;
 
 /// Bytes VXLAN adds over an IPv4 underlay (outer IPv4, UDP, VXLAN, inner
