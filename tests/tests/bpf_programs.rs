@@ -657,6 +657,77 @@ fn randomized_frames_never_confuse_the_programs() {
     assert!(verdicts.len() == 3, "all three verdicts seen: {verdicts:?}");
 }
 
+/// Several leases may name one PublicIP (two flanneld behind one address,
+/// a lease written by hand, a subnet moving between nodes): VXLAN from that
+/// address is accepted with an inner source in each of them and in no other
+/// lease, and an address no lease names any more is a stranger.
+#[test]
+fn a_public_ip_may_send_from_every_lease_that_names_it() {
+    let mut lab = Lab::new();
+    let second: ipnet::Ipv4Net = "10.42.4.0/24".parse().unwrap();
+    let second_pod = Ipv4Addr::new(10, 42, 4, 7);
+    lab.maps.upsert_peer(&Peer { subnet: second, public_ip: PEER_IP, vtep_mac: PEER_VTEP, mode: Mode::Vxlan }).unwrap();
+    for src in [REMOTE_POD, second_pod] {
+        let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { inner_src: src, ..Default::default() }.frame());
+        assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::DecapToPod), "from {src}: both leases name {PEER_IP}");
+    }
+    let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { inner_src: DIRECT_POD, ..Default::default() }.frame());
+    assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropSpoofedSource), "a lease naming another node");
+
+    // One of the two goes: the other is still accepted.
+    lab.maps.remove_peer(second).unwrap();
+    let (_, _, r) = lab.run(FROM_UPLINK, &Vx { inner_src: second_pod, ..Default::default() }.frame());
+    assert_eq!(r, Reason::DropSpoofedSource, "the removed lease");
+    let (_, _, r) = lab.run(FROM_UPLINK, &Vx::default().frame());
+    assert_eq!(r, Reason::DecapToPod, "the remaining lease");
+
+    // The remaining lease changes its PublicIP: the old address is a stranger.
+    let moved = Ipv4Addr::new(192, 168, 77, 13);
+    lab.maps
+        .upsert_peer(&Peer { subnet: "10.42.2.0/24".parse().unwrap(), public_ip: moved, vtep_mac: PEER_VTEP, mode: Mode::Vxlan })
+        .unwrap();
+    let (ret, _, r) = lab.run(FROM_UPLINK, &Vx::default().frame());
+    assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropUnknownSender), "from the lease's old PublicIP");
+    let (ret, _, r) = lab.run(XDP_GUARD, &Vx::default().frame());
+    assert_eq!((ret, r), (XDP_DROP, Reason::DropUnknownSender), "the XDP guard too");
+    let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { outer_src: moved, ..Default::default() }.frame());
+    assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::DecapToPod), "from its new PublicIP");
+    assert_eq!(
+        lab.maps.nodes().unwrap().iter().map(|n| (n.public_ip, n.leases)).collect::<Vec<_>>(),
+        [(DIRECT_PEER_IP, 1), (moved, 1)],
+        "senders: one per PublicIP a lease names, with how many name it"
+    );
+}
+
+/// `--public-ip` naming a NAT's address: the tunnel's local address stays
+/// the uplink's (flannel.1's `local`), so what we send leaves from it (the
+/// NAT makes it the PublicIP), and what peers send to the PublicIP arrives
+/// at it; VXLAN to the PublicIP itself (a second address of this host) is
+/// accepted too.
+#[test]
+fn behind_a_nat_the_tunnel_uses_the_uplinks_address() {
+    let nat_public = Ipv4Addr::new(203, 0, 113, 10);
+    let lab = Lab::with(NodeConfig { public_ip: nat_public, ..node_config() });
+    let frame = from_pod(REMOTE_POD, 1, &icmp_echo(1, 1, b"through the NAT"), 64);
+    let (ret, out, r) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &frame, 1, PEER_IP); // outer source: OUR_IP, the uplink's
+    for dst in [OUR_IP, nat_public] {
+        let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { outer_dst: dst, ..Default::default() }.frame());
+        assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::DecapToPod), "VXLAN to {dst}");
+        let stranger = Vx { outer_dst: dst, outer_src: STRANGER_IP, ..Default::default() }.frame();
+        assert_eq!(lab.run(FROM_UPLINK, &stranger).2, Reason::DropUnknownSender, "a stranger's to {dst}");
+        assert_eq!(lab.run(XDP_GUARD, &stranger).2, Reason::DropUnknownSender, "XDP: a stranger's to {dst}");
+    }
+    let elsewhere = Vx { outer_dst: Ipv4Addr::new(192, 168, 77, 50), ..Default::default() }.frame();
+    assert_eq!(lab.run(FROM_UPLINK, &elsewhere).2, Reason::PassedNotOurs);
+    // Pods may reach neither address's VXLAN port.
+    for node in [OUR_IP, nat_public] {
+        let frame = from_pod_at(LOCAL_POD, node, &udp(40000, PORT, &vxlan(VNI, &[0u8; 40])), 17);
+        assert_eq!(lab.run(FROM_PODS, &frame).2, Reason::DropPodToTunnelPort, "to {node}");
+    }
+}
+
 /// A pod packet with `src`, arriving at the gateway (from_pods).
 fn from_pod_at(src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8], proto: u8) -> Vec<u8> {
     eth(BRIDGE_MAC, POD_MAC, ETH_P_IP, &Ipv4::new(src, dst, proto).build(l4))
