@@ -699,6 +699,58 @@ fn a_public_ip_may_send_from_every_lease_that_names_it() {
     );
 }
 
+/// The peer maps' API against a model of what they must hold, on real
+/// maps: random upserts (PublicIPs from a small pool, so they are shared
+/// and move), removals, and full reconciles to a random set (a reconcile
+/// to what the maps already hold writes nothing). After each, `SUBNETS`
+/// holds exactly the model's peers and `NODES` each PublicIP they name,
+/// with how many name it. (Maps torn as a SIGKILL between two writes
+/// leaves them: tests/tests/lease_state.rs.)
+#[test]
+fn peer_maps_equal_their_model_after_any_sequence() {
+    let seed: u64 = std::env::var("OVERLAY_MODEL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("peer maps model: seed {seed} (OVERLAY_MODEL_SEED replays it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (_ebpf, mut maps) = load_unattached().expect("load the BPF object (needs root)");
+    let mut model: std::collections::BTreeMap<ipnet::Ipv4Net, Peer> = Default::default();
+    let random_peer = |rng: &mut StdRng| Peer {
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 42, rng.random_range(0..20), 0), 24).unwrap(),
+        public_ip: Ipv4Addr::new(192, 168, 77, rng.random_range(100..105)),
+        vtep_mac: [0x0e, 0, 0, 0, 0, rng.random_range(0..3)],
+        mode: if rng.random_bool(0.8) { Mode::Vxlan } else { Mode::Direct },
+    };
+    for step in 0..2000 {
+        match rng.random_range(0..20) {
+            0..=10 => {
+                let p = random_peer(&mut rng);
+                maps.upsert_peer(&p).unwrap();
+                model.insert(p.subnet, p);
+            }
+            11..=17 => {
+                let p = random_peer(&mut rng);
+                maps.remove_peer(p.subnet).unwrap();
+                model.remove(&p.subnet);
+            }
+            18 => {
+                model = (0..rng.random_range(0..8)).map(|_| random_peer(&mut rng)).map(|p| (p.subnet, p)).collect();
+                maps.reconcile_peers(&model).unwrap();
+            }
+            _ => {
+                // The maps already hold the model: a reconcile writes nothing.
+                let changes = maps.reconcile_peers(&model).unwrap();
+                assert_eq!(changes, Default::default(), "step {step} (seed {seed})");
+            }
+        }
+        let mut senders: std::collections::BTreeMap<Ipv4Addr, u32> = Default::default();
+        for p in model.values() {
+            *senders.entry(p.public_ip).or_default() += 1;
+        }
+        assert_eq!(maps.peers().unwrap(), model.values().copied().collect::<Vec<_>>(), "SUBNETS after step {step} (seed {seed})");
+        let nodes: Vec<(Ipv4Addr, u32)> = maps.nodes().unwrap().iter().map(|n| (n.public_ip, n.leases)).collect();
+        assert_eq!(nodes, senders.into_iter().collect::<Vec<_>>(), "NODES after step {step} (seed {seed})");
+    }
+}
+
 /// `--public-ip` naming a NAT's address: the tunnel's local address stays
 /// the uplink's (flannel.1's `local`), so what we send leaves from it (the
 /// NAT makes it the PublicIP), and what peers send to the PublicIP arrives

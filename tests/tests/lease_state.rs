@@ -103,8 +103,13 @@ fn observed(agent: &Agent) -> Result<(Ipv4Net, PeerMaps)> {
     }
     for n in j["nodes"].as_array().context("nodes")? {
         let ip = n["public_ip"].as_str().context("public_ip")?.to_string();
-        // An agent that does not count the leases per sender shows 0.
-        got.senders.insert(ip, n["leases"].as_u64().unwrap_or(0));
+        // An agent that does not count the leases per sender (an older
+        // one, run with OVERLAY_AGENT_BIN): the subnets that name it.
+        let leases = match n["leases"].as_u64() {
+            Some(count) => count,
+            None => got.subnets.values().filter(|(p, _)| *p == ip).count() as u64,
+        };
+        got.senders.insert(ip, leases);
     }
     Ok((own, got))
 }
