@@ -331,13 +331,13 @@ impl Node {
     async fn apply_event(&mut self, ev: LeaseEvent) {
         match ev {
             LeaseEvent::Snapshot(leases) => {
-                self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
                 let mut wanted = BTreeMap::new();
-                for lease in self.leases.clone().values() {
+                for lease in &leases {
                     if let Some(peer) = self.peer_for(lease).await {
                         wanted.insert(peer.subnet, peer);
                     }
                 }
+                self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
                 self.skipped.retain(|s, _| self.leases.contains_key(s));
                 // The maps become exactly what the leases say, whatever an
                 // earlier run (or a SIGKILL between two writes) left in them.
