@@ -205,6 +205,31 @@ fn leases_sharing_a_public_ip_are_all_installed() {
     assert!(want.senders.is_empty());
 }
 
+/// issue #17, with real traffic: a flannel kernel node holds two leases
+/// under one PublicIP (a second subnet on its own bridge). Pods of both
+/// subnets reach a pod behind our agent and get answers: VXLAN from that
+/// address is accepted from each subnet its leases name. (With one subnet
+/// per sender, whichever lease was written last wins and the other
+/// subnet's packets are dropped as spoofed.)
+#[test]
+fn two_subnets_behind_one_public_ip_both_reach_our_pods() {
+    let c = Cluster::start_with(1, 1, 0, VXLAN_CONFIG);
+    let own_ip = c.tb.host(0).ip();
+    let kernel = c.kernel_leases[0];
+    let second = VxlanLease { subnet: Ipv4Addr::new(10, 42, 249, 0), ..kernel };
+    put(&c, &second);
+    let k = c.tb.host(1);
+    let pod2 = k.add_pod("cni1", "10.42.249.2/24", second.gateway(), 1450).unwrap();
+    let want = maps_follow_leases(&c, 0, own_ip).unwrap();
+    assert_eq!(want.senders.get(&kernel.public_ip.to_string()), Some(&2));
+    let ours = &c.pods[0][0];
+    for pod in [&c.pods[1][0], &pod2] {
+        wait_ping(pod.ns(), ours.ip());
+    }
+    let counters = c.counters(0);
+    assert_eq!(counters["drop_spoofed_source"], 0, "{counters:?}");
+}
+
 /// issue #17: removing k of N leases must cost a few map syscalls per lease
 /// (the main loop serves nothing else meanwhile: no events, no SIGTERM),
 /// not a scan of the whole SUBNETS map per lease (O(k*N)). Counted with
