@@ -133,7 +133,16 @@ pub mod config_flags {
     /// through netfilter's FORWARD chain) instead of the fast path:
     /// `--kernel-forwarding`, for hosts whose firewall filters pod traffic.
     pub const KERNEL_FORWARDING: u32 = 1 << 1;
+    /// `--xdp-decap`: the uplink's XDP program decapsulates our VXLAN
+    /// before the kernel's GRO (xdp_decap.rs in the BPF crate).
+    pub const XDP_DECAP: u32 = 1 << 2;
 }
+
+/// What the XDP decapsulation writes into a frame's XDP metadata (4 bytes
+/// before the frame) so that the uplink's TC program knows the inner frame
+/// was decapsulated and checked by us. Metadata only XDP can write, so no
+/// sender can forge it.
+pub const XDP_DECAP_MARK: u32 = 0x5658_4c44; // "VXLD"
 
 /// Value of the one-entry `CONFIG` array: this node.
 #[repr(C)]

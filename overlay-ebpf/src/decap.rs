@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{config_flags, Endpoint, LocalConfig},
+    maps::{config_flags, Endpoint, LocalConfig, XDP_DECAP_MARK},
     stats::Reason,
     ETH_HLEN, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
 };
@@ -33,6 +33,9 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };
+    if cfg.flags & config_flags::XDP_DECAP != 0 && xdp_decapsulated(ctx) {
+        return after_xdp_decap(ctx, &cfg);
+    }
     let not_ours = Outcome::pass(Reason::PassedNotOurs);
     let (_eth, ip) = eth_ipv4(ctx).ok_or(not_ours)?;
     if ip.proto != IPPROTO_UDP || !is_local(&cfg, ip.dst) || ip.is_fragment() {
@@ -63,6 +66,39 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     Ok(deliver(ctx, &cfg, &inner))
 }
 
+/// Whether the XDP program decapsulated (and checked) this frame: it left
+/// [`XDP_DECAP_MARK`] in the frame's metadata.
+#[inline(always)]
+fn xdp_decapsulated(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the context the program was given.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    let data = ctx.data();
+    if meta + 4 > data {
+        return false;
+    }
+    // SAFETY: the 4 bytes lie in the metadata area, before data (checked
+    // right above, and by the verifier).
+    let mark = unsafe { core::ptr::read_unaligned(meta as *const u32) };
+    mark == XDP_DECAP_MARK
+}
+
+/// An inner frame the XDP program decapsulated: GRO has merged it like any
+/// TCP; deliver it as our own decapsulation would. Its pkt_type came from
+/// the inner destination MAC (our VtepMAC, not the uplink's), which IPv4
+/// would drop as another host's.
+#[inline(always)]
+fn after_xdp_decap(ctx: &TcContext, cfg: &LocalConfig) -> Result<Outcome, Outcome> {
+    let malformed = Outcome::drop(Reason::DropMalformed);
+    let inner: Ipv4Hdr = load(ctx, ETH_HLEN).ok_or(malformed)?;
+    if !inner.is_valid() {
+        return Err(malformed);
+    }
+    ctx.change_type(PACKET_HOST).map_err(|_| Outcome::drop(Reason::DropError))?;
+    Ok(deliver(ctx, cfg, &inner))
+}
+
+const PACKET_HOST: u32 = 0;
+
 /// VXLAN addressed to `dst` is ours: the tunnel's local address (the
 /// uplink's), or our lease's PublicIP when that is an address of this host.
 #[inline(always)]
@@ -80,12 +116,8 @@ pub fn sender(addr: [u8; 4]) -> Result<(), Outcome> {
     }
 }
 
-/// Checks the inner frame at `eth_off` that the node at `sender_ip` sent:
-/// for our VtepMAC, IPv4, and from a lease that names `sender_ip` as its
-/// PublicIP (or the node itself, when a host process binds its PublicIP):
-/// a node speaks for nothing else. Several leases may name one PublicIP,
-/// so the lease is found from the inner source (`SUBNETS`), not from the
-/// sender. Returns the inner IPv4 header.
+/// Loads and checks the inner frame at `eth_off` that the node at
+/// `sender_ip` sent ([`check_inner`]). Returns the inner IPv4 header.
 #[inline(always)]
 pub fn inner_frame(
     ctx: &TcContext,
@@ -95,20 +127,29 @@ pub fn inner_frame(
 ) -> Result<Ipv4Hdr, Outcome> {
     let malformed = Outcome::drop(Reason::DropMalformed);
     let inner_eth: EthHdr = load(ctx, eth_off).ok_or(malformed)?;
+    let inner: Ipv4Hdr = load(ctx, eth_off + ETH_HLEN).ok_or(malformed)?;
+    check_inner(cfg, sender_ip, &inner_eth, &inner)?;
+    Ok(inner)
+}
+
+/// The inner frame the node at `sender_ip` sent must be for our VtepMAC,
+/// IPv4, and from a lease that names `sender_ip` as its PublicIP (or the
+/// node itself, when a host process binds its PublicIP): a node speaks for
+/// nothing else. Several leases may name one PublicIP, so the lease is
+/// found from the inner source (`SUBNETS`), not from the sender.
+#[inline(always)]
+pub fn check_inner(cfg: &LocalConfig, sender_ip: [u8; 4], inner_eth: &EthHdr, inner: &Ipv4Hdr) -> Result<(), Outcome> {
+    let malformed = Outcome::drop(Reason::DropMalformed);
     if inner_eth.dst != cfg.vtep_mac {
         return Err(Outcome::drop(Reason::DropWrongVtepMac));
     }
-    if inner_eth.proto() != ETH_P_IP {
-        return Err(malformed);
-    }
-    let inner: Ipv4Hdr = load(ctx, eth_off + ETH_HLEN).ok_or(malformed)?;
-    if !inner.is_valid() {
+    if inner_eth.proto() != ETH_P_IP || !inner.is_valid() {
         return Err(malformed);
     }
     if inner.src != sender_ip && !leased_to(inner.src, sender_ip) {
         return Err(Outcome::drop(Reason::DropSpoofedSource));
     }
-    Ok(inner)
+    Ok(())
 }
 
 /// The decapsulated packet (inner IPv4 right after the outer Ethernet

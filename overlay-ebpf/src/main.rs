@@ -16,6 +16,7 @@ mod stats;
 mod tunnel;
 mod underlay;
 mod verdict;
+mod xdp_decap;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
