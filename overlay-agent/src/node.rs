@@ -150,6 +150,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         uplink: uplink.name.clone(),
         tunnel: TUNNEL_DEVICE.to_string(),
         xdp_guard: if args.xdp_guard { XdpGuard::Native } else { XdpGuard::Off },
+        log_drops: args.bpf_log_drops,
     })
     .context("installing the BPF data path")?;
 

@@ -59,6 +59,8 @@ pub fn try_guard(ctx: &XdpContext) -> u32 {
     if NODES.get_ptr(ip.src).is_some() {
         return pass;
     }
-    count(Reason::DropUnknownSender, (ctx.data_end() - ctx.data()) as u32);
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    count(Reason::DropUnknownSender, len);
+    crate::drop_log::xdp(ctx, Reason::DropUnknownSender, ip.src, ip.dst, len);
     xdp_action::XDP_DROP
 }

@@ -21,7 +21,7 @@ use overlay_tests::netns::{Netns, Pod};
 use overlay_tests::{
     cluster::{Cluster, VXLAN_CONFIG},
     netns::next,
-    traffic::{tcp_roundtrip, wait_ping},
+    traffic::{send_raw_ipv4, tcp_roundtrip, wait_ping},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -398,26 +398,7 @@ fn send_raw_udp(pod: &Pod, src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[
     pkt[22..24].copy_from_slice(&dport.to_be_bytes());
     pkt[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     pkt[28..].copy_from_slice(payload);
-    pod.in_ns(|| unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-            sin_zero: [0; 8],
-        };
-        let n = libc::sendto(
-            fd,
-            pkt.as_ptr() as *const libc::c_void,
-            pkt.len(),
-            0,
-            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(n, pkt.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-        libc::close(fd);
-    });
+    send_raw_ipv4(pod.ns(), &pkt).unwrap();
 }
 
 fn ipv4_checksum(header: &[u8]) -> u16 {

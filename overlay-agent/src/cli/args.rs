@@ -154,6 +154,10 @@ pub struct RunArgs {
     #[arg(long = "xdp-guard", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
     pub xdp_guard: bool,
 
+    /// log every packet the BPF programs drop (program, reason, addresses, ports), through the agent's log; off, it costs nothing
+    #[arg(long = "bpf-log-drops", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
+    pub bpf_log_drops: bool,
+
     /// print the resolved settings as JSON and exit
     #[arg(long = "print-config", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
     #[serde(skip)]

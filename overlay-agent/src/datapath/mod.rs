@@ -25,6 +25,8 @@ pub enum DatapathError {
     PinDir { path: PathBuf, source: std::io::Error },
     #[error("loading the BPF object failed (the kernel needs BTF, CAP_BPF and CAP_NET_ADMIN): {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("--bpf-log-drops: cannot read the programs' log ring buffer: {0}")]
+    Log(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the BPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("the BPF object has no map {0}")]

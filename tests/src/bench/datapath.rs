@@ -14,6 +14,7 @@
 //! | flannel-nocsum | the same with `noudpcsum` (outer UDP checksum 0, as ours); not run by default | 1450 |
 //! | overlay | the real agent binary, `Backend.Type vxlan`, real etcd | 1450 |
 //! | overlay-dr | the same with `Backend.DirectRouting: true` (peers on the same subnet are routed, not encapsulated) | 1450 |
+//! | overlay-xdp | overlay with `--xdp-guard`: native XDP on each uplink, so every received frame passes an XDP program first (what XDP decapsulation would cost at least); not run by default | 1450 |
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -40,10 +41,13 @@ pub enum Mode {
     Overlay,
     #[serde(rename = "overlay-dr")]
     OverlayDirect,
+    #[serde(rename = "overlay-xdp")]
+    OverlayXdp,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::HostGw, Mode::Flannel, Mode::FlannelNoCsum, Mode::Overlay, Mode::OverlayDirect];
+    pub const ALL: [Mode; 6] =
+        [Mode::HostGw, Mode::Flannel, Mode::FlannelNoCsum, Mode::Overlay, Mode::OverlayDirect, Mode::OverlayXdp];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +56,7 @@ impl Mode {
             Mode::FlannelNoCsum => "flannel-nocsum",
             Mode::Overlay => "overlay",
             Mode::OverlayDirect => "overlay-dr",
+            Mode::OverlayXdp => "overlay-xdp",
         }
     }
 
@@ -62,6 +67,7 @@ impl Mode {
             Mode::FlannelNoCsum => "kernel flannel.1 VXLAN as flanneld's, but noudpcsum (outer UDP checksum 0, like ours)",
             Mode::Overlay => "overlay-agent, BPF VXLAN (TC encap on the pod veths and cni0, TC decap + redirect_peer to the pod)",
             Mode::OverlayDirect => "overlay-agent, Backend.DirectRouting: true (same-subnet peers routed by BPF)",
+            Mode::OverlayXdp => "overlay-agent with --xdp-guard: native XDP on the uplink before the TC path (the floor of XDP decapsulation's cost)",
         }
     }
 
@@ -78,6 +84,11 @@ impl Mode {
     /// Whether this mode runs flannel's kernel VXLAN (flannel.1).
     pub fn is_flannel(self) -> bool {
         matches!(self, Mode::Flannel | Mode::FlannelNoCsum)
+    }
+
+    /// Whether this mode runs overlay-agent.
+    pub fn is_agent(self) -> bool {
+        matches!(self, Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp)
     }
 }
 
@@ -299,7 +310,7 @@ impl Topology {
                     pods.push(host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?);
                 }
             }
-            Mode::Overlay | Mode::OverlayDirect => {
+            Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp => {
                 let etcd = etcd.ok_or_else(|| anyhow!("the agent modes need etcd"))?;
                 let direct = mode == Mode::OverlayDirect;
                 let prefix = format!("/bench-{}-{}/network", mode.name(), tb.id());
@@ -311,7 +322,12 @@ impl Topology {
                 for i in 0..2 {
                     let agent = Agent::start_forwarded(
                         tb.host(i),
-                        AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
+                        AgentOptions {
+                            etcd_endpoints: &etcd.endpoint(),
+                            prefix: &prefix,
+                            dir: tb.dir(),
+                            extra: if mode == Mode::OverlayXdp { vec!["--xdp-guard".into()] } else { vec![] },
+                        },
                     )?;
                     agents.push(agent);
                 }
@@ -425,7 +441,7 @@ impl Topology {
     pub fn outer_udp_csum(&self) -> Result<Option<bool>> {
         Ok(match self.mode {
             m if m.is_flannel() => Some(kernel_vxlan_udp_csum(self.tb.host(0), 1)?),
-            Mode::Overlay => Some(false),
+            m if m.is_agent() => Some(false),
             _ => None,
         })
     }
