@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::RunArgs,
+    cli::{RunArgs, XdpModeArg},
     config::{BackendType, NetworkConfig},
     datapath::{
         loader::{Datapath, DatapathOptions, XdpGuard},
@@ -149,7 +149,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pins,
         uplink: uplink.name.clone(),
         tunnel: TUNNEL_DEVICE.to_string(),
-        xdp_guard: if args.xdp_guard { XdpGuard::Native } else { XdpGuard::Off },
+        xdp_guard: match (args.xdp_guard || args.xdp_decap, args.xdp_mode) {
+            (false, _) => XdpGuard::Off,
+            (true, XdpModeArg::Native) => XdpGuard::Native,
+            (true, XdpModeArg::Generic) => XdpGuard::Generic,
+        },
         log_drops: args.bpf_log_drops,
     })
     .context("installing the BPF data path")?;
@@ -290,6 +294,7 @@ impl Node {
             vtep_mac: self.vtep_mac,
             bridge_mac: bridge.map_or([0; 6], |b| b.mac),
             kernel_forwarding: self.args.kernel_forwarding,
+            xdp_decap: self.args.xdp_decap,
         }
     }
 

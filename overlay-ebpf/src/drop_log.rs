@@ -25,8 +25,10 @@ fn ports(ctx: &TcContext, ip: &Ipv4Hdr) -> (u16, u16) {
     }
 }
 
-/// Logs the drop of the packet in `ctx` by program `program`.
-#[inline(always)]
+/// Logs the drop of the packet in `ctx` by program `program`. Not inlined:
+/// the record is built on the stack, and inlined into a program whose own
+/// frame is large it would push the frames past the verifier's 512 bytes.
+#[inline(never)]
 pub fn tc(ctx: &TcContext, program: &str, reason: Reason) {
     let len = ctx.len();
     match eth_ipv4(ctx) {

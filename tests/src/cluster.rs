@@ -186,6 +186,31 @@ impl Cluster {
         Self::build(agents, kernels, spare, config).ready(ready).prepare(prepare).start()
     }
 
+    /// Waits until every agent node has its pods on the fast path: their
+    /// veths carry the programs, and the endpoint map knows the node's first
+    /// pod (which must have talked across: a pod is learnt once the host has
+    /// seen it), within a second or two. Before that their traffic takes the
+    /// kernel path, which is correct but not what the callers look at.
+    pub fn wait_fast_path(&self) {
+        for i in 0..self.agents.len() {
+            let pins = self.agents[i].pins();
+            let pods = self.tb.host(self.agent_hosts[i]).pods();
+            poll_until(Duration::from_secs(15), &format!("node {i}'s pods on the fast path"), || {
+                let eps = self.maps(i).endpoints()?;
+                for pod in &pods {
+                    for program in ["from_pods", "to_pods"] {
+                        let pin = pins.link(program, pod.host_veth());
+                        anyhow::ensure!(pin.exists(), "no {}", pin.display());
+                    }
+                }
+                let first = &self.pods[i][0];
+                anyhow::ensure!(eps.iter().any(|e| e.ip == first.ip()), "{} not in {eps:?}", first.ip());
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+
     /// Agent `i`'s VtepMAC, from its pinned configuration.
     pub fn vtep_mac(&self, i: usize) -> [u8; 6] {
         let maps = DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap();

@@ -246,6 +246,13 @@ impl Netns {
     }
 
     /// Runs `ip -batch` lines in this namespace.
+    /// Packets `dev` has received (`ip -s -j link show`'s stats64).
+    pub fn rx_packets(&self, dev: &str) -> Result<u64> {
+        let out = self.run(&["ip", "-s", "-j", "link", "show", "dev", dev])?;
+        let json: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -s -j link show dev {dev}: {out}"))?;
+        json.pointer("/0/stats64/rx/packets").and_then(|v| v.as_u64()).ok_or_else(|| anyhow!("no stats64.rx.packets for {dev} in {out}"))
+    }
+
     pub fn ip_batch(&self, lines: &[String]) -> Result<()> {
         ip_batch(Some(&self.name), lines)
     }

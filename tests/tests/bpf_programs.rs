@@ -16,7 +16,7 @@ use overlay_agent::datapath::{
 };
 use overlay_common::{
     map_names,
-    maps::UnderlayHop,
+    maps::{UnderlayHop, XDP_DECAP_MARK},
     program_names::{FROM_HOST, FROM_PODS, FROM_TUNNEL, FROM_UPLINK, TO_PODS, XDP_GUARD},
     stats::Reason,
 };
@@ -70,6 +70,7 @@ fn node_config() -> NodeConfig {
         vtep_mac: OUR_VTEP,
         bridge_mac: BRIDGE_MAC,
         kernel_forwarding: false,
+        xdp_decap: false,
     }
 }
 
@@ -602,6 +603,39 @@ fn xdp_guard_drops_only_strangers() {
     for frame in [Vx::default().frame(), Vx { dport: 53, outer_src: STRANGER_IP, ..Default::default() }.frame()] {
         let (ret, _) = lab.try_run(XDP_GUARD, &frame, None).unwrap();
         assert_eq!(ret, XDP_PASS);
+    }
+}
+
+/// `--xdp-decap`: the uplink's XDP program applies decap.rs's checks and
+/// hands on the bare inner frame, marked in its XDP metadata (test runs of
+/// XDP return the metadata in front of the frame).
+#[test]
+fn xdp_decap_checks_strips_and_marks_our_vxlan() {
+    let lab = Lab::with(NodeConfig { xdp_decap: true, ..node_config() });
+    let honest = Vx::default();
+    let (ret, out) = lab.try_run(XDP_GUARD, &honest.frame(), None).unwrap();
+    assert_eq!(ret, XDP_PASS);
+    let mut expected = XDP_DECAP_MARK.to_ne_bytes().to_vec();
+    expected.extend(eth(OUR_VTEP, PEER_VTEP, ETH_P_IP, &honest.inner_ip()));
+    assert_eq!(out, expected, "the mark, then the inner frame exactly as the peer wrote it");
+
+    let refused = [
+        (Vx { outer_src: STRANGER_IP, ..Default::default() }, Reason::DropUnknownSender),
+        (Vx { vni: VNI + 1, ..Default::default() }, Reason::DropBadVni),
+        (Vx { inner_dst_mac: [0x0e, 9, 9, 9, 9, 9], ..Default::default() }, Reason::DropWrongVtepMac),
+        (Vx { inner_src: Ipv4Addr::new(10, 42, 99, 9), ..Default::default() }, Reason::DropSpoofedSource),
+    ];
+    for (vx, reason) in refused {
+        let (ret, _, r) = lab.run(XDP_GUARD, &vx.frame());
+        assert_eq!((ret, r), (XDP_DROP, reason), "{reason:?}");
+    }
+    // Not our port, and fragments: untouched, no mark, for the kernel.
+    let mut fragment = Ipv4::new(PEER_IP, OUR_IP, 17);
+    fragment.mf = true;
+    fragment.df = false;
+    for frame in [Vx { dport: 53, ..Default::default() }.frame(), Vx { outer: Some(fragment), ..Default::default() }.frame()] {
+        let (ret, out) = lab.try_run(XDP_GUARD, &frame, None).unwrap();
+        assert_eq!((ret, out), (XDP_PASS, frame));
     }
 }
 

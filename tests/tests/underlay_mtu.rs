@@ -18,13 +18,7 @@ use overlay_tests::{
 
 /// RX packets of `dev` in `host`'s namespace.
 fn rx_packets(c: &Cluster, host: usize, dev: &str) -> u64 {
-    let out = c.tb.host(host).run(&["ip", "-s", "-o", "link", "show", "dev", dev]).unwrap();
-    // "... RX: bytes packets ... \    123 4 ..." on one line with -o.
-    let fields: Vec<&str> = out.split_whitespace().collect();
-    let at = fields.iter().position(|f| *f == "RX:").unwrap_or_else(|| panic!("{out}"));
-    // RX: bytes packets errors dropped missed mcast \ <bytes> <packets>
-    let values: Vec<&str> = fields[at..].iter().skip_while(|f| !f.starts_with('\\')).skip(1).copied().collect();
-    values[1].parse().unwrap_or_else(|_| panic!("{out}"))
+    c.tb.host(host).rx_packets(dev).unwrap()
 }
 
 #[test]

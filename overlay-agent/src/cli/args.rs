@@ -154,6 +154,14 @@ pub struct RunArgs {
     #[arg(long = "xdp-guard", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
     pub xdp_guard: bool,
 
+    /// decapsulate VXLAN in an XDP program on the uplink (before GRO) instead of TC (opt-in; see BENCHMARKS.md before using it)
+    #[arg(long = "xdp-decap", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
+    pub xdp_decap: bool,
+
+    /// how --xdp-guard and --xdp-decap attach: native (in the NIC driver; the point of XDP) or generic (after the skb is made; any device)
+    #[arg(long = "xdp-mode", value_name = "MODE", value_enum, default_value = "native", help_heading = "overlay-agent")]
+    pub xdp_mode: XdpModeArg,
+
     /// log every packet the BPF programs drop (program, reason, addresses, ports), through the agent's log; off, it costs nothing
     #[arg(long = "bpf-log-drops", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
     pub bpf_log_drops: bool,
@@ -459,4 +467,13 @@ fn parse_shell_name(s: &str) -> Result<String, String> {
     } else {
         Err(format!("'{s}' is not a valid shell variable name"))
     }
+}
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeArg {
+    #[default]
+    Native,
+    Generic,
 }

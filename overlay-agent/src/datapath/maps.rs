@@ -88,6 +88,8 @@ pub struct NodeConfig {
     pub bridge_mac: [u8; 6],
     /// Every pod packet through the kernel's forwarding (`--kernel-forwarding`).
     pub kernel_forwarding: bool,
+    /// VXLAN decapsulated by the uplink's XDP program (`--xdp-decap`).
+    pub xdp_decap: bool,
 }
 
 impl NodeConfig {
@@ -107,7 +109,8 @@ impl NodeConfig {
             vtep_mac: self.vtep_mac,
             bridge_mac: self.bridge_mac,
             flags: config_flags::READY
-                | if self.kernel_forwarding { config_flags::KERNEL_FORWARDING } else { 0 },
+                | if self.kernel_forwarding { config_flags::KERNEL_FORWARDING } else { 0 }
+                | if self.xdp_decap { config_flags::XDP_DECAP } else { 0 },
         }
     }
 
@@ -132,6 +135,7 @@ impl NodeConfig {
             vtep_mac: c.vtep_mac,
             bridge_mac: c.bridge_mac,
             kernel_forwarding: c.flags & config_flags::KERNEL_FORWARDING != 0,
+            xdp_decap: c.flags & config_flags::XDP_DECAP != 0,
         }))
     }
 }
@@ -684,6 +688,7 @@ mod tests {
             vtep_mac: [0x0e, 1, 2, 3, 4, 5],
             bridge_mac: [0x0e, 6, 7, 8, 9, 10],
             kernel_forwarding: false,
+            xdp_decap: false,
         }
     }
 
@@ -693,6 +698,9 @@ mod tests {
         assert_eq!(on.to_wire().flags, config_flags::READY | config_flags::KERNEL_FORWARDING);
         assert_eq!(NodeConfig::from_wire(on.to_wire()).unwrap(), Some(on));
         assert_eq!(node().to_wire().flags, config_flags::READY);
+        let xdp = NodeConfig { xdp_decap: true, ..node() };
+        assert_eq!(xdp.to_wire().flags, config_flags::READY | config_flags::XDP_DECAP);
+        assert_eq!(NodeConfig::from_wire(xdp.to_wire()).unwrap(), Some(xdp));
     }
 
     #[test]

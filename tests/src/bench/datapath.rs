@@ -14,7 +14,8 @@
 //! | flannel-nocsum | the same with `noudpcsum` (outer UDP checksum 0, as ours); not run by default | 1450 |
 //! | overlay | the real agent binary, `Backend.Type vxlan`, real etcd | 1450 |
 //! | overlay-dr | the same with `Backend.DirectRouting: true` (peers on the same subnet are routed, not encapsulated) | 1450 |
-//! | overlay-xdp | overlay with `--xdp-guard`: native XDP on each uplink, so every received frame passes an XDP program first (what XDP decapsulation would cost at least); not run by default | 1450 |
+//! | overlay-xdp | overlay with `--xdp-decap`: VXLAN decapsulated by native XDP on each uplink, before GRO; not run by default | 1450 |
+//! | overlay-xdp-generic | the same in generic XDP (`--xdp-mode=generic`); not run by default | 1450 |
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -43,11 +44,20 @@ pub enum Mode {
     OverlayDirect,
     #[serde(rename = "overlay-xdp")]
     OverlayXdp,
+    #[serde(rename = "overlay-xdp-generic")]
+    OverlayXdpGeneric,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] =
-        [Mode::HostGw, Mode::Flannel, Mode::FlannelNoCsum, Mode::Overlay, Mode::OverlayDirect, Mode::OverlayXdp];
+    pub const ALL: [Mode; 7] = [
+        Mode::HostGw,
+        Mode::Flannel,
+        Mode::FlannelNoCsum,
+        Mode::Overlay,
+        Mode::OverlayDirect,
+        Mode::OverlayXdp,
+        Mode::OverlayXdpGeneric,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +67,7 @@ impl Mode {
             Mode::Overlay => "overlay",
             Mode::OverlayDirect => "overlay-dr",
             Mode::OverlayXdp => "overlay-xdp",
+            Mode::OverlayXdpGeneric => "overlay-xdp-generic",
         }
     }
 
@@ -67,7 +78,8 @@ impl Mode {
             Mode::FlannelNoCsum => "kernel flannel.1 VXLAN as flanneld's, but noudpcsum (outer UDP checksum 0, like ours)",
             Mode::Overlay => "overlay-agent, BPF VXLAN (TC encap on the pod veths and cni0, TC decap + redirect_peer to the pod)",
             Mode::OverlayDirect => "overlay-agent, Backend.DirectRouting: true (same-subnet peers routed by BPF)",
-            Mode::OverlayXdp => "overlay-agent with --xdp-guard: native XDP on the uplink before the TC path (the floor of XDP decapsulation's cost)",
+            Mode::OverlayXdp => "overlay-agent with --xdp-decap: VXLAN decapsulated in native XDP on the uplink, before GRO",
+            Mode::OverlayXdpGeneric => "overlay-agent with --xdp-decap --xdp-mode=generic: the same in generic XDP",
         }
     }
 
@@ -88,7 +100,7 @@ impl Mode {
 
     /// Whether this mode runs overlay-agent.
     pub fn is_agent(self) -> bool {
-        matches!(self, Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp)
+        matches!(self, Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric)
     }
 }
 
@@ -310,7 +322,7 @@ impl Topology {
                     pods.push(host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?);
                 }
             }
-            Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp => {
+            Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric => {
                 let etcd = etcd.ok_or_else(|| anyhow!("the agent modes need etcd"))?;
                 let direct = mode == Mode::OverlayDirect;
                 let prefix = format!("/bench-{}-{}/network", mode.name(), tb.id());
@@ -326,7 +338,11 @@ impl Topology {
                             etcd_endpoints: &etcd.endpoint(),
                             prefix: &prefix,
                             dir: tb.dir(),
-                            extra: if mode == Mode::OverlayXdp { vec!["--xdp-guard".into()] } else { vec![] },
+                            extra: match mode {
+                                Mode::OverlayXdp => vec!["--xdp-decap".into()],
+                                Mode::OverlayXdpGeneric => vec!["--xdp-decap".into(), "--xdp-mode=generic".into()],
+                                _ => vec![],
+                            },
                         },
                     )?;
                     agents.push(agent);

@@ -115,7 +115,7 @@ pub const RATIO_BASES: [&str; 3] = ["flannel", "flannel-nocsum", "host-gw"];
 /// Ratios of each agent mode against flannel and host-gw, per metric.
 pub fn ratio_table(modes: &[ModeSummary]) -> String {
     let mut pairs = Vec::new();
-    for ours in ["overlay", "overlay-dr", "overlay-xdp"] {
+    for ours in ["overlay", "overlay-dr", "overlay-xdp", "overlay-xdp-generic"] {
         for base in RATIO_BASES {
             if modes.iter().any(|m| m.mode == ours) && modes.iter().any(|m| m.mode == base) {
                 pairs.push((ours, base));
@@ -163,7 +163,7 @@ fn mode_color(name: &str) -> RGBColor {
         "flannel" => MODE_COLORS[1],
         "overlay" => MODE_COLORS[2],
         "flannel-nocsum" => MODE_COLORS[4],
-        "overlay-xdp" => MODE_COLORS[5],
+        "overlay-xdp" | "overlay-xdp-generic" => MODE_COLORS[5],
         _ => MODE_COLORS[3],
     }
 }

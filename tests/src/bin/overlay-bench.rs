@@ -33,8 +33,8 @@ struct Args {
     quick: bool,
     /// Data path modes, comma separated: host-gw, flannel, overlay, overlay-dr,
     /// and, not in the default set, flannel-nocsum (flannel.1 with
-    /// `noudpcsum`, outer UDP checksum 0 like ours) and overlay-xdp (overlay
-    /// with `--xdp-guard`: an XDP program on each uplink).
+    /// `noudpcsum`, outer UDP checksum 0 like ours), overlay-xdp (overlay
+    /// with `--xdp-decap`, native XDP) and overlay-xdp-generic.
     #[arg(long, value_delimiter = ',', default_value = "host-gw,flannel,overlay,overlay-dr")]
     modes: Vec<String>,
     /// How the two nodes' eth0 are connected: `nic`, one veth pair made
