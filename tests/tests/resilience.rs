@@ -1,7 +1,8 @@
 //! The agent under faults at run time, with the real agent: a lease that
 //! moved while its subnet file cannot be written (a full /run), a network
 //! config changed in etcd under a running agent, and a health server
-//! flooded with idle connections past the agent's file descriptor limit.
+//! flooded with idle connections past the agent's file descriptor limit,
+//! and a main loop that is stuck.
 //! Each checks what /readyz and /metrics tell a kubelet or an operator.
 //! Needs root.
 
@@ -240,4 +241,55 @@ fn idle_connections_past_the_fd_limit_neither_block_readyz_nor_spin() {
     assert!(cpu < wall / 3, "the agent used {cpu:?} of CPU in {wall:?} while the connections were open");
     drop(idle);
     assert!(node.agent.is_running());
+}
+
+/// Stops one thread of the agent with ptrace (PTRACE_SEIZE +
+/// PTRACE_INTERRUPT); the rest of the process runs on. Let go when dropped
+/// (and by the kernel if the test thread, the tracer, ends first). All calls
+/// must come from the thread that made it.
+struct StoppedThread(libc::pid_t);
+
+impl StoppedThread {
+    fn stop(tid: libc::pid_t) -> StoppedThread {
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0), 0, "PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "PTRACE_INTERRUPT {tid}: {}", std::io::Error::last_os_error());
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "waitpid {tid}: {}", std::io::Error::last_os_error());
+        }
+        StoppedThread(tid)
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        unsafe {
+            libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0);
+        }
+    }
+}
+
+/// The main loop (which follows etcd and the pods) runs on the agent's main
+/// thread (`block_on`), the health server on the runtime's workers. With
+/// the main thread stopped, as if stuck in a syscall, /readyz must stop
+/// saying ready once the loop has not turned for 30 s, and say ready again
+/// when it turns.
+#[test]
+fn a_stuck_main_loop_makes_readyz_fail() {
+    let node = start_node(&[]);
+    assert_eq!(get(&node, "/readyz").0, 200);
+    let pid = node.agent.pid().unwrap() as libc::pid_t;
+    let stopped = StoppedThread::stop(pid);
+    // Still served meanwhile, by the workers.
+    assert_eq!(get(&node, "/healthz").0, 200);
+    let body = poll_until(Duration::from_secs(60), "/readyz to notice the stuck main loop", || {
+        let (s, body) = http_get(node.host(), HEALTHZ_PORT, "/readyz", PROBE)?;
+        (s == 503).then_some(body.clone()).ok_or_else(|| anyhow::anyhow!("{s}: {body}"))
+    })
+    .unwrap();
+    assert!(body.contains("main loop"), "{body}");
+    let metrics = get(&node, "/metrics").1;
+    assert!(metrics.contains("\noverlay_condition{condition=\"main_loop_stalled\"} 1\n"), "{metrics}");
+    drop(stopped);
+    wait_answer(&node, "/readyz", 200, &["ready"]);
 }
