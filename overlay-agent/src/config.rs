@@ -236,6 +236,7 @@ impl NetworkConfig {
             }
         };
         let net_len = network.prefix_len();
+        check_network_range(network)?;
 
         // SubnetLen
         let subnet_len = match opt_u64(obj, "SubnetLen", "SubnetLen")? {
@@ -404,6 +405,35 @@ const BACKEND_FIELDS: &[&str] = &[
     "GBP",
     "Learning",
 ];
+
+/// Address ranges a Network must not overlap: its route via the tunnel
+/// device would capture them (flanneld accepts these; its cluster route for
+/// `0.0.0.0/0` then competes with the default route).
+const RESERVED_RANGES: [(&str, &str); 3] = [
+    ("0.0.0.0/8", "\"this network\" addresses"),
+    ("127.0.0.0/8", "loopback"),
+    ("224.0.0.0/3", "multicast, reserved and broadcast addresses"),
+];
+
+fn check_network_range(network: Ipv4Net) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "Network".into(),
+        value: json_str(&network.to_string()),
+        reason,
+    };
+    if network.prefix_len() == 0 {
+        return Err(invalid(
+            "the whole IPv4 space: the cluster route would take the place of the default route".into(),
+        ));
+    }
+    for (range, what) in RESERVED_RANGES {
+        let range: Ipv4Net = range.parse().expect("a valid constant");
+        if network.contains(&range.network()) || range.contains(&network.network()) {
+            return Err(invalid(format!("overlaps {range} ({what}); the overlay needs private unicast addresses")));
+        }
+    }
+    Ok(())
+}
 
 fn parse_network(s: &str) -> Result<Ipv4Net, ConfigError> {
     let t = s.trim();
@@ -677,6 +707,19 @@ mod tests {
         let c = p(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"MTU":0}}"#);
         assert_eq!(c.backend.port, 8472);
         assert_eq!(c.backend.mtu, None);
+    }
+
+    #[test]
+    fn networks_capturing_the_default_route_or_special_ranges_are_refused() {
+        let e = err(r#"{"Network":"0.0.0.0/0"}"#);
+        assert!(e.contains("Network") && e.contains("0.0.0.0/0") && e.contains("default route"), "{e}");
+        for (net, says) in [("0.0.0.0/1", "0.0.0.0/8"), ("127.0.0.0/16", "loopback"), ("224.0.0.0/8", "multicast"), ("128.0.0.0/1", "224.0.0.0/3")] {
+            let e = err(&format!(r#"{{"Network":"{net}"}}"#));
+            assert!(e.contains(net) && e.contains(says), "{net}: {e}");
+        }
+        for ok in ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "1.0.0.0/8"] {
+            p(&format!(r#"{{"Network":"{ok}"}}"#));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use rtnetlink::Handle;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -26,10 +26,10 @@ use crate::{
         DatapathMaps, Mode, NodeConfig, Peer, PeerChanges, PinLayout, PodEndpoint, VXLAN_OVERHEAD,
     },
     etcd::{
-        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
+        registry::format_mac, spawn_config_watch, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
         EtcdSettings, Lease, LeaseAttrs, LeaseEvent, SubnetManager,
     },
-    health::{self, Health},
+    health::{self, condition, Health},
     host::{
         iface::{self, IfaceSelection, Uplink},
         leftovers,
@@ -108,6 +108,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         BackendType::HostGw => underlay_mtu,
     };
     info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
+    check_network_against_uplink(&cfg, &uplink)?;
 
     // One listing of the leases serves the whole start: finding our lease,
     // acquiring it and the lease watch's first Snapshot (at 10,000 leases a
@@ -174,6 +175,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         leases: BTreeMap::new(),
         skipped: HashMap::new(),
         masq: None,
+        reapply: None,
         args: args.clone(),
         health: health.clone(),
     };
@@ -185,12 +187,32 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let own_rx = spawn_lease_keeper(mgr, cfg.clone(), lease, renew_margin, attrs);
     // The watch starts from the listing's revision + 1, so what changed since
     // (our own lease included) arrives as events.
+    let config_rx = spawn_config_watch(settings.clone(), cfg.clone());
     let events = spawn_lease_watch_from(settings, cfg, status, listing);
     health.set_lease(&node.own);
     health.datapath_ready();
     notify::ready();
     info!("ready");
-    node.run(events, own_rx).await
+    node.run(events, own_rx, config_rx).await
+}
+
+/// The cluster route (Network via the tunnel device) must not capture the
+/// underlay: a Network holding the uplink's address or our public IP would
+/// send VXLAN to peers into the tunnel itself. flanneld accepts such a
+/// config and breaks the node's networking; refuse it before touching
+/// anything.
+fn check_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<()> {
+    for (what, ip) in [("the uplink's address", uplink.iface_addr), ("the public IP", uplink.public_ip)] {
+        if cfg.network.contains(&ip) {
+            bail!(
+                "network config Network {} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
+                 would capture the underlay; choose a Network that does not overlap the nodes' addresses",
+                cfg.network,
+                uplink.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One of the two subnets contains the other.
@@ -230,18 +252,30 @@ struct Node {
     /// Leases we refused, with why (to warn once per change, not per resync).
     skipped: HashMap<Ipv4Net, String>,
     masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
+    /// While applying our moved lease fails: the backoff and the next try.
+    reapply: Option<(Backoff, tokio::time::Instant)>,
     args: RunArgs,
     health: Arc<Health>,
 }
 
 impl Node {
-    async fn run(mut self, mut events: mpsc::Receiver<LeaseEvent>, mut own: watch::Receiver<Lease>) -> Result<()> {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<LeaseEvent>,
+        mut own: watch::Receiver<Lease>,
+        mut config: watch::Receiver<Option<String>>,
+    ) -> Result<()> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut endpoint_tick = tokio::time::interval(ENDPOINT_SYNC);
         endpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        let mut config_open = true;
         loop {
+            // Each turn shows /readyz that the loop is not stuck; the
+            // endpoint tick makes one at least every second.
+            self.health.heartbeat();
+            let reapply_at = self.reapply.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.apply_event(ev).await,
@@ -255,14 +289,25 @@ impl Node {
                     if lease.subnet != self.own.subnet {
                         warn!("our lease moved from {} to {}", self.own.subnet, lease.subnet);
                         self.own = lease;
-                        if let Err(e) = self.apply_own_lease(false).await {
-                            warn!("applying the new lease: {e:#}");
-                        }
+                        self.health.set_lease(&self.own);
+                        self.reapply = None;
+                        self.reapply_own_lease().await;
                     } else {
                         self.own = lease;
+                        self.health.set_lease(&self.own);
                     }
-                    self.health.set_lease(&self.own);
                 }
+                _ = sleep_until_opt(reapply_at) => self.reapply_own_lease().await,
+                changed = config.changed(), if config_open => match changed {
+                    Ok(()) => {
+                        let change = config.borrow_and_update().clone();
+                        self.config_changed(change);
+                    }
+                    Err(_) => {
+                        warn!("the network config watch stopped: a change of the config in etcd is no longer noticed");
+                        config_open = false;
+                    }
+                },
                 _ = endpoint_tick.tick() => {
                     self.sync_endpoints().await;
                     ticks += 1;
@@ -299,26 +344,36 @@ impl Node {
     }
 
     /// Config map, tunnel device, subnet file and masquerading for our
-    /// (possibly new) lease.
+    /// (possibly new) lease. At start (`first`) the first failure fails the
+    /// start, as with flanneld. After a move every part is tried even when
+    /// an earlier one failed (a full /run must not leave the old lease's
+    /// iptables rules in place), and the failures are returned together.
     async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
         let subnet = self.own.subnet;
-        self.datapath.maps.set_config(&self.node_config())?;
+        let mut failed: Vec<anyhow::Error> = Vec::new();
+        if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
+            failed.push(anyhow::Error::new(e).context("updating the config map"));
+        }
         if !first {
             self.tunnel_plan.subnet = subnet;
-            tunnel_device::ensure(&self.handle, &self.tunnel_plan).await?;
+            if let Err(e) = tunnel_device::ensure(&self.handle, &self.tunnel_plan).await {
+                failed.push(anyhow::Error::new(e).context(format!("setting up {TUNNEL_DEVICE}")));
+            }
+            // Leases skipped as overlapping the old lease, and a peer entry
+            // for what is now our own subnet, are looked at again.
             self.recheck_peers().await;
         }
         let env = SubnetEnv::from_lease(self.cfg.network, subnet, self.pod_mtu, self.args.ip_masq);
-        env.write_atomic(&self.args.subnet_file)
-            .with_context(|| format!("writing {}", self.args.subnet_file.display()))?;
-        info!("wrote {}", self.args.subnet_file.display());
+        match env.write_atomic(&self.args.subnet_file) {
+            Ok(()) => info!("wrote {}", self.args.subnet_file.display()),
+            Err(e) => failed.push(anyhow::Error::new(e).context(format!("writing {}", self.args.subnet_file.display()))),
+        }
+        if first && !failed.is_empty() {
+            return combined(failed);
+        }
         // flanneld installs its FORWARD accept rules whenever
         // --iptables-forward-rules is on (the default), masquerading or not.
         if self.args.ip_masq || self.args.iptables_forward_rules {
-            if let Some((_, task)) = self.masq.take() {
-                // ensure() rebuilds chains that still hold the old lease's rules.
-                task.abort();
-            }
             let rules = MasqRules::new(
                 self.cfg.network,
                 subnet,
@@ -326,12 +381,63 @@ impl Node {
                 self.args.iptables_forward_rules,
             )
             .with_masq(self.args.ip_masq);
-            // iptables is a blocking subprocess: keep it off the async workers.
-            tokio::task::block_in_place(|| rules.ensure()).context("installing the iptables rules")?;
+            // The resync follows the current lease's rules from now on,
+            // whether or not this first attempt works: it keeps repairing.
+            if let Some((_, task)) = self.masq.take() {
+                task.abort();
+            }
             let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
-            self.masq = Some((rules, task));
+            self.masq = Some((rules.clone(), task));
+            // ensure() rebuilds chains that still hold the old lease's rules.
+            // iptables is a blocking subprocess: keep it off the async workers.
+            if let Err(e) = tokio::task::block_in_place(|| rules.ensure()) {
+                failed.push(e.context("installing the iptables rules"));
+            }
         }
-        Ok(())
+        combined(failed)
+    }
+
+    /// Applies our lease after it moved; on failure /readyz says why and it
+    /// is tried again with backoff (1 s doubling to a minute) until it
+    /// works. flanneld logs the failure once and carries on with a half
+    /// applied lease.
+    async fn reapply_own_lease(&mut self) {
+        let subnet = self.own.subnet;
+        match self.apply_own_lease(false).await {
+            Ok(()) => {
+                if self.reapply.take().is_some() {
+                    info!("lease {subnet} applied after earlier failures");
+                }
+                self.health.set_condition(condition::OWN_LEASE_APPLY, None);
+            }
+            Err(e) => {
+                let (backoff, at) = self
+                    .reapply
+                    .get_or_insert_with(|| (Backoff::new(Duration::from_secs(1), Duration::from_secs(60)), tokio::time::Instant::now()));
+                let d = backoff.next_delay();
+                *at = tokio::time::Instant::now() + d;
+                error!("applying our lease {subnet} failed: {e:#}; retrying in {d:.1?}");
+                self.health.add_lease_apply_failure();
+                self.health.set_condition(condition::OWN_LEASE_APPLY, Some(format!("applying lease {subnet}: {e:#}")));
+            }
+        }
+    }
+
+    /// The network config in etcd changed (Some: how it differs from the
+    /// one we run with) or is back to ours (None). flanneld reads the config
+    /// once and ignores changes silently; re-numbering a running node under
+    /// its pods is not safe either, so the agent keeps its config, says so
+    /// loudly and is not ready until restarted (or the change is undone).
+    fn config_changed(&mut self, change: Option<String>) {
+        match &change {
+            Some(how) => error!(
+                "the network config in etcd changed at run time ({how}); this agent keeps running \
+                 with the config it started with (Network {}): restart it to use the new one",
+                self.cfg.network
+            ),
+            None => info!("the network config in etcd is again the one this agent runs with"),
+        }
+        self.health.set_condition(condition::NETWORK_CONFIG_CHANGED, change);
     }
 
     async fn apply_event(&mut self, ev: LeaseEvent) {
@@ -577,5 +683,21 @@ impl Node {
             Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
             Err(e) => warn!("updating the endpoint map: {e}"),
         }
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Several independent failures as one error (all of them named).
+fn combined(mut failed: Vec<anyhow::Error>) -> Result<()> {
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        _ => bail!("{}", failed.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")),
     }
 }
