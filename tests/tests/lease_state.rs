@@ -356,14 +356,14 @@ fn behind_a_nat_public_ip_pods_reach_each_other_both_ways() {
         })
         .agent_flags_for(2, &[&format!("--public-ip={public}")])
         .start();
-    let inspect = c.agents[2].inspect().unwrap();
-    assert_eq!(inspect["config"]["public_ip"], public.to_string());
-    assert_eq!(inspect["config"]["local_ip"], "192.168.88.10");
     let leases = etcd_leases(&c).unwrap();
     assert!(leases.iter().any(|l| l.public_ip == Some(public)), "the lease carries the PublicIP: {leases:?}");
     let (near, far) = (&c.pods[0][0], &c.pods[2][0]);
     wait_ping(near.ns(), far.ip());
     wait_ping(far.ns(), near.ip());
+    let inspect = c.agents[2].inspect().unwrap();
+    assert_eq!(inspect["config"]["public_ip"], public.to_string());
+    assert_eq!(inspect["config"]["local_ip"], "192.168.88.10", "inspect shows the tunnel address");
     for i in [0, 2] {
         let counters = c.counters(i);
         let drops: u64 = counters.iter().filter(|(r, _)| r.starts_with("drop_")).map(|(_, n)| n).sum();
