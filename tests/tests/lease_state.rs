@@ -356,14 +356,14 @@ fn behind_a_nat_public_ip_pods_reach_each_other_both_ways() {
         })
         .agent_flags_for(2, &[&format!("--public-ip={public}")])
         .start();
-    let inspect = c.agents[2].inspect().unwrap();
-    assert_eq!(inspect["config"]["public_ip"], public.to_string());
-    assert_eq!(inspect["config"]["local_ip"], "192.168.88.10");
     let leases = etcd_leases(&c).unwrap();
     assert!(leases.iter().any(|l| l.public_ip == Some(public)), "the lease carries the PublicIP: {leases:?}");
     let (near, far) = (&c.pods[0][0], &c.pods[2][0]);
     wait_ping(near.ns(), far.ip());
     wait_ping(far.ns(), near.ip());
+    let inspect = c.agents[2].inspect().unwrap();
+    assert_eq!(inspect["config"]["public_ip"], public.to_string());
+    assert_eq!(inspect["config"]["local_ip"], "192.168.88.10", "inspect shows the tunnel address");
     for i in [0, 2] {
         let counters = c.counters(i);
         let drops: u64 = counters.iter().filter(|(r, _)| r.starts_with("drop_")).map(|(_, n)| n).sum();
@@ -426,14 +426,26 @@ fn maps_follow_random_lease_histories() {
     let own_ip = c.tb.host(0).ip();
     // A small pool of addresses, so leases often share one.
     let ips: Vec<Ipv4Addr> = (0..5).map(|j| Ipv4Addr::new(192, 168, 77, 230 + j)).collect();
+    // Subnets the test adds come from 10.42.100-249.0/24; when those run
+    // out (a long run), an add takes one back first.
     let free_subnet = |c: &Cluster, rng: &mut StdRng| -> Ipv4Net {
-        let taken: BTreeSet<Ipv4Net> = etcd_leases(c).unwrap().iter().map(|l| l.subnet).collect();
-        loop {
-            let s = Ipv4Net::new(Ipv4Addr::new(10, 42, rng.random_range(100..140), 0), 24).unwrap();
-            if !taken.contains(&s) {
-                return s;
-            }
+        let leases = etcd_leases(c).unwrap();
+        let taken: BTreeSet<Ipv4Net> = leases.iter().map(|l| l.subnet).collect();
+        let free: Vec<Ipv4Net> = (100..250)
+            .map(|o| Ipv4Net::new(Ipv4Addr::new(10, 42, o, 0), 24).unwrap())
+            .filter(|s| !taken.contains(s))
+            .collect();
+        if let Some(s) = free.get(rng.random_range(0..free.len().max(1))) {
+            return *s;
         }
+        let s = leases
+            .iter()
+            .filter(|l| l.public_ip != Some(own_ip))
+            .map(|l| l.subnet)
+            .find(|s| s.network().octets()[2] >= 100)
+            .expect("a test lease");
+        c.etcd.delete(&format!("{PREFIX}/subnets/{}-{}", s.network(), s.prefix_len())).unwrap();
+        s
     };
     let key = |s: Ipv4Net| format!("{PREFIX}/subnets/{}-{}", s.network(), s.prefix_len());
     let others = |c: &Cluster| -> Vec<Ipv4Net> {

@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "tcpdump",
     "openssl",
+    // Counts the agent's bpf(2) calls (tests/tests/lease_state.rs).
+    "strace",
     // The benchmark chart's text (ab_glyph reads DejaVuSans.ttf).
     "fonts-dejavu-core",
     // `systemd-analyze verify` of dist/overlay-agent.service in the tests.

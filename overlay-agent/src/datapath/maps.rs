@@ -693,6 +693,26 @@ mod tests {
     }
 
     #[test]
+    fn the_index_counts_the_leases_naming_each_public_ip() {
+        let peer = |subnet: &str, ip: [u8; 4]| Peer {
+            subnet: subnet.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+            vtep_mac: [0x0e, 0, 0, 0, 0, 1],
+            mode: Mode::Vxlan,
+        };
+        let peers = [peer("10.42.1.0/24", [192, 168, 1, 1]), peer("10.42.2.0/24", [192, 168, 1, 1]), peer("10.42.3.0/24", [192, 168, 1, 2])];
+        let index = PeerIndex::from_peers(&peers);
+        assert_eq!(index.peers.len(), 3);
+        assert_eq!(index.senders.get(&Ipv4Addr::new(192, 168, 1, 1)), Some(&2));
+        assert_eq!(index.senders.get(&Ipv4Addr::new(192, 168, 1, 2)), Some(&1));
+        // The same subnet twice: the later entry wins and is counted once.
+        let moved = [peer("10.42.1.0/24", [192, 168, 1, 1]), peer("10.42.1.0/24", [192, 168, 1, 3])];
+        let index = PeerIndex::from_peers(&moved);
+        assert_eq!(index.senders.len(), 1);
+        assert_eq!(index.senders.get(&Ipv4Addr::new(192, 168, 1, 3)), Some(&1));
+    }
+
+    #[test]
     fn kernel_forwarding_is_a_flag_of_the_config() {
         let on = NodeConfig { kernel_forwarding: true, ..node() };
         assert_eq!(on.to_wire().flags, config_flags::READY | config_flags::KERNEL_FORWARDING);
