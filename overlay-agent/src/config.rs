@@ -170,6 +170,9 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
+    /// `EnableNFTables`: masquerade and forward rules as flannel's nftables
+    /// tables instead of iptables chains.
+    pub enable_nftables: bool,
     pub backend: BackendConfig,
     /// `Backend` (or its `Type`) was missing and vxlan was assumed: the caller
     /// should log it (flannel's code would have used udp).
@@ -194,6 +197,7 @@ impl NetworkConfig {
 
         let enable_ipv4 = opt_bool(obj, "EnableIPv4", "EnableIPv4")?.unwrap_or(true);
         let enable_ipv6 = opt_bool(obj, "EnableIPv6", "EnableIPv6")?.unwrap_or(false);
+        let enable_nftables = opt_bool(obj, "EnableNFTables", "EnableNFTables")?.unwrap_or(false);
         if enable_ipv6 {
             return Err(ConfigError::Ipv6NotSupported {
                 field: "EnableIPv6".into(),
@@ -338,6 +342,7 @@ impl NetworkConfig {
             subnet_max,
             enable_ipv4,
             enable_ipv6,
+            enable_nftables,
             backend,
             backend_defaulted,
         })

@@ -1,5 +1,6 @@
 //! `--healthz-ip/--healthz-port`: /healthz (the process is alive), /readyz
-//! (data path attached, lease held, subnet file written) and /metrics
+//! (data path attached, lease held, subnet file written, masquerade rules
+//! installed: flanneld v0.28.9's meaning) and /metrics
 //! (Prometheus text format). A deliberately tiny HTTP/1.1 responder: three
 //! GET routes do not justify a web framework.
 use std::{
@@ -29,6 +30,9 @@ use crate::{
 pub struct Health {
     pub etcd: Arc<EtcdStatus>,
     ready: AtomicBool,
+    /// flanneld v0.28.9's /readyz: the masquerade (and forward) rules are in
+    /// place (true when none are asked for).
+    masq_installed: AtomicBool,
     peers: AtomicUsize,
     lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
     /// The pod bridge found (None while there is none).
@@ -45,6 +49,7 @@ impl Health {
         Arc::new(Health {
             etcd: EtcdStatus::new(),
             ready: AtomicBool::new(false),
+            masq_installed: AtomicBool::new(false),
             peers: AtomicUsize::new(0),
             lease: Mutex::new(None),
             pod_bridge: Mutex::new(None),
@@ -55,6 +60,10 @@ impl Health {
 
     pub fn datapath_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_masq_installed(&self, installed: bool) {
+        self.masq_installed.store(installed, Ordering::SeqCst);
     }
 
     pub fn set_peers(&self, n: usize) {
@@ -83,6 +92,8 @@ impl Health {
             Some("no subnet lease yet")
         } else if !self.ready.load(Ordering::SeqCst) {
             Some("the data path or the subnet file is not set up yet")
+        } else if !self.masq_installed.load(Ordering::SeqCst) {
+            Some("the masquerade rules are not installed")
         } else {
             None
         }
@@ -274,6 +285,8 @@ mod tests {
         assert_eq!(h.not_ready_reason(), Some("the data path or the subnet file is not set up yet"));
         h.datapath_ready();
         h.set_peers(4);
+        assert_eq!(h.not_ready_reason(), Some("the masquerade rules are not installed"));
+        h.set_masq_installed(true);
         assert_eq!(h.not_ready_reason(), None);
         let text = h.metrics();
         check_exposition(&text);

@@ -32,8 +32,8 @@ use crate::{
     health::{self, Health},
     host::{
         iface::{self, IfaceSelection, Uplink},
-        leftovers,
-        masq::MasqRules,
+        blackhole, leftovers,
+        masquerade::{MasqOptions, Masquerade},
         netlink,
         pod_bridge::{self, BridgeScan},
         pods, sysctl,
@@ -218,7 +218,7 @@ struct Node {
     peers: BTreeMap<Ipv4Net, Peer>,
     /// Leases we refused, with why (to warn once per change, not per resync).
     skipped: HashMap<Ipv4Net, String>,
-    masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
+    masq: Option<(Masquerade, tokio::task::JoinHandle<()>)>,
     args: RunArgs,
     health: Arc<Health>,
 }
@@ -304,23 +304,40 @@ impl Node {
             .with_context(|| format!("writing {}", self.args.subnet_file.display()))?;
         info!("wrote {}", self.args.subnet_file.display());
         // flanneld installs its FORWARD accept rules whenever
-        // --iptables-forward-rules is on (the default), masquerading or not.
-        if self.args.ip_masq || self.args.iptables_forward_rules {
-            if let Some((_, task)) = self.masq.take() {
-                // ensure() rebuilds chains that still hold the old lease's rules.
-                task.abort();
-            }
-            let rules = MasqRules::new(
-                self.cfg.network,
-                subnet,
-                !self.args.ip_masq_fully_random_disable,
-                self.args.iptables_forward_rules,
-            )
-            .with_masq(self.args.ip_masq);
-            // iptables is a blocking subprocess: keep it off the async workers.
-            tokio::task::block_in_place(|| rules.ensure()).context("installing the iptables rules")?;
-            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
+        // --iptables-forward-rules is on (the default), masquerading or not;
+        // net-conf EnableNFTables picks its nftables layout instead.
+        let opts = MasqOptions {
+            nftables: self.cfg.enable_nftables,
+            ip_masq: self.args.ip_masq,
+            fully_random: !self.args.ip_masq_fully_random_disable,
+            forward: self.args.iptables_forward_rules,
+        };
+        if first {
+            tokio::task::block_in_place(|| Masquerade::remove_other_layout(opts.nftables));
+        }
+        if let Some((_, task)) = self.masq.take() {
+            // ensure() rebuilds what still holds the old lease's rules.
+            task.abort();
+        }
+        if let Some(rules) = Masquerade::new(opts, self.cfg.network, subnet) {
+            // iptables / nft are blocking subprocesses: keep them off the async workers.
+            self.health.set_masq_installed(false);
+            tokio::task::block_in_place(|| rules.ensure())?;
+            info!("{} rules installed", rules.layout());
+            let health = self.health.clone();
+            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)), move |ok| {
+                health.set_masq_installed(ok)
+            });
             self.masq = Some((rules, task));
+        }
+        self.health.set_masq_installed(true);
+        if self.args.ip_blackhole_route {
+            blackhole::ensure(&self.handle, subnet).await.context("adding the blackhole route for our lease")?;
+        } else if first {
+            // an earlier run with --ip-blackhole-route left it
+            for old in blackhole::remove(&self.handle, None).await? {
+                info!("removed the blackhole route for {old} (no --ip-blackhole-route)");
+            }
         }
         Ok(())
     }
@@ -446,6 +463,11 @@ impl Node {
     async fn resync_host(&mut self) {
         if let Err(e) = tunnel_device::resync_route(&self.handle, &self.tunnel_plan).await {
             warn!("re-asserting the cluster route via {TUNNEL_DEVICE}: {e}");
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, self.own.subnet).await {
+                warn!("re-asserting the blackhole route for {}: {e}", self.own.subnet);
+            }
         }
     }
 
