@@ -629,7 +629,9 @@ mod tests {
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert!(c.enable_ipv4 && !c.enable_ipv6);
+        assert!(c.enable_ipv4 && !c.enable_ipv6 && !c.enable_nftables);
+        assert!(p(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).enable_nftables);
+        assert!(err(r#"{"Network":"10.244.0.0/16","EnableNFTables":"yes"}"#).contains("EnableNFTables"));
         assert_eq!(c.backend, BackendConfig::vxlan());
         assert_eq!(c.backend.port, 8472);
         assert_eq!(c.backend.vni, 1);
