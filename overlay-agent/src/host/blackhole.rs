@@ -28,12 +28,7 @@ pub async fn ensure(handle: &Handle, lease: Ipv4Net) -> Result<(), NetlinkError>
     let lease = lease.trunc();
     for (dst, msg) in ours(handle).await? {
         if dst != lease {
-            handle
-                .route()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(req_err(format!("delete the old blackhole route {dst}")))?;
+            delete(handle, dst, msg).await?;
         }
     }
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -59,15 +54,14 @@ pub async fn remove(handle: &Handle, lease: Option<Ipv4Net>) -> Result<Vec<Ipv4N
         if lease.is_some_and(|l| l.trunc() != dst) {
             continue;
         }
-        handle
-            .route()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(req_err(format!("delete the blackhole route {dst}")))?;
+        delete(handle, dst, msg).await?;
         removed.push(dst);
     }
     Ok(removed)
+}
+
+async fn delete(handle: &Handle, dst: Ipv4Net, msg: RouteMessage) -> Result<(), NetlinkError> {
+    handle.route().del(msg).execute().await.map_err(req_err(format!("delete the blackhole route {dst}")))
 }
 
 /// Blackhole routes with our metric in the main table.
