@@ -170,6 +170,9 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
+    /// `EnableNFTables`: masquerade and forward rules as flannel's nftables
+    /// tables instead of iptables chains.
+    pub enable_nftables: bool,
     pub backend: BackendConfig,
     /// `Backend` (or its `Type`) was missing and vxlan was assumed: the caller
     /// should log it (flannel's code would have used udp).
@@ -194,6 +197,7 @@ impl NetworkConfig {
 
         let enable_ipv4 = opt_bool(obj, "EnableIPv4", "EnableIPv4")?.unwrap_or(true);
         let enable_ipv6 = opt_bool(obj, "EnableIPv6", "EnableIPv6")?.unwrap_or(false);
+        let enable_nftables = opt_bool(obj, "EnableNFTables", "EnableNFTables")?.unwrap_or(false);
         if enable_ipv6 {
             return Err(ConfigError::Ipv6NotSupported {
                 field: "EnableIPv6".into(),
@@ -339,6 +343,7 @@ impl NetworkConfig {
             subnet_max,
             enable_ipv4,
             enable_ipv6,
+            enable_nftables,
             backend,
             backend_defaulted,
         })
@@ -654,7 +659,9 @@ mod tests {
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert!(c.enable_ipv4 && !c.enable_ipv6);
+        assert!(c.enable_ipv4 && !c.enable_ipv6 && !c.enable_nftables);
+        assert!(p(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).enable_nftables);
+        assert!(err(r#"{"Network":"10.244.0.0/16","EnableNFTables":"yes"}"#).contains("EnableNFTables"));
         assert_eq!(c.backend, BackendConfig::vxlan());
         assert_eq!(c.backend.port, 8472);
         assert_eq!(c.backend.vni, 1);

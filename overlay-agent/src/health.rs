@@ -1,5 +1,6 @@
 //! `--healthz-ip/--healthz-port`: /healthz (the process is alive), /readyz
-//! (data path attached, lease held, subnet file written) and /metrics
+//! (data path attached, lease held, subnet file written, masquerade rules
+//! installed: flanneld v0.28.9's meaning) and /metrics
 //! (Prometheus text format). A deliberately tiny HTTP/1.1 responder: three
 //! GET routes do not justify a web framework.
 //!
@@ -53,6 +54,9 @@ pub mod condition {
 pub struct Health {
     pub etcd: Arc<EtcdStatus>,
     ready: AtomicBool,
+    /// flanneld v0.28.9's /readyz: the masquerade (and forward) rules are in
+    /// place (true when none are asked for).
+    masq_installed: AtomicBool,
     peers: AtomicUsize,
     lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
     /// The pod bridge found (None while there is none).
@@ -76,6 +80,7 @@ impl Health {
         Arc::new(Health {
             etcd: EtcdStatus::new(),
             ready: AtomicBool::new(false),
+            masq_installed: AtomicBool::new(false),
             peers: AtomicUsize::new(0),
             lease: Mutex::new(None),
             pod_bridge: Mutex::new(None),
@@ -118,6 +123,10 @@ impl Health {
         self.ready.store(true, Ordering::SeqCst);
     }
 
+    pub fn set_masq_installed(&self, installed: bool) {
+        self.masq_installed.store(installed, Ordering::SeqCst);
+    }
+
     pub fn set_peers(&self, n: usize) {
         self.peers.store(n, Ordering::Relaxed);
     }
@@ -145,6 +154,9 @@ impl Health {
         }
         if !self.ready.load(Ordering::SeqCst) {
             return Some("the data path or the subnet file is not set up yet".into());
+        }
+        if !self.masq_installed.load(Ordering::SeqCst) {
+            return Some("the masquerade rules are not installed".into());
         }
         let mut why = Vec::new();
         if let Some(age) = self.main_loop_stalled() {
@@ -397,6 +409,8 @@ mod tests {
         assert_eq!(h.not_ready_reason().as_deref(), Some("the data path or the subnet file is not set up yet"));
         h.datapath_ready();
         h.set_peers(4);
+        assert_eq!(h.not_ready_reason().as_deref(), Some("the masquerade rules are not installed"));
+        h.set_masq_installed(true);
         assert_eq!(h.not_ready_reason(), None);
         let text = h.metrics();
         check_exposition(&text);
@@ -408,6 +422,7 @@ mod tests {
         let h = Health::new(&PinLayout::new("/nonexistent/overlay-health-test"));
         *h.lease.lock().unwrap() = Some(("10.42.3.0/24".parse().unwrap(), None));
         h.datapath_ready();
+        h.set_masq_installed(true);
         h
     }
 

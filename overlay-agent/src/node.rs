@@ -32,8 +32,8 @@ use crate::{
     health::{self, condition, Health},
     host::{
         iface::{self, IfaceSelection, Uplink},
-        leftovers,
-        masq::MasqRules,
+        blackhole, leftovers,
+        masquerade::{MasqOptions, Masquerade},
         netlink,
         pod_bridge::{self, BridgeScan},
         pods, sysctl,
@@ -251,7 +251,7 @@ struct Node {
     leases: BTreeMap<Ipv4Net, Lease>,
     /// Leases we refused, with why (to warn once per change, not per resync).
     skipped: HashMap<Ipv4Net, String>,
-    masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
+    masq: Option<(Masquerade, tokio::task::JoinHandle<()>)>,
     /// While applying our moved lease fails: the backoff and the next try.
     reapply: Option<(Backoff, tokio::time::Instant)>,
     args: RunArgs,
@@ -372,26 +372,55 @@ impl Node {
             return combined(failed);
         }
         // flanneld installs its FORWARD accept rules whenever
-        // --iptables-forward-rules is on (the default), masquerading or not.
-        if self.args.ip_masq || self.args.iptables_forward_rules {
-            let rules = MasqRules::new(
-                self.cfg.network,
-                subnet,
-                !self.args.ip_masq_fully_random_disable,
-                self.args.iptables_forward_rules,
-            )
-            .with_masq(self.args.ip_masq);
+        // --iptables-forward-rules is on (the default), masquerading or not;
+        // net-conf EnableNFTables picks its nftables layout instead.
+        let opts = MasqOptions {
+            nftables: self.cfg.enable_nftables,
+            ip_masq: self.args.ip_masq,
+            fully_random: !self.args.ip_masq_fully_random_disable,
+            forward: self.args.iptables_forward_rules,
+        };
+        if first {
+            tokio::task::block_in_place(|| Masquerade::remove_other_layout(opts.nftables));
+        }
+        if let Some((_, task)) = self.masq.take() {
+            task.abort();
+        }
+        if let Some(rules) = Masquerade::new(opts, self.cfg.network, subnet) {
             // The resync follows the current lease's rules from now on,
             // whether or not this first attempt works: it keeps repairing.
-            if let Some((_, task)) = self.masq.take() {
-                task.abort();
+            self.health.set_masq_installed(false);
+            let health = self.health.clone();
+            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)), move |ok| {
+                health.set_masq_installed(ok)
+            });
+            // ensure() rebuilds what still holds the old lease's rules.
+            // iptables / nft are blocking subprocesses: keep them off the
+            // async workers.
+            match tokio::task::block_in_place(|| rules.ensure()) {
+                Ok(_) => {
+                    info!("{} rules installed", rules.layout());
+                    self.health.set_masq_installed(true);
+                }
+                Err(e) => failed.push(e.context(format!("installing the {} rules", rules.layout()))),
             }
-            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
-            self.masq = Some((rules.clone(), task));
-            // ensure() rebuilds chains that still hold the old lease's rules.
-            // iptables is a blocking subprocess: keep it off the async workers.
-            if let Err(e) = tokio::task::block_in_place(|| rules.ensure()) {
-                failed.push(e.context("installing the iptables rules"));
+            self.masq = Some((rules, task));
+        } else {
+            self.health.set_masq_installed(true);
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, subnet).await.context("adding the blackhole route for our lease") {
+                failed.push(e);
+            }
+        } else if first {
+            // an earlier run with --ip-blackhole-route left it
+            match blackhole::remove(&self.handle, None).await.context("removing an old blackhole route") {
+                Ok(removed) => {
+                    for old in removed {
+                        info!("removed the blackhole route for {old} (no --ip-blackhole-route)");
+                    }
+                }
+                Err(e) => failed.push(e),
             }
         }
         combined(failed)
@@ -617,6 +646,11 @@ impl Node {
     async fn resync_host(&mut self) {
         if let Err(e) = tunnel_device::resync_route(&self.handle, &self.tunnel_plan).await {
             warn!("re-asserting the cluster route via {TUNNEL_DEVICE}: {e}");
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, self.own.subnet).await {
+                warn!("re-asserting the blackhole route for {}: {e}", self.own.subnet);
+            }
         }
     }
 

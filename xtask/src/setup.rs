@@ -21,6 +21,9 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "iptables",
+    // net-conf EnableNFTables: the agent writes flannel's nftables tables
+    // through the nft binary (overlay-agent/src/host/nftables.rs).
+    "nftables",
     "iperf3",
     "ethtool", // the bench's NIC-like cable: ethtool -K <end> tso off gso off gro on
     "iputils-ping",
