@@ -1,9 +1,9 @@
-//! A cluster in namespaces: agent nodes (the real binary), nodes running
-//! flannel's kernel VXLAN, spare hosts, one pod per node, a real etcd, and
+//! A cluster in namespaces: agent nodes (the real binary), reference flannel
+//! nodes (our re-implementation of flanneld's vxlan backend, kernel data
+//! path: [`crate::flannel::FlannelRef`]), spare hosts, one pod per node, a real etcd, and
 //! a timestamped watch of its leases.
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     net::Ipv4Addr,
     process::{Command, Stdio},
     sync::mpsc,
@@ -16,7 +16,7 @@ use overlay_agent::datapath::{DatapathMaps, Peer};
 use crate::{
     agent::{Agent, AgentOptions},
     etcd::Etcd,
-    flannel::{FlannelRef, RefOptions, VxlanLease},
+    flannel::{read_watch_events, FlannelRef, RefOptions, VxlanLease},
     netns::{ensure_bpffs, next, ChildHandle, Pod, Testbed},
     poll_until,
 };
@@ -255,19 +255,7 @@ impl Cluster {
         let stdout = child.take_stdout().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(op)) = lines.next() {
-                let put = match op.as_str() {
-                    "PUT" => true,
-                    "DELETE" => false,
-                    _ => continue,
-                };
-                let Some(Ok(key)) = lines.next() else { break };
-                let value = if put { lines.next().and_then(|l| l.ok()) } else { None };
-                if tx.send(LeaseChange { at: SystemTime::now(), key, value }).is_err() {
-                    break;
-                }
-            }
+            read_watch_events(stdout, |key, value| tx.send(LeaseChange { at: SystemTime::now(), key, value }).is_ok())
         });
         // The watch must be established before the caller acts: poke a key
         // of our own (outside subnets/, so no agent sees it) and wait for it

@@ -401,17 +401,10 @@ impl FlannelRef {
         let stdout = child.take_stdout().ok_or_else(|| anyhow!("etcdctl watch: no stdout"))?;
         self.watch = Some(child);
         self.thread = Some(std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(op)) = lines.next() {
-                let put = match op.as_str() {
-                    "PUT" => true,
-                    "DELETE" => false,
-                    _ => continue,
-                };
-                let Some(Ok(key)) = lines.next() else { break };
-                let value = if put { lines.next().and_then(|l| l.ok()) } else { None };
+            read_watch_events(stdout, |key, value| {
                 handler.event(&key, value.as_deref());
-            }
+                true
+            })
         }));
         Ok(())
     }
@@ -458,6 +451,25 @@ impl FlannelRef {
 impl Drop for FlannelRef {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Reads `etcdctl watch` output (`PUT`/key/value or `DELETE`/key, one a
+/// line) and hands each change to `f` (value None for a DELETE) until the
+/// watch ends or `f` returns false.
+pub(crate) fn read_watch_events(out: impl std::io::Read, mut f: impl FnMut(String, Option<String>) -> bool) {
+    let mut lines = BufReader::new(out).lines();
+    while let Some(Ok(op)) = lines.next() {
+        let put = match op.as_str() {
+            "PUT" => true,
+            "DELETE" => false,
+            _ => continue,
+        };
+        let Some(Ok(key)) = lines.next() else { break };
+        let value = if put { lines.next().and_then(|l| l.ok()) } else { None };
+        if !f(key, value) {
+            break;
+        }
     }
 }
 
@@ -533,9 +545,11 @@ impl LeaseHandler {
             return Ok(());
         }
         let Some(value) = value else {
-            let removed = lock(&self.state).applied.remove(key);
-            if let Some(lease) = removed {
+            // Out of the kernel first: `applied` says what the kernel has.
+            let applied = lock(&self.state).applied.get(key).cloned();
+            if let Some(lease) = applied {
                 self.remove(&lease)?;
+                lock(&self.state).applied.remove(key);
             }
             return Ok(());
         };

@@ -1,6 +1,7 @@
 //! The data path on real veths in network namespaces: agent nodes running
 //! the real binary against a real etcd (on the underlay), pods behind cni0,
-//! and a node running flannel's kernel VXLAN set up exactly as flanneld does.
+//! and a reference flannel node (our re-implementation of flanneld's vxlan
+//! backend on the kernel's flannel.1, tests/src/flannel.rs).
 //! Needs root.
 
 use std::net::Ipv4Addr;
