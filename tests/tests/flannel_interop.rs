@@ -17,6 +17,7 @@ use std::{
 
 use overlay_agent::datapath::Mode;
 use overlay_tests::{
+    agent::log_time,
     cluster::*,
     flannel::mac_str,
     netns::{next, Pod},
@@ -211,7 +212,16 @@ fn a_flannel_node_switched_to_the_agent_keeps_its_lease_and_traffic_resumes() {
     let vxlan = c.tb.host(host).run(&["ip", "-o", "link", "show", "type", "vxlan"]).unwrap();
     assert!(!vxlan.contains("flannel.1"), "flannel.1 still there: {vxlan}");
 
-    let mut report = String::from("switch from the flannel reference to the agent:\n");
+    // Where the gap is: from the agent deleting flannel.1 to its "ready".
+    let log_at = |needle: &str| {
+        let line = c.agents[agent].wait_log(needle, Duration::from_secs(1)).unwrap();
+        unix_secs(log_time(&line).unwrap_or_else(|| panic!("no time in {line:?}")))
+    };
+    let (deleted, ready) = (log_at("left by flanneld"), log_at("] ready"));
+    let mut report = format!(
+        "switch from the flannel reference to the agent: flannel.1 deleted {:.3} s before the agent was ready\n",
+        ready - deleted
+    );
     for (from, s) in ["reference node", "agent node"].iter().zip(&stats) {
         let gap = s.replies.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
         report += &format!(
