@@ -306,16 +306,27 @@ impl FlannelRef {
         let prefix = prefix.trim_end_matches('/').to_string();
         let config_json = run_etcdctl_in(&ns, &endpoint, &["get", "--print-value-only", &format!("{prefix}/config")])?;
         let config = RefConfig::parse(config_json.trim())?;
-        // (Not /sys/class/net: nsenter --net leaves /sys showing the root namespace.)
-        let link = ns.run(&["ip", "-j", "link", "show", "dev", host.uplink()])?;
-        let link: serde_json::Value = serde_json::from_str(&link).with_context(|| format!("ip -j link: {link}"))?;
+        // The uplink's MTU and address, as flanneld finds them (not
+        // /sys/class/net: nsenter --net leaves /sys showing the root
+        // namespace; not the testbed's record: a test may re-address it).
+        let link = ns.run(&["ip", "-j", "addr", "show", "dev", host.uplink()])?;
+        let link: serde_json::Value = serde_json::from_str(&link).with_context(|| format!("ip -j addr: {link}"))?;
         let uplink_mtu =
             link.pointer("/0/mtu").and_then(|m| m.as_u64()).ok_or_else(|| anyhow!("no mtu in {link}"))? as u32;
+        let public_ip: Ipv4Addr = link
+            .pointer("/0/addr_info")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+            .find(|a| a["family"] == "inet")
+            .and_then(|a| a["local"].as_str())
+            .ok_or_else(|| anyhow!("no IPv4 address on {}: {link}", host.uplink()))?
+            .parse()?;
         let underlay_mtu = config.mtu.unwrap_or(uplink_mtu);
         let lease = VxlanLease {
             subnet: opts.subnet,
             prefix_len: opts.prefix_len,
-            public_ip: host.ip(),
+            public_ip,
             vtep_mac: opts.vtep_mac,
         };
         let pod_mtu = match config.backend {

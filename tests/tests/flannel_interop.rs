@@ -3,7 +3,9 @@
 //! data path** (tests/src/flannel.rs: it follows etcd as flanneld does, with
 //! a neighbour, an FDB entry and a route per lease, but it is not flanneld).
 //! Nodes of both kinds join and leave while pings and TCP run between the
-//! nodes that stay; then a reference node is switched to the agent in place
+//! nodes that stay (vxlan, DirectRouting, host-gw); DirectRouting across a
+//! router falls back to VXLAN on both sides; then a reference node is
+//! switched to the agent in place
 //! (the migration of docs/operations.md) and the loss is measured. Needs root.
 
 use std::{
@@ -242,5 +244,42 @@ fn a_flannel_node_switched_to_the_agent_keeps_its_lease_and_traffic_resumes() {
     for from in [&agent_pod, &ref_pod] {
         tcp_roundtrip(from, &pod, 1 << 20);
         tcp_roundtrip(&pod, from, 1 << 20);
+    }
+}
+
+/// DirectRouting across two segments: agents 0 and 1 share one, the
+/// reference node (host 2) sits behind a router (host 3). Between the
+/// agents: plain routes; between either agent and the reference: VXLAN,
+/// chosen on both sides (the reference by `ip route get`, as flannel's
+/// ip.DirectRouting does).
+#[test]
+fn direct_routing_falls_back_to_vxlan_for_a_reference_node_behind_a_router() {
+    let c = Cluster::build(2, 1, 1, DIRECT_ROUTING_CONFIG)
+        .prepare(|tb| put_host_2_behind_a_router(tb, tb.underlay_mtu()))
+        .ready(Duration::from_secs(60))
+        .start();
+    let kernel = c.kernel_leases[0].subnet;
+    c.flannel[0].wait_applied(&[c.subnet(0).network(), c.subnet(1).network()], Duration::from_secs(10)).unwrap();
+    assert!(c.flannel[0].applied().values().all(|l| !l.direct), "{:?}", c.flannel[0].applied());
+    for i in 0..2 {
+        poll_until(Duration::from_secs(10), &format!("agent {i} with both peers"), || {
+            let peers = c.peers(i);
+            anyhow::ensure!(peers.len() == 2, "{peers:?}");
+            for p in &peers {
+                let want = if p.subnet.network() == kernel { Mode::Vxlan } else { Mode::Direct };
+                anyhow::ensure!(p.mode == want, "{p:?}");
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let pods: Vec<Pod> = c.pods.iter().map(|p| p[0].clone()).collect();
+    for a in &pods {
+        for b in &pods {
+            if a.ip() != b.ip() {
+                wait_ping(a, b.ip());
+                tcp_roundtrip(a, b, 256 << 10);
+            }
+        }
     }
 }
