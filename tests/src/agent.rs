@@ -54,13 +54,19 @@ pub struct AgentOptions<'a> {
     pub extra: Vec<String>,
 }
 
+/// Where an agent on `host` writes its subnet file (in the testbed's folder
+/// `dir`).
+pub fn subnet_file_for(dir: &Path, host: &Host) -> PathBuf {
+    dir.join(format!("{}-subnet.env", host.name()))
+}
+
 impl Agent {
     /// Starts the agent in `host` with `--iface=eth0`.
     pub fn start(host: &Host, opts: AgentOptions<'_>) -> Result<Agent> {
         crate::netns::ensure_bpffs()?;
         let name = host.name().to_string();
         let pin_root = PathBuf::from("/sys/fs/bpf").join(format!("{name}-agent"));
-        let subnet_file = opts.dir.join(format!("{name}-subnet.env"));
+        let subnet_file = subnet_file_for(opts.dir, host);
         let log = opts.dir.join(format!("{name}-agent.log"));
         let mut argv = vec![
             format!("--etcd-endpoints={}", opts.etcd_endpoints),

@@ -45,7 +45,9 @@ fn bpffs_mounted() -> Result<bool> {
     // Fields: id parent maj:min root mountpoint options ... - fstype source superopts
     Ok(info.lines().any(|l| {
         let mut parts = l.split(" - ");
-        let (Some(head), Some(tail)) = (parts.next(), parts.next()) else { return false };
+        let (Some(head), Some(tail)) = (parts.next(), parts.next()) else {
+            return false;
+        };
         head.split_whitespace().nth(4) == Some(BPFFS) && tail.split_whitespace().next() == Some("bpf")
     }))
 }
@@ -310,7 +312,7 @@ impl Netns {
     }
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>()?;
     parts.try_into().map_err(|_| anyhow!("bad MAC {s:?}"))
 }
