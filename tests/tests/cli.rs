@@ -288,6 +288,11 @@ fn bools_take_go_values() {
     assert!(run(&["--ip-masq-fully-random-disable"]).ip_masq_fully_random_disable);
     assert!(run(&["--ip-masq-random-fully-disable=true"]).ip_masq_fully_random_disable);
     assert!(run(&["--xdp-guard"]).xdp_guard);
+    assert!(run(&["--xdp-decap"]).xdp_decap);
+    assert_eq!(run(&["--xdp-mode=generic"]).xdp_mode, overlay_agent::cli::XdpModeArg::Generic);
+    assert_eq!(run(&[]).xdp_mode, overlay_agent::cli::XdpModeArg::Native);
+    assert!(run(&["--bpf-log-drops"]).bpf_log_drops);
+    assert!(!run(&[]).bpf_log_drops);
     assert!(run(&["--kernel-forwarding"]).kernel_forwarding);
     assert!(!run(&["--kernel-forwarding=false"]).kernel_forwarding);
     // a later occurrence wins, as in Go
@@ -443,7 +448,18 @@ fn every_flanneld_flag_works_or_is_refused() {
         }
     }
     // --version works (help_and_version); ours: --bridge ... (all_flags_parse)
-    let ours = ["help", "version", "bridge", "kernel-forwarding", "bpf-pin-dir", "xdp-guard", "print-config"];
+    let ours = [
+        "help",
+        "version",
+        "bridge",
+        "kernel-forwarding",
+        "bpf-pin-dir",
+        "xdp-guard",
+        "xdp-decap",
+        "xdp-mode",
+        "bpf-log-drops",
+        "print-config",
+    ];
     let mut cmd = overlay_agent::cli::command();
     cmd.build();
     let known: std::collections::BTreeSet<String> =

@@ -11,6 +11,7 @@ use std::time::Duration;
 use overlay_tests::{
     cluster::{Cluster, VXLAN_CONFIG},
     packet::vxlan,
+    traffic::wait_ping,
 };
 use overlay_common::program_names;
 
@@ -36,6 +37,9 @@ fn helper_calls(link: &Path) -> String {
 fn drops_are_logged_only_when_asked_and_cost_nothing_otherwise() {
     // Agent 0 logs drops, agent 1 does not; host 2 is a stranger.
     let c = Cluster::build(2, 0, 1, VXLAN_CONFIG).agent_flags_for(0, &["--bpf-log-drops"]).start();
+    // The pods' veths and the bridge carry programs once the pods talked.
+    wait_ping(&c.pods[0][0], c.pods[1][0].ip());
+    c.wait_fast_path();
 
     // Off: no program agent 1 attached reaches aya-log's ring buffer (the
     // uplink's, the tunnel device's, the pod bridge's and pod veths'); on:

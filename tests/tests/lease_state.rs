@@ -220,6 +220,17 @@ fn two_subnets_behind_one_public_ip_both_reach_our_pods() {
     put(&c, &second);
     let k = c.tb.host(1);
     let pod2 = k.add_pod("cni1", "10.42.249.2/24", second.gateway(), 1450).unwrap();
+    // The reference flannel node on host 1 takes the second lease for a
+    // peer's, as flanneld would (only its own subnet is skipped), and routes
+    // it into flannel.1 over cni1's own route. Here host 1 stands for two
+    // nodes behind one address, so the second subnet stays on cni1.
+    overlay_tests::poll_until(Duration::from_secs(10), "the reference node routed 10.42.249.0/24", || {
+        let r = k.run(&["ip", "route", "show", "10.42.249.0/24"])?;
+        anyhow::ensure!(r.contains("flannel.1"), "{r}");
+        Ok(())
+    })
+    .unwrap();
+    k.run(&["ip", "route", "replace", "10.42.249.0/24", "dev", "cni1", "src", "10.42.249.1"]).unwrap();
     let want = maps_follow_leases(&c, 0, own_ip).unwrap();
     assert_eq!(want.senders.get(&kernel.public_ip.to_string()), Some(&2));
     let ours = &c.pods[0][0];

@@ -429,7 +429,9 @@ fn inspect_without_pins_says_nothing_is_installed() {
 
     // A pin folder of another layout version is named, so the operator
     // knows which agent left it.
-    std::fs::create_dir_all(root.join("v0")).unwrap();
+    // (Only folders that hold our maps, links or programs are taken for
+    // ours: another tool's `v0` is not.)
+    std::fs::create_dir_all(root.join("v0").join("links")).unwrap();
     let text = String::from_utf8(inspect_raw(&root, false).stdout).unwrap();
     assert!(text.contains("nothing installed") && text.contains("v0"), "{text}");
 
