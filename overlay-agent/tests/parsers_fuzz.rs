@@ -337,3 +337,14 @@ fn check_subnet_env_result(r: Result<SubnetEnv, SubnetEnvError>) {
         }
     }
 }
+
+/// Found by `mac_round_trip_and_junk`: a sign is not a hex digit (Go's
+/// net.ParseMAC refuses it; `u8::from_str_radix` alone takes "+a").
+#[test]
+fn mac_with_a_sign_is_refused() {
+    assert_eq!(parse_mac("+0-0A-a0-A0-00-aA"), None);
+    assert_eq!(parse_mac("+a:bb:cc:dd:ee:ff"), None);
+    let e = LeaseAttrs::from_json(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VtepMAC":"+a:bb:cc:dd:ee:ff"}}"#)
+        .unwrap_err();
+    assert!(e.to_string().contains("BackendData.VtepMAC"), "{e}");
+}
