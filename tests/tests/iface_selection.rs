@@ -155,7 +155,7 @@ fn no_usable_interface_is_a_clear_error() {
     let etcd = Etcd::start().unwrap();
     for (flags, needle) in [
         (&["--iface=nosuch0"][..], "--iface nosuch0: no such interface"),
-        (&["--iface=lo"][..], "--iface lo: the interface has no IPv4 address"),
+        (&["--iface=lo"][..], "--iface lo: the interface has no usable IPv4 address"),
         (&["--iface-regex=^zz"][..], "no interface matches --iface-regex"),
         (&["--iface-can-reach=203.0.113.1"][..], "203.0.113.1"),
     ] {

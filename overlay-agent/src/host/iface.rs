@@ -44,7 +44,7 @@ pub enum IfaceError {
     Netlink(#[from] NetlinkError),
     #[error("--iface {0}: no such interface and no interface has that address")]
     NoSuchInterface(String),
-    #[error("--iface {0}: the interface has no IPv4 address")]
+    #[error("--iface {0}: the interface has no usable IPv4 address (a global or link-local one; loopback addresses do not count)")]
     NoAddress(String),
     #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
     BadRegex(String, regex::Error),
