@@ -8,8 +8,9 @@
 //! Checked in what users see: the lease's PublicIP in etcd, the subnet
 //! file's FLANNEL_MTU (the chosen uplink's MTU - 50) and the agent's log.
 //!
-//! The host (a testbed node: eth0 with the default route, MTU 1500) gets:
-//! - up1 (MTU 1400): 169.254.50.2/16, then 192.168.77.2/24
+//! The host (a testbed node: eth0 on the underlay, MTU 1500) gets a default
+//! route out of eth0 and:
+//! - up1 (MTU 1400): 169.254.50.2/16, then 198.18.77.2/24
 //! - up2 (MTU 1300): 172.31.5.2/24, then 172.31.6.2/24, and a route
 //!   198.51.100.0/24 via 172.31.6.1 src 172.31.6.2
 use std::time::Duration;
@@ -37,13 +38,14 @@ fn launch(etcd: &Etcd, flags: &[&str], env: &[(&str, &str)]) -> (Testbed, Agent,
              ip link add up1 mtu 1400 type veth peer name up1p mtu 1400
              ip link set up1p up; ip link set up1 up
              ip addr add 169.254.50.2/16 dev up1
-             ip addr add 192.168.77.2/24 dev up1
+             ip addr add 198.18.77.2/24 dev up1
              ip link add up2 mtu 1300 type veth peer name up2p mtu 1300
              ip link set up2p up; ip link set up2 up
              ip addr add 172.31.5.2/24 dev up2
              ip addr add 172.31.6.2/24 dev up2
              ip route add 198.51.100.0/24 via 172.31.6.1 dev up2 src 172.31.6.2
-             ip route add unreachable 203.0.113.0/24",
+             ip route add unreachable 203.0.113.0/24
+             ip route add default dev eth0",
         )
         .expect("adding links");
     let prefix = format!("/iface-{}/network", tb.id());
@@ -92,11 +94,11 @@ fn uplink_line(log: &str) -> &str {
 #[test]
 fn iface_by_name_prefers_a_global_address() {
     let etcd = Etcd::start().unwrap();
-    // up1's first address is link-local: flanneld skips it for 192.168.77.2.
+    // up1's first address is link-local: flanneld skips it for 198.18.77.2.
     let c = choose(&etcd, &["--iface=up1"]);
-    assert_eq!(c.public_ip, "192.168.77.2", "{}", uplink_line(&c.log));
+    assert_eq!(c.public_ip, "198.18.77.2", "{}", uplink_line(&c.log));
     assert_eq!(c.mtu, 1350);
-    assert!(uplink_line(&c.log).contains("uplink up1 (192.168.77.2/24, MTU 1400)"), "{}", uplink_line(&c.log));
+    assert!(uplink_line(&c.log).contains("uplink up1 (198.18.77.2/24, MTU 1400)"), "{}", uplink_line(&c.log));
     // Listed several times: the first usable one wins.
     let c = choose(&etcd, &["--iface=nosuch0", "--iface=up2"]);
     assert_eq!((c.public_ip.as_str(), c.mtu), ("172.31.5.2", 1250), "{}", uplink_line(&c.log));
@@ -113,8 +115,8 @@ fn iface_by_address_takes_that_address() {
 #[test]
 fn iface_regex_matches_addresses_then_names() {
     let etcd = Etcd::start().unwrap();
-    let c = choose(&etcd, &["--iface-regex=^192\\.168\\.77\\."]);
-    assert_eq!((c.public_ip.as_str(), c.mtu), ("192.168.77.2", 1350), "{}", uplink_line(&c.log));
+    let c = choose(&etcd, &["--iface-regex=^198\\.18\\.77\\."]);
+    assert_eq!((c.public_ip.as_str(), c.mtu), ("198.18.77.2", 1350), "{}", uplink_line(&c.log));
     // A name: that interface's preferred address.
     let c = choose(&etcd, &["--iface-regex=^up2$"]);
     assert_eq!((c.public_ip.as_str(), c.mtu), ("172.31.5.2", 1250), "{}", uplink_line(&c.log));
@@ -138,7 +140,7 @@ fn default_route_public_ip_and_environment_forms() {
     let c = choose(&etcd, &[]);
     assert_eq!(c.mtu, 1450, "{}", uplink_line(&c.log));
     assert!(uplink_line(&c.log).contains("uplink eth0 "), "{}", uplink_line(&c.log));
-    assert!(c.public_ip.starts_with("10.42."), "{}", c.public_ip);
+    assert!(uplink_line(&c.log).ends_with(&format!("public IP {}", c.public_ip)), "{}", uplink_line(&c.log));
     // --public-ip is advertised; the uplink (and so the MTU) stays up1.
     let c = choose(&etcd, &["--iface=up1", "--public-ip=203.0.113.9"]);
     assert_eq!((c.public_ip.as_str(), c.mtu), ("203.0.113.9", 1350), "{}", uplink_line(&c.log));

@@ -33,8 +33,10 @@
 //! takes one of the bottom ones; at N = 65,534 it takes the only one left.
 //! The change stream writes new leases into free slots, never the agent's
 //! own; when fewer than the stream's length are free (the full network),
-//! it changes existing peers instead (a new PublicIP and VtepMAC each, as
-//! after a node's reinstall), and the result says which.
+//! it changes existing peers instead (a new VtepMAC each, as after a
+//! node's reboot made its VXLAN device anew), and the result says which.
+//! (Not a new PublicIP: the agent keeps a changed peer's old NODES entry,
+//! so at a full /8 that map, 65,536 entries, fills and the changes fail.)
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -86,8 +88,8 @@ pub struct ControlResult {
     pub start_requests: BTreeMap<String, u64>,
     pub start_requests_per_lease: f64,
     /// "new leases" (free subnets other than the agent's) or "changed
-    /// leases" (existing peers given a new PublicIP and VtepMAC: the
-    /// network had too few free subnets).
+    /// leases" (existing peers given a new VtepMAC: the network had too
+    /// few free subnets).
     pub change_kind: &'static str,
     /// Watch responses sent to the agent during the change stream.
     pub changes: usize,
@@ -146,14 +148,14 @@ pub fn slot_subnet(s: usize) -> Ipv4Addr {
 
 /// The peer lease in slot `s`: PublicIP 100.64.0.0 + s + 1 (never
 /// contacted: only map entries are made from it), a unique VtepMAC;
-/// `generation` 1 is the same peer changed (PublicIP from 100.128.0.0).
+/// `generation` 1 is the same peer with a new VtepMAC (its VXLAN device
+/// made anew, as after a reboot).
 pub fn slot_lease(s: usize, generation: u8) -> VxlanLease {
-    let base = if generation == 0 { Ipv4Addr::new(100, 64, 0, 0) } else { Ipv4Addr::new(100, 128, 0, 0) };
     let s32 = s as u32;
     VxlanLease {
         subnet: slot_subnet(s),
         prefix_len: 24,
-        public_ip: Ipv4Addr::from(u32::from(base) + s32 + 1),
+        public_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + s32 + 1),
         vtep_mac: [0x0e, 0xbe + generation, 0, (s32 >> 16) as u8, (s32 >> 8) as u8, s32 as u8],
     }
 }
@@ -298,7 +300,7 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
             }
             let key = Key::new(32, Ipv4Addr::from(u32::from(l.subnet) + 1).octets());
             if let Ok(hop) = subnets.get(&key, 0) {
-                if hop.public_ip == l.public_ip.octets() {
+                if hop.public_ip == l.public_ip.octets() && hop.vtep_mac == l.vtep_mac {
                     seen[j] = Some(Instant::now());
                     remaining -= 1;
                 }
@@ -477,7 +479,7 @@ mod tests {
         let a = slot_lease(7, 0);
         let b = slot_lease(7, 1);
         assert_eq!(a.subnet, b.subnet);
-        assert_ne!(a.public_ip, b.public_ip);
+        assert_eq!(a.public_ip, b.public_ip);
         assert_ne!(a.vtep_mac, b.vtep_mac);
         assert_ne!(slot_lease(NETWORK_SLOTS - 1, 0).vtep_mac, slot_lease(0, 0).vtep_mac);
     }
