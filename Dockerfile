@@ -19,8 +19,9 @@
 #
 # Stage 2 is debian:bookworm-slim with what the agent runs at run time:
 # iptables (behind a wrapper that picks the host's backend, legacy or
-# nf_tables), iproute2, and etcdctl (etcd-client) for the DaemonSet's
-# config-seeding init container and for operators.
+# nf_tables), nft (net-conf EnableNFTables), iproute2, and etcdctl
+# (etcd-client) for the DaemonSet's config-seeding init container and for
+# operators.
 
 ARG RUST_VERSION=1.95.0
 
@@ -60,7 +61,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        iptables iproute2 etcd-client ca-certificates \
+        iptables nftables iproute2 etcd-client ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --chmod=0755 deploy/docker/iptables /usr/local/sbin/iptables
 COPY --from=build /out/overlay-agent /usr/local/bin/overlay-agent

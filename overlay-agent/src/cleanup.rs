@@ -1,14 +1,15 @@
 //! `overlay-agent cleanup`: removes what the agent installed on this node
 //! (BPF programs and pins, the tunnel device with its cluster route and
-//! address, the masquerade rules) and, with `--release-lease`, our lease in
-//! etcd. Pod bridges are not ours (Docker's, the CNI plugin's): they stay.
+//! address, the masquerade rules or nftables tables, the blackhole route)
+//! and, with `--release-lease`, our lease in etcd. Pod bridges are not
+//! ours (Docker's, the CNI plugin's): they stay.
 use anyhow::{Context, Result};
 
 use crate::{
     cli::CleanupArgs,
     datapath::{loader::uninstall, PinLayout},
     etcd::SubnetManager,
-    host::{leftovers, masq, netlink, tunnel_device},
+    host::{blackhole, leftovers, masq, netlink, nftables, tunnel_device},
     node::etcd_settings,
     subnet_env::SubnetEnv,
 };
@@ -20,7 +21,16 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
     }
     masq::remove_all().context("removing the masquerade rules")?;
     println!("removed the FLANNEL-POSTRTG / FLANNEL-FWD rules (if present)");
+    match nftables::remove_all() {
+        Ok(()) => println!("removed the nftables tables ip flannel-ipv4 / ip6 flannel-ipv6 (if present)"),
+        // no nft binary: nothing can have made those tables through it
+        Err(nftables::NftError::Spawn { .. }) => println!("no nft binary: no nftables tables to remove"),
+        Err(e) => return Err(e).context("removing the nftables tables"),
+    }
     let handle = netlink::connect()?;
+    for subnet in blackhole::remove(&handle, None).await.context("removing the blackhole route")? {
+        println!("removed the blackhole route for {subnet}");
+    }
     if tunnel_device::remove(&handle).await.context("removing the tunnel device")? {
         println!("removed {} with its cluster route and address", tunnel_device::TUNNEL_DEVICE);
     }

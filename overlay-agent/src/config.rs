@@ -170,6 +170,9 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     pub enable_ipv4: bool,
     pub enable_ipv6: bool,
+    /// `EnableNFTables`: masquerade and forward rules as flannel's nftables
+    /// tables instead of iptables chains.
+    pub enable_nftables: bool,
     pub backend: BackendConfig,
     /// `Backend` (or its `Type`) was missing and vxlan was assumed: the caller
     /// should log it (flannel's code would have used udp).
@@ -194,6 +197,7 @@ impl NetworkConfig {
 
         let enable_ipv4 = opt_bool(obj, "EnableIPv4", "EnableIPv4")?.unwrap_or(true);
         let enable_ipv6 = opt_bool(obj, "EnableIPv6", "EnableIPv6")?.unwrap_or(false);
+        let enable_nftables = opt_bool(obj, "EnableNFTables", "EnableNFTables")?.unwrap_or(false);
         if enable_ipv6 {
             return Err(ConfigError::Ipv6NotSupported {
                 field: "EnableIPv6".into(),
@@ -236,6 +240,7 @@ impl NetworkConfig {
             }
         };
         let net_len = network.prefix_len();
+        check_network_range(network)?;
 
         // SubnetLen
         let subnet_len = match opt_u64(obj, "SubnetLen", "SubnetLen")? {
@@ -338,6 +343,7 @@ impl NetworkConfig {
             subnet_max,
             enable_ipv4,
             enable_ipv6,
+            enable_nftables,
             backend,
             backend_defaulted,
         })
@@ -404,6 +410,35 @@ const BACKEND_FIELDS: &[&str] = &[
     "GBP",
     "Learning",
 ];
+
+/// Address ranges a Network must not overlap: its route via the tunnel
+/// device would capture them (flanneld accepts these; its cluster route for
+/// `0.0.0.0/0` then competes with the default route).
+const RESERVED_RANGES: [(&str, &str); 3] = [
+    ("0.0.0.0/8", "\"this network\" addresses"),
+    ("127.0.0.0/8", "loopback"),
+    ("224.0.0.0/3", "multicast, reserved and broadcast addresses"),
+];
+
+fn check_network_range(network: Ipv4Net) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "Network".into(),
+        value: json_str(&network.to_string()),
+        reason,
+    };
+    if network.prefix_len() == 0 {
+        return Err(invalid(
+            "the whole IPv4 space: the cluster route would take the place of the default route".into(),
+        ));
+    }
+    for (range, what) in RESERVED_RANGES {
+        let range: Ipv4Net = range.parse().expect("a valid constant");
+        if network.contains(&range.network()) || range.contains(&network.network()) {
+            return Err(invalid(format!("overlaps {range} ({what}); the overlay needs private unicast addresses")));
+        }
+    }
+    Ok(())
+}
 
 fn parse_network(s: &str) -> Result<Ipv4Net, ConfigError> {
     let t = s.trim();
@@ -624,7 +659,9 @@ mod tests {
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert!(c.enable_ipv4 && !c.enable_ipv6);
+        assert!(c.enable_ipv4 && !c.enable_ipv6 && !c.enable_nftables);
+        assert!(p(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).enable_nftables);
+        assert!(err(r#"{"Network":"10.244.0.0/16","EnableNFTables":"yes"}"#).contains("EnableNFTables"));
         assert_eq!(c.backend, BackendConfig::vxlan());
         assert_eq!(c.backend.port, 8472);
         assert_eq!(c.backend.vni, 1);
@@ -677,6 +714,19 @@ mod tests {
         let c = p(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":0,"MTU":0}}"#);
         assert_eq!(c.backend.port, 8472);
         assert_eq!(c.backend.mtu, None);
+    }
+
+    #[test]
+    fn networks_capturing_the_default_route_or_special_ranges_are_refused() {
+        let e = err(r#"{"Network":"0.0.0.0/0"}"#);
+        assert!(e.contains("Network") && e.contains("0.0.0.0/0") && e.contains("default route"), "{e}");
+        for (net, says) in [("0.0.0.0/1", "0.0.0.0/8"), ("127.0.0.0/16", "loopback"), ("224.0.0.0/8", "multicast"), ("128.0.0.0/1", "224.0.0.0/3")] {
+            let e = err(&format!(r#"{{"Network":"{net}"}}"#));
+            assert!(e.contains(net) && e.contains(says), "{net}: {e}");
+        }
+        for ok in ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "1.0.0.0/8"] {
+            p(&format!(r#"{{"Network":"{ok}"}}"#));
+        }
     }
 
     #[test]

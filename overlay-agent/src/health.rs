@@ -1,20 +1,28 @@
 //! `--healthz-ip/--healthz-port`: /healthz (the process is alive), /readyz
-//! (data path attached, lease held, subnet file written) and /metrics
+//! (data path attached, lease held, subnet file written, masquerade rules
+//! installed: flanneld v0.28.9's meaning) and /metrics
 //! (Prometheus text format). A deliberately tiny HTTP/1.1 responder: three
 //! GET routes do not justify a web framework.
+//!
+//! The DaemonSet binds it to the node's address, which pods can reach, so it
+//! must stay answerable under abuse: at most [`MAX_CONNECTIONS`] are served
+//! at once (a new one pushes out the oldest, so idle connections cannot keep
+//! a probe out), a request must arrive whole within [`REQUEST_TIMEOUT`], and
+//! accept errors (e.g. out of file descriptors) back off instead of spinning.
 use std::{
+    collections::{BTreeMap, VecDeque},
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use log::{debug, info};
+use log::{debug, info, warn};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -22,13 +30,33 @@ use tokio::{
 
 use crate::{
     datapath::{PinLayout, PinnedStats},
-    etcd::EtcdStatus,
-    etcd::Lease,
+    etcd::{Backoff, EtcdStatus, Lease},
 };
+
+/// The main loop turns at least once a second (the endpoint sync); this long
+/// without a turn means it is stuck, and /readyz says so.
+pub const MAIN_LOOP_STALL: Duration = Duration::from_secs(30);
+/// Connections served at once; probes and a scraper need a handful.
+pub const MAX_CONNECTIONS: usize = 32;
+/// The whole request (line and headers) must arrive within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Conditions that make the agent not ready while they last, as
+/// `overlay_condition{condition=...}` names them.
+pub mod condition {
+    /// Applying our lease after it moved failed (retried with backoff).
+    pub const OWN_LEASE_APPLY: &str = "own_lease_apply_failing";
+    /// The network config in etcd is not the one the agent runs with.
+    pub const NETWORK_CONFIG_CHANGED: &str = "network_config_changed";
+    pub const ALL: [&str; 2] = [OWN_LEASE_APPLY, NETWORK_CONFIG_CHANGED];
+}
 
 pub struct Health {
     pub etcd: Arc<EtcdStatus>,
     ready: AtomicBool,
+    /// flanneld v0.28.9's /readyz: the masquerade (and forward) rules are in
+    /// place (true when none are asked for).
+    masq_installed: AtomicBool,
     peers: AtomicUsize,
     lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
     /// The pod bridge found (None while there is none).
@@ -38,6 +66,13 @@ pub struct Health {
     /// Kept open across scrapes; the server starts before the data path is
     /// pinned, so it opens on the first scrape that finds the pin.
     counters: Mutex<PinnedStats>,
+    /// Active conditions (see [`condition`]) with what is wrong.
+    conditions: Mutex<BTreeMap<&'static str, String>>,
+    /// Failed attempts at applying our lease after it moved.
+    lease_apply_failures: AtomicU64,
+    /// The main loop's last turn (None until it runs).
+    heartbeat: Mutex<Option<Instant>>,
+    stall_after: Duration,
 }
 
 impl Health {
@@ -45,16 +80,51 @@ impl Health {
         Arc::new(Health {
             etcd: EtcdStatus::new(),
             ready: AtomicBool::new(false),
+            masq_installed: AtomicBool::new(false),
             peers: AtomicUsize::new(0),
             lease: Mutex::new(None),
             pod_bridge: Mutex::new(None),
             bridge_problems: Mutex::new(Vec::new()),
             counters: Mutex::new(PinnedStats::new(pins)),
+            conditions: Mutex::new(BTreeMap::new()),
+            lease_apply_failures: AtomicU64::new(0),
+            heartbeat: Mutex::new(None),
+            stall_after: MAIN_LOOP_STALL,
         })
+    }
+
+    /// The main loop is alive (called on each of its turns).
+    pub fn heartbeat(&self) {
+        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Sets (Some: what is wrong) or clears (None) one of [`condition`].
+    pub fn set_condition(&self, name: &'static str, problem: Option<String>) {
+        let mut c = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
+        match problem {
+            Some(p) => c.insert(name, p),
+            None => c.remove(name),
+        };
+    }
+
+    pub fn add_lease_apply_failure(&self) {
+        self.lease_apply_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long the main loop has gone without a turn, when that is more
+    /// than [`MAIN_LOOP_STALL`].
+    fn main_loop_stalled(&self) -> Option<Duration> {
+        let beat = (*self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let age = beat.elapsed();
+        (age > self.stall_after).then_some(age)
     }
 
     pub fn datapath_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_masq_installed(&self, installed: bool) {
+        self.masq_installed.store(installed, Ordering::SeqCst);
     }
 
     pub fn set_peers(&self, n: usize) {
@@ -78,14 +148,23 @@ impl Health {
     }
 
     /// What /readyz is waiting for, or None when ready.
-    fn not_ready_reason(&self) -> Option<&'static str> {
+    fn not_ready_reason(&self) -> Option<String> {
         if self.lease.lock().map(|l| l.is_none()).unwrap_or(true) {
-            Some("no subnet lease yet")
-        } else if !self.ready.load(Ordering::SeqCst) {
-            Some("the data path or the subnet file is not set up yet")
-        } else {
-            None
+            return Some("no subnet lease yet".into());
         }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Some("the data path or the subnet file is not set up yet".into());
+        }
+        if !self.masq_installed.load(Ordering::SeqCst) {
+            return Some("the masquerade rules are not installed".into());
+        }
+        let mut why = Vec::new();
+        if let Some(age) = self.main_loop_stalled() {
+            why.push(format!("the main loop has not run for {} s (stuck)", age.as_secs()));
+        }
+        let conditions = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
+        why.extend(conditions.iter().map(|(name, problem)| format!("{name}: {problem}")));
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// The Prometheus exposition.
@@ -160,6 +239,19 @@ impl Health {
                 let _ = writeln!(out, "overlay_pod_bridge_problems{{kind=\"{kind}\"}} {n}");
             }
         }
+        {
+            let conditions = self.conditions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = writeln!(
+                out,
+                "# HELP overlay_condition 1 while this keeps the agent not ready (see /readyz and the log), by condition.\n# TYPE overlay_condition gauge"
+            );
+            let stalled = self.main_loop_stalled().is_some();
+            let _ = writeln!(out, "overlay_condition{{condition=\"main_loop_stalled\"}} {}", u8::from(stalled));
+            for name in condition::ALL {
+                let _ = writeln!(out, "overlay_condition{{condition=\"{name}\"}} {}", u8::from(conditions.contains_key(name)));
+            }
+        }
+        counter(&mut out, "overlay_lease_apply_failures_total", "Failed attempts at applying our lease after it moved (retried with backoff).", self.lease_apply_failures.load(Ordering::Relaxed));
         gauge(&mut out, "overlay_ready", "1 once the data path is attached, the lease held and the subnet file written.", u8::from(self.is_ready()).to_string());
         out
     }
@@ -170,27 +262,66 @@ fn unix(t: SystemTime) -> String {
 }
 
 /// Binds now (so a bad address fails the start) and serves in the background.
-pub async fn spawn(ip: IpAddr, port: u16, health: Arc<Health>) -> Result<()> {
+pub async fn spawn(ip: IpAddr, port: u16, health: Arc<Health>) -> Result<SocketAddr> {
     let addr = SocketAddr::new(ip, port);
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the health server to {addr}"))?;
+    let addr = listener.local_addr().unwrap_or(addr);
     info!("serving /healthz, /readyz and /metrics on {addr}");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let health = health.clone();
-            tokio::spawn(async move {
-                let _ = serve(stream, &health).await;
-            });
+    tokio::spawn(accept_loop(listener, health));
+    Ok(addr)
+}
+
+async fn accept_loop(listener: TcpListener, health: Arc<Health>) {
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut failing = false;
+    // Oldest first.
+    let mut open: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if failing {
+                    info!("health server: accepting connections again");
+                    failing = false;
+                }
+                backoff.reset();
+                open.retain(|h| !h.is_finished());
+                if open.len() >= MAX_CONNECTIONS {
+                    // The oldest has had the longest to send its request: a
+                    // probe sends at once, an idle connection never does.
+                    if let Some(oldest) = open.pop_front() {
+                        oldest.abort();
+                    }
+                }
+                let health = health.clone();
+                let task = tokio::spawn(async move {
+                    let _ = serve(stream, &health).await;
+                });
+                open.push_back(task.abort_handle());
+            }
+            // E.g. EMFILE: the connection stays in the backlog, so accepting
+            // again at once would spin.
+            Err(e) => {
+                let d = backoff.next_delay();
+                if !failing {
+                    warn!("health server: accepting a connection failed: {e}; backing off");
+                    failing = true;
+                } else {
+                    debug!("health server: accept failed again: {e}; waiting {d:?}");
+                }
+                tokio::time::sleep(d).await;
+            }
         }
-    });
-    Ok(())
+    }
 }
 
 async fn serve(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
+    // One deadline for the whole request: a trickle of bytes does not
+    // extend it.
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf[len..]))
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf[len..]))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if n == 0 {
@@ -216,8 +347,12 @@ async fn serve(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 #[cfg(test)]
@@ -253,7 +388,7 @@ mod tests {
         assert!(text.contains("\noverlay_ready 0\n"), "{text}");
         assert!(text.contains("\noverlay_leases_known 0\n"), "{text}");
         assert!(!text.contains("overlay_lease_expiry_timestamp_seconds"), "no lease, no expiry: {text}");
-        assert_eq!(h.not_ready_reason(), Some("no subnet lease yet"));
+        assert_eq!(h.not_ready_reason().as_deref(), Some("no subnet lease yet"));
         assert!(
             text.contains(&format!(
                 "overlay_build_info{{version=\"{}\",pin_layout=\"v{}\"}} 1",
@@ -271,13 +406,80 @@ mod tests {
         let h = Health::new(&PinLayout::new("/nonexistent/overlay-health-test"));
         let expiry = SystemTime::now() + std::time::Duration::from_secs(86400);
         *h.lease.lock().unwrap() = Some(("10.42.3.0/24".parse().unwrap(), Some(expiry)));
-        assert_eq!(h.not_ready_reason(), Some("the data path or the subnet file is not set up yet"));
+        assert_eq!(h.not_ready_reason().as_deref(), Some("the data path or the subnet file is not set up yet"));
         h.datapath_ready();
         h.set_peers(4);
+        assert_eq!(h.not_ready_reason().as_deref(), Some("the masquerade rules are not installed"));
+        h.set_masq_installed(true);
         assert_eq!(h.not_ready_reason(), None);
         let text = h.metrics();
         check_exposition(&text);
         assert!(text.contains("\noverlay_ready 1\n") && text.contains("\noverlay_leases_known 4\n"), "{text}");
         assert!(text.contains("\noverlay_lease_expiry_timestamp_seconds "), "{text}");
+    }
+
+    fn ready_health() -> Arc<Health> {
+        let h = Health::new(&PinLayout::new("/nonexistent/overlay-health-test"));
+        *h.lease.lock().unwrap() = Some(("10.42.3.0/24".parse().unwrap(), None));
+        h.datapath_ready();
+        h.set_masq_installed(true);
+        h
+    }
+
+    #[test]
+    fn a_stalled_main_loop_is_not_ready() {
+        let mut h = Arc::into_inner(ready_health()).unwrap();
+        h.stall_after = Duration::from_millis(50);
+        assert_eq!(h.not_ready_reason(), None, "no heartbeat yet: the loop has not started");
+        h.heartbeat();
+        assert_eq!(h.not_ready_reason(), None);
+        std::thread::sleep(Duration::from_millis(120));
+        let why = h.not_ready_reason().expect("stale heartbeat");
+        assert!(why.contains("main loop"), "{why}");
+        assert!(h.metrics().contains("\noverlay_condition{condition=\"main_loop_stalled\"} 1\n"));
+        h.heartbeat();
+        assert_eq!(h.not_ready_reason(), None);
+    }
+
+    #[test]
+    fn conditions_make_it_not_ready_until_cleared() {
+        let h = ready_health();
+        h.set_condition(condition::NETWORK_CONFIG_CHANGED, Some("Network 10.42.0.0/16 -> 10.43.0.0/16".into()));
+        h.add_lease_apply_failure();
+        let why = h.not_ready_reason().unwrap();
+        assert!(why.contains("network_config_changed") && why.contains("10.43.0.0/16"), "{why}");
+        let text = h.metrics();
+        check_exposition(&text);
+        assert!(text.contains("\noverlay_condition{condition=\"network_config_changed\"} 1\n"), "{text}");
+        assert!(text.contains("\noverlay_condition{condition=\"own_lease_apply_failing\"} 0\n"), "{text}");
+        assert!(text.contains("\noverlay_lease_apply_failures_total 1\n"), "{text}");
+        assert!(text.contains("\noverlay_ready 0\n"), "{text}");
+        h.set_condition(condition::NETWORK_CONFIG_CHANGED, None);
+        assert_eq!(h.not_ready_reason(), None);
+    }
+
+    /// Real sockets on loopback: far more idle connections than are served
+    /// at once do not keep /readyz from answering.
+    #[tokio::test]
+    async fn readyz_answers_past_many_idle_connections() {
+        let h = ready_health();
+        let addr = spawn("127.0.0.1".parse().unwrap(), 0, h).await.unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS * 4 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        probe.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(REQUEST_TIMEOUT / 2, probe.read_to_string(&mut answer))
+            .await
+            .expect("/readyz answered while the idle connections are open")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ready\n"), "{answer}");
+        // The oldest idle connections were closed to make room.
+        let mut first = idle.remove(0);
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(REQUEST_TIMEOUT / 2, first.read(&mut byte)).await.expect("closed by the server");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
 }

@@ -47,6 +47,9 @@ pub struct Absent {
 
 #[derive(Serialize)]
 pub struct ConfigView {
+    /// Outer source of what we send, destination of what we accept.
+    pub local_ip: Ipv4Addr,
+    /// Our lease's PublicIP.
     pub public_ip: Ipv4Addr,
     #[serde(serialize_with = "display")]
     pub network: Ipv4Net,
@@ -74,11 +77,15 @@ pub struct SubnetView {
     pub vtep_mac: Mac,
 }
 
+/// A PublicIP VXLAN is accepted from (`NODES`), and the subnets it may
+/// send from: those whose `SUBNETS` entry names it.
 #[derive(Serialize)]
 pub struct SenderView {
     pub public_ip: Ipv4Addr,
-    #[serde(serialize_with = "display")]
-    pub subnet: Ipv4Net,
+    /// How many leases name it, as `NODES` counts them.
+    pub leases: u32,
+    #[serde(serialize_with = "display_all")]
+    pub subnets: Vec<Ipv4Net>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +138,10 @@ fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Erro
     s.collect_str(v)
 }
 
+fn display_all<T: fmt::Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
 fn counters_by_name<S: Serializer>(counters: &[CounterView], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(counters.iter().map(|c| (c.reason, c)))
 }
@@ -138,6 +149,7 @@ fn counters_by_name<S: Serializer>(counters: &[CounterView], s: S) -> Result<S::
 impl From<NodeConfig> for ConfigView {
     fn from(c: NodeConfig) -> Self {
         ConfigView {
+            local_ip: c.local_ip,
             public_ip: c.public_ip,
             network: c.network,
             subnet: c.subnet,
@@ -182,8 +194,17 @@ pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled
     }
     let maps = DatapathMaps::open_pinned(pins)?;
     let config = maps.config()?.map(ConfigView::from);
-    let subnets = maps
-        .peers()?
+    let peers = maps.peers()?;
+    let nodes = maps
+        .nodes()?
+        .into_iter()
+        .map(|n| SenderView {
+            public_ip: n.public_ip,
+            leases: n.leases,
+            subnets: peers.iter().filter(|p| p.public_ip == n.public_ip).map(|p| p.subnet).collect(),
+        })
+        .collect();
+    let subnets = peers
         .into_iter()
         .map(|p| SubnetView {
             subnet: p.subnet,
@@ -193,7 +214,6 @@ pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled
             vtep_mac: Mac(p.vtep_mac),
         })
         .collect();
-    let nodes = maps.nodes()?.into_iter().map(|(public_ip, subnet)| SenderView { public_ip, subnet }).collect();
     let endpoints =
         maps.endpoints()?.into_iter().map(|e| EndpointView { ip: e.ip, ifindex: e.ifindex, mac: Mac(e.mac) }).collect();
     let now_ns = coarse_now_ns();
@@ -234,6 +254,9 @@ impl fmt::Display for View {
             Some(c) => {
                 writeln!(f, "\nnode")?;
                 writeln!(f, "  public IP      {}", c.public_ip)?;
+                if c.local_ip != c.public_ip {
+                    writeln!(f, "  tunnel address {} (outer source and destination; NAT to the public IP)", c.local_ip)?;
+                }
                 writeln!(f, "  network        {}", c.network)?;
                 writeln!(f, "  our subnet     {}", c.subnet)?;
                 writeln!(f, "  VNI / port     {} / {}", c.vni, c.port)?;
@@ -251,7 +274,9 @@ impl fmt::Display for View {
         }
         writeln!(f, "\nknown senders ({})", self.nodes.len())?;
         for n in &self.nodes {
-            writeln!(f, "  {:<16} may send from {}", n.public_ip.to_string(), n.subnet)?;
+            let subnets: Vec<String> = n.subnets.iter().map(|s| s.to_string()).collect();
+            let from = if subnets.is_empty() { "nothing (no subnet names it)".to_string() } else { subnets.join(", ") };
+            writeln!(f, "  {:<16} may send from {from}", n.public_ip.to_string())?;
         }
         writeln!(f, "\nlocal pods with direct delivery ({})", self.endpoints.len())?;
         for e in &self.endpoints {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use rtnetlink::Handle;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -19,21 +19,21 @@ use tokio::{
 };
 
 use crate::{
-    cli::RunArgs,
+    cli::{RunArgs, XdpModeArg},
     config::{BackendType, NetworkConfig},
     datapath::{
         loader::{Datapath, DatapathOptions, XdpGuard},
-        DatapathMaps, Mode, NodeConfig, Peer, PinLayout, PodEndpoint, VXLAN_OVERHEAD,
+        DatapathMaps, Mode, NodeConfig, Peer, PeerChanges, PinLayout, PodEndpoint, VXLAN_OVERHEAD,
     },
     etcd::{
-        registry::format_mac, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
+        registry::format_mac, spawn_config_watch, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
         EtcdSettings, Lease, LeaseAttrs, LeaseEvent, SubnetManager,
     },
-    health::{self, Health},
+    health::{self, condition, Health},
     host::{
         iface::{self, IfaceSelection, Uplink},
-        leftovers,
-        masq::MasqRules,
+        blackhole, leftovers,
+        masquerade::{MasqOptions, Masquerade},
         netlink,
         pod_bridge::{self, BridgeScan},
         pods, sysctl,
@@ -108,6 +108,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         BackendType::HostGw => underlay_mtu,
     };
     info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
+    check_network_against_uplink(&cfg, &uplink)?;
 
     // One listing of the leases serves the whole start: finding our lease,
     // acquiring it and the lease watch's first Snapshot (at 10,000 leases a
@@ -149,7 +150,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pins,
         uplink: uplink.name.clone(),
         tunnel: TUNNEL_DEVICE.to_string(),
-        xdp_guard: if args.xdp_guard { XdpGuard::Native } else { XdpGuard::Off },
+        xdp_guard: match (args.xdp_guard || args.xdp_decap, args.xdp_mode) {
+            (false, _) => XdpGuard::Off,
+            (true, XdpModeArg::Native) => XdpGuard::Native,
+            (true, XdpModeArg::Generic) => XdpGuard::Generic,
+        },
+        log_drops: args.bpf_log_drops,
     })
     .context("installing the BPF data path")?;
 
@@ -166,9 +172,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         underlay_mtu,
         pod_mtu,
         own: lease.clone(),
-        peers: BTreeMap::new(),
+        leases: BTreeMap::new(),
         skipped: HashMap::new(),
         masq: None,
+        reapply: None,
         args: args.clone(),
         health: health.clone(),
     };
@@ -180,12 +187,37 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let own_rx = spawn_lease_keeper(mgr, cfg.clone(), lease, renew_margin, attrs);
     // The watch starts from the listing's revision + 1, so what changed since
     // (our own lease included) arrives as events.
+    let config_rx = spawn_config_watch(settings.clone(), cfg.clone());
     let events = spawn_lease_watch_from(settings, cfg, status, listing);
     health.set_lease(&node.own);
     health.datapath_ready();
     notify::ready();
     info!("ready");
-    node.run(events, own_rx).await
+    node.run(events, own_rx, config_rx).await
+}
+
+/// The cluster route (Network via the tunnel device) must not capture the
+/// underlay: a Network holding the uplink's address or our public IP would
+/// send VXLAN to peers into the tunnel itself. flanneld accepts such a
+/// config and breaks the node's networking; refuse it before touching
+/// anything.
+fn check_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<()> {
+    for (what, ip) in [("the uplink's address", uplink.iface_addr), ("the public IP", uplink.public_ip)] {
+        if cfg.network.contains(&ip) {
+            bail!(
+                "network config Network {} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
+                 would capture the underlay; choose a Network that does not overlap the nodes' addresses",
+                cfg.network,
+                uplink.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One of the two subnets contains the other.
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b) || b.contains(&a)
 }
 
 fn tunnel_plan(cfg: &NetworkConfig, subnet: Ipv4Net, pod_mtu: u32, vtep_mac: [u8; 6]) -> TunnelPlan {
@@ -214,24 +246,36 @@ struct Node {
     underlay_mtu: u32,
     pod_mtu: u32,
     own: Lease,
-    /// What we installed, by subnet.
-    peers: BTreeMap<Ipv4Net, Peer>,
+    /// Every lease etcd holds, as the lease watch last said, by subnet: the
+    /// peer maps are a function of these and `own` (see `peer_for`).
+    leases: BTreeMap<Ipv4Net, Lease>,
     /// Leases we refused, with why (to warn once per change, not per resync).
     skipped: HashMap<Ipv4Net, String>,
-    masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
+    masq: Option<(Masquerade, tokio::task::JoinHandle<()>)>,
+    /// While applying our moved lease fails: the backoff and the next try.
+    reapply: Option<(Backoff, tokio::time::Instant)>,
     args: RunArgs,
     health: Arc<Health>,
 }
 
 impl Node {
-    async fn run(mut self, mut events: mpsc::Receiver<LeaseEvent>, mut own: watch::Receiver<Lease>) -> Result<()> {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<LeaseEvent>,
+        mut own: watch::Receiver<Lease>,
+        mut config: watch::Receiver<Option<String>>,
+    ) -> Result<()> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut endpoint_tick = tokio::time::interval(ENDPOINT_SYNC);
         endpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.peers = self.datapath.maps.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
         let mut ticks: u64 = 0;
+        let mut config_open = true;
         loop {
+            // Each turn shows /readyz that the loop is not stuck; the
+            // endpoint tick makes one at least every second.
+            self.health.heartbeat();
+            let reapply_at = self.reapply.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.apply_event(ev).await,
@@ -245,14 +289,25 @@ impl Node {
                     if lease.subnet != self.own.subnet {
                         warn!("our lease moved from {} to {}", self.own.subnet, lease.subnet);
                         self.own = lease;
-                        if let Err(e) = self.apply_own_lease(false).await {
-                            warn!("applying the new lease: {e:#}");
-                        }
+                        self.health.set_lease(&self.own);
+                        self.reapply = None;
+                        self.reapply_own_lease().await;
                     } else {
                         self.own = lease;
+                        self.health.set_lease(&self.own);
                     }
-                    self.health.set_lease(&self.own);
                 }
+                _ = sleep_until_opt(reapply_at) => self.reapply_own_lease().await,
+                changed = config.changed(), if config_open => match changed {
+                    Ok(()) => {
+                        let change = config.borrow_and_update().clone();
+                        self.config_changed(change);
+                    }
+                    Err(_) => {
+                        warn!("the network config watch stopped: a change of the config in etcd is no longer noticed");
+                        config_open = false;
+                    }
+                },
                 _ = endpoint_tick.tick() => {
                     self.sync_endpoints().await;
                     ticks += 1;
@@ -272,6 +327,7 @@ impl Node {
     fn node_config(&self) -> NodeConfig {
         let bridge = self.bridge.bridge.as_ref();
         NodeConfig {
+            local_ip: self.uplink.iface_addr,
             public_ip: self.uplink.public_ip,
             network: self.cfg.network,
             subnet: self.own.subnet,
@@ -283,46 +339,134 @@ impl Node {
             vtep_mac: self.vtep_mac,
             bridge_mac: bridge.map_or([0; 6], |b| b.mac),
             kernel_forwarding: self.args.kernel_forwarding,
+            xdp_decap: self.args.xdp_decap,
         }
     }
 
     /// Config map, tunnel device, subnet file and masquerading for our
-    /// (possibly new) lease.
+    /// (possibly new) lease. At start (`first`) the first failure fails the
+    /// start, as with flanneld. After a move every part is tried even when
+    /// an earlier one failed (a full /run must not leave the old lease's
+    /// iptables rules in place), and the failures are returned together.
     async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
         let subnet = self.own.subnet;
-        self.datapath.maps.set_config(&self.node_config())?;
+        let mut failed: Vec<anyhow::Error> = Vec::new();
+        if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
+            failed.push(anyhow::Error::new(e).context("updating the config map"));
+        }
         if !first {
             self.tunnel_plan.subnet = subnet;
-            tunnel_device::ensure(&self.handle, &self.tunnel_plan).await?;
-            // A peer entry for what is now our own subnet must go.
-            if self.peers.contains_key(&subnet) {
-                self.remove_peer(subnet);
+            if let Err(e) = tunnel_device::ensure(&self.handle, &self.tunnel_plan).await {
+                failed.push(anyhow::Error::new(e).context(format!("setting up {TUNNEL_DEVICE}")));
             }
+            // Leases skipped as overlapping the old lease, and a peer entry
+            // for what is now our own subnet, are looked at again.
+            self.recheck_peers().await;
         }
         let env = SubnetEnv::from_lease(self.cfg.network, subnet, self.pod_mtu, self.args.ip_masq);
-        env.write_atomic(&self.args.subnet_file)
-            .with_context(|| format!("writing {}", self.args.subnet_file.display()))?;
-        info!("wrote {}", self.args.subnet_file.display());
-        // flanneld installs its FORWARD accept rules whenever
-        // --iptables-forward-rules is on (the default), masquerading or not.
-        if self.args.ip_masq || self.args.iptables_forward_rules {
-            if let Some((_, task)) = self.masq.take() {
-                // ensure() rebuilds chains that still hold the old lease's rules.
-                task.abort();
-            }
-            let rules = MasqRules::new(
-                self.cfg.network,
-                subnet,
-                !self.args.ip_masq_fully_random_disable,
-                self.args.iptables_forward_rules,
-            )
-            .with_masq(self.args.ip_masq);
-            // iptables is a blocking subprocess: keep it off the async workers.
-            tokio::task::block_in_place(|| rules.ensure()).context("installing the iptables rules")?;
-            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)));
-            self.masq = Some((rules, task));
+        match env.write_atomic(&self.args.subnet_file) {
+            Ok(()) => info!("wrote {}", self.args.subnet_file.display()),
+            Err(e) => failed.push(anyhow::Error::new(e).context(format!("writing {}", self.args.subnet_file.display()))),
         }
-        Ok(())
+        if first && !failed.is_empty() {
+            return combined(failed);
+        }
+        // flanneld installs its FORWARD accept rules whenever
+        // --iptables-forward-rules is on (the default), masquerading or not;
+        // net-conf EnableNFTables picks its nftables layout instead.
+        let opts = MasqOptions {
+            nftables: self.cfg.enable_nftables,
+            ip_masq: self.args.ip_masq,
+            fully_random: !self.args.ip_masq_fully_random_disable,
+            forward: self.args.iptables_forward_rules,
+        };
+        if first {
+            tokio::task::block_in_place(|| Masquerade::remove_other_layout(opts.nftables));
+        }
+        if let Some((_, task)) = self.masq.take() {
+            task.abort();
+        }
+        if let Some(rules) = Masquerade::new(opts, self.cfg.network, subnet) {
+            // The resync follows the current lease's rules from now on,
+            // whether or not this first attempt works: it keeps repairing.
+            self.health.set_masq_installed(false);
+            let health = self.health.clone();
+            let task = rules.spawn_resync(Duration::from_secs(self.args.iptables_resync.max(1)), move |ok| {
+                health.set_masq_installed(ok)
+            });
+            // ensure() rebuilds what still holds the old lease's rules.
+            // iptables / nft are blocking subprocesses: keep them off the
+            // async workers.
+            match tokio::task::block_in_place(|| rules.ensure()) {
+                Ok(_) => {
+                    info!("{} rules installed", rules.layout());
+                    self.health.set_masq_installed(true);
+                }
+                Err(e) => failed.push(e.context(format!("installing the {} rules", rules.layout()))),
+            }
+            self.masq = Some((rules, task));
+        } else {
+            self.health.set_masq_installed(true);
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, subnet).await.context("adding the blackhole route for our lease") {
+                failed.push(e);
+            }
+        } else if first {
+            // an earlier run with --ip-blackhole-route left it
+            match blackhole::remove(&self.handle, None).await.context("removing an old blackhole route") {
+                Ok(removed) => {
+                    for old in removed {
+                        info!("removed the blackhole route for {old} (no --ip-blackhole-route)");
+                    }
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        combined(failed)
+    }
+
+    /// Applies our lease after it moved; on failure /readyz says why and it
+    /// is tried again with backoff (1 s doubling to a minute) until it
+    /// works. flanneld logs the failure once and carries on with a half
+    /// applied lease.
+    async fn reapply_own_lease(&mut self) {
+        let subnet = self.own.subnet;
+        match self.apply_own_lease(false).await {
+            Ok(()) => {
+                if self.reapply.take().is_some() {
+                    info!("lease {subnet} applied after earlier failures");
+                }
+                self.health.set_condition(condition::OWN_LEASE_APPLY, None);
+            }
+            Err(e) => {
+                let (backoff, at) = self
+                    .reapply
+                    .get_or_insert_with(|| (Backoff::new(Duration::from_secs(1), Duration::from_secs(60)), tokio::time::Instant::now()));
+                let d = backoff.next_delay();
+                *at = tokio::time::Instant::now() + d;
+                error!("applying our lease {subnet} failed: {e:#}; retrying in {d:.1?}");
+                self.health.add_lease_apply_failure();
+                self.health.set_condition(condition::OWN_LEASE_APPLY, Some(format!("applying lease {subnet}: {e:#}")));
+            }
+        }
+    }
+
+    /// The network config in etcd changed (Some: how it differs from the
+    /// one we run with) or is back to ours (None). flanneld reads the config
+    /// once and ignores changes silently; re-numbering a running node under
+    /// its pods is not safe either, so the agent keeps its config, says so
+    /// loudly and is not ready until restarted (or the change is undone).
+    fn config_changed(&mut self, change: Option<String>) {
+        match &change {
+            Some(how) => error!(
+                "the network config in etcd changed at run time ({how}); this agent keeps running \
+                 with the config it started with (Network {}): restart it to use the new one",
+                self.cfg.network
+            ),
+            None => info!("the network config in etcd is again the one this agent runs with"),
+        }
+        self.health.set_condition(condition::NETWORK_CONFIG_CHANGED, change);
     }
 
     async fn apply_event(&mut self, ev: LeaseEvent) {
@@ -334,33 +478,78 @@ impl Node {
                         wanted.insert(peer.subnet, peer);
                     }
                 }
-                let stale: Vec<Ipv4Net> = self.peers.keys().filter(|s| !wanted.contains_key(s)).copied().collect();
-                for subnet in stale {
-                    self.remove_peer(subnet);
+                self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
+                self.skipped.retain(|s, _| self.leases.contains_key(s));
+                // The maps become exactly what the leases say, whatever an
+                // earlier run (or a SIGKILL between two writes) left in them.
+                match self.datapath.maps.reconcile_peers(&wanted) {
+                    Ok(c) if c == PeerChanges::default() => {}
+                    Ok(c) => info!(
+                        "peers resynced: {} subnets written, {} removed, {} senders changed",
+                        c.written, c.removed, c.senders
+                    ),
+                    Err(e) => warn!("resyncing the peer maps: {e}"),
                 }
-                for (_, peer) in wanted {
-                    self.upsert_peer(peer);
-                }
-                self.skipped.retain(|s, _| leases.iter().any(|l| l.subnet == *s));
-                self.health.set_peers(self.peers.len());
-                debug!("resynced: {} peers from {} leases", self.peers.len(), leases.len());
+                debug!("resynced: {} peers from {} leases", wanted.len(), self.leases.len());
             }
             LeaseEvent::Added(lease) => {
-                match self.peer_for(&lease).await {
-                    Some(peer) => self.upsert_peer(peer),
-                    // A lease that turned invalid no longer routes anywhere.
-                    None if self.peers.contains_key(&lease.subnet) => self.remove_peer(lease.subnet),
-                    None => {}
-                }
-                self.health.set_peers(self.peers.len());
+                self.leases.insert(lease.subnet, lease.clone());
+                self.apply_lease(&lease).await;
             }
             LeaseEvent::Removed(subnet) => {
+                self.leases.remove(&subnet);
                 self.skipped.remove(&subnet);
-                if self.peers.contains_key(&subnet) {
-                    self.remove_peer(subnet);
-                }
-                self.health.set_peers(self.peers.len());
+                self.remove_peer(subnet);
             }
+        }
+        self.report_peers();
+    }
+
+    /// Installs, changes or removes the peer entry of one lease.
+    async fn apply_lease(&mut self, lease: &Lease) {
+        match self.peer_for(lease).await {
+            Some(peer) => self.upsert_peer(peer),
+            // A lease that turned invalid no longer routes anywhere.
+            None => self.remove_peer(lease.subnet),
+        }
+    }
+
+    /// After our own lease moved: a lease refused for overlapping our old
+    /// lease (or for being it: the node that took it over) may be valid
+    /// now, and an installed one may overlap our new lease. flanneld exits
+    /// when it loses its lease; we move, so we look again.
+    async fn recheck_peers(&mut self) {
+        let own = self.own.subnet;
+        let installed = match self.datapath.maps.installed_peers() {
+            Ok(peers) => peers.keys().copied().collect::<std::collections::BTreeSet<_>>(),
+            Err(e) => {
+                warn!("reading the installed peers: {e}");
+                Default::default()
+            }
+        };
+        let affected: Vec<Lease> = self
+            .leases
+            .values()
+            .filter(|l| !installed.contains(&l.subnet) || overlaps(l.subnet, own))
+            .cloned()
+            .collect();
+        for lease in &affected {
+            self.apply_lease(lease).await;
+        }
+        // An entry overlapping our new lease with no lease behind it (left
+        // from before the first Snapshot) goes too.
+        let orphans: Vec<Ipv4Net> =
+            installed.into_iter().filter(|s| overlaps(*s, own) && !self.leases.contains_key(s)).collect();
+        for subnet in orphans {
+            self.remove_peer(subnet);
+        }
+        self.report_peers();
+    }
+
+    fn report_peers(&mut self) {
+        match self.datapath.maps.installed_peers() {
+            Ok(peers) => self.health.set_peers(peers.len()),
+            Err(e) => warn!("reading the installed peers: {e}"),
         }
     }
 
@@ -371,7 +560,7 @@ impl Node {
             return None;
         }
         let backend = self.cfg.backend.kind.as_str();
-        let problem = if lease.subnet.contains(&self.own.subnet) || self.own.subnet.contains(&lease.subnet) {
+        let problem = if overlaps(lease.subnet, self.own.subnet) {
             Some(format!("overlaps our lease {}", self.own.subnet))
         } else if lease.attrs.public_ip == self.uplink.public_ip {
             Some(format!("claims our PublicIP {}", self.uplink.public_ip))
@@ -413,12 +602,19 @@ impl Node {
     }
 
     fn upsert_peer(&mut self, peer: Peer) {
-        if self.peers.get(&peer.subnet) == Some(&peer) {
+        let old = match self.datapath.maps.installed_peers() {
+            Ok(peers) => peers.get(&peer.subnet).copied(),
+            Err(e) => {
+                warn!("installing peer {}: {e}", peer.subnet);
+                return;
+            }
+        };
+        if old == Some(peer) {
             return;
         }
         match self.datapath.maps.upsert_peer(&peer) {
             Ok(()) => {
-                let verb = if self.peers.contains_key(&peer.subnet) { "changed" } else { "added" };
+                let verb = if old.is_some() { "changed" } else { "added" };
                 info!(
                     "peer {verb}: {} via {} ({}, VtepMAC {})",
                     peer.subnet,
@@ -426,19 +622,23 @@ impl Node {
                     peer.mode,
                     format_mac(&peer.vtep_mac)
                 );
-                self.peers.insert(peer.subnet, peer);
             }
             Err(e) => warn!("installing peer {}: {e}", peer.subnet),
         }
     }
 
+    /// Removes a subnet's peer entry, if there is one.
     fn remove_peer(&mut self, subnet: Ipv4Net) {
-        match self.datapath.maps.remove_peer(subnet) {
-            Ok(()) => {
-                if let Some(p) = self.peers.remove(&subnet) {
-                    info!("peer removed: {} (was via {})", subnet, p.public_ip);
-                }
+        let old = match self.datapath.maps.installed_peers() {
+            Ok(peers) => peers.get(&subnet).copied(),
+            Err(e) => {
+                warn!("removing peer {subnet}: {e}");
+                return;
             }
+        };
+        let Some(old) = old else { return };
+        match self.datapath.maps.remove_peer(subnet) {
+            Ok(()) => info!("peer removed: {} (was via {})", subnet, old.public_ip),
             Err(e) => warn!("removing peer {subnet}: {e}"),
         }
     }
@@ -446,6 +646,11 @@ impl Node {
     async fn resync_host(&mut self) {
         if let Err(e) = tunnel_device::resync_route(&self.handle, &self.tunnel_plan).await {
             warn!("re-asserting the cluster route via {TUNNEL_DEVICE}: {e}");
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, self.own.subnet).await {
+                warn!("re-asserting the blackhole route for {}: {e}", self.own.subnet);
+            }
         }
     }
 
@@ -512,5 +717,21 @@ impl Node {
             Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
             Err(e) => warn!("updating the endpoint map: {e}"),
         }
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Several independent failures as one error (all of them named).
+fn combined(mut failed: Vec<anyhow::Error>) -> Result<()> {
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        _ => bail!("{}", failed.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")),
     }
 }

@@ -10,12 +10,12 @@ pub mod maps;
 pub mod stats;
 
 /// Version of the pinned state layout. Part of the pin folder's name.
-pub const PIN_VERSION: u32 = 2;
+pub const PIN_VERSION: u32 = 3;
 /// Where the agent pins its maps, programs and links by default; the
 /// versioned folder is `{PIN_ROOT}/v{PIN_VERSION}`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
 /// `PIN_ROOT` + `/v` + `PIN_VERSION`, for humans and docs.
-pub const PIN_DIR: &str = "/sys/fs/bpf/overlay/v2";
+pub const PIN_DIR: &str = "/sys/fs/bpf/overlay/v3";
 
 /// Linux's default VXLAN port, which flannel uses when Backend.Port is 0
 /// (not IANA's 4789).

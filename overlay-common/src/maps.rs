@@ -46,15 +46,18 @@ pub struct NextHop {
 /// Key of `NODES`: a remote node's PublicIP.
 pub type NodeKey = [u8; 4];
 
-/// Value of `NODES`: what a known node may send us.
+/// Value of `NODES`: a PublicIP that at least one lease names, so VXLAN
+/// from it is looked at. Which inner sources it may send from is not here:
+/// several leases may name one PublicIP (two flanneld on one host, a lease
+/// moving between nodes), so the decapsulation looks the inner source up in
+/// `SUBNETS` and accepts it only when that entry's `public_ip` is the outer
+/// source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeEntry {
-    /// Network address of the subnet leased to that node: the only inner
-    /// source addresses accepted in VXLAN from it.
-    pub subnet: [u8; 4],
-    pub prefix_len: u8,
-    pub _pad: [u8; 3],
+    /// How many `SUBNETS` entries name this PublicIP (at least 1): the entry
+    /// goes when the last of them does.
+    pub leases: u32,
 }
 
 /// Key of `ENDPOINTS`: a local pod's IPv4 address.
@@ -130,13 +133,28 @@ pub mod config_flags {
     /// through netfilter's FORWARD chain) instead of the fast path:
     /// `--kernel-forwarding`, for hosts whose firewall filters pod traffic.
     pub const KERNEL_FORWARDING: u32 = 1 << 1;
+    /// `--xdp-decap`: the uplink's XDP program decapsulates our VXLAN
+    /// before the kernel's GRO (xdp_decap.rs in the BPF crate).
+    pub const XDP_DECAP: u32 = 1 << 2;
 }
+
+/// What the XDP decapsulation writes into a frame's XDP metadata (4 bytes
+/// before the frame) so that the uplink's TC program knows the inner frame
+/// was decapsulated and checked by us. Metadata only XDP can write, so no
+/// sender can forge it.
+pub const XDP_DECAP_MARK: u32 = 0x5658_4c44; // "VXLD"
 
 /// Value of the one-entry `CONFIG` array: this node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalConfig {
-    /// This node's PublicIP: the outer source of what we send.
+    /// The tunnel's local address: outer source of what we send, and where
+    /// VXLAN for us arrives. The uplink's own address, which differs from
+    /// the lease's PublicIP when `--public-ip` names a NAT's address (as
+    /// flannel.1's `local`).
+    pub local_ip: [u8; 4],
+    /// Our lease's PublicIP: VXLAN addressed to it is ours too (a PublicIP
+    /// that is a second address of this host).
     pub public_ip: [u8; 4],
     /// The flannel Network.
     pub cluster_net: [u8; 4],
@@ -190,8 +208,8 @@ mod tests {
     #[test]
     fn node_entry_layout() {
         assert_eq!(size_of::<NodeKey>(), 4);
-        assert_eq!(size_of::<NodeEntry>(), 8);
-        assert_eq!(align_of::<NodeEntry>(), 1);
+        assert_eq!(size_of::<NodeEntry>(), 4);
+        assert_eq!(align_of::<NodeEntry>(), 4);
     }
 
     #[test]
@@ -223,10 +241,10 @@ mod tests {
 
     #[test]
     fn local_config_layout() {
-        assert_eq!(size_of::<LocalConfig>(), 48);
+        assert_eq!(size_of::<LocalConfig>(), 52);
         assert_eq!(align_of::<LocalConfig>(), 4);
         // The sum of the fields equals the size: no hidden padding.
-        assert_eq!(4 + 4 + 4 + 4 + 4 + 4 + 4 + 2 + 1 + 1 + 6 + 6 + 4, 48);
+        assert_eq!(4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 2 + 1 + 1 + 6 + 6 + 4, 52);
     }
 
     #[test]

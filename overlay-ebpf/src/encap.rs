@@ -117,11 +117,12 @@ fn vxlan(
     let mut hdr = [0u8; VXLAN_OVERHEAD];
     // Outer IPv4: no options, DF clear and a varying ID, as kernel VXLAN.
     hdr[0] = 0x45;
+    hdr[1] = outer_tos(ip.tos);
     hdr[2..4].copy_from_slice(&outer_len.to_be_bytes());
     hdr[4..6].copy_from_slice(&ip_id.to_be_bytes());
     hdr[8] = OUTER_TTL;
     hdr[9] = IPPROTO_UDP;
-    hdr[12..16].copy_from_slice(&cfg.public_ip);
+    hdr[12..16].copy_from_slice(&cfg.local_ip);
     hdr[16..20].copy_from_slice(&nh.public_ip);
     let mut ip_hdr = [0u8; 20];
     ip_hdr.copy_from_slice(&hdr[..20]);
@@ -141,6 +142,21 @@ fn vxlan(
     ctx.store(ETH_HLEN, &hdr, 0).map_err(|_| Outcome::drop(Reason::DropError))?;
 
     Ok(underlay::send(ctx, cfg, nh.public_ip, NextHopKind::Routed, Reason::Encapsulated))
+}
+
+/// The outer TOS byte, as kernel VXLAN with no `tos` configured (flannel.1)
+/// sets it (`ip_tunnel_ecn_encap`, RFC 6040's normal mode): DSCP 0, the
+/// inner ECN field copied so that congestion marks on the underlay reach the
+/// receiver; an inner CE goes out as ECT(0).
+#[inline(always)]
+fn outer_tos(inner_tos: u8) -> u8 {
+    const ECN_MASK: u8 = 0b11;
+    const CE: u8 = 0b11;
+    const ECT_0: u8 = 0b10;
+    match inner_tos & ECN_MASK {
+        CE => ECT_0,
+        ecn => ecn,
+    }
 }
 
 /// A hash of the inner flow, for the outer source port (ECMP entropy, as

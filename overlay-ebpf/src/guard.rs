@@ -1,11 +1,14 @@
-//! Opt-in XDP on the uplink of a native-driver NIC: drops VXLAN from
-//! addresses that hold no lease before the kernel allocates an skb for it.
-//! Everything else passes to the TC programs, which do the real work (on
-//! veths, any XDP program costs TSO on the peer: datapath-findings.md).
+//! Opt-in XDP on the uplink. `--xdp-guard`: drops VXLAN from addresses
+//! that hold no lease before the kernel allocates an skb for it (on a
+//! native-driver NIC); everything else passes to the TC programs, which do
+//! the real work. `--xdp-decap`: our VXLAN is checked and decapsulated
+//! right here (xdp_decap.rs). On veths, any XDP program costs TSO on the
+//! peer and a copy of most frames: datapath-findings.md, BENCHMARKS.md.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use overlay_common::{stats::Reason, ETH_HLEN, IPPROTO_UDP};
+use overlay_common::{maps::config_flags, stats::Reason, ETH_HLEN, IPPROTO_UDP};
 
 use crate::{
+    decap::is_local,
     maps::NODES,
     parse::{EthHdr, Ipv4Hdr, UdpHdr},
     route::config,
@@ -13,7 +16,7 @@ use crate::{
 };
 
 #[inline(always)]
-fn at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -31,7 +34,7 @@ pub fn try_guard(ctx: &XdpContext) -> u32 {
         return pass;
     }
     let Some(ip) = at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return pass };
-    if !ip.is_valid() || ip.proto != IPPROTO_UDP || ip.dst != cfg.public_ip || ip.is_fragment() {
+    if !ip.is_valid() || ip.proto != IPPROTO_UDP || !is_local(&cfg, ip.dst) || ip.is_fragment() {
         return pass;
     }
     let hl = ip.header_len();
@@ -42,9 +45,22 @@ pub fn try_guard(ctx: &XdpContext) -> u32 {
     if u16::from_be_bytes(udp.dst_port) != cfg.port {
         return pass;
     }
+    if cfg.flags & config_flags::XDP_DECAP != 0 {
+        return match crate::xdp_decap::try_decap(ctx, &cfg, &ip) {
+            Ok(action) => action,
+            Err(reason) => {
+                let len = (ctx.data_end() - ctx.data()) as u32;
+                count(reason, len);
+                crate::drop_log::xdp(ctx, reason, ip.src, ip.dst, len);
+                xdp_action::XDP_DROP
+            }
+        };
+    }
     if NODES.get_ptr(ip.src).is_some() {
         return pass;
     }
-    count(Reason::DropUnknownSender, (ctx.data_end() - ctx.data()) as u32);
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    count(Reason::DropUnknownSender, len);
+    crate::drop_log::xdp(ctx, Reason::DropUnknownSender, ip.src, ip.dst, len);
     xdp_action::XDP_DROP
 }

@@ -5,6 +5,7 @@
 mod csum;
 mod decap;
 mod direct;
+mod drop_log;
 mod encap;
 mod flows;
 mod guard;
@@ -16,21 +17,29 @@ mod stats;
 mod tunnel;
 mod underlay;
 mod verdict;
+mod xdp_decap;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
-use crate::{route::Origin, verdict::Outcome};
+use crate::{
+    route::Origin,
+    verdict::{Outcome, TC_ACT_SHOT},
+};
 
-/// Counts the packet (with its length on entry) under its reason.
+/// Counts the packet (with its length on entry) under its reason, and logs
+/// it when it is dropped and drop logging is on (drop_log.rs).
 #[inline(always)]
-fn finish(len: u32, result: Result<Outcome, Outcome>) -> i32 {
+fn finish(ctx: &TcContext, program: &str, len: u32, result: Result<Outcome, Outcome>) -> i32 {
     let outcome = match result {
         Ok(o) | Err(o) => o,
     };
     stats::count(outcome.reason, len);
+    if outcome.action == TC_ACT_SHOT {
+        drop_log::tc(ctx, program, outcome.reason);
+    }
     outcome.action
 }
 
@@ -39,35 +48,35 @@ fn finish(len: u32, result: Result<Outcome, Outcome>) -> i32 {
 #[classifier]
 pub fn from_pods(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    finish(len, encap::try_egress(&ctx, Origin::Pod))
+    finish(&ctx, "from_pods", len, encap::try_egress(&ctx, Origin::Pod))
 }
 
 /// TC egress on each pod veth: what the kernel delivers to a local pod.
 #[classifier]
 pub fn to_pods(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    finish(len, flows::try_to_pod(&ctx))
+    finish(&ctx, "to_pods", len, flows::try_to_pod(&ctx))
 }
 
 /// TC egress on the tunnel device: what the kernel routes to remote pods.
 #[classifier]
 pub fn from_host(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    finish(len, encap::try_egress(&ctx, Origin::Host))
+    finish(&ctx, "from_host", len, encap::try_egress(&ctx, Origin::Host))
 }
 
 /// TC ingress on the tunnel device: VXLAN the kernel's socket received.
 #[classifier]
 pub fn from_tunnel(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    finish(len, tunnel::try_from_tunnel(&ctx))
+    finish(&ctx, "from_tunnel", len, tunnel::try_from_tunnel(&ctx))
 }
 
 /// TC ingress on the uplink: VXLAN from other nodes.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    finish(len, decap::try_ingress(&ctx))
+    finish(&ctx, "from_uplink", len, decap::try_ingress(&ctx))
 }
 
 /// Optional XDP on the uplink: early drop of VXLAN from strangers.

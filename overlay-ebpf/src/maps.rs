@@ -16,7 +16,8 @@ use overlay_common::{
 #[btf_map]
 pub static SUBNETS: LpmTrie<SubnetAddr, NextHop, { MAX_SUBNETS as usize }> = LpmTrie::new();
 
-/// Remote node PublicIP -> the subnet it may send from.
+/// Remote node PublicIP -> how many leases name it (VXLAN from anyone else
+/// is dropped at once).
 #[btf_map]
 pub static NODES: HashMap<NodeKey, NodeEntry, { MAX_NODES as usize }> = HashMap::new();
 

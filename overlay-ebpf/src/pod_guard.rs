@@ -7,6 +7,7 @@ use aya_ebpf::programs::TcContext;
 use overlay_common::{maps::LocalConfig, stats::Reason, ETH_HLEN, IPPROTO_UDP};
 
 use crate::{
+    decap::is_local,
     maps::{ENDPOINTS, NODES},
     parse::{in_subnet, load, Ipv4Hdr, UdpHdr},
     route::ingress_ifindex,
@@ -22,7 +23,7 @@ pub fn check(ctx: &TcContext, cfg: &LocalConfig, ip: &Ipv4Hdr) -> Result<(), Out
     }
     if ip.proto == IPPROTO_UDP && ip.fragment_offset() == 0 {
         if let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + ip.header_len()) {
-            let to_node = ip.dst == cfg.public_ip || NODES.get_ptr(ip.dst).is_some();
+            let to_node = is_local(cfg, ip.dst) || NODES.get_ptr(ip.dst).is_some();
             if to_node && u16::from_be_bytes(udp.dst_port) == cfg.port {
                 return Err(Outcome::drop(Reason::DropPodToTunnelPort));
             }

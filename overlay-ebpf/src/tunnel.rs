@@ -39,10 +39,10 @@ pub fn try_from_tunnel(ctx: &TcContext) -> Result<Outcome, Outcome> {
     // The helper gives the remote address in host order.
     // SAFETY: remote_ipv4 is the member an IPv4 tunnel fills in.
     let remote = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
-    let node = sender(remote)?;
+    sender(remote)?;
     if key.tunnel_id != cfg.vni {
         return Err(Outcome::drop(Reason::DropBadVni));
     }
-    let inner = inner_frame(ctx, &cfg, &node, remote, 0)?;
+    let inner = inner_frame(ctx, &cfg, remote, 0)?;
     Ok(deliver(ctx, &cfg, &inner))
 }

@@ -76,7 +76,7 @@ fn refresh(ctx: &TcContext, cfg: &LocalConfig, node: [u8; 4], kind: NextHopKind,
     let mut fib: FibLookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.ifindex = cfg.uplink_ifindex;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.public_ip);
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.local_ip);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(node);
     // SAFETY: fib lives on our stack for the duration of the call.
     let ret = unsafe {

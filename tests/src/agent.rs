@@ -66,6 +66,12 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
 }
 
+/// Where an agent on `host` writes its subnet file (in the testbed's folder
+/// `dir`).
+pub fn subnet_file_for(dir: &Path, host: &Host) -> PathBuf {
+    dir.join(format!("{}-subnet.env", host.name()))
+}
+
 impl Agent {
     /// Starts the agent in `host` with `--iface=eth0`.
     pub fn start(host: &Host, opts: AgentOptions<'_>) -> Result<Agent> {
@@ -77,7 +83,7 @@ impl Agent {
         crate::netns::ensure_bpffs()?;
         let name = host.name().to_string();
         let pin_root = PathBuf::from("/sys/fs/bpf").join(format!("{name}-agent"));
-        let subnet_file = opts.dir.join(format!("{name}-subnet.env"));
+        let subnet_file = subnet_file_for(opts.dir, host);
         let log = opts.dir.join(format!("{name}-agent.log"));
         let mut argv = vec![
             format!("--etcd-endpoints={}", opts.etcd_endpoints),
@@ -338,4 +344,29 @@ pub fn log_time(line: &str) -> Option<std::time::SystemTime> {
     let days = era * 146097 + doe - 719468;
     let secs = (days * 86400 + h * 3600 + min * 60) as f64 + s;
     Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
+/// `GET path` from the agent's health server at 127.0.0.1:`port` inside
+/// `host` (its `--healthz-ip=127.0.0.1 --healthz-port=PORT`), as a probe
+/// does: the status code and the body. `timeout` bounds connect, send and
+/// answer together (a kubelet probe's timeoutSeconds).
+pub fn http_get(host: &Host, port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let answer = host.in_ns(|| -> Result<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).with_context(|| format!("reading the answer to GET {path}"))?;
+        Ok(text)
+    })?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
 }

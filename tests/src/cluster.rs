@@ -1,9 +1,9 @@
-//! A cluster in namespaces: agent nodes (the real binary), nodes running
-//! flannel's kernel VXLAN, spare hosts, one pod per node, a real etcd, and
+//! A cluster in namespaces: agent nodes (the real binary), reference flannel
+//! nodes (our re-implementation of flanneld's vxlan backend, kernel data
+//! path: [`crate::flannel::FlannelRef`]), spare hosts, one pod per node, a real etcd, and
 //! a timestamped watch of its leases.
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     net::Ipv4Addr,
     process::{Command, Stdio},
     sync::mpsc,
@@ -16,7 +16,7 @@ use overlay_agent::datapath::{DatapathMaps, Peer};
 use crate::{
     agent::{Agent, AgentOptions},
     etcd::Etcd,
-    flannel::{add_kernel_peer, setup_kernel_vxlan, VxlanLease},
+    flannel::{read_watch_events, FlannelRef, RefOptions, VxlanLease},
     netns::{ensure_bpffs, next, ChildHandle, Pod, Testbed},
     poll_until,
 };
@@ -32,6 +32,9 @@ pub struct Cluster {
     pub etcd: Etcd,
     pub pods: Vec<Vec<Pod>>,
     pub kernel_leases: Vec<VxlanLease>,
+    /// The kernel nodes: our re-implementation of flanneld's vxlan backend
+    /// (see [`FlannelRef`]), one per kernel lease, in the same order.
+    pub flannel: Vec<FlannelRef>,
     pub pod_mtu: u32,
     /// The testbed host each agent runs in (agent i is on host i unless
     /// added later with [`Cluster::add_agent`]).
@@ -96,18 +99,13 @@ impl<'a> ClusterBuilder<'a> {
         let etcd = Etcd::start().unwrap();
         etcd.put(&format!("{PREFIX}/config"), config).unwrap();
 
-        let mut kernel_leases = Vec::new();
+        let mut flannel = Vec::new();
         for k in 0..kernels {
-            let lease = VxlanLease {
-                subnet: Ipv4Addr::new(10, 42, 250 - k as u8, 0),
-                prefix_len: 24,
-                public_ip: tb.host(agents + k).ip(),
-                vtep_mac: [0x0e, 0, 0, 0, 0xfa, k as u8 + 1],
-            };
-            etcd.put(&lease.etcd_key(PREFIX), &lease.etcd_value(1)).unwrap();
-            setup_kernel_vxlan(tb.host(agents + k), 1, &lease, 1500).unwrap();
-            kernel_leases.push(lease);
+            let node = FlannelRef::start(tb.host(agents + k), &etcd, PREFIX, &kernel_node_options(&tb, agents + k, k))
+                .unwrap();
+            flannel.push(node);
         }
+        let kernel_leases = flannel.iter().map(|f| f.lease).collect();
 
         let started = flags.into_iter().enumerate().map(|(i, extra)| start_agent(&tb, &etcd, i, extra)).collect();
         let mut cluster = Cluster {
@@ -115,6 +113,7 @@ impl<'a> ClusterBuilder<'a> {
             etcd,
             pods: vec![],
             kernel_leases,
+            flannel,
             pod_mtu: 1450,
             agent_hosts: (0..agents).collect(),
             tb,
@@ -131,20 +130,10 @@ impl<'a> ClusterBuilder<'a> {
             cluster.pods.push(vec![pod]);
         }
         for k in 0..kernels {
-            let lease = cluster.kernel_leases[k];
+            let (lease, mtu) = (cluster.flannel[k].lease, cluster.flannel[k].pod_mtu);
             let host = cluster.tb.host(agents + k);
-            let pod = host.add_pod("cni0", &format!("{}/24", next(lease.gateway(), 1)), lease.gateway(), 1450).unwrap();
+            let pod = host.add_pod("cni0", &format!("{}/24", next(lease.gateway(), 1)), lease.gateway(), mtu).unwrap();
             cluster.pods.push(vec![pod]);
-            for i in 0..agents {
-                let (subnet, len, _) = cluster.agents[i].lease().unwrap();
-                let peer = VxlanLease { subnet, prefix_len: len, public_ip: cluster.tb.host(i).ip(), vtep_mac: cluster.vtep_mac(i) };
-                add_kernel_peer(host, 1, &peer).unwrap();
-            }
-            for (j, other) in cluster.kernel_leases.iter().enumerate() {
-                if j != k {
-                    add_kernel_peer(host, 1, other).unwrap();
-                }
-            }
         }
         cluster
     }
@@ -186,6 +175,46 @@ impl Cluster {
         Self::build(agents, kernels, spare, config).ready(ready).prepare(prepare).start()
     }
 
+    /// Waits until every agent node has its pods on the fast path: their
+    /// veths carry the programs, and the endpoint map knows the node's first
+    /// pod (which must have talked across: a pod is learnt once the host has
+    /// seen it), within a second or two. Before that their traffic takes the
+    /// kernel path, which is correct but not what the callers look at.
+    pub fn wait_fast_path(&self) {
+        for i in 0..self.agents.len() {
+            let pins = self.agents[i].pins();
+            let pods = self.tb.host(self.agent_hosts[i]).pods();
+            poll_until(Duration::from_secs(15), &format!("node {i}'s pods on the fast path"), || {
+                let eps = self.maps(i).endpoints()?;
+                for pod in &pods {
+                    for program in ["from_pods", "to_pods"] {
+                        let pin = pins.link(program, pod.host_veth());
+                        anyhow::ensure!(pin.exists(), "no {}", pin.display());
+                    }
+                }
+                let first = &self.pods[i][0];
+                anyhow::ensure!(eps.iter().any(|e| e.ip == first.ip()), "{} not in {eps:?}", first.ip());
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+
+    /// Starts a kernel node (our flanneld re-implementation) on testbed host
+    /// `host` (normally a spare one) as the `k`th kernel lease. Returns its
+    /// index in `flannel`.
+    pub fn add_flannel(&mut self, host: usize, k: usize) -> usize {
+        self.add_flannel_with(host, &kernel_node_options(&self.tb, host, k))
+    }
+
+    /// [`Cluster::add_flannel`] with options of the caller's.
+    pub fn add_flannel_with(&mut self, host: usize, opts: &RefOptions) -> usize {
+        let node = FlannelRef::start(self.tb.host(host), &self.etcd, PREFIX, opts).unwrap();
+        self.kernel_leases.push(node.lease);
+        self.flannel.push(node);
+        self.flannel.len() - 1
+    }
+
     /// Agent `i`'s VtepMAC, from its pinned configuration.
     pub fn vtep_mac(&self, i: usize) -> [u8; 6] {
         let maps = DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap();
@@ -206,7 +235,12 @@ impl Cluster {
     /// its own forward to etcd, without waiting for it to be ready.
     /// Returns its index in `agents`.
     pub fn add_agent(&mut self, host: usize) -> usize {
-        let agent = start_agent(&self.tb, &self.etcd, host, vec![]);
+        self.add_agent_with(host, &[])
+    }
+
+    /// [`Cluster::add_agent`] with extra flags.
+    pub fn add_agent_with(&mut self, host: usize, flags: &[&str]) -> usize {
+        let agent = start_agent(&self.tb, &self.etcd, host, flags.iter().map(|f| f.to_string()).collect());
         self.agents.push(agent);
         self.agent_hosts.push(host);
         self.agents.len() - 1
@@ -246,19 +280,7 @@ impl Cluster {
         let stdout = child.take_stdout().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(op)) = lines.next() {
-                let put = match op.as_str() {
-                    "PUT" => true,
-                    "DELETE" => false,
-                    _ => continue,
-                };
-                let Some(Ok(key)) = lines.next() else { break };
-                let value = if put { lines.next().and_then(|l| l.ok()) } else { None };
-                if tx.send(LeaseChange { at: SystemTime::now(), key, value }).is_err() {
-                    break;
-                }
-            }
+            read_watch_events(stdout, |key, value| tx.send(LeaseChange { at: SystemTime::now(), key, value }).is_ok())
         });
         // The watch must be established before the caller acts: poke a key
         // of our own (outside subnets/, so no agent sees it) and wait for it
@@ -283,6 +305,19 @@ impl Cluster {
             }
         }
         watch
+    }
+}
+
+/// The `k`th kernel node on testbed host `host`: subnet 10.42.(250-k).0/24,
+/// VtepMAC 0e:00:00:00:fa:(k+1), subnet.env where an agent on that host
+/// would write it (so an agent started there later finds it).
+pub fn kernel_node_options(tb: &Testbed, host: usize, k: usize) -> RefOptions {
+    RefOptions {
+        subnet: Ipv4Addr::new(10, 42, 250 - k as u8, 0),
+        prefix_len: 24,
+        vtep_mac: [0x0e, 0, 0, 0, 0xfa, k as u8 + 1],
+        ip_masq: false,
+        subnet_file: crate::agent::subnet_file_for(tb.dir(), tb.host(host)),
     }
 }
 

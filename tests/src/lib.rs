@@ -13,7 +13,9 @@
 //! * [`capture`]: tcpdump on an interface, and the VXLAN and IPv4 frames of
 //!   the pcap it wrote.
 //! * [`packet`]: frames built byte by byte for the BPF programs' test runs.
-//! * [`flannel`]: a node with flannel's kernel VXLAN, set up as flanneld does.
+//! * [`flannel`]: the reference flannel node, our re-implementation of
+//!   flanneld's vxlan (and host-gw) backend on the kernel's data path,
+//!   driven by etcd watches; and the same kernel state written statically.
 //! * [`docker`]: a real dockerd per node namespace, with its own state
 //!   directory, and the `docker` CLI against it (containers, networks).
 //! * [`cni`]: the real CNI plugins (bridge, host-local, loopback) invoked

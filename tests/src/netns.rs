@@ -45,7 +45,9 @@ fn bpffs_mounted() -> Result<bool> {
     // Fields: id parent maj:min root mountpoint options ... - fstype source superopts
     Ok(info.lines().any(|l| {
         let mut parts = l.split(" - ");
-        let (Some(head), Some(tail)) = (parts.next(), parts.next()) else { return false };
+        let (Some(head), Some(tail)) = (parts.next(), parts.next()) else {
+            return false;
+        };
         head.split_whitespace().nth(4) == Some(BPFFS) && tail.split_whitespace().next() == Some("bpf")
     }))
 }
@@ -246,6 +248,13 @@ impl Netns {
     }
 
     /// Runs `ip -batch` lines in this namespace.
+    /// Packets `dev` has received (`ip -s -j link show`'s stats64).
+    pub fn rx_packets(&self, dev: &str) -> Result<u64> {
+        let out = self.run(&["ip", "-s", "-j", "link", "show", "dev", dev])?;
+        let json: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -s -j link show dev {dev}: {out}"))?;
+        json.pointer("/0/stats64/rx/packets").and_then(|v| v.as_u64()).ok_or_else(|| anyhow!("no stats64.rx.packets for {dev} in {out}"))
+    }
+
     pub fn ip_batch(&self, lines: &[String]) -> Result<()> {
         ip_batch(Some(&self.name), lines)
     }
@@ -303,7 +312,7 @@ impl Netns {
     }
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>()?;
     parts.try_into().map_err(|_| anyhow!("bad MAC {s:?}"))
 }

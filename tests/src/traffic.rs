@@ -242,6 +242,45 @@ fn udp_echo_with(from: &Pod, to: &Pod, n: usize, quick: bool) {
     assert!(echo.join().unwrap() >= n);
 }
 
+/// Sends `packet`, a whole IPv4 packet whose header we wrote (any source,
+/// fragment fields as given), from a raw socket in `ns` (IP_HDRINCL, as a
+/// process with CAP_NET_RAW can). The kernel fills in the total length and
+/// the header checksum, and the ID only when it is 0.
+pub fn send_raw_ipv4(ns: &Netns, packet: &[u8]) -> std::io::Result<()> {
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    ns.in_ns(|| {
+        // SAFETY: plain socket calls on a descriptor we own and close; the
+        // address and buffer outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+                sin_zero: [0; 8],
+            };
+            let n = libc::sendto(
+                fd,
+                packet.as_ptr() as *const libc::c_void,
+                packet.len(),
+                0,
+                &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            match n {
+                n if n == packet.len() as isize => Ok(()),
+                n if n < 0 => Err(err),
+                n => Err(std::io::Error::other(format!("sent {n} of {} bytes", packet.len()))),
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use overlay_agent::datapath::{
 };
 use overlay_common::{
     map_names,
-    maps::UnderlayHop,
+    maps::{UnderlayHop, XDP_DECAP_MARK},
     program_names::{FROM_HOST, FROM_PODS, FROM_TUNNEL, FROM_UPLINK, TO_PODS, XDP_GUARD},
     stats::Reason,
 };
@@ -58,6 +58,7 @@ struct Lab {
 /// unless a test says otherwise.
 fn node_config() -> NodeConfig {
     NodeConfig {
+        local_ip: OUR_IP,
         public_ip: OUR_IP,
         network: "10.42.0.0/16".parse().unwrap(),
         subnet: "10.42.1.0/24".parse().unwrap(),
@@ -69,6 +70,7 @@ fn node_config() -> NodeConfig {
         vtep_mac: OUR_VTEP,
         bridge_mac: BRIDGE_MAC,
         kernel_forwarding: false,
+        xdp_decap: false,
     }
 }
 
@@ -604,6 +606,39 @@ fn xdp_guard_drops_only_strangers() {
     }
 }
 
+/// `--xdp-decap`: the uplink's XDP program applies decap.rs's checks and
+/// hands on the bare inner frame, marked in its XDP metadata (test runs of
+/// XDP return the metadata in front of the frame).
+#[test]
+fn xdp_decap_checks_strips_and_marks_our_vxlan() {
+    let lab = Lab::with(NodeConfig { xdp_decap: true, ..node_config() });
+    let honest = Vx::default();
+    let (ret, out) = lab.try_run(XDP_GUARD, &honest.frame(), None).unwrap();
+    assert_eq!(ret, XDP_PASS);
+    let mut expected = XDP_DECAP_MARK.to_ne_bytes().to_vec();
+    expected.extend(eth(OUR_VTEP, PEER_VTEP, ETH_P_IP, &honest.inner_ip()));
+    assert_eq!(out, expected, "the mark, then the inner frame exactly as the peer wrote it");
+
+    let refused = [
+        (Vx { outer_src: STRANGER_IP, ..Default::default() }, Reason::DropUnknownSender),
+        (Vx { vni: VNI + 1, ..Default::default() }, Reason::DropBadVni),
+        (Vx { inner_dst_mac: [0x0e, 9, 9, 9, 9, 9], ..Default::default() }, Reason::DropWrongVtepMac),
+        (Vx { inner_src: Ipv4Addr::new(10, 42, 99, 9), ..Default::default() }, Reason::DropSpoofedSource),
+    ];
+    for (vx, reason) in refused {
+        let (ret, _, r) = lab.run(XDP_GUARD, &vx.frame());
+        assert_eq!((ret, r), (XDP_DROP, reason), "{reason:?}");
+    }
+    // Not our port, and fragments: untouched, no mark, for the kernel.
+    let mut fragment = Ipv4::new(PEER_IP, OUR_IP, 17);
+    fragment.mf = true;
+    fragment.df = false;
+    for frame in [Vx { dport: 53, ..Default::default() }.frame(), Vx { outer: Some(fragment), ..Default::default() }.frame()] {
+        let (ret, out) = lab.try_run(XDP_GUARD, &frame, None).unwrap();
+        assert_eq!((ret, out), (XDP_PASS, frame));
+    }
+}
+
 /// 100,000 random and mutated frames: every verdict is one the kernel
 /// accepts from that program, and every run lands in exactly one counter.
 #[test]
@@ -654,6 +689,129 @@ fn randomized_frames_never_confuse_the_programs() {
     let counted: u64 = Reason::ALL.iter().map(|r| after.get(*r).packets - before.get(*r).packets).sum();
     assert_eq!(counted, runs, "every run is counted exactly once");
     assert!(verdicts.len() == 3, "all three verdicts seen: {verdicts:?}");
+}
+
+/// Several leases may name one PublicIP (two flanneld behind one address,
+/// a lease written by hand, a subnet moving between nodes): VXLAN from that
+/// address is accepted with an inner source in each of them and in no other
+/// lease, and an address no lease names any more is a stranger.
+#[test]
+fn a_public_ip_may_send_from_every_lease_that_names_it() {
+    let mut lab = Lab::new();
+    let second: ipnet::Ipv4Net = "10.42.4.0/24".parse().unwrap();
+    let second_pod = Ipv4Addr::new(10, 42, 4, 7);
+    lab.maps.upsert_peer(&Peer { subnet: second, public_ip: PEER_IP, vtep_mac: PEER_VTEP, mode: Mode::Vxlan }).unwrap();
+    for src in [REMOTE_POD, second_pod] {
+        let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { inner_src: src, ..Default::default() }.frame());
+        assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::DecapToPod), "from {src}: both leases name {PEER_IP}");
+    }
+    let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { inner_src: DIRECT_POD, ..Default::default() }.frame());
+    assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropSpoofedSource), "a lease naming another node");
+
+    // One of the two goes: the other is still accepted.
+    lab.maps.remove_peer(second).unwrap();
+    let (_, _, r) = lab.run(FROM_UPLINK, &Vx { inner_src: second_pod, ..Default::default() }.frame());
+    assert_eq!(r, Reason::DropSpoofedSource, "the removed lease");
+    let (_, _, r) = lab.run(FROM_UPLINK, &Vx::default().frame());
+    assert_eq!(r, Reason::DecapToPod, "the remaining lease");
+
+    // The remaining lease changes its PublicIP: the old address is a stranger.
+    let moved = Ipv4Addr::new(192, 168, 77, 13);
+    lab.maps
+        .upsert_peer(&Peer { subnet: "10.42.2.0/24".parse().unwrap(), public_ip: moved, vtep_mac: PEER_VTEP, mode: Mode::Vxlan })
+        .unwrap();
+    let (ret, _, r) = lab.run(FROM_UPLINK, &Vx::default().frame());
+    assert_eq!((ret, r), (TC_ACT_SHOT, Reason::DropUnknownSender), "from the lease's old PublicIP");
+    let (ret, _, r) = lab.run(XDP_GUARD, &Vx::default().frame());
+    assert_eq!((ret, r), (XDP_DROP, Reason::DropUnknownSender), "the XDP guard too");
+    let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { outer_src: moved, ..Default::default() }.frame());
+    assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::DecapToPod), "from its new PublicIP");
+    assert_eq!(
+        lab.maps.nodes().unwrap().iter().map(|n| (n.public_ip, n.leases)).collect::<Vec<_>>(),
+        [(DIRECT_PEER_IP, 1), (moved, 1)],
+        "senders: one per PublicIP a lease names, with how many name it"
+    );
+}
+
+/// The peer maps' API against a model of what they must hold, on real
+/// maps: random upserts (PublicIPs from a small pool, so they are shared
+/// and move), removals, and full reconciles to a random set (a reconcile
+/// to what the maps already hold writes nothing). After each, `SUBNETS`
+/// holds exactly the model's peers and `NODES` each PublicIP they name,
+/// with how many name it. (Maps torn as a SIGKILL between two writes
+/// leaves them: tests/tests/lease_state.rs.)
+#[test]
+fn peer_maps_equal_their_model_after_any_sequence() {
+    let seed: u64 = std::env::var("OVERLAY_MODEL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("peer maps model: seed {seed} (OVERLAY_MODEL_SEED replays it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (_ebpf, mut maps) = load_unattached().expect("load the BPF object (needs root)");
+    let mut model: std::collections::BTreeMap<ipnet::Ipv4Net, Peer> = Default::default();
+    let random_peer = |rng: &mut StdRng| Peer {
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 42, rng.random_range(0..20), 0), 24).unwrap(),
+        public_ip: Ipv4Addr::new(192, 168, 77, rng.random_range(100..105)),
+        vtep_mac: [0x0e, 0, 0, 0, 0, rng.random_range(0..3)],
+        mode: if rng.random_bool(0.8) { Mode::Vxlan } else { Mode::Direct },
+    };
+    for step in 0..2000 {
+        match rng.random_range(0..20) {
+            0..=10 => {
+                let p = random_peer(&mut rng);
+                maps.upsert_peer(&p).unwrap();
+                model.insert(p.subnet, p);
+            }
+            11..=17 => {
+                let p = random_peer(&mut rng);
+                maps.remove_peer(p.subnet).unwrap();
+                model.remove(&p.subnet);
+            }
+            18 => {
+                model = (0..rng.random_range(0..8)).map(|_| random_peer(&mut rng)).map(|p| (p.subnet, p)).collect();
+                maps.reconcile_peers(&model).unwrap();
+            }
+            _ => {
+                // The maps already hold the model: a reconcile writes nothing.
+                let changes = maps.reconcile_peers(&model).unwrap();
+                assert_eq!(changes, Default::default(), "step {step} (seed {seed})");
+            }
+        }
+        let mut senders: std::collections::BTreeMap<Ipv4Addr, u32> = Default::default();
+        for p in model.values() {
+            *senders.entry(p.public_ip).or_default() += 1;
+        }
+        assert_eq!(maps.peers().unwrap(), model.values().copied().collect::<Vec<_>>(), "SUBNETS after step {step} (seed {seed})");
+        let nodes: Vec<(Ipv4Addr, u32)> = maps.nodes().unwrap().iter().map(|n| (n.public_ip, n.leases)).collect();
+        assert_eq!(nodes, senders.into_iter().collect::<Vec<_>>(), "NODES after step {step} (seed {seed})");
+    }
+}
+
+/// `--public-ip` naming a NAT's address: the tunnel's local address stays
+/// the uplink's (flannel.1's `local`), so what we send leaves from it (the
+/// NAT makes it the PublicIP), and what peers send to the PublicIP arrives
+/// at it; VXLAN to the PublicIP itself (a second address of this host) is
+/// accepted too.
+#[test]
+fn behind_a_nat_the_tunnel_uses_the_uplinks_address() {
+    let nat_public = Ipv4Addr::new(203, 0, 113, 10);
+    let lab = Lab::with(NodeConfig { public_ip: nat_public, ..node_config() });
+    let frame = from_pod(REMOTE_POD, 1, &icmp_echo(1, 1, b"through the NAT"), 64);
+    let (ret, out, r) = lab.run(FROM_PODS, &frame);
+    assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::Encapsulated));
+    assert_vxlan_of(&out, &frame, 1, PEER_IP); // outer source: OUR_IP, the uplink's
+    for dst in [OUR_IP, nat_public] {
+        let (ret, _, r) = lab.run(FROM_UPLINK, &Vx { outer_dst: dst, ..Default::default() }.frame());
+        assert_eq!((ret, r), (TC_ACT_REDIRECT, Reason::DecapToPod), "VXLAN to {dst}");
+        let stranger = Vx { outer_dst: dst, outer_src: STRANGER_IP, ..Default::default() }.frame();
+        assert_eq!(lab.run(FROM_UPLINK, &stranger).2, Reason::DropUnknownSender, "a stranger's to {dst}");
+        assert_eq!(lab.run(XDP_GUARD, &stranger).2, Reason::DropUnknownSender, "XDP: a stranger's to {dst}");
+    }
+    let elsewhere = Vx { outer_dst: Ipv4Addr::new(192, 168, 77, 50), ..Default::default() }.frame();
+    assert_eq!(lab.run(FROM_UPLINK, &elsewhere).2, Reason::PassedNotOurs);
+    // Pods may reach neither address's VXLAN port.
+    for node in [OUR_IP, nat_public] {
+        let frame = from_pod_at(LOCAL_POD, node, &udp(40000, PORT, &vxlan(VNI, &[0u8; 40])), 17);
+        assert_eq!(lab.run(FROM_PODS, &frame).2, Reason::DropPodToTunnelPort, "to {node}");
+    }
 }
 
 /// A pod packet with `src`, arriving at the gateway (from_pods).

@@ -344,18 +344,11 @@ fn all_flags_parse() {
         "--bridge=br-pods",
         "--bpf-pin-dir=/sys/fs/bpf/other",
         "--xdp-guard=true",
-        "--public-ipv6=fd00::1",
-        "--vmodule=foo=2",
-        "--log_backtrace_at=x.go:1",
+        "--ip-blackhole-route",
         "-logtostderr=true",
         "-alsologtostderr",
         "-log_dir=/var/log",
         "-stderrthreshold=INFO",
-        "--kube-api-url=https://k",
-        "--kubeconfig-file=/kc",
-        "--kube-annotation-prefix=x",
-        "--net-config-path=/n",
-        "--set-node-network-unavailable=false",
         "--kube-subnet-mgr=false",
     ]);
     assert_eq!(endpoints(&r), ["http://a:2379", "http://b:2379"]);
@@ -377,7 +370,87 @@ fn all_flags_parse() {
     assert_eq!(r.bridge.as_deref(), Some("br-pods"));
     assert_eq!(r.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/other"));
     assert!(r.xdp_guard);
-    assert_eq!(r.compat.public_ipv6, Some("fd00::1".parse().unwrap()));
+    assert!(r.ip_blackhole_route);
+}
+
+/// What one flanneld flag does here.
+enum Expect {
+    /// parsed into the setting the daemon uses (the check shows it changed)
+    Works(fn(&RunArgs) -> bool),
+    /// refused, the message naming the flag and saying why
+    Refused(&'static str),
+}
+
+/// Every flag flanneld v0.28 has in etcd mode (and the glog flags of older
+/// releases) either works or is refused with a reason; none is accepted
+/// and ignored. The table must name every flag the command knows.
+#[test]
+fn every_flanneld_flag_works_or_is_refused() {
+    use Expect::*;
+    let table: &[(&str, &[&str], Expect)] = &[
+        ("etcd-endpoints", &["--etcd-endpoints=http://e:2379"], Works(|r| r.etcd.endpoints == ["http://e:2379"])),
+        ("etcd-prefix", &["--etcd-prefix=/p"], Works(|r| r.etcd.prefix == "/p")),
+        ("etcd-keyfile", &["--etcd-keyfile=/k"], Works(|r| r.etcd.keyfile.is_some())),
+        ("etcd-certfile", &["--etcd-certfile=/c"], Works(|r| r.etcd.certfile.is_some())),
+        ("etcd-cafile", &["--etcd-cafile=/ca"], Works(|r| r.etcd.cafile.is_some())),
+        ("etcd-username", &["--etcd-username=u"], Works(|r| r.etcd.username.as_deref() == Some("u"))),
+        ("etcd-password", &["--etcd-password=p"], Works(|r| r.etcd.password.as_deref() == Some("p"))),
+        ("iface", &["--iface=eth1"], Works(|r| r.iface == ["eth1"])),
+        ("iface-regex", &["--iface-regex=^e"], Works(|r| r.iface_regex == ["^e"])),
+        ("iface-can-reach", &["--iface-can-reach=10.0.0.1"], Works(|r| r.iface_can_reach.is_some())),
+        ("public-ip", &["--public-ip=192.0.2.7"], Works(|r| r.public_ip.is_some())),
+        ("subnet-file", &["--subnet-file=/s.env"], Works(|r| r.subnet_file == std::path::Path::new("/s.env"))),
+        ("subnet-lease-renew-margin", &["--subnet-lease-renew-margin=5"], Works(|r| r.subnet_lease_renew_margin == 5)),
+        ("ip-masq", &["--ip-masq"], Works(|r| r.ip_masq)),
+        ("ip-masq-fully-random-disable", &["--ip-masq-fully-random-disable"], Works(|r| r.ip_masq_fully_random_disable)),
+        ("iptables-resync", &["--iptables-resync=9"], Works(|r| r.iptables_resync == 9)),
+        ("iptables-forward-rules", &["--iptables-forward-rules=false"], Works(|r| !r.iptables_forward_rules)),
+        ("ip-blackhole-route", &["--ip-blackhole-route"], Works(|r| r.ip_blackhole_route)),
+        ("healthz-ip", &["--healthz-ip=127.0.0.1"], Works(|r| r.healthz_ip == IpAddr::V4(Ipv4Addr::LOCALHOST))),
+        ("healthz-port", &["--healthz-port=8471"], Works(|r| r.healthz_port == 8471)),
+        ("v", &["-v=2"], Works(|r| r.log_level() == log::LevelFilter::Debug)),
+        // glog flags of old flanneld releases: what they ask for is what this agent does
+        ("logtostderr", &["-logtostderr=true"], Works(|r| r == &RunArgs { compat: r.compat.clone(), ..RunArgs::default() })),
+        ("alsologtostderr", &["-alsologtostderr"], Works(|r| r.compat.alsologtostderr == Some(true))),
+        ("log_dir", &["-log_dir=/var/log"], Works(|r| r.compat.log_dir.is_some())),
+        ("stderrthreshold", &["-stderrthreshold=INFO"], Works(|r| r.compat.stderrthreshold.is_some())),
+        ("logtostderr", &["-logtostderr=false"], Refused("logs to stderr only")),
+        ("kube-subnet-mgr", &["--kube-subnet-mgr"], Refused("uses etcd for subnet leases")),
+        ("kube-api-url", &["--kube-api-url=https://k"], Refused("Kubernetes subnet manager")),
+        ("kubeconfig-file", &["--kubeconfig-file=/kc"], Refused("Kubernetes subnet manager")),
+        ("kube-annotation-prefix", &["--kube-annotation-prefix=x"], Refused("Kubernetes subnet manager")),
+        ("net-config-path", &["--net-config-path=/n"], Refused("read from etcd")),
+        ("set-node-network-unavailable", &["--set-node-network-unavailable=false"], Refused("Kubernetes subnet manager")),
+        ("public-ipv6", &["--public-ipv6=fd00::1"], Refused("IPv6 is not supported")),
+        ("vmodule", &["--vmodule=foo=2"], Refused("use -v=N")),
+        ("log_backtrace_at", &["--log_backtrace_at=x.go:1"], Refused("no counterpart")),
+    ];
+    for (flag, args, expect) in table {
+        match expect {
+            Works(check) => {
+                let r = run(args);
+                assert!(check(&r), "--{flag}: {args:?} parsed to {r:?}");
+            }
+            Refused(why) => {
+                let e = err(args);
+                assert!(e.contains(&format!("--{flag} is not supported")) && e.contains(why), "--{flag}: {e}");
+                // the same through the environment, which is named
+                let name = format!("FLANNELD_{}", flag.to_ascii_uppercase().replace('-', "_"));
+                let value = args[0].split_once('=').map_or("true", |(_, v)| v);
+                let e = err_with_env(&[], &[(&name, value)]);
+                assert!(e.contains(&name) && e.contains(why), "{name}={value}: {e}");
+            }
+        }
+    }
+    // --version works (help_and_version); ours: --bridge ... (all_flags_parse)
+    let ours = ["help", "version", "bridge", "kernel-forwarding", "bpf-pin-dir", "xdp-guard", "print-config"];
+    let mut cmd = overlay_agent::cli::command();
+    cmd.build();
+    let known: std::collections::BTreeSet<String> =
+        cmd.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+    let covered: std::collections::BTreeSet<String> =
+        table.iter().map(|(f, _, _)| f.to_string()).chain(ours.iter().map(|f| f.to_string())).collect();
+    assert_eq!(known, covered, "every flag must be in the table above (works or refused)");
 }
 
 #[test]

@@ -176,7 +176,7 @@ fn a_removed_lease_leaves_every_map_within_two_seconds() {
                 let peers = c.peers(i);
                 let nodes = c.maps(i).nodes().unwrap();
                 if !peers.iter().any(|p| p.subnet == leaving || p.subnet == kernel_subnet)
-                    && !nodes.iter().any(|(ip, _)| *ip == c.tb.host(2).ip() || *ip == kernel.public_ip)
+                    && !nodes.iter().any(|n| n.public_ip == c.tb.host(2).ip() || n.public_ip == kernel.public_ip)
                 {
                     *gone = Some(t0.elapsed());
                 }

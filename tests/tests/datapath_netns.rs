@@ -1,6 +1,7 @@
 //! The data path on real veths in network namespaces: agent nodes running
 //! the real binary against a real etcd (on the underlay), pods behind cni0,
-//! and a node running flannel's kernel VXLAN set up exactly as flanneld does.
+//! and a reference flannel node (our re-implementation of flanneld's vxlan
+//! backend on the kernel's flannel.1, tests/src/flannel.rs).
 //! Needs root.
 
 use std::net::Ipv4Addr;
@@ -81,35 +82,103 @@ fn interoperates_with_a_kernel_flannel_node_both_ways() {
     wait_ping(c.tb.host(2), c.pods[0][0].ip());
 }
 
-#[test]
-fn our_frames_have_the_kernel_vxlan_layout() {
-    let c = Cluster::start_with(1, 1, 0, VXLAN_CONFIG);
+/// Every outer field of our frames against the kernel's (flannel.<VNI> on
+/// the reference node, configured from the same etcd config), both ways:
+/// pings of every ECN codepoint and a DSCP, and MTU-sized pings.
+fn compare_wire(config: &str, vni: u32, port: u16, underlay_mtu: u32) {
+    let c = Cluster::start_with(1, 1, 0, config);
+    let pod_mtu = underlay_mtu - 50;
+    assert_eq!(c.pod_mtu, pod_mtu, "agent's FLANNEL_MTU");
+    assert_eq!(c.flannel[0].pod_mtu, pod_mtu, "reference's flannel.{vni} MTU");
     let (ours, kernel) = (&c.pods[0][0], &c.pods[1][0]);
     wait_ping(ours, kernel.ip());
-    let capture = Capture::start(&c.tb, 0, "udp port 8472");
-    ours.run(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &kernel.ip().to_string()]).unwrap();
+    wait_ping(kernel, ours.ip());
+    let capture = Capture::start(&c.tb, 0, &format!("udp port {port}"));
+    // TOS values: not-ECT, ECT(1), ECT(0), CE, then DSCP EF with each.
+    const TOS: [u8; 8] = [0x00, 0x01, 0x02, 0x03, 0xb8, 0xb9, 0xba, 0xbb];
+    for (from, to) in [(ours, kernel), (kernel, ours)] {
+        for tos in TOS {
+            from.run(&["ping", "-c", "3", "-i", "0.05", "-W", "1", "-Q", &format!("{tos:#x}"), &to.ip().to_string()])
+                .unwrap();
+        }
+        // The largest packet the pod MTU allows, DF set inside.
+        let size = (pod_mtu - 28).to_string();
+        from.run(&["ping", "-c", "2", "-i", "0.05", "-W", "1", "-M", "do", "-s", &size, &to.ip().to_string()]).unwrap();
+    }
     let frames = capture.finish();
     let agent_vtep = c.vtep_mac(0);
     let kernel_vtep = c.kernel_leases[0].vtep_mac;
-    let sent = frames.iter().find(|f| f.outer_src == c.tb.host(0).ip()).expect("a frame from our node");
-    let answered = frames.iter().find(|f| f.outer_src == c.tb.host(1).ip()).expect("a frame from the kernel node");
-    for (f, src_vtep, dst_vtep) in [(sent, agent_vtep, kernel_vtep), (answered, kernel_vtep, agent_vtep)] {
-        assert_eq!(f.dport, 8472);
-        assert_eq!(f.vxlan_flags, 0x08);
-        assert_eq!(f.vni, 1);
-        assert_eq!(f.inner_src_mac, src_vtep);
-        assert_eq!(f.inner_dst_mac, dst_vtep);
-        assert_eq!(f.inner_ethertype, 0x0800);
-        assert_eq!(f.outer_ihl, 5);
-        assert!((32768..=60999).contains(&f.sport), "source port {} outside the ephemeral range", f.sport);
-        assert!(!f.outer_df, "kernel VXLAN leaves DF clear on the outer header");
+    let sent: Vec<&VxlanFrame> = frames.iter().filter(|f| f.outer_src == c.tb.host(0).ip()).collect();
+    let kernel_sent: Vec<&VxlanFrame> = frames.iter().filter(|f| f.outer_src == c.tb.host(1).ip()).collect();
+    assert!(
+        sent.len() >= 40 && kernel_sent.len() >= 40,
+        "{} of ours, {} of the kernel's",
+        sent.len(),
+        kernel_sent.len()
+    );
+    for (who, list, src_vtep, dst_vtep) in
+        [("ours", &sent, agent_vtep, kernel_vtep), ("kernel", &kernel_sent, kernel_vtep, agent_vtep)]
+    {
+        for f in list.iter() {
+            let ctx = format!("{who}: {f:?}");
+            // Outer IPv4.
+            assert_eq!(f.outer_ihl, 5, "{ctx}");
+            assert_eq!(f.outer_ttl, 64, "TTL: {ctx}");
+            assert!(!f.outer_df && !f.outer_fragment, "DF clear, not a fragment: {ctx}");
+            assert!(f.outer_csum_ok, "outer IPv4 checksum: {ctx}");
+            assert_eq!(f.outer_len as usize + 14, f.len, "outer total length: {ctx}");
+            // RFC 6040 normal mode, as ip_tunnel_ecn_encap: DSCP 0, inner
+            // ECN copied, CE sent as ECT(0).
+            let ecn = f.inner_tos & 3;
+            assert_eq!(f.outer_tos, if ecn == 3 { 2 } else { ecn }, "TOS/ECN for inner TOS {:#x}: {ctx}", f.inner_tos);
+            // Outer UDP.
+            assert!((32768..=60999).contains(&f.sport), "source port outside the ephemeral range: {ctx}");
+            assert_eq!(f.dport, port, "{ctx}");
+            assert_eq!(f.udp_len, f.outer_len - 20, "{ctx}");
+            // VXLAN.
+            assert_eq!(f.vxlan_flags, 0x08, "{ctx}");
+            assert_eq!(f.vxlan_reserved, [0; 4], "{ctx}");
+            assert_eq!(f.vni, vni, "{ctx}");
+            // Inner Ethernet, between VtepMACs.
+            assert_eq!(f.inner_src_mac, src_vtep, "{ctx}");
+            assert_eq!(f.inner_dst_mac, dst_vtep, "{ctx}");
+            assert_eq!(f.inner_ethertype, 0x0800, "{ctx}");
+            assert!(f.len <= underlay_mtu as usize + 14, "larger than Backend.MTU: {ctx}");
+        }
+        // Every inner TOS was seen, with the MTU-sized packets at exactly
+        // Backend.MTU on the wire.
+        for tos in TOS {
+            assert!(list.iter().any(|f| f.inner_tos == tos), "{who}: no frame with inner TOS {tos:#x}");
+        }
+        assert!(list.iter().any(|f| f.len == underlay_mtu as usize + 14), "{who}: no frame of Backend.MTU");
+        // One flow (one ping run, both directions of it) keeps one source port.
+        // The IP ID varies between packets (kernel: a per-destination counter;
+        // ours: random, see docs/datapath.md).
+        let ids: std::collections::BTreeSet<u16> = list.iter().map(|f| f.outer_id).collect();
+        assert!(ids.len() > list.len() / 2, "{who}: IP IDs repeat: {ids:?}");
     }
-    // The one deliberate difference: our outer UDP checksum is 0 (valid for
-    // IPv4, and immune to a second NAT of the outer header: flannel #1279).
-    assert_eq!(sent.udp_csum, 0);
+    // The documented differences (docs/datapath.md): our outer UDP checksum
+    // is 0, flannel.1's is computed (udpcsum).
+    assert!(sent.iter().all(|f| f.udp_csum == 0), "our outer UDP checksum");
+    assert!(kernel_sent.iter().all(|f| f.udp_csum != 0), "the kernel's outer UDP checksum");
     // Same overhead both ways: our encapsulation adds exactly what flannel.1 adds.
-    assert_eq!(sent.len - sent.inner_ip_len, answered.len - answered.inner_ip_len);
-    assert_eq!(sent.inner_ttl, 63, "the sending node routed the packet once");
+    assert_eq!(sent[0].len - sent[0].inner_ip_len, kernel_sent[0].len - kernel_sent[0].inner_ip_len);
+    assert!(sent.iter().all(|f| f.inner_ttl == 63), "the sending node routed the packet once");
+}
+
+#[test]
+fn our_frames_have_the_kernel_vxlan_layout() {
+    compare_wire(VXLAN_CONFIG, 1, 8472, 1500);
+}
+
+#[test]
+fn non_default_port_vni_and_mtu_on_the_wire_match_the_kernel() {
+    compare_wire(
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan","VNI":4097,"Port":4789,"MTU":1400}}"#,
+        4097,
+        4789,
+        1400,
+    );
 }
 
 #[test]

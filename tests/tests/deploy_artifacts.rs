@@ -640,3 +640,41 @@ fn flanneld_sysconfig_shim_maps_the_old_names() {
     assert_eq!(cfg["etcd-endpoints"], json!(["http://127.0.0.1:4001", "http://127.0.0.1:2379"]));
     assert_eq!(cfg["etcd-prefix"], "/coreos.com/network");
 }
+
+/// The settings file may hold FLANNELD_ETCD_PASSWORD (and names the etcd
+/// client key): every documented install of it must leave it root-only.
+/// Each documented `install -m MODE dist/overlay-agent.env DEST` is run
+/// (into a scratch folder) and the file it makes is checked.
+#[test]
+fn env_file_is_installed_root_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut found = 0;
+    for doc in ["docs/operations.md", "dist/overlay-agent.service", "README.md"] {
+        for line in read(doc).lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            let Some(rest) = line.strip_prefix("install ") else { continue };
+            let words: Vec<&str> = rest.split_whitespace().take_while(|w| !w.starts_with('#')).collect();
+            if !words.contains(&"dist/overlay-agent.env") {
+                continue;
+            }
+            found += 1;
+            let dest = scratch.path().join(format!("env-{found}"));
+            let args: Vec<String> = words[..words.len() - 1].iter().map(|w| w.to_string()).collect();
+            let out = Command::new("install").args(&args).arg(&dest).current_dir(repo()).output().unwrap();
+            assert!(out.status.success(), "{doc}: install {rest}: {}", String::from_utf8_lossy(&out.stderr));
+            let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{doc}: `install {rest}` makes the settings file mode {mode:o}, readable by others");
+        }
+    }
+    assert!(found >= 2, "the install of dist/overlay-agent.env is documented in docs/operations.md and the unit");
+
+    // The DaemonSet: the password comes from a Secret, never the ConfigMap.
+    let docs = manifest();
+    let cm = config_map(&docs);
+    assert!(cm.keys().all(|k| !k.contains("password")), "no password in the ConfigMap: {cm:?}");
+    let text = read("deploy/kubernetes/overlay-agent.yaml");
+    let at = text.find("name: FLANNELD_ETCD_PASSWORD").expect("the manifest shows where the etcd password goes");
+    let block: String = text[at..].lines().take(3).collect::<Vec<_>>().join("\n");
+    assert!(block.contains("secretKeyRef"), "FLANNELD_ETCD_PASSWORD from a Secret: {block}");
+}

@@ -592,3 +592,70 @@ fn cni_portmap_host_port_reached_from_a_pod_on_the_other_node() {
     assert!(!rules.contains("--dport 8080"), "portmap's rules left after DEL:\n{rules}");
     assert!(cni[0].allocated().unwrap().iter().all(|(ip, _)| *ip != web.ip));
 }
+
+/// Who masquerades container traffic leaving its node.
+#[derive(Clone, Copy, PartialEq)]
+enum Masq {
+    /// The agent (`--ip-masq`); docker-opts gives dockerd `--ip-masq=false`.
+    Agent,
+    /// dockerd's own rule (the agent without `--ip-masq`).
+    Dockerd,
+    /// Nobody: the request reaches node 1 with the container's address and
+    /// the reply goes back over the overlay.
+    Nobody,
+}
+
+/// `docker run -p 18080:7000` on node 1 (real dockerd writes the DNAT in
+/// its DOCKER chain), called at node 1's address from a container on node
+/// 0. With `Masq::Nobody` the reply leaves the published container for a
+/// container on the other node over the overlay: it must pass node 1's
+/// conntrack to get its source translated back (issue 13) rather than take
+/// the fast path. dockerd runs without its userland proxy, so only the DNAT
+/// can answer.
+fn published_port_from_the_other_node(masq: Masq) {
+    let flags: &[&str] = if masq == Masq::Agent { &["--ip-masq"] } else { &[] };
+    let nodes = Nodes::start(2, flags);
+    let mut docker: Vec<Dockerd> = (0..2)
+        .map(|i| {
+            let mut opts = dockerd_opts(&nodes, i);
+            assert_eq!(opts.contains(&"--ip-masq=false".to_string()), masq == Masq::Agent, "{opts:?}");
+            if masq == Masq::Nobody {
+                opts.push("--ip-masq=false".into());
+            }
+            opts.push("--userland-proxy=false".into());
+            Dockerd::start(nodes.host(i), &opts).unwrap()
+        })
+        .collect();
+    docker[0].run_container("ctr", None).unwrap();
+    let script = "while true; do echo pong-web | nc -l -p 7000; done";
+    docker[1].run_container_with("web", &["-p", "18080:7000"], &["sh", "-c", script]).unwrap();
+    let web = docker[1].container_ip("web", None).unwrap();
+    let rules = nodes.host(1).run(&["iptables-save", "-t", "nat"]).unwrap();
+    assert!(
+        rules.lines().any(|l| l.starts_with("-A DOCKER") && l.contains("--dport 18080") && l.contains(&format!("--to-destination {web}:7000"))),
+        "dockerd's DNAT for -p 18080:7000:\n{rules}"
+    );
+    // Straight to the container (the overlay, fast path), then through the
+    // published port at node 1's address, several connections in a row.
+    tcp_across(&docker[0], "ctr", web, "pong-web");
+    let node1 = nodes.host(1).ip();
+    for _ in 0..3 {
+        let out = docker[0].exec("ctr", &["sh", "-c", &format!("nc -w 3 {node1} 18080 </dev/null")]).unwrap();
+        assert_eq!(out.trim(), "pong-web", "ctr on node 0 -> {node1}:18080 (published port of web)\n{}", diagnose(nodes.host(1)));
+    }
+}
+
+#[test]
+fn docker_run_p_answers_a_container_on_the_other_node_agent_masquerades() {
+    published_port_from_the_other_node(Masq::Agent);
+}
+
+#[test]
+fn docker_run_p_answers_a_container_on_the_other_node_dockerd_masquerades() {
+    published_port_from_the_other_node(Masq::Dockerd);
+}
+
+#[test]
+fn docker_run_p_answers_a_container_on_the_other_node_without_masquerade() {
+    published_port_from_the_other_node(Masq::Nobody);
+}

@@ -266,3 +266,102 @@ fn a_panicking_test_leaves_no_agent_pins_namespaces_or_processes() {
     let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&ns), "namespace {ns} left behind");
 }
+
+/// flanneld accepts a Network holding the nodes' own addresses (or the
+/// whole IPv4 space); its cluster route then captures the underlay (or
+/// competes with the default route). The agent refuses to start, naming
+/// the Network and what it contains, before it touches anything.
+#[test]
+fn a_network_that_would_capture_the_underlay_is_refused_at_start() {
+    // The testbed's underlay is 192.168.77.0/24; host 0 is 192.168.77.10.
+    let (status, log) = failed_start(Some(r#"{"Network":"192.168.0.0/16","Backend":{"Type":"vxlan"}}"#), &[]);
+    assert!(!status.success());
+    assert!(log.contains("192.168.0.0/16") && log.contains("192.168.77.10") && log.contains("uplink"), "{log}");
+    let (status, log) = failed_start(Some(r#"{"Network":"0.0.0.0/0","Backend":{"Type":"vxlan"}}"#), &[]);
+    assert!(!status.success());
+    assert!(log.contains("0.0.0.0/0") && log.contains("default route"), "{log}");
+}
+
+/// The programs attached through TCX at `iface`'s `hook` in `host`, by name.
+fn tcx_on(host: &Host, iface: &str, hook: aya::programs::TcAttachType) -> Vec<String> {
+    use aya::programs::SchedClassifier;
+    host.in_ns(|| match SchedClassifier::query_tcx(iface, hook) {
+        Ok((_, progs)) => progs.iter().filter_map(|p| p.name_as_str().map(str::to_string)).collect(),
+        Err(_) => Vec::new(),
+    })
+}
+
+/// `bpftool map create` a small map pinned at `pin` (another tool's pin).
+fn pin_foreign_map(pin: &std::path::Path) {
+    std::fs::create_dir_all(pin.parent().unwrap()).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin)
+        .args(["type", "array", "key", "4", "value", "4", "entries", "1", "name", "foreign"])
+        .output()
+        .expect("bpftool (Debian package bpftool) is needed to pin another tool's map");
+    assert!(out.status.success(), "bpftool map create {}: {}", pin.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// An upgrade to a new pin layout version: the old version's programs
+/// (here: the same programs, left attached through links pinned under
+/// `v<old>`) must be detached from every interface, pod veths included,
+/// since TCX stops at the first program that passes or redirects and the
+/// old ones run first. Other tools' pins under a shared `--bpf-pin-dir`
+/// (even a folder named like a version) survive that and `cleanup`.
+#[test]
+fn a_new_pin_layout_detaches_the_old_ones_programs_and_cleanup_spares_other_tools_pins() {
+    use aya::programs::TcAttachType::{Egress, Ingress};
+    let mut c = Cluster::build(1, 0, 0, VXLAN_CONFIG).start();
+    let host = c.tb.host(0);
+    let veth = c.pods[0][0].host_veth().to_string();
+    let hooks = [("eth0", Ingress), ("overlay0", Ingress), ("cni0", Ingress), (veth.as_str(), Ingress), (veth.as_str(), Egress)];
+    let attached = || hooks.iter().map(|(i, h)| (i.to_string(), tcx_on(host, i, *h))).collect::<Vec<_>>();
+    poll_until(Duration::from_secs(10), "the pod side programs on the pod's veth", || {
+        let now = attached();
+        now.iter().all(|(_, p)| p.len() == 1).then_some(()).ok_or_else(|| anyhow::anyhow!("{now:?}"))
+    })
+    .unwrap();
+    let status = c.agents[0].stop().expect("the agent exits on SIGTERM");
+    assert!(status.success());
+
+    // The stopped agent's pins become an older layout's, still attached.
+    let root = c.agents[0].pin_root.clone();
+    let ours = c.agents[0].pin_dir();
+    let old = root.join("v1");
+    assert_ne!(ours, old, "v1 is not the current layout");
+    std::fs::rename(&ours, &old).unwrap();
+    // Other tools' pins under the same root.
+    let foreign = [root.join("othertool/map"), root.join("v9/map"), root.join("loose_map")];
+    for pin in &foreign {
+        pin_foreign_map(pin);
+    }
+
+    c.agents[0].restart(host).unwrap();
+    c.agents[0].wait_ready_n(2, Duration::from_secs(30)).unwrap();
+    poll_until(Duration::from_secs(10), "the new programs, and only those, everywhere", || {
+        let now = attached();
+        now.iter().all(|(_, p)| p.len() == 1).then_some(()).ok_or_else(|| anyhow::anyhow!("{now:?}"))
+    })
+    .unwrap();
+    assert!(!old.exists(), "the old layout's folder is removed");
+    for pin in &foreign {
+        assert!(pin.exists(), "{} is another tool's and must stay", pin.display());
+    }
+
+    c.agents[0].stop();
+    let out = host
+        .exec(&[agent_binary().to_str().unwrap(), "cleanup", &format!("--bpf-pin-dir={}", root.display())])
+        .unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!ours.exists(), "cleanup removes our layout");
+    // Unpinning drops the last reference; the kernel detaches right after.
+    poll_until(Duration::from_secs(10), "every program detached", || {
+        let now = attached();
+        now.iter().all(|(_, p)| p.is_empty()).then_some(()).ok_or_else(|| anyhow::anyhow!("{now:?}"))
+    })
+    .unwrap();
+    for pin in &foreign {
+        assert!(pin.exists(), "cleanup removed another tool's {}", pin.display());
+    }
+}

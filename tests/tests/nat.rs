@@ -21,7 +21,7 @@ use overlay_tests::netns::{Netns, Pod};
 use overlay_tests::{
     cluster::{Cluster, VXLAN_CONFIG},
     netns::next,
-    traffic::{tcp_roundtrip, wait_ping},
+    traffic::{send_raw_ipv4, tcp_roundtrip, wait_ping},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -181,31 +181,6 @@ fn kube_proxy_service(
     }
 }
 
-/// Waits until every agent node has its pods on the fast path: their veths
-/// carry the programs, and the endpoint map knows the node's first pod
-/// (which has talked across; a pod is learnt once the host has seen it),
-/// within a second or two of a pod's start. Before that their traffic takes the kernel path,
-/// which is correct but not what these tests look at.
-fn wait_fast_path(c: &Cluster) {
-    for i in 0..c.agents.len() {
-        let pins = c.agents[i].pins();
-        let pods = c.tb.host(c.agent_hosts[i]).pods();
-        overlay_tests::poll_until(Duration::from_secs(15), &format!("node {i}'s pods on the fast path"), || {
-            let eps = c.maps(i).endpoints()?;
-            for pod in &pods {
-                for program in ["from_pods", "to_pods"] {
-                    let pin = pins.link(program, pod.host_veth());
-                    anyhow::ensure!(pin.exists(), "no {}", pin.display());
-                }
-            }
-            let first = &c.pods[i][0];
-            anyhow::ensure!(eps.iter().any(|e| e.ip == first.ip()), "{} not in {eps:?}", first.ip());
-            Ok(())
-        })
-        .unwrap();
-    }
-}
-
 /// What the nodes' data paths did and know, for failure messages.
 fn state(c: &Cluster) -> String {
     let mut out = String::new();
@@ -247,7 +222,7 @@ fn cluster_ip_reaches_backends_on_both_nodes_over_tcp_and_udp() {
     }
     wait_ping(client.ns(), remote.ip());
     wait_ping(client.ns(), local.ip());
-    wait_fast_path(&c);
+    c.wait_fast_path();
     let kernel_flows_before = counter(&c, 0, "passed_kernel_flow") + counter(&c, 1, "passed_kernel_flow");
 
     assert_eq!(tcp_ask(client.ns(), SocketAddrV4::new(vip_remote, 80)), Ok(remote.ip()), "{}", state(&c));
@@ -286,7 +261,7 @@ fn ordinary_pod_traffic_keeps_the_fast_path_next_to_services() {
     }
     let _s = Identity::serve(b, 8080);
     wait_ping(a.ns(), b.ip());
-    wait_fast_path(&c);
+    c.wait_fast_path();
     let before: Vec<_> = (0..2).map(|i| c.counters(i)).collect();
     for _ in 0..20 {
         assert_eq!(tcp_ask(a.ns(), SocketAddrV4::new(b.ip(), 8080)), Ok(b.ip()));
@@ -329,7 +304,7 @@ fn published_port_on_the_server_node_answers_a_pod_on_another_node() {
     let _s = Identity::serve(server, 8080);
     let node1 = c.tb.host(1).ip();
     wait_ping(client.ns(), server.ip());
-    wait_fast_path(&c);
+    c.wait_fast_path();
     // What `docker run -p 18080:8080` writes (its DOCKER chain).
     let ns = c.tb.host(1).ns();
     iptables(
@@ -398,26 +373,7 @@ fn send_raw_udp(pod: &Pod, src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[
     pkt[22..24].copy_from_slice(&dport.to_be_bytes());
     pkt[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     pkt[28..].copy_from_slice(payload);
-    pod.in_ns(|| unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-            sin_zero: [0; 8],
-        };
-        let n = libc::sendto(
-            fd,
-            pkt.as_ptr() as *const libc::c_void,
-            pkt.len(),
-            0,
-            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(n, pkt.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-        libc::close(fd);
-    });
+    send_raw_ipv4(pod.ns(), &pkt).unwrap();
 }
 
 fn ipv4_checksum(header: &[u8]) -> u16 {
@@ -448,7 +404,7 @@ fn pods_cannot_forge_sources_or_reach_the_vxlan_port() {
     // them, their veths carry the per-veth check (attached first).
     wait_ping(neighbour.ns(), victim.ip());
     wait_ping(attacker.ns(), victim.ip());
-    wait_fast_path(&c);
+    c.wait_fast_path();
 
     let spoofed_before = counter(&c, 0, "drop_pod_spoofed_source");
     let forgeries = [
@@ -505,7 +461,7 @@ fn forward_chain_sees_pod_traffic_only_with_kernel_forwarding() {
         let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
         let _s = Identity::serve(b, 8080);
         wait_ping(a.ns(), b.ip());
-        wait_fast_path(&c);
+        c.wait_fast_path();
         assert_eq!(tcp_ask(a.ns(), SocketAddrV4::new(b.ip(), 8080)), Ok(b.ip()), "before the rule");
         // Rejected on the client's node (the kernel would forward it there).
         iptables(c.tb.host(0).ns(), &[format!("-I FORWARD 1 -s {} -d {} -j REJECT", a.ip(), b.ip())]);

@@ -350,9 +350,23 @@ fn inspect_shows_the_data_path_while_running_and_after_sigterm() {
         })
         .collect();
     assert_eq!(from_json, from_maps);
-    let nodes_json: BTreeSet<(String, String)> =
-        j["nodes"].as_array().unwrap().iter().map(|n| (n["public_ip"].as_str().unwrap().into(), n["subnet"].as_str().unwrap().into())).collect();
-    let nodes_maps: BTreeSet<(String, String)> = maps.nodes().unwrap().iter().map(|(ip, s)| (ip.to_string(), s.to_string())).collect();
+    let nodes_json: BTreeSet<(String, u64, String)> = j["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["public_ip"].as_str().unwrap().into(), n["leases"].as_u64().unwrap(), n["subnets"].to_string()))
+        .collect();
+    let peers = maps.peers().unwrap();
+    let nodes_maps: BTreeSet<(String, u64, String)> = maps
+        .nodes()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let subnets: Vec<String> =
+                peers.iter().filter(|p| p.public_ip == n.public_ip).map(|p| p.subnet.to_string()).collect();
+            (n.public_ip.to_string(), n.leases as u64, serde_json::to_string(&subnets).unwrap())
+        })
+        .collect();
     assert_eq!(nodes_json, nodes_maps);
     assert_eq!(nodes_json.len(), 2);
     assert!(j["counters"]["encapsulated"]["packets"].as_u64().unwrap() >= encap_packets);
@@ -446,11 +460,9 @@ fn bpftool_shows_named_map_fields_and_our_tcx_programs() {
         assert!(subnets.contains(field), "SUBNETS dump lacks {field}:\n{subnets}");
     }
     let nodes = dump("NODES");
-    for field in ["\"subnet\"", "\"prefix_len\""] {
-        assert!(nodes.contains(field), "NODES dump lacks {field}:\n{nodes}");
-    }
+    assert!(nodes.contains("\"leases\""), "NODES dump lacks \"leases\":\n{nodes}");
     let config = dump("CONFIG");
-    for field in ["\"public_ip\"", "\"cluster_net\"", "\"local_subnet\"", "\"vni\"", "\"vtep_mac\"", "\"uplink_mtu\""] {
+    for field in ["\"local_ip\"", "\"public_ip\"", "\"cluster_net\"", "\"local_subnet\"", "\"vni\"", "\"vtep_mac\"", "\"uplink_mtu\""] {
         assert!(config.contains(field), "CONFIG dump lacks {field}:\n{config}");
     }
 

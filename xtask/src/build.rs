@@ -1,17 +1,11 @@
-//! `cargo xtask build-ebpf`, `cargo xtask build`, and the check that the
-//! BPF object loads into the kernel.
+//! `cargo xtask build-ebpf` and `cargo xtask build`.
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ebpf_build::{ebpf_build_command, EBPF_OBJECT};
 
-use crate::setup::ensure_bpffs;
-use crate::util::{
-    capture, cargo, host_target_dir, human_duration, human_size, info, run, step, text,
-};
+use crate::util::{cargo, host_target_dir, human_duration, human_size, info, run, step};
 
 /// Builds the BPF object (nightly, bpfel-unknown-none, release, BTF) the one
 /// way the `ebpf-build` crate defines, and returns its path.
@@ -66,86 +60,4 @@ pub fn build_agent(root: &Path, release: bool) -> Result<PathBuf> {
         human_duration(started.elapsed())
     ));
     Ok(binary)
-}
-
-/// Loads every program of `object` into the kernel with bpftool (which runs
-/// the verifier on each), pinned under a scratch folder on bpffs, then
-/// removes the pins. Needs root and bpftool; mounts bpffs when missing.
-pub fn check_object_loads(object: &Path) -> Result<()> {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    ensure_bpffs()?;
-    let pins = PathBuf::from(format!(
-        "{}/xtask-check-{}-{}",
-        crate::setup::BPFFS,
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut cmd = Command::new("bpftool");
-    cmd.args(["prog", "loadall"]).arg(object).arg(&pins);
-    info(&format!("$ {}", crate::util::show(&cmd)));
-    let out = capture(&mut cmd).context("bpftool is needed (`cargo xtask setup` installs it)");
-    let pinned = std::fs::read_dir(&pins)
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&pins);
-    let out = out?;
-    if !out.status.success() {
-        let log = text(&out);
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(200)..].join("\n");
-        bail!(
-            "the kernel rejected {} (`{}` failed, {}); its output{}:\n{tail}",
-            object.display(),
-            crate::util::show(&cmd),
-            out.status,
-            if lines.len() > 200 {
-                " (last 200 lines)"
-            } else {
-                ""
-            }
-        );
-    }
-    let mut pinned = pinned;
-    pinned.sort();
-    info(&format!(
-        "the kernel accepted {} program(s): {}",
-        pinned.len(),
-        pinned.join(" ")
-    ));
-    if pinned.is_empty() {
-        bail!("bpftool loaded {} but pinned no programs", object.display());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The BPF object built by `cargo xtask build-ebpf` passes the verifier.
-    /// `cargo xtask test` builds the object first; run alone, this is skipped
-    /// (with a message) when not root or when the object was never built.
-    #[test]
-    fn ebpf_object_loads_into_the_kernel() {
-        let object = crate::util::workspace_root().join(EBPF_OBJECT);
-        if !crate::util::is_root() {
-            eprintln!("skipped: loading BPF programs needs root");
-            return;
-        }
-        if !object.exists() {
-            if std::env::var_os("XTASK_REQUIRE_EBPF_OBJECT").is_some() {
-                panic!("{} is missing", object.display());
-            }
-            eprintln!(
-                "skipped: {} not built yet (cargo xtask build-ebpf)",
-                object.display()
-            );
-            return;
-        }
-        check_object_loads(&object).unwrap();
-    }
 }

@@ -21,11 +21,16 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "iptables",
+    // net-conf EnableNFTables: the agent writes flannel's nftables tables
+    // through the nft binary (overlay-agent/src/host/nftables.rs).
+    "nftables",
     "iperf3",
     "ethtool", // the bench's NIC-like cable: ethtool -K <end> tso off gso off gro on
     "iputils-ping",
     "tcpdump",
     "openssl",
+    // Counts the agent's bpf(2) calls (tests/tests/lease_state.rs).
+    "strace",
     // The benchmark chart's text (ab_glyph reads DejaVuSans.ttf).
     "fonts-dejavu-core",
     // `systemd-analyze verify` of dist/overlay-agent.service in the tests.

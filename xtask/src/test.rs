@@ -35,11 +35,12 @@ pub fn run_tests(root: &Path, opts: &TestOptions) -> Result<()> {
     let setup_time = started.elapsed();
 
     let t = Instant::now();
-    let object = crate::build::build_ebpf(root)?;
+    // The verifier's word on every program comes from the suite
+    // (bpf_programs.rs loads them all with aya, as the agent does, logging
+    // code included); bpftool cannot open the object since aya-log's ring
+    // buffer is a legacy map definition, which libbpf 1.x refuses.
+    crate::build::build_ebpf(root)?;
     let ebpf_time = t.elapsed();
-
-    step("test: the kernel's verifier accepts the BPF object (bpftool prog loadall)");
-    crate::build::check_object_loads(&object)?;
 
     let t = Instant::now();
     clippy(root)?;

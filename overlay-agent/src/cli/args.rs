@@ -125,6 +125,10 @@ pub struct RunArgs {
     #[arg(long = "iptables-forward-rules", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "iptables")]
     pub iptables_forward_rules: bool,
 
+    /// add a blackhole route for this node's lease, so traffic for its unallocated pod IPs is dropped instead of following the default route
+    #[arg(long = "ip-blackhole-route", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set)]
+    pub ip_blackhole_route: bool,
+
     /// the IP address for healthz server to listen
     #[arg(long = "healthz-ip", value_name = "IP", default_value = "0.0.0.0", value_parser = parse_ip)]
     pub healthz_ip: IpAddr,
@@ -154,6 +158,18 @@ pub struct RunArgs {
     #[arg(long = "xdp-guard", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
     pub xdp_guard: bool,
 
+    /// decapsulate VXLAN in an XDP program on the uplink (before GRO) instead of TC (opt-in; see BENCHMARKS.md before using it)
+    #[arg(long = "xdp-decap", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
+    pub xdp_decap: bool,
+
+    /// how --xdp-guard and --xdp-decap attach: native (in the NIC driver; the point of XDP) or generic (after the skb is made; any device)
+    #[arg(long = "xdp-mode", value_name = "MODE", value_enum, default_value = "native", help_heading = "overlay-agent")]
+    pub xdp_mode: XdpModeArg,
+
+    /// log every packet the BPF programs drop (program, reason, addresses, ports), through the agent's log; off, it costs nothing
+    #[arg(long = "bpf-log-drops", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
+    pub bpf_log_drops: bool,
+
     /// print the resolved settings as JSON and exit
     #[arg(long = "print-config", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "overlay-agent")]
     #[serde(skip)]
@@ -164,107 +180,151 @@ pub struct RunArgs {
     pub compat: CompatArgs,
 }
 
-/// flanneld flags accepted so existing command lines keep working, but
-/// without effect here (the agent is IPv4-only, uses etcd, logs with
-/// env_logger). `--kube-subnet-mgr=true` is refused.
+/// flanneld flags (and old glog flags) that have no counterpart here. They
+/// are parsed so that the error can say why the flag is refused instead of
+/// "unexpected argument"; none of them is ever accepted and ignored. The
+/// glog flags whose meaning this agent has anyway (it logs to stderr only)
+/// are accepted: `--logtostderr[=true]`, `--alsologtostderr`,
+/// `--stderrthreshold`, and `--log_dir` (files only exist with
+/// `--logtostderr=false`, which is refused).
 #[derive(Args, Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub struct CompatArgs {
     /// NOT SUPPORTED: this agent leases subnets from etcd; setting it true is an error
-    #[arg(long = "kube-subnet-mgr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "flanneld compatibility (accepted, no effect)")]
+    #[arg(long = "kube-subnet-mgr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = REFUSED)]
     #[serde(skip)]
     pub kube_subnet_mgr: bool,
 
-    /// IPv6 address for inter-host communication (IPv6 is not supported; ignored)
-    #[arg(long = "public-ipv6", value_name = "IP", value_parser = parse_ipv6, help_heading = "flanneld compatibility (accepted, no effect)")]
+    /// NOT SUPPORTED (IPv6 is not supported): an error when set
+    #[arg(long = "public-ipv6", value_name = "IP", value_parser = parse_ipv6, help_heading = REFUSED)]
+    #[serde(skip)]
     pub public_ipv6: Option<Ipv6Addr>,
 
-    /// klog per-module verbosity (ignored)
-    #[arg(
-        long = "vmodule",
-        value_name = "SPEC",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// NOT SUPPORTED (klog per-Go-file verbosity): an error when set; use -v or RUST_LOG
+    #[arg(long = "vmodule", value_name = "SPEC", help_heading = REFUSED)]
     #[serde(skip)]
     pub vmodule: Option<String>,
 
-    /// klog backtrace location (ignored)
-    #[arg(
-        long = "log_backtrace_at",
-        value_name = "FILE:LINE",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// NOT SUPPORTED (klog stack traces at a Go file:line): an error when set
+    #[arg(long = "log_backtrace_at", value_name = "FILE:LINE", help_heading = REFUSED)]
     #[serde(skip)]
     pub log_backtrace_at: Option<String>,
 
-    /// glog flag of old flanneld releases (ignored; logs go to stderr)
-    #[arg(long = "logtostderr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "flanneld compatibility (accepted, no effect)")]
+    /// glog flag of old flanneld releases: true is what this agent does; false (log files) is an error
+    #[arg(long = "logtostderr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = REFUSED)]
     #[serde(skip)]
     pub logtostderr: Option<bool>,
 
-    /// glog flag of old flanneld releases (ignored)
-    #[arg(long = "alsologtostderr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "flanneld compatibility (accepted, no effect)")]
+    /// glog flag of old flanneld releases (logs go to stderr either way, as with flanneld's forced --logtostderr)
+    #[arg(long = "alsologtostderr", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = REFUSED)]
     #[serde(skip)]
     pub alsologtostderr: Option<bool>,
 
-    /// glog flag of old flanneld releases (ignored)
-    #[arg(
-        long = "log_dir",
-        value_name = "DIR",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// glog flag of old flanneld releases (no log files are written, as with flanneld's forced --logtostderr)
+    #[arg(long = "log_dir", value_name = "DIR", help_heading = REFUSED)]
     #[serde(skip)]
     pub log_dir: Option<String>,
 
-    /// glog flag of old flanneld releases (ignored)
-    #[arg(
-        long = "stderrthreshold",
-        value_name = "LEVEL",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// glog flag of old flanneld releases (every level goes to stderr, as with flanneld's forced --logtostderr)
+    #[arg(long = "stderrthreshold", value_name = "LEVEL", help_heading = REFUSED)]
     #[serde(skip)]
     pub stderrthreshold: Option<String>,
 
-    /// kube subnet manager setting (ignored without --kube-subnet-mgr)
-    #[arg(
-        long = "kube-api-url",
-        value_name = "URL",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// NOT SUPPORTED (Kubernetes subnet manager only): an error when set
+    #[arg(long = "kube-api-url", value_name = "URL", help_heading = REFUSED)]
     #[serde(skip)]
     pub kube_api_url: Option<String>,
 
-    /// kube subnet manager setting (ignored without --kube-subnet-mgr)
-    #[arg(
-        long = "kubeconfig-file",
-        value_name = "FILE",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// NOT SUPPORTED (Kubernetes subnet manager only): an error when set
+    #[arg(long = "kubeconfig-file", value_name = "FILE", help_heading = REFUSED)]
     #[serde(skip)]
     pub kubeconfig_file: Option<String>,
 
-    /// kube subnet manager setting (ignored without --kube-subnet-mgr)
-    #[arg(
-        long = "kube-annotation-prefix",
-        value_name = "PREFIX",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// NOT SUPPORTED (Kubernetes subnet manager only): an error when set
+    #[arg(long = "kube-annotation-prefix", value_name = "PREFIX", help_heading = REFUSED)]
     #[serde(skip)]
     pub kube_annotation_prefix: Option<String>,
 
-    /// kube subnet manager setting (ignored without --kube-subnet-mgr)
-    #[arg(
-        long = "net-config-path",
-        value_name = "FILE",
-        help_heading = "flanneld compatibility (accepted, no effect)"
-    )]
+    /// NOT SUPPORTED (Kubernetes subnet manager only; the network config comes from etcd): an error when set
+    #[arg(long = "net-config-path", value_name = "FILE", help_heading = REFUSED)]
     #[serde(skip)]
     pub net_config_path: Option<String>,
 
-    /// kube subnet manager setting (ignored without --kube-subnet-mgr)
-    #[arg(long = "set-node-network-unavailable", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = "flanneld compatibility (accepted, no effect)")]
+    /// NOT SUPPORTED (Kubernetes subnet manager only): an error when set
+    #[arg(long = "set-node-network-unavailable", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, help_heading = REFUSED)]
     #[serde(skip)]
     pub set_node_network_unavailable: Option<bool>,
+}
+
+const REFUSED: &str = "flanneld flags without a counterpart here (refused when set, unless noted)";
+
+impl CompatArgs {
+    /// The first flag given that this agent refuses, as (flag name, why).
+    pub fn refused(&self) -> Option<(&'static str, String)> {
+        let kube = |flag: &'static str| {
+            (
+                flag,
+                "it configures flanneld's Kubernetes subnet manager (--kube-subnet-mgr), which this \
+                 agent does not have (it uses etcd); flanneld ignores it in etcd mode, and this \
+                 agent refuses it rather than ignore it: remove it"
+                    .to_owned(),
+            )
+        };
+        if self.kube_subnet_mgr {
+            return Some((
+                "kube-subnet-mgr",
+                "this agent uses etcd for subnet leases; drop the flag and point --etcd-endpoints / \
+                 --etcd-prefix at the cluster's etcd"
+                    .to_owned(),
+            ));
+        }
+        if let Some(ip) = self.public_ipv6 {
+            return Some((
+                "public-ipv6",
+                format!("{ip}: IPv6 is not supported (the agent is IPv4-only, like a net-conf without EnableIPv6); remove it"),
+            ));
+        }
+        if self.vmodule.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Some((
+                "vmodule",
+                "klog's per-Go-file verbosity has no counterpart here; use -v=N, or \
+                 RUST_LOG=overlay_agent::<module>=debug for one module"
+                    .to_owned(),
+            ));
+        }
+        if self.log_backtrace_at.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Some(("log_backtrace_at", "klog's stack trace at a Go source line has no counterpart here; remove it".to_owned()));
+        }
+        if self.logtostderr == Some(false) {
+            return Some((
+                "logtostderr",
+                "false asks for log files; this agent logs to stderr only (use the service manager's \
+                 journal or redirect stderr)"
+                    .to_owned(),
+            ));
+        }
+        if self.kube_api_url.is_some() {
+            return Some(kube("kube-api-url"));
+        }
+        if self.kubeconfig_file.is_some() {
+            return Some(kube("kubeconfig-file"));
+        }
+        if self.kube_annotation_prefix.is_some() {
+            return Some(kube("kube-annotation-prefix"));
+        }
+        if self.net_config_path.is_some() {
+            return Some((
+                "net-config-path",
+                "the network config is read from etcd (<etcd-prefix>/config), as flanneld does in \
+                 etcd mode; the file is only read by flanneld's Kubernetes subnet manager: remove it"
+                    .to_owned(),
+            ));
+        }
+        if self.set_node_network_unavailable.is_some() {
+            return Some(kube("set-node-network-unavailable"));
+        }
+        None
+    }
 }
 
 /// `overlay-agent cleanup`: undo what the daemon set up on this node.
@@ -455,4 +515,13 @@ fn parse_shell_name(s: &str) -> Result<String, String> {
     } else {
         Err(format!("'{s}' is not a valid shell variable name"))
     }
+}
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeArg {
+    #[default]
+    Native,
+    Generic,
 }

@@ -132,18 +132,14 @@ where
         None => {
             let mut run = raw.run;
             finish_etcd(&mut run.etcd, &mut cmd)?;
-            if run.compat.kube_subnet_mgr {
-                let origin = match prepared.from_env.get("kube-subnet-mgr") {
+            if let Some((flag, why)) = run.compat.refused() {
+                let origin = match prepared.from_env.get(flag) {
                     Some((k, _)) => format!(" (set through {k})"),
                     None => String::new(),
                 };
                 return Err(clap::Error::raw(
                     ErrorKind::ArgumentConflict,
-                    format!(
-                        "--kube-subnet-mgr is not supported{origin}: this agent uses etcd \
-                         for subnet leases; drop the flag and point --etcd-endpoints / \
-                         --etcd-prefix at the cluster's etcd"
-                    ),
+                    format!("--{flag} is not supported{origin}: {why}"),
                 )
                 .format(&mut cmd));
             }

@@ -45,6 +45,9 @@ pub struct DatapathOptions {
     /// to remote pods, and its VXLAN socket's deliveries.
     pub tunnel: String,
     pub xdp_guard: XdpGuard,
+    /// `--bpf-log-drops`: a log line per dropped packet (drop_log.rs in the
+    /// BPF crate); off, the verifier removes the logging code.
+    pub log_drops: bool,
 }
 
 /// Where a pod-side program runs: (program, interface name).
@@ -92,8 +95,15 @@ impl Datapath {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // aya-log's level is read-only data: 0 makes every log statement
+        // dead code the verifier removes, so logging off costs nothing.
+        let log_level: u8 = if opts.log_drops { aya_log::Level::Warn as u8 } else { 0 };
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
         let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        if opts.log_drops {
+            forward_bpf_logs(&mut ebpf)?;
+        }
 
         let mut report = AttachReport::default();
         let tc = [
@@ -216,6 +226,32 @@ fn retire_other_versions(pins: &PinLayout) {
 /// without pinning or attaching anything: for BPF_PROG_TEST_RUN tests and
 /// for checking that this kernel accepts the programs. The maps are fresh
 /// and private to the returned object.
+/// Reads the programs' aya-log records and hands them to `log` (target:
+/// the BPF module, `overlay::drop_log`), on the tokio runtime.
+fn forward_bpf_logs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| DatapathError::Log(Box::new(e)))?;
+    // SAFETY: the EbpfLogger owns the ring buffer map's fd and keeps it open
+    // and unchanged until it is dropped, which is when the AsyncFd drops it.
+    let mut logger = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| DatapathError::Log(Box::new(std::io::Error::from(e))))?;
+    tokio::spawn(async move {
+        loop {
+            match logger.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    warn!("BPF drop log: reading the ring buffer failed, no more drop lines: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    info!("logging every dropped packet (--bpf-log-drops)");
+    Ok(())
+}
+
 pub fn load_unattached() -> Result<(Ebpf, DatapathMaps), DatapathError> {
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
     let maps = DatapathMaps::from_ebpf(&mut ebpf)?;

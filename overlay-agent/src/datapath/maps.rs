@@ -1,8 +1,15 @@
 //! The typed API over the pinned maps: the only way the control plane
 //! changes what the BPF programs see. Every write is a whole entry (one
 //! map update), so a packet sees either the old or the new next hop.
+//!
+//! The peer maps (`SUBNETS`, `NODES`) are a function of the peers the agent
+//! wants: [`DatapathMaps::reconcile_peers`] makes them so from whatever is
+//! pinned (an earlier run's state, a SIGKILL between two writes), and
+//! [`DatapathMaps::upsert_peer`] / [`DatapathMaps::remove_peer`] keep them
+//! so, each with at most three map writes, from a userspace index of what
+//! the maps hold (no scan of a map per event).
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     fmt,
     net::Ipv4Addr,
     os::unix::fs::MetadataExt,
@@ -58,7 +65,11 @@ impl fmt::Display for Mode {
 /// This node, as the programs see it (the `CONFIG` map).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Outer source of what we send.
+    /// The tunnel's local address: outer source of what we send and
+    /// destination of what we accept (the uplink's address, as flannel.1's
+    /// `local`; differs from `public_ip` behind a NAT).
+    pub local_ip: Ipv4Addr,
+    /// Our lease's PublicIP (VXLAN to it is accepted too).
     pub public_ip: Ipv4Addr,
     /// The flannel Network.
     pub network: Ipv4Net,
@@ -77,11 +88,14 @@ pub struct NodeConfig {
     pub bridge_mac: [u8; 6],
     /// Every pod packet through the kernel's forwarding (`--kernel-forwarding`).
     pub kernel_forwarding: bool,
+    /// VXLAN decapsulated by the uplink's XDP program (`--xdp-decap`).
+    pub xdp_decap: bool,
 }
 
 impl NodeConfig {
     fn to_wire(self) -> LocalConfig {
         LocalConfig {
+            local_ip: self.local_ip.octets(),
             public_ip: self.public_ip.octets(),
             cluster_net: self.network.network().octets(),
             local_subnet: self.subnet.network().octets(),
@@ -95,7 +109,8 @@ impl NodeConfig {
             vtep_mac: self.vtep_mac,
             bridge_mac: self.bridge_mac,
             flags: config_flags::READY
-                | if self.kernel_forwarding { config_flags::KERNEL_FORWARDING } else { 0 },
+                | if self.kernel_forwarding { config_flags::KERNEL_FORWARDING } else { 0 }
+                | if self.xdp_decap { config_flags::XDP_DECAP } else { 0 },
         }
     }
 
@@ -108,6 +123,7 @@ impl NodeConfig {
             Ipv4Net::new(Ipv4Addr::from(addr), prefix).map_err(|_| DatapathError::Corrupt("CONFIG with a prefix over 32"))
         };
         Ok(Some(NodeConfig {
+            local_ip: Ipv4Addr::from(c.local_ip),
             public_ip: Ipv4Addr::from(c.public_ip),
             network: net(c.cluster_net, c.cluster_prefix_len)?,
             subnet: net(c.local_subnet, c.local_prefix_len)?,
@@ -119,6 +135,7 @@ impl NodeConfig {
             vtep_mac: c.vtep_mac,
             bridge_mac: c.bridge_mac,
             kernel_forwarding: c.flags & config_flags::KERNEL_FORWARDING != 0,
+            xdp_decap: c.flags & config_flags::XDP_DECAP != 0,
         }))
     }
 }
@@ -167,6 +184,48 @@ pub struct DatapathMaps {
     underlay: Option<HashMap<MapData, [u8; 4], UnderlayHop>>,
     /// The programs' record of flows the kernel forwarded (read only).
     kernel_flows: Option<HashMap<MapData, wire::FlowKey, u64>>,
+    /// What `SUBNETS` and `NODES` hold, as last written; None until read
+    /// from the maps (first use), and again after a failed write.
+    index: Option<PeerIndex>,
+}
+
+/// What the peer maps hold: the peers by subnet, and for each PublicIP how
+/// many of them name it (`NODES`' value).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PeerIndex {
+    peers: BTreeMap<Ipv4Net, Peer>,
+    senders: StdHashMap<Ipv4Addr, u32>,
+}
+
+impl PeerIndex {
+    fn from_peers<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> PeerIndex {
+        let mut index = PeerIndex::default();
+        for p in peers {
+            index.peers.insert(p.subnet, *p);
+        }
+        for p in index.peers.values() {
+            *index.senders.entry(p.public_ip).or_default() += 1;
+        }
+        index
+    }
+}
+
+/// A PublicIP that leases name, and how many (the `NODES` map).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Sender {
+    pub public_ip: Ipv4Addr,
+    pub leases: u32,
+}
+
+/// What [`DatapathMaps::reconcile_peers`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    /// `SUBNETS` entries written (added or changed).
+    pub written: usize,
+    /// `SUBNETS` entries removed.
+    pub removed: usize,
+    /// `NODES` entries written or removed.
+    pub senders: usize,
 }
 
 /// A flow the kernel forwarded or delivered, whose replies the programs
@@ -246,6 +305,7 @@ impl DatapathMaps {
             stats: PerCpuArray::try_from(stats).map_err(map_err(map_names::STATS))?,
             underlay: None,
             kernel_flows: None,
+            index: None,
         })
     }
 
@@ -268,45 +328,148 @@ impl DatapathMaps {
         Some(cfg.vtep_mac).filter(|mac| *mac != [0; 6])
     }
 
-    /// Adds or replaces a remote node's lease. The node entry is written
-    /// first, so its VXLAN is accepted as soon as we start sending to it.
+    /// Makes `SUBNETS` and `NODES` hold exactly `wanted` (and, for each
+    /// PublicIP, how many of `wanted` name it), whatever they held before:
+    /// the start's and every Snapshot's step. Reads both maps once; writes
+    /// only what differs. Senders are added before the subnets that name
+    /// them and removed after, so VXLAN from a peer is accepted as soon as
+    /// we send to it.
+    pub fn reconcile_peers(&mut self, wanted: &BTreeMap<Ipv4Net, Peer>) -> Result<PeerChanges, DatapathError> {
+        self.index = None;
+        let held_peers: BTreeMap<Ipv4Net, Peer> = self.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
+        let held_senders: StdHashMap<Ipv4Addr, u32> =
+            self.nodes()?.into_iter().map(|s| (s.public_ip, s.leases)).collect();
+        let want = PeerIndex::from_peers(wanted.values());
+        let mut changes = PeerChanges::default();
+        for (ip, n) in &want.senders {
+            if held_senders.get(ip) != Some(n) {
+                self.write_sender(*ip, *n)?;
+                changes.senders += 1;
+            }
+        }
+        for peer in want.peers.values() {
+            if held_peers.get(&peer.subnet) != Some(peer) {
+                self.write_subnet(peer)?;
+                changes.written += 1;
+            }
+        }
+        // Entries the LPM trie holds but peers() cannot show (a mode this
+        // agent does not know) are stale too.
+        let mut stale = Vec::new();
+        for key in self.subnets.keys() {
+            let key = key.map_err(map_err(map_names::SUBNETS))?;
+            let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(|_| DatapathError::Corrupt("SUBNETS key with a prefix over 32"))?;
+            if !want.peers.contains_key(&subnet) {
+                stale.push(key);
+            }
+        }
+        for key in stale {
+            ignore_missing(self.subnets.remove(&key)).map_err(map_err(map_names::SUBNETS))?;
+            changes.removed += 1;
+        }
+        for ip in held_senders.keys().filter(|ip| !want.senders.contains_key(ip)) {
+            ignore_missing(self.nodes.remove(&ip.octets())).map_err(map_err(map_names::NODES))?;
+            changes.senders += 1;
+        }
+        self.index = Some(want);
+        Ok(changes)
+    }
+
+    /// Adds or replaces a remote node's lease: at most three map writes.
+    /// The sender is written first, so its VXLAN is accepted as soon as we
+    /// start sending to it; a PublicIP the lease no longer names stops
+    /// being accepted once no lease names it.
     pub fn upsert_peer(&mut self, peer: &Peer) -> Result<(), DatapathError> {
-        let node = NodeEntry {
-            subnet: peer.subnet.network().octets(),
-            prefix_len: peer.subnet.prefix_len(),
-            _pad: [0; 3],
+        let result = self.try_upsert_peer(peer);
+        if result.is_err() {
+            // Whatever got written, the maps are read afresh next time.
+            self.index = None;
+        }
+        result
+    }
+
+    fn try_upsert_peer(&mut self, peer: &Peer) -> Result<(), DatapathError> {
+        let old = self.index()?.peers.get(&peer.subnet).copied();
+        if old == Some(*peer) {
+            return Ok(());
+        }
+        let old_ip = old.map(|p| p.public_ip).filter(|ip| *ip != peer.public_ip);
+        if old.is_none() || old_ip.is_some() {
+            let n = self.index()?.senders.get(&peer.public_ip).copied().unwrap_or(0) + 1;
+            self.write_sender(peer.public_ip, n)?;
+            self.index()?.senders.insert(peer.public_ip, n);
+        }
+        self.write_subnet(peer)?;
+        self.index()?.peers.insert(peer.subnet, *peer);
+        if let Some(ip) = old_ip {
+            self.release_sender(ip)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a remote subnet and, if no other subnet names its PublicIP,
+    /// that sender: at most two map writes. Absent entries are not an error.
+    pub fn remove_peer(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
+        let result = self.try_remove_peer(subnet);
+        if result.is_err() {
+            self.index = None;
+        }
+        result
+    }
+
+    fn try_remove_peer(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
+        let Some(old) = self.index()?.peers.get(&subnet).copied() else {
+            return Ok(());
         };
-        self.nodes
-            .insert(peer.public_ip.octets(), node, 0)
-            .map_err(map_err(map_names::NODES))?;
+        ignore_missing(self.subnets.remove(&subnet_key(subnet))).map_err(map_err(map_names::SUBNETS))?;
+        self.index()?.peers.remove(&subnet);
+        self.release_sender(old.public_ip)
+    }
+
+    /// One lease fewer names `ip`: decrements its count, or removes it.
+    fn release_sender(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        let n = self.index()?.senders.get(&ip).copied().unwrap_or(0).saturating_sub(1);
+        if n == 0 {
+            ignore_missing(self.nodes.remove(&ip.octets())).map_err(map_err(map_names::NODES))?;
+            self.index()?.senders.remove(&ip);
+        } else {
+            self.write_sender(ip, n)?;
+            self.index()?.senders.insert(ip, n);
+        }
+        Ok(())
+    }
+
+    fn write_sender(&mut self, ip: Ipv4Addr, leases: u32) -> Result<(), DatapathError> {
+        self.nodes.insert(ip.octets(), NodeEntry { leases }, 0).map_err(map_err(map_names::NODES))
+    }
+
+    fn write_subnet(&mut self, peer: &Peer) -> Result<(), DatapathError> {
         let hop = NextHop {
             public_ip: peer.public_ip.octets(),
             vtep_mac: peer.vtep_mac,
             mode: peer.mode.to_wire() as u8,
             _pad: 0,
         };
-        self.subnets
-            .insert(&subnet_key(peer.subnet), hop, 0)
-            .map_err(map_err(map_names::SUBNETS))
+        self.subnets.insert(&subnet_key(peer.subnet), hop, 0).map_err(map_err(map_names::SUBNETS))
     }
 
-    /// Removes a remote subnet and, if no other subnet still points at it,
-    /// its node. Absent entries are not an error.
-    pub fn remove_peer(&mut self, subnet: Ipv4Net) -> Result<(), DatapathError> {
-        let key = subnet_key(subnet);
-        let old = match self.subnets.get(&key, 0) {
-            Ok(hop) => Some(hop),
-            Err(MapError::KeyNotFound) => None,
-            Err(e) => return Err(map_err(map_names::SUBNETS)(e)),
-        };
-        ignore_missing(self.subnets.remove(&key)).map_err(map_err(map_names::SUBNETS))?;
-        if let Some(hop) = old {
-            let still_used = self.peers()?.iter().any(|p| p.public_ip.octets() == hop.public_ip);
-            if !still_used {
-                ignore_missing(self.nodes.remove(&hop.public_ip)).map_err(map_err(map_names::NODES))?;
-            }
+    /// The index, read from the maps when there is none.
+    fn index(&mut self) -> Result<&mut PeerIndex, DatapathError> {
+        if self.index.is_none() {
+            let peers = self.peers()?;
+            let mut index = PeerIndex::from_peers(&peers);
+            // The counts as the maps hold them: a difference is repaired by
+            // the next reconcile, and must not be papered over here.
+            index.senders = self.nodes()?.into_iter().map(|s| (s.public_ip, s.leases)).collect();
+            self.index = Some(index);
         }
-        Ok(())
+        Ok(self.index.as_mut().expect("filled above"))
+    }
+
+    /// The peers as the maps hold them (what the agent installed).
+    pub fn installed_peers(&mut self) -> Result<&BTreeMap<Ipv4Net, Peer>, DatapathError> {
+        Ok(&self.index()?.peers)
     }
 
     pub fn peers(&self) -> Result<Vec<Peer>, DatapathError> {
@@ -327,14 +490,13 @@ impl DatapathMaps {
         Ok(out)
     }
 
-    /// Known senders: PublicIP -> the subnet it may send from.
-    pub fn nodes(&self) -> Result<Vec<(Ipv4Addr, Ipv4Net)>, DatapathError> {
+    /// Known senders: the PublicIPs VXLAN is accepted from, with how many
+    /// leases name each (which inner sources each may use is `peers()`).
+    pub fn nodes(&self) -> Result<Vec<Sender>, DatapathError> {
         let mut out = Vec::new();
         for item in self.nodes.iter() {
             let (ip, node) = item.map_err(map_err(map_names::NODES))?;
-            let subnet = Ipv4Net::new(Ipv4Addr::from(node.subnet), node.prefix_len)
-                .map_err(|_| DatapathError::Corrupt("NODES value with a prefix over 32"))?;
-            out.push((Ipv4Addr::from(ip), subnet));
+            out.push(Sender { public_ip: Ipv4Addr::from(ip), leases: node.leases });
         }
         out.sort();
         Ok(out)
@@ -514,6 +676,7 @@ mod tests {
 
     fn node() -> NodeConfig {
         NodeConfig {
+            local_ip: Ipv4Addr::new(192, 168, 1, 10),
             public_ip: Ipv4Addr::new(192, 168, 1, 10),
             network: "10.42.0.0/16".parse().unwrap(),
             subnet: "10.42.7.0/24".parse().unwrap(),
@@ -525,7 +688,28 @@ mod tests {
             vtep_mac: [0x0e, 1, 2, 3, 4, 5],
             bridge_mac: [0x0e, 6, 7, 8, 9, 10],
             kernel_forwarding: false,
+            xdp_decap: false,
         }
+    }
+
+    #[test]
+    fn the_index_counts_the_leases_naming_each_public_ip() {
+        let peer = |subnet: &str, ip: [u8; 4]| Peer {
+            subnet: subnet.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+            vtep_mac: [0x0e, 0, 0, 0, 0, 1],
+            mode: Mode::Vxlan,
+        };
+        let peers = [peer("10.42.1.0/24", [192, 168, 1, 1]), peer("10.42.2.0/24", [192, 168, 1, 1]), peer("10.42.3.0/24", [192, 168, 1, 2])];
+        let index = PeerIndex::from_peers(&peers);
+        assert_eq!(index.peers.len(), 3);
+        assert_eq!(index.senders.get(&Ipv4Addr::new(192, 168, 1, 1)), Some(&2));
+        assert_eq!(index.senders.get(&Ipv4Addr::new(192, 168, 1, 2)), Some(&1));
+        // The same subnet twice: the later entry wins and is counted once.
+        let moved = [peer("10.42.1.0/24", [192, 168, 1, 1]), peer("10.42.1.0/24", [192, 168, 1, 3])];
+        let index = PeerIndex::from_peers(&moved);
+        assert_eq!(index.senders.len(), 1);
+        assert_eq!(index.senders.get(&Ipv4Addr::new(192, 168, 1, 3)), Some(&1));
     }
 
     #[test]
@@ -534,6 +718,9 @@ mod tests {
         assert_eq!(on.to_wire().flags, config_flags::READY | config_flags::KERNEL_FORWARDING);
         assert_eq!(NodeConfig::from_wire(on.to_wire()).unwrap(), Some(on));
         assert_eq!(node().to_wire().flags, config_flags::READY);
+        let xdp = NodeConfig { xdp_decap: true, ..node() };
+        assert_eq!(xdp.to_wire().flags, config_flags::READY | config_flags::XDP_DECAP);
+        assert_eq!(NodeConfig::from_wire(xdp.to_wire()).unwrap(), Some(xdp));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod pins;
 use std::path::PathBuf;
 
 pub use loader::{AttachReport, Datapath, DatapathOptions, XdpGuard};
-pub use maps::{DatapathMaps, KernelFlow, Mode, NodeConfig, Peer, PinnedStats, PodEndpoint, Stats};
+pub use maps::{DatapathMaps, KernelFlow, Mode, NodeConfig, Peer, PeerChanges, PinnedStats, PodEndpoint, Sender, Stats};
 pub use pins::PinLayout;
 
 /// Bytes VXLAN adds over an IPv4 underlay (outer IPv4, UDP, VXLAN, inner
@@ -25,6 +25,8 @@ pub enum DatapathError {
     PinDir { path: PathBuf, source: std::io::Error },
     #[error("loading the BPF object failed (the kernel needs BTF, CAP_BPF and CAP_NET_ADMIN): {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("--bpf-log-drops: cannot read the programs' log ring buffer: {0}")]
+    Log(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the BPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("the BPF object has no map {0}")]

@@ -108,13 +108,17 @@ impl PinLayout {
     }
 
     /// Folders of other layout versions next to ours (`v0`, `v2`, ...):
-    /// left by an older or newer agent.
+    /// left by an older or newer agent. Only folders that look like an
+    /// agent's (a `v<N>` name holding a `CONFIG` map, `links/` or `progs/`):
+    /// the root may be shared with other tools (`--bpf-pin-dir=/sys/fs/bpf`),
+    /// whose folders must survive a cleanup whatever they are called.
     pub fn other_versions(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.root) else { return Vec::new() };
         let mut found: Vec<String> = entries
             .flatten()
             .map(|e| e.path())
             .filter(|p| *p != self.dir && p.is_dir())
+            .filter(|p| [map_names::CONFIG, "links", "progs"].iter().any(|n| p.join(n).exists()))
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .filter(|n| n.strip_prefix('v').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())))
             .collect();
@@ -133,9 +137,9 @@ mod tests {
         let pins = PinLayout::default();
         assert_eq!(pins.root(), Path::new(PIN_ROOT));
         assert_eq!(pins.dir(), Path::new(overlay_common::PIN_DIR));
-        assert_eq!(pins.map(map_names::SUBNETS), Path::new("/sys/fs/bpf/overlay/v2/SUBNETS"));
-        assert_eq!(pins.link("from_pods", "cni0"), Path::new("/sys/fs/bpf/overlay/v2/links/from_pods@cni0"));
-        assert_eq!(pins.prog("from_uplink"), Path::new("/sys/fs/bpf/overlay/v2/progs/from_uplink"));
+        assert_eq!(pins.map(map_names::SUBNETS), Path::new("/sys/fs/bpf/overlay/v3/SUBNETS"));
+        assert_eq!(pins.link("from_pods", "cni0"), Path::new("/sys/fs/bpf/overlay/v3/links/from_pods@cni0"));
+        assert_eq!(pins.prog("from_uplink"), Path::new("/sys/fs/bpf/overlay/v3/progs/from_uplink"));
     }
 
     #[test]
@@ -149,8 +153,10 @@ mod tests {
         }
         fs::write(pins.map(map_names::CONFIG), b"").unwrap();
         for other in ["v0", "v12", "vx", "tmp"] {
-            fs::create_dir_all(tmp.join(other)).unwrap();
+            fs::create_dir_all(tmp.join(other).join("links")).unwrap();
         }
+        // Another tool's folder that happens to be called like a version.
+        fs::create_dir_all(tmp.join("v7").join("maps")).unwrap();
         let ifaces: Vec<String> = pins.linked_ifaces(program_names::FROM_PODS).into_iter().collect();
         assert_eq!(ifaces, ["cni0", "veth0", "veth1"]);
         let links: Vec<String> =

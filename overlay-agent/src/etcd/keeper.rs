@@ -2,6 +2,12 @@
 //! renews the lease before it expires and watches its key; a key deleted by
 //! someone, taken over, or whose etcd lease expired is taken back (flannel
 //! exits instead, flannel #904).
+//!
+//! Renewal times are on the monotonic clock: the lease's expiration is wall
+//! clock time (`now + TTL` when etcd answered), turned into a deadline once,
+//! right after each renewal. Recomputing it from the wall clock later would
+//! let a backward clock step (NTP, a VM resume) push the renewal past the
+//! real expiry in etcd, which counts its TTL monotonically.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -91,18 +97,20 @@ impl Keeper {
             }
         };
         let mut retry_at: Option<Instant> = None;
+        let mut renew_at = renew_deadline(lease, self.renew_margin, SystemTime::now(), Instant::now());
         let mut renew_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
-            let renew_at = retry_at.or_else(|| renew_deadline(lease, self.renew_margin));
+            let due = retry_at.or(renew_at);
             tokio::select! {
                 _ = self.tx.closed() => return Next::Closed,
-                _ = sleep_until_opt(renew_at) => {
+                _ = sleep_until_opt(due) => {
                     match self.mgr.renew(lease).await {
                         Ok(l) => {
                             log::debug!("renewed lease {key} (expires {:?})", l.expiration);
                             let changed = l.etcd_lease != lease.etcd_lease;
                             *lease = l;
                             self.publish(lease, changed);
+                            renew_at = renew_deadline(lease, self.renew_margin, SystemTime::now(), Instant::now());
                             retry_at = None;
                             renew_backoff.reset();
                         }
@@ -241,16 +249,18 @@ impl Keeper {
     }
 }
 
-/// When to renew: `expiration - margin`, or halfway through the remaining
-/// time when that is already past. `None` for reservations.
-fn renew_deadline(lease: &Lease, margin: Duration) -> Option<Instant> {
+/// When to renew, on the monotonic clock: `expiration - margin`, or halfway
+/// through the remaining time when that is already past. `wall_now` and
+/// `now` are the same moment on the wall and the monotonic clock (taken just
+/// after etcd gave the expiration). `None` for reservations.
+fn renew_deadline(lease: &Lease, margin: Duration, wall_now: SystemTime, now: Instant) -> Option<Instant> {
     let exp = lease.expiration?;
     if lease.etcd_lease == 0 {
         return None;
     }
-    let left = exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let left = exp.duration_since(wall_now).unwrap_or(Duration::ZERO);
     let wait = if left > margin { left - margin } else { left / 2 };
-    Some(Instant::now() + wait.max(Duration::from_millis(200)))
+    Some(now + wait.max(Duration::from_millis(200)))
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -273,13 +283,44 @@ mod tests {
             subnet: "10.0.1.0/24".parse().unwrap(),
             attrs,
             etcd_lease: 1,
-            expiration: Some(SystemTime::now() + Duration::from_secs(3600)),
+            expiration: None,
         };
-        let d = renew_deadline(&l, Duration::from_secs(600)).unwrap() - Instant::now();
-        assert!(d > Duration::from_secs(2990) && d <= Duration::from_secs(3000), "{d:?}");
-        let d = renew_deadline(&l, Duration::from_secs(7200)).unwrap() - Instant::now();
-        assert!(d > Duration::from_secs(1790) && d <= Duration::from_secs(1800), "{d:?}");
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        l.expiration = Some(wall + Duration::from_secs(3600));
+        let d = renew_deadline(&l, Duration::from_secs(600), wall, now).unwrap() - now;
+        assert_eq!(d, Duration::from_secs(3000));
+        let d = renew_deadline(&l, Duration::from_secs(7200), wall, now).unwrap() - now;
+        assert_eq!(d, Duration::from_secs(1800));
         l.etcd_lease = 0;
-        assert!(renew_deadline(&l, Duration::from_secs(1)).is_none());
+        assert!(renew_deadline(&l, Duration::from_secs(1), wall, now).is_none());
+    }
+
+    /// The deadline is a monotonic instant: whatever the wall clock does
+    /// after a renewal (here: steps back an hour, then forward a day), the
+    /// renewal stays `TTL - margin` after the moment etcd answered. The
+    /// keeper takes the deadline once per renewal and never re-reads the
+    /// wall clock for it.
+    #[test]
+    fn renewal_time_ignores_later_wall_clock_steps() {
+        let attrs = LeaseAttrs::host_gw(Ipv4Addr::LOCALHOST);
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        let l = Lease {
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            attrs,
+            etcd_lease: 1,
+            expiration: Some(wall + Duration::from_secs(24 * 3600)),
+        };
+        let margin = Duration::from_secs(3600);
+        let due = renew_deadline(&l, margin, wall, now).unwrap();
+        assert_eq!(due - now, Duration::from_secs(23 * 3600));
+        // tokio's sleep_until takes the same Instant: the wall clock is not
+        // consulted again.
+        let tokio_due: tokio::time::Instant = due.into();
+        assert_eq!(tokio_due.into_std(), due);
+        // What recomputing from the wall clock would have given after a
+        // backward step of an hour: the renewal an hour later than the
+        // lease allows (the fault this module's schedule avoids).
+        let stepped = renew_deadline(&l, margin, wall - Duration::from_secs(3600), now).unwrap();
+        assert_eq!(stepped - due, Duration::from_secs(3600));
     }
 }

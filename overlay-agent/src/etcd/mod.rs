@@ -7,9 +7,11 @@
 //! - [`lease`]: acquiring, renewing, releasing our own lease
 //! - [`keeper`]: the task keeping our lease (renewing it, taking it back)
 //! - [`watch`]: everyone's leases as typed events (list + watch + resync)
+//! - [`config_watch`]: whether etcd's network config is still the one we run with
 
 pub mod backoff;
 pub mod client;
+pub mod config_watch;
 pub mod error;
 pub mod keeper;
 pub mod lease;
@@ -19,6 +21,7 @@ pub mod watch;
 
 pub use backoff::{Backoff, Transient};
 pub use client::{connect, EtcdSettings};
+pub use config_watch::spawn_config_watch;
 pub use error::EtcdError;
 pub use keeper::spawn_lease_keeper;
 pub use lease::{LeaseListing, SubnetManager};

@@ -31,7 +31,11 @@ pub struct Uplink {
     pub index: u32,
     pub mtu: u32,
     pub mac: [u8; 6],
-    /// The interface's own IPv4 address (outer source of what we send).
+    /// The interface's own IPv4 address: the tunnel's local address (outer
+    /// source of what we send), as flannel.1's. `--public-ip` when the
+    /// interface carries that address too, since our peers accept VXLAN only
+    /// from the PublicIP a lease names; else the interface's first address,
+    /// which a NAT in front of us translates to `--public-ip` (flanneld).
     pub iface_addr: Ipv4Addr,
     pub prefix_len: u8,
     /// What goes into our lease's PublicIP.
@@ -97,12 +101,16 @@ pub async fn select_uplink(handle: &Handle, sel: &IfaceSelection) -> Result<Upli
         };
         (link.clone(), addr)
     };
+    let iface_addr = match sel.public_ip {
+        Some(ip) if addrs.iter().any(|a| a.index == link.index && a.addr == ip) => ip,
+        _ => addr.addr,
+    };
     Ok(Uplink {
         mac: link.mac.unwrap_or_default(),
         name: link.name,
         index: link.index,
         mtu: link.mtu,
-        iface_addr: addr.addr,
+        iface_addr,
         prefix_len: addr.prefix_len,
         public_ip: sel.public_ip.unwrap_or(addr.addr),
     })

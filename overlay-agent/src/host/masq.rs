@@ -533,25 +533,16 @@ impl MasqRules {
     /// warning naming what was missing or wrong) and failures. Call
     /// [`MasqRules::ensure`] once first to install the rules and see errors.
     pub fn spawn_resync(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await; // the first tick is immediate
-            loop {
-                tick.tick().await;
-                let rules = this.clone();
-                match tokio::task::spawn_blocking(move || rules.ensure()).await {
-                    Ok(Ok(repairs)) => {
-                        if !repairs.is_empty() {
-                            log::warn!("iptables rules had to be repaired: {}", repairs.join("; "));
-                        }
-                    }
-                    Ok(Err(e)) => log::error!("iptables resync failed: {e:#}"),
-                    Err(e) => log::error!("iptables resync task failed: {e}"),
-                }
-            }
-        })
+        self.spawn_resync_reporting(interval, |_| {})
+    }
+
+    /// [`MasqRules::spawn_resync`], telling `on_result` whether each pass
+    /// succeeded (readiness follows it).
+    pub fn spawn_resync_reporting<F>(&self, interval: Duration, on_result: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(bool) + Send + Sync + 'static,
+    {
+        super::masquerade::spawn_resync_loop("iptables", interval, self.clone(), MasqRules::ensure, on_result)
     }
 
     fn check(&self, r: &Rule) -> Result<bool> {

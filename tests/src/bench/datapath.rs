@@ -14,6 +14,8 @@
 //! | flannel-nocsum | the same with `noudpcsum` (outer UDP checksum 0, as ours); not run by default | 1450 |
 //! | overlay | the real agent binary, `Backend.Type vxlan`, real etcd | 1450 |
 //! | overlay-dr | the same with `Backend.DirectRouting: true` (peers on the same subnet are routed, not encapsulated) | 1450 |
+//! | overlay-xdp | overlay with `--xdp-decap`: VXLAN decapsulated by native XDP on each uplink, before GRO; not run by default | 1450 |
+//! | overlay-xdp-generic | the same in generic XDP (`--xdp-mode=generic`); not run by default | 1450 |
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -40,10 +42,22 @@ pub enum Mode {
     Overlay,
     #[serde(rename = "overlay-dr")]
     OverlayDirect,
+    #[serde(rename = "overlay-xdp")]
+    OverlayXdp,
+    #[serde(rename = "overlay-xdp-generic")]
+    OverlayXdpGeneric,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::HostGw, Mode::Flannel, Mode::FlannelNoCsum, Mode::Overlay, Mode::OverlayDirect];
+    pub const ALL: [Mode; 7] = [
+        Mode::HostGw,
+        Mode::Flannel,
+        Mode::FlannelNoCsum,
+        Mode::Overlay,
+        Mode::OverlayDirect,
+        Mode::OverlayXdp,
+        Mode::OverlayXdpGeneric,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +66,8 @@ impl Mode {
             Mode::FlannelNoCsum => "flannel-nocsum",
             Mode::Overlay => "overlay",
             Mode::OverlayDirect => "overlay-dr",
+            Mode::OverlayXdp => "overlay-xdp",
+            Mode::OverlayXdpGeneric => "overlay-xdp-generic",
         }
     }
 
@@ -62,6 +78,8 @@ impl Mode {
             Mode::FlannelNoCsum => "kernel flannel.1 VXLAN as flanneld's, but noudpcsum (outer UDP checksum 0, like ours)",
             Mode::Overlay => "overlay-agent, BPF VXLAN (TC encap on the pod veths and cni0, TC decap + redirect_peer to the pod)",
             Mode::OverlayDirect => "overlay-agent, Backend.DirectRouting: true (same-subnet peers routed by BPF)",
+            Mode::OverlayXdp => "overlay-agent with --xdp-decap: VXLAN decapsulated in native XDP on the uplink, before GRO",
+            Mode::OverlayXdpGeneric => "overlay-agent with --xdp-decap --xdp-mode=generic: the same in generic XDP",
         }
     }
 
@@ -78,6 +96,11 @@ impl Mode {
     /// Whether this mode runs flannel's kernel VXLAN (flannel.1).
     pub fn is_flannel(self) -> bool {
         matches!(self, Mode::Flannel | Mode::FlannelNoCsum)
+    }
+
+    /// Whether this mode runs overlay-agent.
+    pub fn is_agent(self) -> bool {
+        matches!(self, Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric)
     }
 }
 
@@ -299,7 +322,7 @@ impl Topology {
                     pods.push(host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?);
                 }
             }
-            Mode::Overlay | Mode::OverlayDirect => {
+            Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric => {
                 let etcd = etcd.ok_or_else(|| anyhow!("the agent modes need etcd"))?;
                 let direct = mode == Mode::OverlayDirect;
                 let prefix = format!("/bench-{}-{}/network", mode.name(), tb.id());
@@ -311,7 +334,16 @@ impl Topology {
                 for i in 0..2 {
                     let agent = Agent::start_forwarded(
                         tb.host(i),
-                        AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
+                        AgentOptions {
+                            etcd_endpoints: &etcd.endpoint(),
+                            prefix: &prefix,
+                            dir: tb.dir(),
+                            extra: match mode {
+                                Mode::OverlayXdp => vec!["--xdp-decap".into()],
+                                Mode::OverlayXdpGeneric => vec!["--xdp-decap".into(), "--xdp-mode=generic".into()],
+                                _ => vec![],
+                            },
+                        },
                     )?;
                     agents.push(agent);
                 }
@@ -425,7 +457,7 @@ impl Topology {
     pub fn outer_udp_csum(&self) -> Result<Option<bool>> {
         Ok(match self.mode {
             m if m.is_flannel() => Some(kernel_vxlan_udp_csum(self.tb.host(0), 1)?),
-            Mode::Overlay => Some(false),
+            m if m.is_agent() => Some(false),
             _ => None,
         })
     }

@@ -115,7 +115,7 @@ pub const RATIO_BASES: [&str; 3] = ["flannel", "flannel-nocsum", "host-gw"];
 /// Ratios of each agent mode against flannel and host-gw, per metric.
 pub fn ratio_table(modes: &[ModeSummary]) -> String {
     let mut pairs = Vec::new();
-    for ours in ["overlay", "overlay-dr"] {
+    for ours in ["overlay", "overlay-dr", "overlay-xdp", "overlay-xdp-generic"] {
         for base in RATIO_BASES {
             if modes.iter().any(|m| m.mode == ours) && modes.iter().any(|m| m.mode == base) {
                 pairs.push((ours, base));
@@ -148,12 +148,13 @@ pub fn ratio_table(modes: &[ModeSummary]) -> String {
     out
 }
 
-const MODE_COLORS: [RGBColor; 5] = [
+const MODE_COLORS: [RGBColor; 6] = [
     RGBColor(0x8c, 0x8c, 0x8c), // host-gw
     RGBColor(0xe0, 0x8a, 0x2c), // flannel
     RGBColor(0x2c, 0x6f, 0xbb), // overlay
     RGBColor(0x4f, 0xa8, 0x5a), // overlay-dr
     RGBColor(0xf2, 0xc0, 0x7e), // flannel-nocsum
+    RGBColor(0x7a, 0x4f, 0xa8), // overlay-xdp
 ];
 
 fn mode_color(name: &str) -> RGBColor {
@@ -162,6 +163,7 @@ fn mode_color(name: &str) -> RGBColor {
         "flannel" => MODE_COLORS[1],
         "overlay" => MODE_COLORS[2],
         "flannel-nocsum" => MODE_COLORS[4],
+        "overlay-xdp" | "overlay-xdp-generic" => MODE_COLORS[5],
         _ => MODE_COLORS[3],
     }
 }

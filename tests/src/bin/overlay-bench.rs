@@ -35,8 +35,9 @@ struct Args {
     #[arg(long, conflicts_with = "no_control")]
     control_only: bool,
     /// Data path modes, comma separated: host-gw, flannel, overlay, overlay-dr,
-    /// and flannel-nocsum (flannel.1 with `noudpcsum`, outer UDP checksum 0
-    /// like ours; not in the default set).
+    /// and, not in the default set, flannel-nocsum (flannel.1 with
+    /// `noudpcsum`, outer UDP checksum 0 like ours), overlay-xdp (overlay
+    /// with `--xdp-decap`, native XDP) and overlay-xdp-generic.
     #[arg(long, value_delimiter = ',', default_value = "host-gw,flannel,overlay,overlay-dr")]
     modes: Vec<String>,
     /// How the two nodes' eth0 are connected: `nic`, one veth pair made
@@ -293,7 +294,7 @@ fn run(args: &Args) -> Result<()> {
         if args.quick { "quick run" } else { "full run" },
         plan.underlay.label()
     );
-    let needs_etcd = (!args.no_datapath && plan.modes.iter().any(|m| matches!(m, Mode::Overlay | Mode::OverlayDirect)))
+    let needs_etcd = (!args.no_datapath && plan.modes.iter().any(|m| m.is_agent()))
         || !args.no_control;
     let etcd = if needs_etcd { Some(Etcd::start().context("starting etcd")?) } else { None };
 
@@ -416,7 +417,7 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         check_interrupted()?;
         let t = Instant::now();
         let topo = Topology::build(mode, plan.underlay, etcd).with_context(|| format!("building the {} topology", mode.name()))?;
-        if let (Some(size), Mode::Overlay | Mode::OverlayDirect) = (plan.pod_gso_max_size, mode) {
+        if let (Some(size), true) = (plan.pod_gso_max_size, mode.is_agent()) {
             topo.set_pod_gso_max_size(size)?;
             println!("  {:<10} pods' eth0: gso_max_size {size} (experiment)", mode.name());
         }
