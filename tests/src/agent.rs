@@ -41,6 +41,8 @@ pub struct Agent {
     pub log: PathBuf,
     host_ns: PathBuf,
     argv: Vec<String>,
+    /// Extra environment variables (e.g. flanneld's `FLANNELD_*` forms).
+    env: Vec<(String, String)>,
     /// The relays to etcd this agent was started with
     /// ([`Agent::start_forwarded`]); dropped after the agent is killed.
     forwards: Vec<PortForward>,
@@ -54,6 +56,16 @@ pub struct AgentOptions<'a> {
     pub extra: Vec<String>,
 }
 
+/// How to start the agent beyond [`AgentOptions`].
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// No `--iface=eth0`: the agent picks the uplink from the other flags
+    /// (or the default route), for tests of that choice.
+    pub agent_chooses_iface: bool,
+    /// Extra environment variables (e.g. flanneld's `FLANNELD_*` forms).
+    pub env: Vec<(String, String)>,
+}
+
 /// Where an agent on `host` writes its subnet file (in the testbed's folder
 /// `dir`).
 pub fn subnet_file_for(dir: &Path, host: &Host) -> PathBuf {
@@ -63,6 +75,11 @@ pub fn subnet_file_for(dir: &Path, host: &Host) -> PathBuf {
 impl Agent {
     /// Starts the agent in `host` with `--iface=eth0`.
     pub fn start(host: &Host, opts: AgentOptions<'_>) -> Result<Agent> {
+        Agent::start_with(host, opts, Launch::default())
+    }
+
+    /// [`Agent::start`] as `launch` says.
+    pub fn start_with(host: &Host, opts: AgentOptions<'_>, launch: Launch) -> Result<Agent> {
         crate::netns::ensure_bpffs()?;
         let name = host.name().to_string();
         let pin_root = PathBuf::from("/sys/fs/bpf").join(format!("{name}-agent"));
@@ -71,13 +88,24 @@ impl Agent {
         let mut argv = vec![
             format!("--etcd-endpoints={}", opts.etcd_endpoints),
             format!("--etcd-prefix={}", opts.prefix),
-            format!("--iface={}", host.uplink()),
             format!("--subnet-file={}", subnet_file.display()),
             format!("--bpf-pin-dir={}", pin_root.display()),
         ];
+        if !launch.agent_chooses_iface {
+            argv.insert(2, format!("--iface={}", host.uplink()));
+        }
         argv.extend(opts.extra);
-        let mut agent =
-            Agent { name, child: None, pin_root, subnet_file, log, host_ns: host.path(), argv, forwards: Vec::new() };
+        let mut agent = Agent {
+            name,
+            child: None,
+            pin_root,
+            subnet_file,
+            log,
+            host_ns: host.path(),
+            argv,
+            env: launch.env,
+            forwards: Vec::new(),
+        };
         agent.spawn(host)?;
         Ok(agent)
     }
@@ -88,6 +116,11 @@ impl Agent {
     /// [`PortForward`] into `host` for each, which it keeps until it is
     /// dropped (and which [`Agent::restart`] reuses).
     pub fn start_forwarded(host: &Host, opts: AgentOptions<'_>) -> Result<Agent> {
+        Agent::start_forwarded_with(host, opts, Launch::default())
+    }
+
+    /// [`Agent::start_forwarded`] as `launch` says.
+    pub fn start_forwarded_with(host: &Host, opts: AgentOptions<'_>, launch: Launch) -> Result<Agent> {
         let mut forwards = Vec::new();
         let mut inside = Vec::new();
         for endpoint in opts.etcd_endpoints.split(',') {
@@ -98,7 +131,7 @@ impl Agent {
             inside.push(format!("{scheme}://127.0.0.1:{}", fwd.port()));
             forwards.push(fwd);
         }
-        let mut agent = Agent::start(host, AgentOptions { etcd_endpoints: &inside.join(","), ..opts })?;
+        let mut agent = Agent::start_with(host, AgentOptions { etcd_endpoints: &inside.join(","), ..opts }, launch)?;
         agent.forwards = forwards;
         Ok(agent)
     }
@@ -130,6 +163,7 @@ impl Agent {
         let logf = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = host.command(agent_binary().to_str().unwrap());
         cmd.args(&self.argv)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", std::env::var("OVERLAY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)

@@ -38,14 +38,16 @@ pub fn synthetic_lease(i: usize) -> VxlanLease {
 /// Writes the synthetic leases `range` under `prefix`, attached to the etcd
 /// lease `lease_id`, [`TXN_BATCH`] keys per transaction.
 pub async fn write_leases(client: &mut Client, prefix: &str, range: std::ops::Range<usize>, lease_id: i64) -> Result<()> {
-    let ids: Vec<usize> = range.collect();
-    for chunk in ids.chunks(TXN_BATCH) {
+    put_leases(client, prefix, &range.map(synthetic_lease).collect::<Vec<_>>(), lease_id).await
+}
+
+/// Writes `leases` under `prefix` (VNI 1), attached to the etcd lease
+/// `lease_id`, [`TXN_BATCH`] keys per transaction.
+pub async fn put_leases(client: &mut Client, prefix: &str, leases: &[VxlanLease], lease_id: i64) -> Result<()> {
+    for chunk in leases.chunks(TXN_BATCH) {
         let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|&i| {
-                let l = synthetic_lease(i);
-                TxnOp::put(l.etcd_key(prefix), l.etcd_value(1), Some(PutOptions::new().with_lease(lease_id)))
-            })
+            .map(|l| TxnOp::put(l.etcd_key(prefix), l.etcd_value(1), Some(PutOptions::new().with_lease(lease_id))))
             .collect();
         client.txn(Txn::new().and_then(ops)).await?;
     }

@@ -10,25 +10,12 @@ use std::time::{Duration, Instant};
 #[test]
 fn quick_bench_writes_json_with_numbers() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root (network namespaces, bpffs): run as root");
-    let out = std::env::temp_dir().join(format!("overlay-bench-smoke-{}", overlay_tests::random_hex(4)));
     let started = Instant::now();
-    let run = Command::new(env!("CARGO_BIN_EXE_overlay-bench"))
-        .arg("--agent")
-        .arg(overlay_tests::agent::agent_binary())
-        .args(["--quick", "--modes", "overlay,flannel,flannel-nocsum", "--tcp-secs", "1", "--udp-secs", "0.3"])
-        .args(["--round-trips", "300"])
-        .args(["--leases", "20", "--changes", "10", "--change-interval-ms", "2"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("running overlay-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "overlay-bench failed ({}):\n{stdout}\n{stderr}", run.status);
+    let (json, stdout) = run_bench(&[
+        "--quick", "--modes", "overlay,flannel,flannel-nocsum", "--tcp-secs", "1", "--udp-secs", "0.3", "--round-trips",
+        "300", "--leases", "20", "--changes", "10", "--change-interval-ms", "2",
+    ]);
     assert!(started.elapsed() < Duration::from_secs(90), "took {:?}", started.elapsed());
-
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&out);
     // The default underlay, recorded in the JSON and printed in the header,
     // with the offloads read back from both cable ends.
     assert_eq!(json["underlay"], "nic", "{json:#}");
@@ -88,4 +75,58 @@ fn quick_bench_writes_json_with_numbers() {
         let v = control[key].as_f64().unwrap_or(0.0);
         assert!(v > 0.0, "{key} = {v} in {control:#}");
     }
+}
+
+/// `--control-only` at a small scale: no data path, and the control plane
+/// result has the removal of half (every removed peer gone from the maps)
+/// with /readyz asked throughout and always answering 200, the agent's own
+/// subnet recorded and left out of the new leases, and issue 17's goals
+/// with verdicts. Speed is not asserted.
+#[test]
+fn control_only_records_removal_and_readyz() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root (network namespaces, bpffs): run as root");
+    let (json, _) = run_bench(&["--control-only", "--leases", "200", "--changes", "20", "--change-interval-ms", "2"]);
+    assert!(json.get("datapath").is_none(), "--control-only ran the data path: {json:#}");
+    let c = &json["control"][0];
+    assert_eq!(c["leases"], 200, "{c:#}");
+    assert_eq!(c["change_kind"], "new leases", "{c:#}");
+    assert!(c["own_subnet"].as_str().is_some_and(|s| s.starts_with("10.0.")), "{c:#}");
+    assert_eq!(c["removed"], 100, "{c:#}");
+    assert_eq!(c["removed_in_time"], 100, "{c:#}");
+    assert!(c["remove_half_s"].as_f64().unwrap_or(0.0) > 0.0, "{c:#}");
+    assert!(c["readyz_polls"].as_u64().unwrap_or(0) > 0, "{c:#}");
+    assert_eq!(c["readyz_failures"], 0, "{c:#}");
+    for key in ["all_in_maps_s", "change_to_map_p99_ms", "rss_mb", "readyz_max_ms"] {
+        assert!(c[key].as_f64().unwrap_or(0.0) > 0.0, "{key} in {c:#}");
+    }
+    let goals: Vec<&str> = json["goals"].as_array().unwrap().iter().filter_map(|g| g["goal"].as_str()).collect();
+    for goal in [
+        "200 leases in the maps < 2 s after start",
+        "agent RSS < 64 MB with 200 peers",
+        "removing 100 of 200 peers < 1 s",
+        "/readyz answered 200 throughout the removal",
+        "change -> map p99 < 20 ms (worst of the runs)",
+    ] {
+        assert!(goals.contains(&goal), "{goal} not in {goals:?}");
+    }
+}
+
+/// Runs overlay-bench against the agent with `args` and a scratch --out:
+/// its bench.json and stdout. Fails the test when the bench fails.
+fn run_bench(args: &[&str]) -> (serde_json::Value, String) {
+    let out = std::env::temp_dir().join(format!("overlay-bench-smoke-{}", overlay_tests::random_hex(4)));
+    let run = Command::new(env!("CARGO_BIN_EXE_overlay-bench"))
+        .arg("--agent")
+        .arg(overlay_tests::agent::agent_binary())
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running overlay-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "overlay-bench failed ({}):\n{stdout}\n{stderr}", run.status);
+    let json = serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    (json, stdout)
 }

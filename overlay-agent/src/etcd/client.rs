@@ -446,6 +446,8 @@ fn hint(s: &EtcdSettings, reason: &str) -> &'static str {
     let r = reason.to_ascii_lowercase();
     if r.contains("unknownissuer") || r.contains("certificate") && r.contains("invalid") {
         " (is --etcd-cafile the CA that signed the server's certificate?)"
+    } else if super::error::REFUSED_CLIENT_CERT.iter().any(|a| reason.contains(a)) {
+        " (etcd refused our client certificate: is --etcd-certfile signed by a CA etcd trusts, its --trusted-ca-file?)"
     } else if r.contains("user name is empty") {
         " (etcd has authentication enabled: set --etcd-username and --etcd-password)"
     } else if r.contains("permission denied") {

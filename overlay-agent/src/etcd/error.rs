@@ -128,8 +128,11 @@ impl Transient for EtcdError {
 /// Errors worth retrying: the request may not have reached a healthy member.
 pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
-    // A server certificate we do not trust will not become trusted by retrying.
-    if describe(e).contains("invalid peer certificate") {
+    // A server certificate we do not trust will not become trusted by
+    // retrying, nor will a server accept the client certificate (or its
+    // absence) it refused with a TLS alert.
+    let d = describe(e);
+    if d.contains("invalid peer certificate") || REFUSED_CLIENT_CERT.iter().any(|a| d.contains(a)) {
         return false;
     }
     match e {
@@ -143,6 +146,11 @@ pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
         _ => false,
     }
 }
+
+/// TLS alerts (as rustls names them) with which a server refuses our client
+/// certificate or the lack of one.
+pub(crate) const REFUSED_CLIENT_CERT: [&str; 3] =
+    ["received fatal alert: BadCertificate", "received fatal alert: UnknownCA", "received fatal alert: CertificateRequired"];
 
 pub(crate) fn is_invalid_token(e: &etcd_client::Error) -> bool {
     match e {

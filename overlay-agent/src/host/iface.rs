@@ -1,7 +1,10 @@
 //! Choosing the uplink and the public IP the way flanneld does: `--iface`
 //! (names or addresses, first usable wins), `--iface-regex` (addresses
-//! first, then names), `--iface-can-reach`, else the interface of the
-//! default route; `--public-ip` overrides the advertised address.
+//! first, then names), `--iface-can-reach` (the route's interface and its
+//! source address), else the interface of the default route; `--public-ip`
+//! overrides the advertised address. An interface chosen by name gives its
+//! first global address, a link-local (169.254/16) one only when it has no
+//! other, as flanneld's `GetInterfaceIP4Addrs` does.
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
@@ -45,7 +48,7 @@ pub enum IfaceError {
     Netlink(#[from] NetlinkError),
     #[error("--iface {0}: no such interface and no interface has that address")]
     NoSuchInterface(String),
-    #[error("--iface {0}: the interface has no IPv4 address")]
+    #[error("--iface {0}: the interface has no usable IPv4 address (a global or link-local one; loopback addresses do not count)")]
     NoAddress(String),
     #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
     BadRegex(String, regex::Error),
@@ -84,12 +87,18 @@ pub async fn select_uplink(handle: &Handle, sel: &IfaceSelection) -> Result<Upli
     } else if !sel.iface_regex.is_empty() {
         by_regex(&links, &addrs, &sel.iface_regex)?
     } else {
-        let index = match sel.iface_can_reach {
-            Some(dst) => route_oif(handle, dst).await?.ok_or(IfaceError::CannotReach(dst))?,
-            None => default_route_oif(handle).await?.ok_or(IfaceError::NoDefaultRoute)?,
+        let (index, source) = match sel.iface_can_reach {
+            Some(dst) => route_get(handle, dst).await?.ok_or(IfaceError::CannotReach(dst))?,
+            None => (default_route_oif(handle).await?.ok_or(IfaceError::NoDefaultRoute)?, None),
         };
         let link = links.iter().find(|l| l.index == index).ok_or(IfaceError::Vanished(index))?;
-        let addr = first_addr(&addrs, index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+        // flanneld takes the route's source address for --iface-can-reach:
+        // the address the kernel sends to that destination from, which on
+        // an interface with several need not be its first.
+        let addr = match source.and_then(|src| addrs.iter().find(|a| a.addr == src)) {
+            Some(a) => IfAddr { index, ..*a },
+            None => preferred_addr(&addrs, index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?,
+        };
         (link.clone(), addr)
     };
     let iface_addr = match sel.public_ip {
@@ -107,8 +116,23 @@ pub async fn select_uplink(handle: &Handle, sel: &IfaceSelection) -> Result<Upli
     })
 }
 
-fn first_addr(addrs: &[IfAddr], index: u32) -> Option<IfAddr> {
-    addrs.iter().find(|a| a.index == index).copied()
+/// The addresses of interface `index` flanneld would consider, in its order
+/// of preference: global unicast first (private ranges count), then
+/// link-local; loopback, multicast, unspecified and broadcast never.
+fn usable_addrs(addrs: &[IfAddr], index: u32) -> impl Iterator<Item = IfAddr> + '_ {
+    let on_link = move |a: &&IfAddr| a.index == index;
+    let global = addrs.iter().filter(on_link).filter(|a| is_global_unicast(a.addr));
+    let link_local = addrs.iter().filter(on_link).filter(|a| a.addr.is_link_local());
+    global.chain(link_local).copied()
+}
+
+/// Go's `net.IP.IsGlobalUnicast` for IPv4.
+fn is_global_unicast(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_link_local() || a.is_broadcast())
+}
+
+fn preferred_addr(addrs: &[IfAddr], index: u32) -> Option<IfAddr> {
+    usable_addrs(addrs, index).next()
 }
 
 /// `--iface` takes an interface name or one of its addresses.
@@ -119,28 +143,27 @@ fn by_spec(links: &[Link], addrs: &[IfAddr], spec: &str) -> Result<(Link, IfAddr
         return Ok((link.clone(), *addr));
     }
     let link = links.iter().find(|l| l.name == spec).ok_or_else(|| IfaceError::NoSuchInterface(spec.into()))?;
-    let addr = first_addr(addrs, link.index).ok_or_else(|| IfaceError::NoAddress(spec.into()))?;
+    let addr = preferred_addr(addrs, link.index).ok_or_else(|| IfaceError::NoAddress(spec.into()))?;
     Ok((link.clone(), addr))
 }
 
-/// Like flanneld: each regex is tried against every address, then against
-/// every interface name.
+/// Like flanneld: each regex is tried against the usable addresses of every
+/// interface (in interface order, each one's in order of preference), then
+/// against every interface name. Unlike flanneld, a name match without a
+/// usable address is passed over instead of ending the search in an error.
 fn by_regex(links: &[Link], addrs: &[IfAddr], patterns: &[String]) -> Result<(Link, IfAddr), IfaceError> {
     for pattern in patterns {
         let re = Regex::new(pattern).map_err(|e| IfaceError::BadRegex(pattern.clone(), e))?;
-        for addr in addrs {
-            if addr.addr.is_loopback() || !re.is_match(&addr.addr.to_string()) {
-                continue;
-            }
-            if let Some(link) = links.iter().find(|l| l.index == addr.index) {
-                return Ok((link.clone(), *addr));
+        for link in links {
+            if let Some(addr) = usable_addrs(addrs, link.index).find(|a| re.is_match(&a.addr.to_string())) {
+                return Ok((link.clone(), addr));
             }
         }
         for link in links {
-            if link.name == "lo" || !re.is_match(&link.name) {
+            if !re.is_match(&link.name) {
                 continue;
             }
-            if let Some(addr) = first_addr(addrs, link.index) {
+            if let Some(addr) = preferred_addr(addrs, link.index) {
                 return Ok((link.clone(), addr));
             }
         }
@@ -148,16 +171,22 @@ fn by_regex(links: &[Link], addrs: &[IfAddr], patterns: &[String]) -> Result<(Li
     Err(IfaceError::NoRegexMatch(patterns.to_vec()))
 }
 
-/// `ip route get DST`: the output interface.
-async fn route_oif(handle: &Handle, dst: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+/// `ip route get DST`: the output interface and the source address.
+async fn route_get(handle: &Handle, dst: Ipv4Addr) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).build();
     let mut stream = handle.route().get(msg).execute();
     while let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {dst}")))? {
-        if let Some(oif) = route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Oif(i) => Some(*i),
-            _ => None,
-        }) {
-            return Ok(Some(oif));
+        let mut oif = None;
+        let mut source = None;
+        for a in &route.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(src)) => source = Some(*src),
+                _ => {}
+            }
+        }
+        if let Some(oif) = oif {
+            return Ok(Some((oif, source)));
         }
     }
     Ok(None)
@@ -209,4 +238,68 @@ pub async fn on_link(handle: &Handle, uplink: &Uplink, peer: Ipv4Addr) -> Result
         }
     }
     Ok(oif == Some(uplink.index) && !gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> Link {
+        Link { index, name: name.into(), mtu: 1500, mac: None, kind: None, master: None }
+    }
+
+    fn addr(index: u32, a: [u8; 4], prefix_len: u8) -> IfAddr {
+        IfAddr { index, addr: Ipv4Addr::from(a), prefix_len }
+    }
+
+    /// lo; eth0 with a link-local address listed before its global one;
+    /// eth1 with two global addresses; eth2 with only a link-local one.
+    fn host() -> (Vec<Link>, Vec<IfAddr>) {
+        let links = vec![link(1, "lo"), link(2, "eth0"), link(3, "eth1"), link(4, "eth2")];
+        let addrs = vec![
+            addr(1, [127, 0, 0, 1], 8),
+            addr(2, [169, 254, 9, 9], 16),
+            addr(2, [192, 168, 10, 2], 24),
+            addr(3, [10, 20, 0, 2], 24),
+            addr(3, [10, 30, 0, 2], 24),
+            addr(4, [169, 254, 7, 7], 16),
+        ];
+        (links, addrs)
+    }
+
+    #[test]
+    fn by_name_prefers_a_global_address_over_link_local() {
+        let (links, addrs) = host();
+        let (l, a) = by_spec(&links, &addrs, "eth0").unwrap();
+        assert_eq!((l.name.as_str(), a.addr), ("eth0", Ipv4Addr::new(192, 168, 10, 2)));
+        // Link-local only: it will do.
+        let (_, a) = by_spec(&links, &addrs, "eth2").unwrap();
+        assert_eq!(a.addr, Ipv4Addr::new(169, 254, 7, 7));
+        // Loopback addresses are never usable.
+        assert!(matches!(by_spec(&links, &addrs, "lo"), Err(IfaceError::NoAddress(_))));
+    }
+
+    #[test]
+    fn by_address_takes_that_address() {
+        let (links, addrs) = host();
+        let (l, a) = by_spec(&links, &addrs, "10.30.0.2").unwrap();
+        assert_eq!((l.name.as_str(), a.addr), ("eth1", Ipv4Addr::new(10, 30, 0, 2)));
+        assert!(matches!(by_spec(&links, &addrs, "10.99.0.1"), Err(IfaceError::NoSuchInterface(_))));
+    }
+
+    #[test]
+    fn regex_matches_addresses_before_names() {
+        let (links, addrs) = host();
+        // "eth" matches no address: by name, first interface with a usable one.
+        let (l, a) = by_regex(&links, &addrs, &["^eth".into()]).unwrap();
+        assert_eq!((l.name.as_str(), a.addr), ("eth0", Ipv4Addr::new(192, 168, 10, 2)));
+        // An address match wins over a name match, and is taken as is.
+        let (l, a) = by_regex(&links, &addrs, &["^eth0$".into(), "^10\\.30\\.".into()]).unwrap();
+        assert_eq!((l.name.as_str(), a.addr), ("eth0", Ipv4Addr::new(192, 168, 10, 2)));
+        let (l, a) = by_regex(&links, &addrs, &["^10\\.30\\.".into(), "^eth0$".into()]).unwrap();
+        assert_eq!((l.name.as_str(), a.addr), ("eth1", Ipv4Addr::new(10, 30, 0, 2)));
+        // Loopback's address does not count.
+        assert!(matches!(by_regex(&links, &addrs, &["^127\\.".into()]), Err(IfaceError::NoRegexMatch(_))));
+        assert!(matches!(by_regex(&links, &addrs, &["(".into()]), Err(IfaceError::BadRegex(..))));
+    }
 }
