@@ -482,12 +482,30 @@ impl Node {
                 self.skipped.retain(|s, _| self.leases.contains_key(s));
                 // The maps become exactly what the leases say, whatever an
                 // earlier run (or a SIGKILL between two writes) left in them.
+                let before = self.datapath.maps.installed_peers().cloned().unwrap_or_default();
                 match self.datapath.maps.reconcile_peers(&wanted) {
                     Ok(c) if c == PeerChanges::default() => {}
-                    Ok(c) => info!(
-                        "peers resynced: {} subnets written, {} removed, {} senders changed",
-                        c.written, c.removed, c.senders
-                    ),
+                    Ok(c) => {
+                        // One line per lease change, as for watch events
+                        // (and as flanneld logs each lease it handles).
+                        for peer in wanted.values().filter(|p| before.get(&p.subnet) != Some(*p)) {
+                            let verb = if before.contains_key(&peer.subnet) { "changed" } else { "added" };
+                            info!(
+                                "peer {verb}: {} via {} ({}, VtepMAC {})",
+                                peer.subnet,
+                                peer.public_ip,
+                                peer.mode,
+                                format_mac(&peer.vtep_mac)
+                            );
+                        }
+                        for (subnet, old) in before.iter().filter(|(s, _)| !wanted.contains_key(*s)) {
+                            info!("peer removed: {subnet} (was via {})", old.public_ip);
+                        }
+                        info!(
+                            "peers resynced: {} subnets written, {} removed, {} senders changed",
+                            c.written, c.removed, c.senders
+                        );
+                    }
                     Err(e) => warn!("resyncing the peer maps: {e}"),
                 }
                 debug!("resynced: {} peers from {} leases", wanted.len(), self.leases.len());

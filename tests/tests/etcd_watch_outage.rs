@@ -74,7 +74,14 @@ async fn outage_backs_off_quietly_then_resyncs() {
     // Back, with a change made while we were away.
     etcd.restart().unwrap();
     let newcomer = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 9, 3), 1, [0xaa, 0, 0, 0, 9, 3]);
-    etcd.put(&format!("{P}/subnets/10.30.3.0-24"), &newcomer.to_json()).unwrap();
+    // Our own lease was allocated at random: the newcomer takes another
+    // subnet (a put over our own would be a change, not a newcomer).
+    let newcomer_net: ipnet::Ipv4Net = ["10.30.3.0/24", "10.30.4.0/24"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .find(|n| *n != lease.subnet)
+        .unwrap();
+    etcd.put(&format!("{P}/subnets/{}-24", newcomer_net.network()), &newcomer.to_json()).unwrap();
     let t = Instant::now();
     let snap = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("a Snapshot").unwrap() {
         LeaseEvent::Snapshot(v) => v,
@@ -83,7 +90,7 @@ async fn outage_backs_off_quietly_then_resyncs() {
     eprintln!("resynced {:?} after etcd answered again", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(8), "resynced after {:?}", t.elapsed());
     let mut subnets: Vec<_> = snap.iter().map(|l| l.subnet).collect();
-    if !subnets.contains(&"10.30.3.0/24".parse().unwrap()) {
+    if !subnets.contains(&newcomer_net) {
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap() {
             LeaseEvent::Added(l) => subnets.push(l.subnet),
             other => panic!("{other:?}"),
@@ -91,7 +98,7 @@ async fn outage_backs_off_quietly_then_resyncs() {
     }
     subnets.sort();
     let want: Vec<ipnet::Ipv4Net> = {
-        let mut v = vec!["10.30.2.0/24".parse().unwrap(), "10.30.3.0/24".parse().unwrap(), lease.subnet];
+        let mut v = vec!["10.30.2.0/24".parse().unwrap(), newcomer_net, lease.subnet];
         v.sort();
         v
     };
