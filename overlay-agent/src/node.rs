@@ -215,6 +215,12 @@ fn check_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<
     Ok(())
 }
 
+/// The one INFO line per installed lease (from a watch event or a resync).
+fn log_installed(peer: &Peer, replaced: bool) {
+    let verb = if replaced { "changed" } else { "added" };
+    info!("peer {verb}: {} via {} ({}, VtepMAC {})", peer.subnet, peer.public_ip, peer.mode, format_mac(&peer.vtep_mac));
+}
+
 /// One of the two subnets contains the other.
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b) || b.contains(&a)
@@ -489,14 +495,7 @@ impl Node {
                         // One line per lease change, as for watch events
                         // (and as flanneld logs each lease it handles).
                         for peer in wanted.values().filter(|p| before.get(&p.subnet) != Some(*p)) {
-                            let verb = if before.contains_key(&peer.subnet) { "changed" } else { "added" };
-                            info!(
-                                "peer {verb}: {} via {} ({}, VtepMAC {})",
-                                peer.subnet,
-                                peer.public_ip,
-                                peer.mode,
-                                format_mac(&peer.vtep_mac)
-                            );
+                            log_installed(peer, before.contains_key(&peer.subnet));
                         }
                         for (subnet, old) in before.iter().filter(|(s, _)| !wanted.contains_key(*s)) {
                             info!("peer removed: {subnet} (was via {})", old.public_ip);
@@ -631,16 +630,7 @@ impl Node {
             return;
         }
         match self.datapath.maps.upsert_peer(&peer) {
-            Ok(()) => {
-                let verb = if old.is_some() { "changed" } else { "added" };
-                info!(
-                    "peer {verb}: {} via {} ({}, VtepMAC {})",
-                    peer.subnet,
-                    peer.public_ip,
-                    peer.mode,
-                    format_mac(&peer.vtep_mac)
-                );
-            }
+            Ok(()) => log_installed(&peer, old.is_some()),
             Err(e) => warn!("installing peer {}: {e}", peer.subnet),
         }
     }
