@@ -17,7 +17,7 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
 };
 
-use super::netlink::{req_err, NetlinkError};
+use super::netlink::{replace_route, req_err, NetlinkError};
 
 /// The metric of our blackhole route (see the module doc).
 pub const BLACKHOLE_METRIC: u32 = 4242;
@@ -37,13 +37,7 @@ pub async fn ensure(handle: &Handle, lease: Ipv4Net) -> Result<(), NetlinkError>
         .protocol(RouteProtocol::Static)
         .priority(BLACKHOLE_METRIC)
         .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(req_err(format!("blackhole route {lease} metric {BLACKHOLE_METRIC}")))
+    replace_route(handle, route, format!("blackhole route {lease} metric {BLACKHOLE_METRIC}")).await
 }
 
 /// Delete our blackhole routes (all of them, or only the one for `lease`).

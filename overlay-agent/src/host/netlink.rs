@@ -7,6 +7,7 @@ use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        route::RouteMessage,
     },
     Handle,
 };
@@ -35,6 +36,12 @@ pub fn connect() -> Result<Handle, NetlinkError> {
 pub fn req_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Request { what, source }
+}
+
+/// `ip route replace <route>`: the route is created or, where one with the
+/// same destination, table and metric exists, overwritten.
+pub async fn replace_route(handle: &Handle, route: RouteMessage, what: impl Into<String>) -> Result<(), NetlinkError> {
+    handle.route().add(route).replace().execute().await.map_err(req_err(what))
 }
 
 /// What we need to know about a network interface.

@@ -34,7 +34,7 @@ use rtnetlink::{
     Handle, LinkDummy, LinkIfb, LinkUnspec, LinkVxlan, RouteMessageBuilder,
 };
 
-use super::netlink::{req_err, NetlinkError};
+use super::netlink::{replace_route, req_err, NetlinkError};
 
 /// The device's name. Fixed: one agent per host, and operators look for it.
 pub const TUNNEL_DEVICE: &str = "overlay0";
@@ -239,11 +239,5 @@ async fn ensure_route(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<
         .scope(RouteScope::Link)
         .pref_source(plan.local_address())
         .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(req_err(format!("route {} dev {TUNNEL_DEVICE}", plan.cluster)))
+    replace_route(handle, route, format!("route {} dev {TUNNEL_DEVICE}", plan.cluster)).await
 }
