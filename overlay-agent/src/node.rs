@@ -60,18 +60,35 @@ pub fn etcd_settings(etcd: &crate::cli::EtcdArgs) -> EtcdSettings {
     }
 }
 
-fn iface_selection(args: &RunArgs) -> Result<IfaceSelection> {
-    let iface_can_reach = match args.iface_can_reach {
-        None => None,
-        Some(IpAddr::V4(v4)) => Some(v4),
-        Some(IpAddr::V6(v6)) => bail!("--iface-can-reach {v6}: only IPv4 underlays are supported"),
-    };
-    Ok(IfaceSelection {
+fn iface_selection(args: &RunArgs) -> IfaceSelection {
+    IfaceSelection {
         iface: args.iface.clone(),
         iface_regex: args.iface_regex.clone(),
-        iface_can_reach,
+        iface_can_reach: match args.iface_can_reach {
+            Some(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        },
+        iface_can_reach_v6: match args.iface_can_reach {
+            Some(IpAddr::V6(v6)) => Some(v6),
+            _ => None,
+        },
         public_ip: args.public_ip,
-    })
+        public_ipv6: args.public_ipv6,
+    }
+}
+
+/// The one place an IPv6 network config is refused: config, leases,
+/// subnet file and uplink handle IPv6 (`etcd`, `subnet_env`,
+/// `host::iface`), but this daemon does not yet program an IPv6 data path,
+/// and must not run as if it did.
+fn refuse_unwired_ipv6(cfg: &NetworkConfig) -> Result<()> {
+    let Some(v6) = &cfg.ipv6 else { return Ok(()) };
+    bail!(
+        "network config enables IPv6 (EnableIPv6, IPv6Network {}{}): the config is valid, but this \
+         agent's IPv6 data path is not wired yet; run it with an IPv4-only config (no EnableIPv6) for now",
+        v6.network,
+        if cfg.enable_ipv4 { "" } else { ", IPv6-only" }
+    )
 }
 
 /// A locally administered, unicast MAC, like the kernel gives flannel.1.
@@ -90,7 +107,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.healthz_port != 0 {
         health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
     }
-    let uplink = iface::select_uplink(&handle, &iface_selection(&args)?)
+    let uplink = iface::select_uplink(&handle, &iface_selection(&args))
         .await
         .context("choosing the uplink interface")?;
     info!(
@@ -101,6 +118,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let settings = etcd_settings(&args.etcd);
     let mgr = Backoff::outage().retry("connecting to etcd", || SubnetManager::new(settings.clone())).await?;
     let cfg = Backoff::outage().retry("reading the network config", || mgr.network_config()).await?;
+    refuse_unwired_ipv6(&cfg)?;
     let backend = cfg.backend.kind;
     let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
     let pod_mtu = match backend {
@@ -128,7 +146,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         BackendType::Vxlan => LeaseAttrs::vxlan(uplink.public_ip, cfg.backend.vni, vtep_mac),
         BackendType::HostGw => LeaseAttrs::host_gw(uplink.public_ip),
     };
-    let previous = subnet_env::read_previous_lease(&args.subnet_file);
+    let previous = subnet_env::read_previous_subnets(&args.subnet_file);
     // A retry after an etcd failure lists afresh: the first attempt may have
     // changed our lease without our seeing the answer.
     let mut start_listing = Some(&listing);
