@@ -349,6 +349,7 @@ impl SubnetManager {
 
             // 1. A lease that already carries our PublicIP (IPv6-only: PublicIPv6).
             let mut reuse: Option<&Entry> = None;
+            let mut deleted: HashSet<&str> = HashSet::new();
             for e in &entries {
                 let Ok(l) = &e.lease else { continue };
                 if !l.attrs.same_node(attrs) {
@@ -361,7 +362,9 @@ impl SubnetManager {
                         attrs.node_address(),
                         describe_ranges(cfg)
                     );
-                    self.delete_if_unchanged(&e.key, e.mod_revision).await?;
+                    if self.delete_if_unchanged(&e.key, e.mod_revision).await? {
+                        deleted.insert(&e.key);
+                    }
                     // IPv6 just enabled (or disabled): keep the IPv4 subnet.
                     if cfg.enable_ipv4 && cfg.is_compatible_subnet(l.subnet) && preferred.ipv4.is_none() {
                         preferred.ipv4 = Some(l.subnet);
@@ -391,8 +394,9 @@ impl SubnetManager {
             }
 
             // 2. The previous subnets, 3. random free ones; per family.
+            let live = || entries.iter().filter(|e| !deleted.contains(e.key.as_str()));
             let subnet = if cfg.enable_ipv4 {
-                let taken = Taken::new(entries.iter().map(|e| e.subnet).filter(|s| *s != EMPTY_IPV4_SUBNET));
+                let taken = Taken::new(live().map(|e| e.subnet).filter(|s| *s != EMPTY_IPV4_SUBNET));
                 let p = preferred.ipv4.take();
                 let chosen = p.filter(|p| keep_previous(*p, cfg.is_compatible_subnet(*p), &taken, || describe_ranges(cfg)));
                 preferred.ipv4 = chosen;
@@ -413,7 +417,7 @@ impl SubnetManager {
             let ipv6_subnet = match &cfg.ipv6 {
                 None => None,
                 Some(v6) => {
-                    let taken = Taken::new(entries.iter().filter_map(|e| e.ipv6_subnet));
+                    let taken = Taken::new(live().filter_map(|e| e.ipv6_subnet));
                     let p = preferred.ipv6.take();
                     let chosen = p.filter(|p| keep_previous(*p, v6.is_compatible_subnet(*p), &taken, || describe_ranges(cfg)));
                     preferred.ipv6 = chosen;
