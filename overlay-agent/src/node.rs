@@ -98,6 +98,20 @@ fn random_vtep_mac() -> [u8; 6] {
     mac
 }
 
+/// A VtepMAC that survives restarts: the one our lease in etcd carries,
+/// else the pinned data path's, else a new one unlike `other`. The one rule
+/// for both of a node's VtepMACs: IPv4's (`BackendData`, from the pinned
+/// config) and IPv6's (`BackendV6Data`, which must differ from IPv4's as
+/// flannel's two devices' MACs do).
+pub(crate) fn stable_vtep_mac(from_lease: Option<[u8; 6]>, pinned: Option<[u8; 6]>, other: Option<[u8; 6]>) -> [u8; 6] {
+    from_lease.or(pinned).unwrap_or_else(|| loop {
+        let mac = random_vtep_mac();
+        if Some(mac) != other {
+            break mac;
+        }
+    })
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     let handle = netlink::connect()?;
     // Health first: /healthz answers (and /readyz says what it waits for)
@@ -137,11 +151,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let own = Backoff::outage()
         .retry("looking up our lease", || mgr.find_own_lease_in(&listing, uplink.public_ip))
         .await?;
-    let vtep_mac = own
-        .as_ref()
-        .and_then(|l| l.attrs.vtep_mac)
-        .or_else(|| DatapathMaps::pinned_vtep_mac(&pins))
-        .unwrap_or_else(random_vtep_mac);
+    let vtep_mac = stable_vtep_mac(
+        own.as_ref().and_then(|l| l.attrs.vtep_mac),
+        DatapathMaps::pinned_vtep_mac(&pins),
+        None,
+    );
     let attrs = match backend {
         BackendType::Vxlan => LeaseAttrs::vxlan(uplink.public_ip, cfg.backend.vni, vtep_mac),
         BackendType::HostGw => LeaseAttrs::host_gw(uplink.public_ip),
