@@ -184,12 +184,10 @@ impl Ipv6Config {
     /// prefix length, aligned, between IPv6SubnetMin and IPv6SubnetMax
     /// (flannel's `isIPv6SubnetConfigCompat`, plus the alignment check).
     pub fn is_compatible_subnet(&self, sn: Ipv6Net) -> bool {
-        let a = u128::from(sn.addr());
-        sn.prefix_len() == self.subnet_len
-            && sn.addr() == sn.network()
-            && self.network.contains(&sn.addr())
-            && a >= u128::from(self.subnet_min)
-            && a <= u128::from(self.subnet_max)
+        // IPv6SubnetMin and IPv6SubnetMax are inside IPv6Network (parse
+        // checks them), so the range check covers the network's.
+        let range = u128::from(self.subnet_min)..=u128::from(self.subnet_max);
+        sn.prefix_len() == self.subnet_len && sn == sn.trunc() && range.contains(&u128::from(sn.addr()))
     }
 
     /// Every subnet from IPv6SubnetMin to IPv6SubnetMax, in order (lazily:
@@ -273,144 +271,23 @@ impl NetworkConfig {
                 }
             }
         }
-        let ipv6 = if enable_ipv6 {
-            Some(parse_ipv6(obj)?)
+        let (network, subnet_len, subnet_min, subnet_max) = if enable_ipv4 {
+            parse_ipv4(obj)?
         } else {
-            None
-        };
-        let (backend, backend_defaulted) = parse_backend(obj)?;
-        if !enable_ipv4 {
             if let Some((_, v)) = field(obj, "Network").filter(|(_, v)| !v.is_null()) {
                 log::warn!(
                     "network config field Network = {} is ignored: EnableIPv4 is false",
                     short_json(v)
                 );
             }
-            return Ok(NetworkConfig {
-                network: Ipv4Net::default(),
-                subnet_len: 0,
-                subnet_min: Ipv4Addr::UNSPECIFIED,
-                subnet_max: Ipv4Addr::UNSPECIFIED,
-                enable_ipv4,
-                enable_ipv6,
-                ipv6,
-                enable_nftables,
-                backend,
-                backend_defaulted,
-            });
-        }
-
-        // Network
-        let network = match field(obj, "Network") {
-            None | Some((_, Value::Null)) => {
-                return Err(ConfigError::Missing {
-                    field: "Network".into(),
-                    hint: "it must be an IPv4 CIDR such as \"10.244.0.0/16\"".into(),
-                })
-            }
-            Some((_, Value::String(s))) => parse_network(s)?,
-            Some((_, v)) => {
-                return Err(ConfigError::WrongType {
-                    field: "Network".into(),
-                    value: short_json(v),
-                    expected: "an IPv4 CIDR string such as \"10.244.0.0/16\"",
-                })
-            }
+            (Ipv4Net::default(), 0, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
         };
-        let net_len = network.prefix_len();
-        check_network_range(network)?;
-
-        // SubnetLen
-        let subnet_len = match opt_u64(obj, "SubnetLen", "SubnetLen")? {
-            None | Some(0) => {
-                if net_len > 28 {
-                    return Err(ConfigError::Invalid {
-                        field: "Network".into(),
-                        value: json_str(&network.to_string()),
-                        reason: "network is too small: the smallest useful Network is a /28 \
-                                 (four subnets of /30)"
-                            .into(),
-                    });
-                } else if net_len <= 22 {
-                    24
-                } else {
-                    net_len + 2
-                }
-            }
-            Some(n) => {
-                if n > 30 {
-                    return Err(ConfigError::Invalid {
-                        field: "SubnetLen".into(),
-                        value: n.to_string(),
-                        reason: "must be at most 30 (each node needs room for a tunnel and a \
-                                 bridge address)"
-                            .into(),
-                    });
-                }
-                let n = n as u8;
-                if n < net_len.saturating_add(2) {
-                    return Err(ConfigError::Invalid {
-                        field: "SubnetLen".into(),
-                        value: n.to_string(),
-                        reason: format!(
-                            "Network {network} must be able to hold at least four subnets, so \
-                             SubnetLen must be at least {}",
-                            net_len + 2
-                        ),
-                    });
-                }
-                n
-            }
+        let ipv6 = if enable_ipv6 {
+            Some(parse_ipv6(obj)?)
+        } else {
+            None
         };
-        let size: u32 = 1u32 << (32 - subnet_len);
-        let net_start = u32::from(network.network());
-        let net_last_subnet = u32::from(network.broadcast()) - (size - 1);
-        let mask: u32 = u32::MAX << (32 - subnet_len);
-
-        let check_bound = |name: &str, ip: Option<Ipv4Addr>, default: u32| -> Result<Ipv4Addr, ConfigError> {
-            match ip {
-                None => Ok(Ipv4Addr::from(default)),
-                Some(ip) if ip.is_unspecified() => Ok(Ipv4Addr::from(default)),
-                Some(ip) => {
-                    if !network.contains(&ip) {
-                        return Err(ConfigError::Invalid {
-                            field: name.into(),
-                            value: json_str(&ip.to_string()),
-                            reason: format!("not inside Network {network}"),
-                        });
-                    }
-                    let v = u32::from(ip);
-                    if v & mask != v {
-                        return Err(ConfigError::Invalid {
-                            field: name.into(),
-                            value: json_str(&ip.to_string()),
-                            reason: format!(
-                                "not on a SubnetLen (/{subnet_len}) boundary (e.g. {})",
-                                Ipv4Addr::from(v & mask)
-                            ),
-                        });
-                    }
-                    Ok(ip)
-                }
-            }
-        };
-        let subnet_min = check_bound(
-            "SubnetMin",
-            opt_ipv4(obj, "SubnetMin", "SubnetMin")?,
-            net_start + size,
-        )?;
-        let subnet_max = check_bound(
-            "SubnetMax",
-            opt_ipv4(obj, "SubnetMax", "SubnetMax")?,
-            net_last_subnet,
-        )?;
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(ConfigError::Invalid {
-                field: "SubnetMin".into(),
-                value: json_str(&subnet_min.to_string()),
-                reason: format!("greater than SubnetMax {subnet_max}"),
-            });
-        }
+        let (backend, backend_defaulted) = parse_backend(obj)?;
 
         Ok(NetworkConfig {
             network,
@@ -575,6 +452,123 @@ fn parse_network(s: &str) -> Result<Ipv4Net, ConfigError> {
             })
         }
     }
+}
+
+/// The IPv4 half: Network, SubnetLen, SubnetMin and SubnetMax, with
+/// flannel's defaults and checks.
+fn parse_ipv4(obj: &Map<String, Value>) -> Result<(Ipv4Net, u8, Ipv4Addr, Ipv4Addr), ConfigError> {
+    // Network
+    let network = match field(obj, "Network") {
+        None | Some((_, Value::Null)) => {
+            return Err(ConfigError::Missing {
+                field: "Network".into(),
+                hint: "it must be an IPv4 CIDR such as \"10.244.0.0/16\"".into(),
+            })
+        }
+        Some((_, Value::String(s))) => parse_network(s)?,
+        Some((_, v)) => {
+            return Err(ConfigError::WrongType {
+                field: "Network".into(),
+                value: short_json(v),
+                expected: "an IPv4 CIDR string such as \"10.244.0.0/16\"",
+            })
+        }
+    };
+    let net_len = network.prefix_len();
+    check_network_range(network)?;
+
+    // SubnetLen
+    let subnet_len = match opt_u64(obj, "SubnetLen", "SubnetLen")? {
+        None | Some(0) => {
+            if net_len > 28 {
+                return Err(ConfigError::Invalid {
+                    field: "Network".into(),
+                    value: json_str(&network.to_string()),
+                    reason: "network is too small: the smallest useful Network is a /28 \
+                             (four subnets of /30)"
+                        .into(),
+                });
+            } else if net_len <= 22 {
+                24
+            } else {
+                net_len + 2
+            }
+        }
+        Some(n) => {
+            if n > 30 {
+                return Err(ConfigError::Invalid {
+                    field: "SubnetLen".into(),
+                    value: n.to_string(),
+                    reason: "must be at most 30 (each node needs room for a tunnel and a \
+                             bridge address)"
+                        .into(),
+                });
+            }
+            let n = n as u8;
+            if n < net_len.saturating_add(2) {
+                return Err(ConfigError::Invalid {
+                    field: "SubnetLen".into(),
+                    value: n.to_string(),
+                    reason: format!(
+                        "Network {network} must be able to hold at least four subnets, so \
+                         SubnetLen must be at least {}",
+                        net_len + 2
+                    ),
+                });
+            }
+            n
+        }
+    };
+    let size: u32 = 1u32 << (32 - subnet_len);
+    let net_start = u32::from(network.network());
+    let net_last_subnet = u32::from(network.broadcast()) - (size - 1);
+    let mask: u32 = u32::MAX << (32 - subnet_len);
+
+    let check_bound = |name: &str, ip: Option<Ipv4Addr>, default: u32| -> Result<Ipv4Addr, ConfigError> {
+        match ip {
+            None => Ok(Ipv4Addr::from(default)),
+            Some(ip) if ip.is_unspecified() => Ok(Ipv4Addr::from(default)),
+            Some(ip) => {
+                if !network.contains(&ip) {
+                    return Err(ConfigError::Invalid {
+                        field: name.into(),
+                        value: json_str(&ip.to_string()),
+                        reason: format!("not inside Network {network}"),
+                    });
+                }
+                let v = u32::from(ip);
+                if v & mask != v {
+                    return Err(ConfigError::Invalid {
+                        field: name.into(),
+                        value: json_str(&ip.to_string()),
+                        reason: format!(
+                            "not on a SubnetLen (/{subnet_len}) boundary (e.g. {})",
+                            Ipv4Addr::from(v & mask)
+                        ),
+                    });
+                }
+                Ok(ip)
+            }
+        }
+    };
+    let subnet_min = check_bound(
+        "SubnetMin",
+        opt_ipv4(obj, "SubnetMin", "SubnetMin")?,
+        net_start + size,
+    )?;
+    let subnet_max = check_bound(
+        "SubnetMax",
+        opt_ipv4(obj, "SubnetMax", "SubnetMax")?,
+        net_last_subnet,
+    )?;
+    if u32::from(subnet_min) > u32::from(subnet_max) {
+        return Err(ConfigError::Invalid {
+            field: "SubnetMin".into(),
+            value: json_str(&subnet_min.to_string()),
+            reason: format!("greater than SubnetMax {subnet_max}"),
+        });
+    }
+    Ok((network, subnet_len, subnet_min, subnet_max))
 }
 
 /// IPv6 ranges an IPv6Network must not overlap (the counterpart of

@@ -272,31 +272,25 @@ pub fn first_usable_v6(lease: Ipv6Net) -> Ipv6Net {
 /// A FLANNEL_IPV6_SUBNET or FLANNEL_IPV6_NETWORK value (`fd00:42:0:7::1/64`)
 /// as written, host bits kept.
 pub fn parse_flannel_ipv6_subnet(s: &str) -> Result<Ipv6Net, String> {
+    let (addr, len) = split_address_prefix::<Ipv6Addr>(s, "an IPv6 address")?;
+    Ipv6Net::new(addr, len).map_err(|e| e.to_string())
+}
+
+/// `ADDRESS/PREFIX` split and parsed, for either family (`what` names the
+/// address kind in errors).
+fn split_address_prefix<A: std::str::FromStr>(s: &str, what: &str) -> Result<(A, u8), String> {
     let s = s.trim();
     let (addr, len) = s
         .split_once('/')
         .ok_or_else(|| format!("'{s}' is not ADDRESS/PREFIX"))?;
-    let addr: Ipv6Addr = addr
-        .parse()
-        .map_err(|_| format!("'{addr}' is not an IPv6 address"))?;
-    let len: u8 = len
-        .parse()
-        .map_err(|_| format!("'{len}' is not a prefix length"))?;
-    Ipv6Net::new(addr, len).map_err(|e| e.to_string())
+    let a = addr.parse().map_err(|_| format!("'{addr}' is not {what}"))?;
+    let len = len.parse().map_err(|_| format!("'{len}' is not a prefix length"))?;
+    Ok((a, len))
 }
 
 /// A FLANNEL_SUBNET value (`10.42.0.1/24`) as written, host bits kept.
 pub fn parse_flannel_subnet(s: &str) -> Result<Ipv4Net, String> {
-    let s = s.trim();
-    let (addr, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("'{s}' is not ADDRESS/PREFIX"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
-    let len: u8 = len
-        .parse()
-        .map_err(|_| format!("'{len}' is not a prefix length"))?;
+    let (addr, len) = split_address_prefix::<Ipv4Addr>(s, "an IPv4 address")?;
     Ipv4Net::new(addr, len).map_err(|e| e.to_string())
 }
 

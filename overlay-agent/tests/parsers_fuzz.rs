@@ -99,14 +99,11 @@ fn any_attrs() -> impl Strategy<Value = LeaseAttrs> {
         (prop::option::of(any::<u32>()), prop::option::of(any_mac())),
         (prop::option::of(any::<u32>()), prop::option::of(any_mac())),
     )
-        .prop_map(|((public_ip, public_ipv6), backend_type, (vni, vtep_mac), (v6_vni, v6_vtep_mac))| LeaseAttrs {
-            public_ip,
-            public_ipv6,
-            backend_type,
-            vni,
-            vtep_mac,
-            v6_vni,
-            v6_vtep_mac,
+        .prop_map(|((public_ip, public_ipv6), backend_type, (vni, vtep_mac), (v6_vni, v6_vtep_mac))| {
+            let mut a = LeaseAttrs::host_gw(public_ip);
+            (a.public_ipv6, a.backend_type) = (public_ipv6, backend_type);
+            (a.vni, a.vtep_mac, a.v6_vni, a.v6_vtep_mac) = (vni, vtep_mac, v6_vni, v6_vtep_mac);
+            a
         })
 }
 

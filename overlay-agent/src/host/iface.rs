@@ -420,22 +420,11 @@ async fn ipv6_addrs(handle: &Handle) -> Result<Vec<IfAddr6>, NetlinkError> {
 /// `ip -6 route get DST`: the output interface and the source address.
 async fn route_get_v6(handle: &Handle, dst: Ipv6Addr) -> Result<Option<(u32, Option<Ipv6Addr>)>, NetlinkError> {
     let msg = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(dst, 128).build();
-    let mut stream = handle.route().get(msg).execute();
-    while let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {dst}")))? {
-        let mut oif = None;
-        let mut source = None;
-        for a in &route.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::PrefSource(RouteAddress::Inet6(src)) => source = Some(*src),
-                _ => {}
-            }
-        }
-        if let Some(oif) = oif {
-            return Ok(Some((oif, source)));
-        }
-    }
-    Ok(None)
+    let source = |a: &RouteAddress| match a {
+        RouteAddress::Inet6(src) => Some(*src),
+        _ => None,
+    };
+    route_get_msg(handle, msg, &dst.to_string(), source).await
 }
 
 /// The interface of the main table's IPv6 default route with the lowest
@@ -448,19 +437,34 @@ async fn default_route_oif_v6(handle: &Handle) -> Result<Option<u32>, NetlinkErr
 /// `ip route get DST`: the output interface and the source address.
 async fn route_get(handle: &Handle, dst: Ipv4Addr) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32).build();
+    let source = |a: &RouteAddress| match a {
+        RouteAddress::Inet(src) => Some(*src),
+        _ => None,
+    };
+    route_get_msg(handle, msg, &dst.to_string(), source).await
+}
+
+/// A route get of either family: the output interface and the preferred
+/// source address (`source` picks the family's).
+async fn route_get_msg<A>(
+    handle: &Handle,
+    msg: rtnetlink::packet_route::route::RouteMessage,
+    dst: &str,
+    source: impl Fn(&RouteAddress) -> Option<A>,
+) -> Result<Option<(u32, Option<A>)>, NetlinkError> {
     let mut stream = handle.route().get(msg).execute();
     while let Some(route) = stream.try_next().await.map_err(req_err(format!("route get {dst}")))? {
         let mut oif = None;
-        let mut source = None;
+        let mut src = None;
         for a in &route.attributes {
             match a {
                 RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::PrefSource(RouteAddress::Inet(src)) => source = Some(*src),
+                RouteAttribute::PrefSource(addr) => src = source(addr),
                 _ => {}
             }
         }
         if let Some(oif) = oif {
-            return Ok(Some((oif, source)));
+            return Ok(Some((oif, src)));
         }
     }
     Ok(None)
