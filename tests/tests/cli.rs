@@ -477,6 +477,7 @@ fn empty_values_mean_unset_like_go() {
         "--etcd-certfile",
         "",
         "--public-ip=",
+        "--public-ipv6=",
         "--iface-can-reach=",
         "--etcd-username=",
     ]);
@@ -561,6 +562,8 @@ fn kube_subnet_mgr_is_refused() {
 fn bad_values_are_errors() {
     assert!(err(&["--public-ip=not-an-ip"]).contains("--public-ip"));
     assert!(err(&["--public-ip=fd00::1"]).contains("IPv4"));
+    let e = err(&["--public-ipv6=192.0.2.7"]);
+    assert!(e.contains("--public-ipv6") && e.contains("IPv6"), "{e}");
     assert!(err(&["--healthz-port=70000"]).contains("--healthz-port"));
     assert!(err(&["--iptables-resync=0"]).contains("at least 1 second"));
     assert!(err(&["--healthz-ip=x"]).contains("--healthz-ip"));
