@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::{Ipv4Net, Ipv6Net};
 use overlay_agent::config::{BackendType, NetworkConfig};
 use overlay_agent::etcd::{
-    spawn_lease_keeper, subnet_key, EtcdError, EtcdSettings, Lease, LeaseAttrs, PreviousSubnets, SubnetManager,
+    spawn_lease_keeper, spawn_lease_watch, subnet_key, EtcdError, EtcdSettings, Lease, LeaseAttrs, LeaseEvent,
+    PreviousSubnets, SubnetManager,
 };
 use overlay_tests::etcd::Etcd;
 
@@ -444,6 +445,20 @@ async fn mixed_ipv4_only_and_dual_leases_are_listed_and_avoided() {
     );
     assert_eq!(leases[0].attrs.vtep_mac, Some([0x0e, 0, 0, 0, 0, 1]));
     assert_eq!(leases[1].attrs.v6_vtep_mac, Some([0x0e, 0, 0, 0, 6, 2]));
+    // The lease watch (what the daemon follows) says the same; a stray
+    // IPv6-only lease, which has no IPv4 subnet in this IPv4 network, is
+    // skipped, not taken for the whole IPv4 space.
+    etcd.put(&format!("{PREFIX}/subnets/0.0.0.0-0&fc00:51:0:7::-64"), &v6_node(8).to_json()).unwrap();
+    let mut rx = spawn_lease_watch(settings(&etcd), cfg.clone());
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap() {
+        LeaseEvent::Snapshot(mut got) => {
+            got.sort_by_key(|l| l.subnet);
+            assert_eq!(got, leases, "the watch's Snapshot");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(rx);
+    etcd.delete(&format!("{PREFIX}/subnets/0.0.0.0-0&fc00:51:0:7::-64")).unwrap();
 
     // The one free pair left.
     let l = mgr.acquire(&cfg, &dual_node(3), None).await.unwrap();
