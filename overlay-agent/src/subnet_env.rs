@@ -184,6 +184,41 @@ impl SubnetEnv {
             reason,
         };
 
+        // An IPv6-only node's file has no IPv4 pair; any other file is read
+        // in the order flanneld writes it, the first problem reported.
+        let ipv6_only = lookup(&vars, KEY_SUBNET).is_none()
+            && lookup(&vars, KEY_NETWORK).is_none()
+            && lookup(&vars, KEY_IPV6_SUBNET).is_some();
+        let (network, subnet) = if ipv6_only {
+            (EMPTY_IPV4_SUBNET, EMPTY_IPV4_SUBNET)
+        } else {
+            let subnet_s = get(KEY_SUBNET)?;
+            let subnet =
+                parse_flannel_subnet(&subnet_s).map_err(|r| invalid(KEY_SUBNET, &subnet_s, r))?;
+
+            // Newer flanneld may write several comma-separated networks; keep the
+            // one holding our subnet.
+            let network_s = get(KEY_NETWORK)?;
+            let mut networks = Vec::new();
+            for part in network_s
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                let n: Ipv4Net = part
+                    .parse()
+                    .map_err(|e| invalid(KEY_NETWORK, &network_s, format!("{e}")))?;
+                networks.push(n.trunc());
+            }
+            let network = networks
+                .iter()
+                .find(|n| n.contains(&subnet.addr()))
+                .or(networks.first())
+                .copied()
+                .ok_or_else(|| invalid(KEY_NETWORK, &network_s, "empty".to_owned()))?;
+            (network, subnet)
+        };
+
         let ipv6 = |key: &'static str| -> Result<Option<Ipv6Net>, SubnetEnvError> {
             match lookup(&vars, key).filter(|v| !v.trim().is_empty()) {
                 None => Ok(None),
@@ -195,6 +230,7 @@ impl SubnetEnv {
         if ipv6_subnet.is_some() && ipv6_network.is_none() {
             return Err(SubnetEnvError::Missing { path: path.to_owned(), key: KEY_IPV6_NETWORK });
         }
+
         let mtu_s = get(KEY_MTU)?;
         let mtu: u32 = mtu_s
             .trim()
@@ -204,43 +240,6 @@ impl SubnetEnv {
         let ipmasq_s = get(KEY_IPMASQ)?;
         let ipmasq = crate::strconv::parse_go_bool(ipmasq_s.trim())
             .map_err(|e| invalid(KEY_IPMASQ, &ipmasq_s, e.to_string()))?;
-
-        // An IPv6-only node's file: no IPv4 pair.
-        if lookup(&vars, KEY_SUBNET).is_none() && lookup(&vars, KEY_NETWORK).is_none() && ipv6_subnet.is_some() {
-            return Ok(SubnetEnv {
-                network: EMPTY_IPV4_SUBNET,
-                subnet: EMPTY_IPV4_SUBNET,
-                mtu,
-                ipmasq,
-                ipv6_network,
-                ipv6_subnet,
-            });
-        }
-
-        let subnet_s = get(KEY_SUBNET)?;
-        let subnet =
-            parse_flannel_subnet(&subnet_s).map_err(|r| invalid(KEY_SUBNET, &subnet_s, r))?;
-
-        // Newer flanneld may write several comma-separated networks; keep the
-        // one holding our subnet.
-        let network_s = get(KEY_NETWORK)?;
-        let mut networks = Vec::new();
-        for part in network_s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let n: Ipv4Net = part
-                .parse()
-                .map_err(|e| invalid(KEY_NETWORK, &network_s, format!("{e}")))?;
-            networks.push(n.trunc());
-        }
-        let network = networks
-            .iter()
-            .find(|n| n.contains(&subnet.addr()))
-            .or(networks.first())
-            .copied()
-            .ok_or_else(|| invalid(KEY_NETWORK, &network_s, "empty".to_owned()))?;
 
         Ok(SubnetEnv {
             network,
