@@ -544,3 +544,37 @@ async fn keeper_keeps_a_dual_stack_lease() {
     let now = rx.borrow_and_update().clone();
     assert_eq!((now.subnet, now.ipv6_subnet), (lease.subnet, lease.ipv6_subnet));
 }
+
+/// Dual-stack keys differ per pair, so put-if-absent alone would let two
+/// nodes starting at once share an IPv4 subnet (with different IPv6 ones),
+/// or an IPv6 subnet: flanneld does. Twelve nodes for twelve pairs, all at
+/// once: every half is handed out once, and an IPv4-only node of a mixed
+/// cluster racing them does not share its subnet either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nodes_acquire_concurrently_without_sharing_a_half() {
+    let (etcd, _mgr, cfg) = setup(
+        r#"{"Network":"10.54.0.0/16","SubnetMin":"10.54.1.0","SubnetMax":"10.54.13.0","EnableIPv6":true,"IPv6Network":"fc00:54::/48","IPv6SubnetMin":"fc00:54:0:1::","IPv6SubnetMax":"fc00:54:0:c::"}"#,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 1..=12u8 {
+        let s = settings(&etcd);
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move { SubnetManager::new(s).await?.acquire(&cfg, &dual_node(i), None).await }));
+    }
+    // An old IPv4-only node (flannel's IPv4 key) taking the 13th IPv4 subnet.
+    let v4cfg = NetworkConfig::parse(r#"{"Network":"10.54.0.0/16","SubnetMin":"10.54.1.0","SubnetMax":"10.54.13.0"}"#).unwrap();
+    let s = settings(&etcd);
+    let old = tokio::spawn(async move { SubnetManager::new(s).await?.acquire(&v4cfg, &node(99), None).await });
+    let mut v4 = HashSet::new();
+    let mut v6 = HashSet::new();
+    for t in tasks {
+        let l = t.await.unwrap().expect("every node gets a lease");
+        assert!(v4.insert(l.subnet), "{} handed out twice", l.subnet);
+        assert!(v6.insert(l.ipv6_subnet.unwrap()), "{:?} handed out twice", l.ipv6_subnet);
+    }
+    let old = old.await.unwrap().expect("the IPv4-only node gets a lease");
+    assert!(v4.insert(old.subnet), "{} shared with the IPv4-only node", old.subnet);
+    assert_eq!((v4.len(), v6.len()), (13, 12));
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 13);
+}

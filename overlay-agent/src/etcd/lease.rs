@@ -16,7 +16,12 @@
 //!   PublicIPv6 (all of them carry PublicIP `0.0.0.0`). Better than flannel:
 //!   a previous subnet is kept per family (flannel drops both when one does
 //!   not fit), and a lease of ours whose IPv6 part no longer fits (IPv6 just
-//!   enabled) keeps its IPv4 subnet (flannel takes a new one);
+//!   enabled) keeps its IPv4 subnet (flannel takes a new one); and a
+//!   subnet is never shared after a race: keys differ per pair (and mixed
+//!   clusters hold IPv4-only keys too), so creating also requires that no
+//!   key holds our IPv4 subnet, and a node that finds its IPv6 subnet
+//!   created by another node first gives it up (flannel's put-if-absent
+//!   lets both keep it);
 //! - renew at expiry minus the renew margin (a keep-alive of the same etcd
 //!   lease: the TTL goes back to the granted 86400 s);
 //! - reservations (a key an administrator put without an etcd lease) are used
@@ -58,6 +63,7 @@ struct Entry {
     ipv6_subnet: Option<Ipv6Net>,
     lease: Result<Lease, RegistryError>,
     mod_revision: i64,
+    create_revision: i64,
 }
 
 /// The subnets this node held before (from the subnet file), to take again
@@ -229,6 +235,7 @@ impl SubnetManager {
                 ipv6_subnet,
                 lease,
                 mod_revision: kv.mod_revision(),
+                create_revision: kv.create_revision(),
             });
         }
         out
@@ -444,7 +451,22 @@ impl SubnetManager {
                 }
             };
             let key = lease_key(&self.conn.settings.prefix, subnet, ipv6_subnet);
-            if self.create(&key, &value, lease_id).await? {
+            let created = match self.create(&key, &value, lease_id, subnet).await? {
+                // The IPv4 half was guarded by the transaction; the IPv6
+                // half cannot be (it is not a key prefix): of two nodes that
+                // took it at once, the later one gives it up.
+                Some(rev) => match ipv6_subnet {
+                    Some(sn) if self.ipv6_taken_before(&key, sn, rev).await? => {
+                        log::info!("IPv6 subnet {sn} was taken by another node at the same time; trying another");
+                        self.delete_if_unchanged(&key, rev).await?;
+                        preferred.ipv6 = None;
+                        continue;
+                    }
+                    _ => true,
+                },
+                None => false,
+            };
+            if created {
                 log::info!(
                     "acquired lease {key} for {} (etcd lease {lease_id:x}, TTL {ttl} s)",
                     attrs.node_address()
@@ -625,23 +647,37 @@ impl SubnetManager {
         Ok((resp.id(), resp.ttl()))
     }
 
-    /// Put-if-absent. `Ok(false)` when the key exists.
-    async fn create(&self, key: &str, value: &str, lease_id: i64) -> Result<bool, EtcdError> {
+    /// Put-if-absent, and only if no other key holds `subnet` (IPv4): the
+    /// IPv4-only key `…/A-L` and every dual-stack key `…/A-L&…` (a mixed
+    /// cluster has both kinds). The revision of the put, `None` when any of
+    /// them exists.
+    async fn create(&self, key: &str, value: &str, lease_id: i64, subnet: Ipv4Net) -> Result<Option<i64>, EtcdError> {
         let val = value.to_string();
+        let v4_guard = (subnet != EMPTY_IPV4_SUBNET).then(|| subnet_key(&self.conn.settings.prefix, subnet));
         let resp = self
             .conn
             .run("create", key, move |mut c, k| {
+                let mut when = vec![Compare::version(k.clone(), CompareOp::Equal, 0)];
+                if let Some(v4) = &v4_guard {
+                    when.push(Compare::version(v4.clone(), CompareOp::Equal, 0));
+                    when.push(Compare::version(format!("{v4}&"), CompareOp::Equal, 0).with_prefix());
+                }
                 let txn = Txn::new()
-                    .when(vec![Compare::version(k.clone(), CompareOp::Equal, 0)])
-                    .and_then(vec![TxnOp::put(
-                        k,
-                        val.clone(),
-                        Some(PutOptions::new().with_lease(lease_id)),
-                    )]);
+                    .when(when)
+                    .and_then(vec![TxnOp::put(k, val.clone(), Some(PutOptions::new().with_lease(lease_id)))]);
                 async move { c.txn(txn).await }
             })
             .await?;
-        Ok(resp.succeeded())
+        Ok(resp.succeeded().then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Whether a key other than `key` (ours, created at `revision`) holds an
+    /// IPv6 subnet overlapping `sn` and was created first.
+    async fn ipv6_taken_before(&self, key: &str, sn: Ipv6Net, revision: i64) -> Result<bool, EtcdError> {
+        let entries = self.entries(&self.list().await?);
+        Ok(entries.iter().any(|e| {
+            e.key != key && e.create_revision < revision && e.ipv6_subnet.is_some_and(|t| Subnet::overlaps(&t, &sn))
+        }))
     }
 
     async fn delete_if_unchanged(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
