@@ -48,9 +48,14 @@ pub enum Reason {
     /// Delivered to a local pod by the kernel (pod veth egress): recorded
     /// so that the pod's replies go back through the kernel too.
     KernelDelivered = 17,
+    /// An IPv6 frame we gave a tunnel key and handed to the agent's VXLAN
+    /// device, seen once more at that device's egress on its way into the
+    /// kernel's VXLAN driver, which writes the outer IPv6 and UDP header
+    /// (ipv6/encap.rs). The frame itself was counted as `encapsulated`.
+    PassedToVxlanDriver = 18,
 }
 
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -72,6 +77,7 @@ impl Reason {
         Reason::DropPodToTunnelPort,
         Reason::PassedKernelFlow,
         Reason::KernelDelivered,
+        Reason::PassedToVxlanDriver,
     ];
 
     /// Stable snake_case name, used by `inspect` and the metrics.
@@ -95,6 +101,7 @@ impl Reason {
             Reason::DropPodToTunnelPort => "drop_pod_to_tunnel_port",
             Reason::PassedKernelFlow => "passed_kernel_flow",
             Reason::KernelDelivered => "kernel_delivered",
+            Reason::PassedToVxlanDriver => "passed_to_vxlan_driver",
         }
     }
 

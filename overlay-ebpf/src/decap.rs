@@ -19,6 +19,7 @@ use overlay_common::{
 
 use crate::{
     flows,
+    ipv6::{self, parse::is_ipv6},
     maps::{ENDPOINTS, NODES, SUBNETS},
     parse::{eth_ipv4, in_subnet, load, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
     route::{config, decrement_ttl, set_macs},
@@ -30,6 +31,9 @@ use crate::{
 const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64;
 
 pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
+    if is_ipv6(ctx) {
+        return ipv6::decap::try_ingress(ctx);
+    }
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };

@@ -17,6 +17,7 @@ use overlay_common::{
 
 use crate::{
     csum, direct, flows,
+    ipv6::{self, parse::is_ipv6},
     maps::SUBNETS,
     parse::{eth_ipv4, in_subnet, load, Ipv4Hdr},
     pod_guard,
@@ -40,6 +41,9 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | ((ETH_HLEN as u64 & 0xff) << 56);
 
 pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
+    if is_ipv6(ctx) {
+        return ipv6::encap::try_egress(ctx, origin);
+    }
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };
