@@ -48,10 +48,12 @@ pub enum Reason {
     /// Delivered to a local pod by the kernel (pod veth egress): recorded
     /// so that the pod's replies go back through the kernel too.
     KernelDelivered = 17,
-    /// An IPv6 frame we gave a tunnel key and handed to the agent's VXLAN
-    /// device, seen once more at that device's egress on its way into the
-    /// kernel's VXLAN driver, which writes the outer IPv6 and UDP header
-    /// (ipv6/encap.rs). The frame itself was counted as `encapsulated`.
+    /// IPv6 VXLAN, left to the kernel's VXLAN driver of the agent's device,
+    /// which builds and takes off the outer IPv6 + UDP header (it carries
+    /// the checksum IPv6 requires; ipv6/encap.rs): on the uplink, v6 VXLAN
+    /// that passed the checks on its way to the device's socket; at the
+    /// device's egress, a frame we gave a tunnel key (already counted
+    /// `encapsulated` where it was handed over) on its way into the driver.
     PassedToVxlanDriver = 18,
 }
 
