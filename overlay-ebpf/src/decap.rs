@@ -53,14 +53,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
 
     // Our VXLAN port from here on: anything wrong is dropped and counted.
     sender(ip.src)?;
-    let malformed = Outcome::drop(Reason::DropMalformed);
-    let vxlan: VxlanHdr = load(ctx, l4 + UDP_HLEN).ok_or(malformed)?;
-    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
-        return Err(malformed);
-    }
-    if vxlan.vni() != cfg.vni {
-        return Err(Outcome::drop(Reason::DropBadVni));
-    }
+    vxlan_header(ctx, l4 + UDP_HLEN, cfg.vni)?;
     let inner_eth_off = l4 + UDP_HLEN + VXLAN_HLEN;
     let inner = inner_frame(ctx, &cfg, ip.src, inner_eth_off)?;
 
@@ -68,6 +61,20 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     ctx.adjust_room(-strip, BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .map_err(|_| Outcome::drop(Reason::DropError))?;
     Ok(deliver(ctx, &cfg, &inner))
+}
+
+/// The VXLAN header at `off` must carry the I flag and `vni`.
+#[inline(always)]
+pub fn vxlan_header(ctx: &TcContext, off: usize, vni: u32) -> Result<(), Outcome> {
+    let malformed = Outcome::drop(Reason::DropMalformed);
+    let vxlan: VxlanHdr = load(ctx, off).ok_or(malformed)?;
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
+        return Err(malformed);
+    }
+    if vxlan.vni() != vni {
+        return Err(Outcome::drop(Reason::DropBadVni));
+    }
+    Ok(())
 }
 
 /// Whether the XDP program decapsulated (and checked) this frame: it left

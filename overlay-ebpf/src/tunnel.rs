@@ -18,19 +18,22 @@ use crate::{
     verdict::Outcome,
 };
 
-pub fn try_from_tunnel(ctx: &TcContext) -> Result<Outcome, Outcome> {
+/// The tunnel metadata the skb carries, for an IPv4 tunnel (`flags` 0)
+/// or an IPv6 one (BPF_F_TUNINFO_IPV6); None when it carries none of that
+/// family.
+#[inline(always)]
+pub fn tunnel_key(ctx: &TcContext, flags: u64) -> Option<bpf_tunnel_key> {
     // SAFETY: an all-zero bpf_tunnel_key is a valid buffer for the helper.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: key lives on our stack for the duration of the call.
     let ret = unsafe {
-        bpf_skb_get_tunnel_key(
-            ctx.skb.skb as *mut _,
-            &mut key,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
-        )
+        bpf_skb_get_tunnel_key(ctx.skb.skb as *mut _, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, flags)
     };
-    if ret != 0 {
+    (ret == 0).then_some(key)
+}
+
+pub fn try_from_tunnel(ctx: &TcContext) -> Result<Outcome, Outcome> {
+    let Some(key) = tunnel_key(ctx, 0) else {
         // Not IPv4 metadata: IPv6 metadata, or none at all, which means
         // the frame did not come from the VXLAN socket (nothing else feeds
         // this device), so nobody vouches for it.
@@ -38,7 +41,7 @@ pub fn try_from_tunnel(ctx: &TcContext) -> Result<Outcome, Outcome> {
             Some(key6) => ipv6::decap::from_tunnel(ctx, &key6),
             None => Err(Outcome::drop(Reason::DropMalformed)),
         };
-    }
+    };
     // Before the agent configured us nothing is trusted.
     let Some(cfg) = config() else {
         return Err(Outcome::drop(Reason::DropUnknownSender));

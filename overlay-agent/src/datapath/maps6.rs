@@ -402,7 +402,7 @@ mod tests {
         NodeConfig6 {
             local_ip: "fd00:77::10".parse().unwrap(),
             public_ip: "fd00:77::10".parse().unwrap(),
-            network: "fd42::/48".parse().unwrap(),
+            network: "fd42::/32".parse().unwrap(),
             subnet: "fd42:0:7::/64".parse().unwrap(),
             vni: 1,
             port: 8472,
@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn node_config6_round_trips_through_the_map_value() {
         let wire = node().to_wire();
-        assert_eq!(wire.cluster_prefix_len, 48);
+        assert_eq!(wire.cluster_prefix_len, 32);
         assert_eq!(wire.local_subnet, "fd42:0:7::".parse::<Ipv6Addr>().unwrap().octets());
         assert_eq!(wire.flags, config_flags::READY);
         assert_eq!(NodeConfig6::from_wire(wire).unwrap(), Some(node()));

@@ -18,7 +18,7 @@ use overlay_common::{
     maps::{config_flags, Endpoint},
     maps6::LocalConfig6,
     stats::Reason,
-    ETH_HLEN, ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, UDP_HLEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
+    ETH_HLEN, ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, UDP_HLEN, VXLAN_HLEN,
 };
 
 use super::{
@@ -29,8 +29,9 @@ use super::{
     remote,
 };
 use crate::{
+    decap::vxlan_header,
     maps::{ENDPOINTS6, NODES6, SUBNETS6},
-    parse::{load, EthHdr, UdpHdr, VxlanHdr},
+    parse::{load, EthHdr, UdpHdr},
     route::set_macs,
     verdict::Outcome,
 };
@@ -56,14 +57,8 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     }
     // Our VXLAN port from here on: anything wrong is dropped and counted.
     sender(&ip.src)?;
+    vxlan_header(ctx, l4 + UDP_HLEN, cfg.vni)?;
     let malformed = Outcome::drop(Reason::DropMalformed);
-    let vxlan: VxlanHdr = load(ctx, l4 + UDP_HLEN).ok_or(malformed)?;
-    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
-        return Err(malformed);
-    }
-    if vxlan.vni() != cfg.vni {
-        return Err(Outcome::drop(Reason::DropBadVni));
-    }
     let inner_eth_off = l4 + UDP_HLEN + VXLAN_HLEN;
     let inner_eth: EthHdr = load(ctx, inner_eth_off).ok_or(malformed)?;
     let inner: Ipv6Hdr = load(ctx, inner_eth_off + ETH_HLEN).ok_or(malformed)?;

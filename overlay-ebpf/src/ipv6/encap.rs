@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     maps::SUBNETS6,
-    route::{ingress_ifindex, is_gso, set_macs, Origin},
+    route::{fits_uplink, ingress_ifindex, set_macs, Origin},
     verdict::Outcome,
 };
 
@@ -104,13 +104,7 @@ fn router_checks(
     origin: Origin,
     overhead: u32,
 ) -> Result<(), Outcome> {
-    let l3_len = ctx.len().saturating_sub(ETH_HLEN as u32);
-    if !is_gso(ctx) && l3_len + overhead > cfg.uplink_mtu {
-        return Err(match origin {
-            Origin::Pod => Outcome::pass(Reason::PassedToKernel),
-            Origin::Host => Outcome::drop(Reason::DropTooBig),
-        });
-    }
+    fits_uplink(ctx, cfg.uplink_mtu, origin, overhead)?;
     if origin == Origin::Pod {
         if ip.hop_limit <= 1 {
             return Err(Outcome::pass(Reason::PassedToKernel));

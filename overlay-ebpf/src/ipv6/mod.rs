@@ -13,7 +13,7 @@ pub mod pod_guard;
 
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6},
-    helpers::{bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
+    helpers::bpf_skb_set_tunnel_key,
     programs::TcContext,
 };
 use overlay_common::{maps::config_flags, maps6::LocalConfig6};
@@ -56,18 +56,7 @@ fn key_bytes(words: [u32; 4]) -> [u8; 16] {
 /// receive, or from [`set_tunnel_key`] on send), if any.
 #[inline(always)]
 pub fn tunnel_key(ctx: &TcContext) -> Option<bpf_tunnel_key> {
-    // SAFETY: an all-zero bpf_tunnel_key is a valid buffer for the helper.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    // SAFETY: key lives on our stack for the duration of the call.
-    let ret = unsafe {
-        bpf_skb_get_tunnel_key(
-            ctx.skb.skb as *mut _,
-            &mut key,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            BPF_F_TUNINFO_IPV6 as u64,
-        )
-    };
-    (ret == 0).then_some(key)
+    crate::tunnel::tunnel_key(ctx, BPF_F_TUNINFO_IPV6 as u64)
 }
 
 /// The remote v6 address of a tunnel key.
