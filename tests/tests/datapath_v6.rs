@@ -8,7 +8,9 @@
 //! device drops zero-checksum datagrams): ping and a TCP transfer (GSO
 //! super-packets from the pod, segmented after encapsulation) both ways,
 //! the outer headers on the wire against the reference's, the host's own
-//! traffic via overlay0, and a forged inner source dropped.
+//! traffic via overlay0, and a forged inner source dropped; ICMPv6 packet
+//! too big for a pod whose packets do not fit once encapsulated; and
+//! host-gw for v6 against a node with plain kernel routes.
 //!
 //! The v6 data path is installed directly (Datapath::install in the host's
 //! namespace, maps written through DatapathMaps6), since the control
@@ -27,7 +29,7 @@ use overlay_agent::datapath::{
 use overlay_common::stats::Reason;
 use overlay_tests::{
     capture::Capture,
-    netns::{ensure_bpffs, Netns, Testbed},
+    netns::{ensure_bpffs, Netns, Pod, Testbed},
     poll_until,
 };
 
@@ -53,8 +55,25 @@ impl Drop for Installed {
     }
 }
 
-#[test]
-fn v6_pods_talk_to_a_kernel_flannel_v6_node_with_checksummed_vxlan() {
+/// Our node (host 0, the data path installed, two v6 pods behind cni0:
+/// one at the pod MTU, one at the wire's) and a reference node (host 1) on
+/// a cable, for `mode`: VXLAN against `flannel-v6.1`, or direct routes
+/// (host-gw) against plain kernel routes.
+struct Pair {
+    // Field order is drop order: the programs are unpinned before the
+    // namespaces go.
+    dp: Datapath,
+    _installed: Installed,
+    pod: Pod,
+    wide_pod: Pod,
+    tb: Testbed,
+}
+
+/// What the pod at the pod MTU and the one at the wire's MTU use.
+const POD_MTU: u32 = 1430;
+const WIDE_POD6: &str = "fd42:0:1::6";
+
+fn pair(mode: Mode) -> Pair {
     ensure_bpffs().expect("bpffs (needs root)");
     let tb = Testbed::cable().expect("testbed (needs root, iproute2)");
     let (h0, h1) = (tb.host(0), tb.host(1));
@@ -63,51 +82,61 @@ fn v6_pods_talk_to_a_kernel_flannel_v6_node_with_checksummed_vxlan() {
         h.run(&["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"]).expect("ethtool (Debian package ethtool)");
         h.set_sysctl("net/ipv6/conf/all/forwarding", "1").unwrap();
     }
+    let pod_mtu = if mode == Mode::Vxlan { POD_MTU } else { 1500 };
 
-    // Our node: a pod behind cni0 with a v6 address, overlay0 as the agent
-    // makes it (a metadata VXLAN device on the port, NOARP), the v6
-    // network's route via overlay0 at the v6 MTU.
-    let pod = h0.add_pod("cni0", "10.42.1.5/24", "10.42.1.1".parse().unwrap(), 1430).unwrap();
+    // Our node: pods behind cni0 with v6 addresses, overlay0 as the agent
+    // makes it (VXLAN: a metadata VXLAN device on the port, NOARP; host-gw:
+    // an ifb, the agent's choice where the kernel has no dummy driver), and
+    // the v6 network's route via overlay0 at the v6 MTU.
+    let pod = h0.add_pod("cni0", "10.42.1.5/24", "10.42.1.1".parse().unwrap(), pod_mtu).unwrap();
+    let wide_pod = h0.add_pod("cni0", "10.42.1.6/24", "10.42.1.1".parse().unwrap(), 1500).unwrap();
     h0.ip_batch(&["addr add fd42:0:1::1/64 dev cni0 nodad".into()]).unwrap();
-    pod.ns()
-        .ip_batch(&[format!("addr add {POD6}/64 dev eth0 nodad"), "route add default via fd42:0:1::1 dev eth0".into()])
+    for (p, ip) in [(&pod, POD6), (&wide_pod, WIDE_POD6)] {
+        p.ns().ip_batch(&[format!("addr add {ip}/64 dev eth0 nodad"), "route add default via fd42:0:1::1 dev eth0".into()]).unwrap();
+    }
+    let device = match mode {
+        Mode::Vxlan => format!("link add overlay0 address {OUR_VTEP} type vxlan external dstport 8472"),
+        Mode::Direct => "link add overlay0 type ifb".into(),
+    };
+    h0.ip_batch(&[device, "link set overlay0 arp off up".into(), format!("route add fd42::/32 dev overlay0 mtu {pod_mtu}")])
         .unwrap();
-    h0.ip_batch(&[
-        format!("link add overlay0 address {OUR_VTEP} type vxlan external dstport 8472"),
-        "link set overlay0 arp off up".into(),
-        "route add fd42::/32 dev overlay0 mtu 1430".into(),
-    ])
-    .unwrap();
 
-    // The reference: flannel-v6.1 as flanneld's vxlan backend makes it,
-    // and the per-lease route, neighbour and FDB entry for our lease.
-    h1.ip_batch(&[
-        format!("link add flannel-v6.1 type vxlan id 1 local {PEER_IP6} dev eth0 dstport 8472 nolearning"),
-        format!("link set flannel-v6.1 address {} mtu 1430 up", mac_str(PEER_VTEP6)),
-        format!("addr add {PEER_NODE6}/128 dev flannel-v6.1 nodad"),
-        "route add fd42:0:1::/64 via fd42:0:1:: dev flannel-v6.1 onlink".into(),
-        format!("neigh add fd42:0:1:: lladdr {} dev flannel-v6.1 nud permanent", mac_str(OUR_VTEP6)),
-    ])
-    .unwrap();
-    h1.run(&["bridge", "fdb", "append", &mac_str(OUR_VTEP6), "dev", "flannel-v6.1", "dst", OUR_IP6]).unwrap();
+    match mode {
+        // The reference: flannel-v6.1 as flanneld's vxlan backend makes it,
+        // and the per-lease route, neighbour and FDB entry for our lease.
+        Mode::Vxlan => {
+            h1.ip_batch(&[
+                format!("link add flannel-v6.1 type vxlan id 1 local {PEER_IP6} dev eth0 dstport 8472 nolearning"),
+                format!("link set flannel-v6.1 address {} mtu 1430 up", mac_str(PEER_VTEP6)),
+                format!("addr add {PEER_NODE6}/128 dev flannel-v6.1 nodad"),
+                "route add fd42:0:1::/64 via fd42:0:1:: dev flannel-v6.1 onlink".into(),
+                format!("neigh add fd42:0:1:: lladdr {} dev flannel-v6.1 nud permanent", mac_str(OUR_VTEP6)),
+            ])
+            .unwrap();
+            h1.run(&["bridge", "fdb", "append", &mac_str(OUR_VTEP6), "dev", "flannel-v6.1", "dst", OUR_IP6]).unwrap();
+        }
+        // host-gw: the lease's subnet on a device, a route to ours via us.
+        Mode::Direct => h1
+            .ip_batch(&[
+                "link add pods0 type ifb".into(),
+                "link set pods0 up".into(),
+                format!("addr add {PEER_NODE6}/64 dev pods0 nodad"),
+                format!("route add fd42:0:1::/64 via {OUR_IP6} dev eth0"),
+            ])
+            .unwrap(),
+    }
 
     let pins = PinLayout::new(format!("/sys/fs/bpf/ovtest-v6-{}", tb.id()));
-    let _installed = Installed(pins.clone());
-    let opts = DatapathOptions {
-        pins,
-        uplink: "eth0".into(),
-        tunnel: "overlay0".into(),
-        xdp_guard: XdpGuard::Off,
-        log_drops: false,
-    };
-    let veth = pod.host_veth().to_string();
+    let installed = Installed(pins.clone());
+    let opts = DatapathOptions { pins, uplink: "eth0".into(), tunnel: "overlay0".into(), xdp_guard: XdpGuard::Off, log_drops: false };
+    let veths = BTreeSet::from([pod.host_veth().to_string(), wide_pod.host_veth().to_string()]);
     let (mut dp, idx) = h0.in_ns(|| {
         let mut dp = Datapath::install(&opts).expect("install the data path");
-        dp.sync_pod_side(Some("cni0"), &BTreeSet::from([veth.clone()]));
+        dp.sync_pod_side(Some("cni0"), &veths);
         let idx = |n: &str| ifindex(n).unwrap_or_else(|| panic!("no {n}"));
-        (dp, [idx("eth0"), idx("overlay0"), idx("cni0"), idx(&veth)])
+        (dp, [idx("eth0"), idx("overlay0"), idx("cni0"), idx(pod.host_veth()), idx(wide_pod.host_veth())])
     });
-    let [uplink, tunnel, bridge, veth_index] = idx;
+    let [uplink, tunnel, bridge, veth, wide_veth] = idx;
     dp.maps6
         .set_config(&NodeConfig6 {
             local_ip: OUR_IP6.parse().unwrap(),
@@ -125,25 +154,39 @@ fn v6_pods_talk_to_a_kernel_flannel_v6_node_with_checksummed_vxlan() {
             kernel_forwarding: false,
         })
         .unwrap();
-    dp.maps6
-        .upsert_peer(&Peer6 {
-            subnet: "fd42:0:2::/64".parse().unwrap(),
-            public_ip: PEER_IP6.parse().unwrap(),
-            vtep_mac: PEER_VTEP6,
-            mode: Mode::Vxlan,
-        })
-        .unwrap();
-    dp.maps6.upsert_endpoint(&PodEndpoint6 { ip: POD6.parse().unwrap(), ifindex: veth_index, mac: pod.mac() }).unwrap();
+    let vtep_mac = if mode == Mode::Vxlan { PEER_VTEP6 } else { [0; 6] };
+    let peer = Peer6 { subnet: "fd42:0:2::/64".parse().unwrap(), public_ip: PEER_IP6.parse().unwrap(), vtep_mac, mode };
+    dp.maps6.upsert_peer(&peer).unwrap();
+    for (p, ip, ifindex) in [(&pod, POD6, veth), (&wide_pod, WIDE_POD6, wide_veth)] {
+        dp.maps6.upsert_endpoint(&PodEndpoint6 { ip: ip.parse().unwrap(), ifindex, mac: p.mac() }).unwrap();
+    }
+    Pair { dp, _installed: installed, pod, wide_pod, tb }
+}
 
+impl Pair {
+    fn moved_since(&self, before: &overlay_agent::datapath::Stats, r: Reason) -> u64 {
+        self.dp.maps.stats().unwrap().get(r).packets - before.get(r).packets
+    }
+
+    /// The first ping may wait for neighbour discovery of the gateway.
+    fn wait_ping(&self, from: &Netns, dst: &str) {
+        poll_until(Duration::from_secs(10), &format!("{from:?} pings {dst}"), || {
+            from.run(&["ping", "-6", "-c", "1", "-W", "1", dst]).map(drop)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nstats: {:?}", self.dp.maps.stats().unwrap()));
+    }
+}
+
+#[test]
+fn v6_pods_talk_to_a_kernel_flannel_v6_node_with_checksummed_vxlan() {
+    let p = pair(Mode::Vxlan);
+    let (tb, dp, pod) = (&p.tb, &p.dp, &p.pod);
+    let (h0, h1) = (tb.host(0), tb.host(1));
     let capture = Capture::on(h0.ns(), "eth0", tb.dir(), "ip6 and udp port 8472");
     let before = dp.maps.stats().unwrap();
 
-    // Pod -> reference node and back (the first may wait for neighbour
-    // discovery of the gateway).
-    poll_until(Duration::from_secs(10), "pod pings the flannel-v6 node", || {
-        pod.ns().run(&["ping", "-6", "-c", "1", "-W", "1", PEER_NODE6]).map(drop)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\nstats: {:?}", dp.maps.stats().unwrap()));
+    // Pod -> reference node and back.
+    p.wait_ping(pod.ns(), PEER_NODE6);
     pod.ns().run(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", PEER_NODE6]).unwrap();
 
     // TCP both ways: the pod's GSO super-packets are encapsulated whole and
@@ -158,12 +201,10 @@ fn v6_pods_talk_to_a_kernel_flannel_v6_node_with_checksummed_vxlan() {
     // egress program gives it the tunnel key.
     h0.run(&["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", PEER_NODE6]).unwrap();
 
-    let after = dp.maps.stats().unwrap();
-    let moved = |r: Reason| after.get(r).packets - before.get(r).packets;
     for r in [Reason::Encapsulated, Reason::PassedToVxlanDriver, Reason::DecapToPod, Reason::DecapToHost] {
-        assert!(moved(r) > 0, "{} did not move: {after:?}", r.name());
+        assert!(p.moved_since(&before, r) > 0, "{} did not move: {:?}", r.name(), dp.maps.stats().unwrap());
     }
-    assert_eq!(moved(Reason::DropError), 0);
+    assert_eq!(p.moved_since(&before, Reason::DropError), 0);
 
     // The wire: ours and the reference's, field by field.
     let frames = capture.finish6();
@@ -197,6 +238,42 @@ fn v6_pods_talk_to_a_kernel_flannel_v6_node_with_checksummed_vxlan() {
     assert!(forged.is_err(), "a forged inner source got an answer");
     let spoofed = dp.maps.stats().unwrap().get(Reason::DropSpoofedSource).packets - spoofed_before;
     assert!(spoofed >= 2, "forged frames counted as drop_spoofed_source: {spoofed}");
+}
+
+/// A pod whose MTU exceeds what fits once encapsulated (1500 + 70 on a
+/// 1500 wire) is told so: its packet goes to the kernel, which answers
+/// ICMPv6 packet too big from the route's MTU (1430); the pod then sends
+/// fragments that fit, and gets its answer.
+#[test]
+fn v6_too_big_for_the_tunnel_is_answered_with_packet_too_big() {
+    let p = pair(Mode::Vxlan);
+    let wide = p.wide_pod.ns();
+    p.wait_ping(wide, PEER_NODE6);
+    let before = p.dp.maps.stats().unwrap();
+    // 1452 bytes of ICMPv6 payload: a 1500-byte packet.
+    let first = wide.run(&["ping", "-6", "-c", "1", "-W", "2", "-s", "1452", PEER_NODE6]);
+    assert!(p.moved_since(&before, Reason::PassedToKernel) >= 1, "handed to the kernel: {:?}", p.dp.maps.stats().unwrap());
+    let route = wide.run(&["ip", "-6", "route", "get", PEER_NODE6]).unwrap();
+    assert!(route.contains("mtu 1430"), "the pod learnt the tunnel's MTU from packet too big: {route} (first ping: {first:?})");
+    wide.run(&["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "-s", "1452", PEER_NODE6]).unwrap();
+}
+
+/// host-gw (and DirectRouting) for v6: pods reach the peer's v6 subnet
+/// unencapsulated via its PublicIPv6, against a node with plain kernel
+/// routes, at the full wire MTU, TCP included.
+#[test]
+fn v6_host_gw_routes_pods_directly_to_a_kernel_node() {
+    let p = pair(Mode::Direct);
+    let (h1, pod) = (p.tb.host(1), &p.pod);
+    let capture = Capture::on(p.tb.host(0).ns(), "eth0", p.tb.dir(), "ip6");
+    let before = p.dp.maps.stats().unwrap();
+    p.wait_ping(pod.ns(), PEER_NODE6);
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 + i / 97) as u8).collect();
+    tcp_transfer(h1.ns(), format!("[{PEER_NODE6}]:5203").parse().unwrap(), pod.ns(), &payload);
+    assert!(p.moved_since(&before, Reason::DirectRouted) > 0, "{:?}", p.dp.maps.stats().unwrap());
+    assert_eq!(p.moved_since(&before, Reason::Encapsulated), 0);
+    let raw = capture.finish_raw();
+    assert!(overlay_tests::capture::vxlan6_frames(&raw).is_empty(), "nothing encapsulated");
 }
 
 /// Sends `payload` from namespace `client` to a listener on `server_addr`
