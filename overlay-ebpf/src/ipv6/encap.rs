@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{config_flags, Mode},
+    maps::Mode,
     maps6::{LocalConfig6, NextHop6},
     stats::Reason,
     ETH_HLEN, VXLAN6_OVERHEAD,
@@ -32,6 +32,7 @@ use super::{
     pod_guard, set_tunnel_key, tunnel_key,
 };
 use crate::{
+    encap::kernel_must_see,
     maps::SUBNETS6,
     route::{fits_uplink, ingress_ifindex, set_macs, Origin},
     verdict::Outcome,
@@ -73,16 +74,10 @@ pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
         return Ok(not_ours);
     };
     let flow = flows::key(ctx, &ip);
-    match origin {
-        Origin::Pod => {
-            if cfg.flags & config_flags::KERNEL_FORWARDING != 0 {
-                return Ok(Outcome::pass(Reason::PassedToKernel));
-            }
-            if flows::is_reply_of_kernel_flow(&flow) {
-                return Ok(Outcome::pass(Reason::PassedKernelFlow));
-            }
-        }
-        Origin::Host => flows::record(&flow),
+    if let Some(kernel) =
+        kernel_must_see(origin, cfg.flags, || flows::is_reply_of_kernel_flow(&flow), || flows::record(&flow))
+    {
+        return Ok(kernel);
     }
     match Mode::from_u8(nh.mode) {
         Some(Mode::Vxlan) => vxlan(ctx, &cfg, &nh, &ip, origin),
