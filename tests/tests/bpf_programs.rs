@@ -1411,3 +1411,20 @@ fn v6_peer_maps_follow_leases_and_count_senders() {
     assert_eq!(lab.maps6.reconcile_endpoints(&[ep]).unwrap(), (1, 1));
     assert_eq!(lab.maps6.endpoints().unwrap(), vec![ep]);
 }
+
+#[test]
+fn xdp_guard_drops_v6_vxlan_from_strangers_only() {
+    let lab = Lab::dual();
+    let (ret, _, r) = lab.run(XDP_GUARD, &Vx6 { outer_src: STRANGER_IP6, ..Default::default() }.frame());
+    assert_eq!((ret, r), (XDP_DROP, Reason::DropUnknownSender));
+    // A peer's VXLAN, a stranger's datagram to another port, and anything
+    // on a node without IPv6: to TC, untouched and uncounted.
+    for (lab, frame) in [
+        (&lab, Vx6::default().frame()),
+        (&lab, Vx6 { outer_src: STRANGER_IP6, dport: 53, ..Default::default() }.frame()),
+        (&Lab::new(), Vx6 { outer_src: STRANGER_IP6, ..Default::default() }.frame()),
+    ] {
+        let (ret, out) = lab.try_run(XDP_GUARD, &frame, None).unwrap();
+        assert_eq!((ret, out), (XDP_PASS, frame));
+    }
+}
