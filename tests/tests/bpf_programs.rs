@@ -1404,6 +1404,7 @@ fn v6_peer_maps_follow_leases_and_count_senders() {
     let changes = lab.maps6.reconcile_peers(&wanted).unwrap();
     assert_eq!((changes.written, changes.removed), (1, 2));
     assert_eq!(lab.maps6.peers().unwrap(), vec![second]);
+    assert_eq!(lab.maps6.installed_peers().unwrap(), &wanted);
     assert_eq!(senders(&lab), vec![(PEER_IP6, 1)]);
     assert_eq!(lab.maps6.reconcile_peers(&wanted).unwrap(), Default::default(), "nothing left to do");
     // Endpoints.

@@ -6,7 +6,8 @@
 //! part (`PublicIPv6` + `BackendV6Data`):
 //!
 //! - at start and on every full listing: [`DatapathMaps6::reconcile_peers`];
-//! - per lease event: [`DatapathMaps6::upsert_peer`] / [`DatapathMaps6::remove_peer`];
+//! - per lease event: [`DatapathMaps6::upsert_peer`] / [`DatapathMaps6::remove_peer`]
+//!   (what is installed: [`DatapathMaps6::installed_peers`]);
 //! - once the v6 lease and overlay0 exist: [`DatapathMaps6::set_config`]
 //!   (until then, and on v4-only nodes, the programs leave v6 to the kernel);
 //! - per local pod with a v6 address: [`DatapathMaps6::upsert_endpoint`] /
@@ -327,6 +328,12 @@ impl DatapathMaps6 {
             self.index = Some(index);
         }
         Ok(self.index.get_or_insert_with(Index6::default))
+    }
+
+    /// The v6 peers as the maps hold them (what the agent installed), from
+    /// the index: what node.rs compares lease events against, as for v4.
+    pub fn installed_peers(&mut self) -> Result<&BTreeMap<Ipv6Net, Peer6>, DatapathError> {
+        Ok(&self.index()?.peers)
     }
 
     pub fn peers(&self) -> Result<Vec<Peer6>, DatapathError> {
