@@ -5,11 +5,12 @@
 //! right here (xdp_decap.rs). On veths, any XDP program costs TSO on the
 //! peer and a copy of most frames: datapath-findings.md, BENCHMARKS.md.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use overlay_common::{maps::config_flags, stats::Reason, ETH_HLEN, IPPROTO_UDP};
+use overlay_common::{maps::config_flags, stats::Reason, ETH_HLEN, IPPROTO_UDP, IPV6_HLEN};
 
 use crate::{
     decap::is_local,
-    maps::NODES,
+    ipv6::{config6, is_local6, parse::Ipv6Hdr},
+    maps::{NODES, NODES6},
     parse::{EthHdr, Ipv4Hdr, UdpHdr},
     route::config,
     stats::count,
@@ -28,8 +29,11 @@ pub fn at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 
 pub fn try_guard(ctx: &XdpContext) -> u32 {
     let pass = xdp_action::XDP_PASS;
-    let Some(cfg) = config() else { return pass };
     let Some(eth) = at::<EthHdr>(ctx, 0) else { return pass };
+    if eth.proto() == overlay_common::ETH_P_IPV6 {
+        return guard_v6(ctx);
+    }
+    let Some(cfg) = config() else { return pass };
     if eth.proto() != overlay_common::ETH_P_IP {
         return pass;
     }
@@ -62,5 +66,26 @@ pub fn try_guard(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
     count(Reason::DropUnknownSender, len);
     crate::drop_log::xdp(ctx, Reason::DropUnknownSender, ip.src, ip.dst, len);
+    xdp_action::XDP_DROP
+}
+
+/// `--xdp-guard` for v6 VXLAN: dropped when its source holds no lease
+/// (`NODES6`); everything else passes to TC (`--xdp-decap` is v4 only: v6
+/// VXLAN is decapsulated by overlay0's socket, ipv6/decap.rs).
+#[inline(always)]
+fn guard_v6(ctx: &XdpContext) -> u32 {
+    let pass = xdp_action::XDP_PASS;
+    let Some(cfg) = config6() else { return pass };
+    let Some(ip) = at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return pass };
+    if !ip.is_valid() || ip.next_hdr != IPPROTO_UDP || !is_local6(&cfg, &ip.dst) {
+        return pass;
+    }
+    let Some(udp) = at::<UdpHdr>(ctx, ETH_HLEN + IPV6_HLEN) else { return pass };
+    if u16::from_be_bytes(udp.dst_port) != cfg.port || NODES6.get_ptr(ip.src).is_some() {
+        return pass;
+    }
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    count(Reason::DropUnknownSender, len);
+    crate::drop_log::xdp6(ctx, Reason::DropUnknownSender, ip.src, ip.dst, len);
     xdp_action::XDP_DROP
 }
