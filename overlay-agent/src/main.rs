@@ -1,14 +1,25 @@
 use std::process::ExitCode;
 
-use overlay_agent::{cleanup, cli, docker_opts, inspect, node};
+use overlay_agent::{batched_stderr, cleanup, cli, docker_opts, inspect, node};
 
 fn init_logging(default: log::LevelFilter) {
     // RUST_LOG, when set, wins over flanneld's -v.
-    env_logger::Builder::new()
-        .filter_level(default)
-        .parse_env("RUST_LOG")
-        .format_timestamp_millis()
-        .init();
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(default).parse_env("RUST_LOG").format_timestamp_millis();
+    // Lines go out in batches from a thread of their own (one INFO line
+    // per lease change is thousands of lines when many leases change).
+    match batched_stderr::BatchedStderr::new() {
+        Ok(w) => {
+            builder.target(env_logger::Target::Pipe(Box::new(w)));
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                batched_stderr::flush_now();
+                default_hook(info);
+            }));
+        }
+        Err(e) => eprintln!("overlay-agent: logging unbatched (no log writer thread: {e})"),
+    }
+    builder.init();
 }
 
 fn main() -> ExitCode {
@@ -31,6 +42,7 @@ fn main() -> ExitCode {
             docker_opts::run(&args)
         }
     };
+    batched_stderr::flush_now();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

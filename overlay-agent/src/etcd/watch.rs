@@ -33,7 +33,9 @@ use crate::etcd::backoff::Backoff;
 use crate::etcd::client::{Conn, EtcdSettings, MAX_MESSAGE};
 use crate::etcd::error::{describe, EtcdError};
 use crate::etcd::lease::LeaseListing;
-use crate::etcd::registry::{check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs};
+use crate::etcd::registry::{
+    check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
+};
 use crate::etcd::status::EtcdStatus;
 
 /// What the watch task reports.
@@ -189,11 +191,15 @@ impl Watcher {
     /// One list + watch. Returns how it ended.
     async fn session(&mut self, conn: &Conn, backoff: &mut Backoff, failures: &mut u32) -> Result<Break, EtcdError> {
         let dir = subnets_prefix(&self.prefix);
-        let (kvs, rev) = self.listing(conn, &dir).await?;
-        let mut leases = Vec::with_capacity(kvs.len());
+        let listing = self.listing(conn, &dir).await?;
+        let rev = listing.revision;
+        let mut leases = Vec::with_capacity(listing.entries.len());
         self.known.clear();
-        for kv in &kvs {
-            if let Some(l) = self.parse_kv(kv) {
+        for other in listing.others {
+            self.skip(&other.key, other.mod_revision, &other.why);
+        }
+        for e in listing.entries {
+            if let Some(l) = self.accept(&e.key, e.mod_revision, e.lease) {
                 self.known.insert(l.subnet, l.attrs.clone());
                 leases.push(l);
             }
@@ -263,10 +269,13 @@ impl Watcher {
     /// The keys to snapshot and their revision: the listing handed over at
     /// start for the first session, a fresh listing for every later one
     /// (they follow compaction or an outage, which the old one predates).
-    async fn listing(&mut self, conn: &Conn, dir: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+    async fn listing(&mut self, conn: &Conn, dir: &str) -> Result<LeaseListing, EtcdError> {
         match self.handed_over.take() {
-            Some(l) => Ok((l.kvs, l.revision)),
-            None => conn.list_prefix(dir).await,
+            Some(l) => Ok(l),
+            None => {
+                let (kvs, rev) = conn.list_prefix(dir).await?;
+                Ok(LeaseListing::decode(&self.prefix, kvs, rev))
+            }
         }
     }
 
@@ -339,9 +348,17 @@ impl Watcher {
                 }
             }
             self.status.add_events(out.len() as u64);
-            for ev in out {
-                if self.tx.send(ev).await.is_err() {
-                    return Pump::Closed;
+            // Permits for a whole chunk at once: one wake-up of the consumer
+            // per chunk, not per event (a mass expiry is one response of
+            // thousands of deletes).
+            let mut out = out.into_iter().peekable();
+            while out.peek().is_some() {
+                let permits = match self.tx.reserve_many(out.len().min(EVENT_CHANNEL_CAPACITY)).await {
+                    Ok(p) => p,
+                    Err(_) => return Pump::Closed,
+                };
+                for (permit, ev) in permits.zip(&mut out) {
+                    permit.send(ev);
                 }
             }
         }
@@ -357,16 +374,22 @@ impl Watcher {
                 return None;
             }
         };
-        let result = Lease::from_kv(&self.prefix, key, kv.value(), kv.lease())
-            .and_then(|l| check_lease_against_config(key, l.subnet, &self.cfg).map(|_| l));
-        match result {
+        let lease = Lease::from_kv(&self.prefix, key, kv.value(), kv.lease());
+        self.accept(key, kv.mod_revision(), lease)
+    }
+
+    /// A decoded key's lease if it is valid for our network config, else
+    /// `None` (with a warning naming the key, once per revision of it).
+    fn accept(&mut self, key: &str, rev: i64, lease: Result<Lease, RegistryError>) -> Option<Lease> {
+        match lease.and_then(|l| check_lease_against_config(key, l.subnet, &self.cfg).map(|_| l)) {
             Ok(l) => {
-                self.warned.remove(key);
+                if !self.warned.is_empty() {
+                    self.warned.remove(key);
+                }
                 Some(l)
             }
             Err(e) => {
-                let key = key.to_string();
-                self.skip(&key, kv.mod_revision(), &e.to_string());
+                self.skip(key, rev, &e.to_string());
                 None
             }
         }
