@@ -4,9 +4,9 @@
 //! env_logger writing straight to stderr, each line is its own write(2) on
 //! the main loop: removing 32,767 peers spent a fifth of its CPU writing
 //! lines. Here a log call only appends the formatted line to a buffer and,
-//! if the writer thread is idle, wakes it; the thread writes whatever has
-//! gathered meanwhile with one write. Lines keep their order, and a quiet
-//! agent's line is written at once (no timer).
+//! if the writer thread is idle, wakes it; the thread lets lines gather for
+//! a moment ([`GATHER`]) and writes them with one write. Lines keep their
+//! order; a line is on stderr a few milliseconds after it was logged.
 //!
 //! What can be lost: lines formatted but not yet written when the process
 //! is killed (SIGKILL, abort), at most the few logged since the thread last
@@ -19,6 +19,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 /// writes them itself: memory stays bounded and the logger slows down
 /// instead.
 const MAX_PENDING: usize = 1 << 20;
+/// How long the writer thread lets lines gather after being woken: during
+/// a burst (32,767 peers removed) it then writes hundreds of lines at once
+/// instead of waking for every few.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Default)]
 struct Pending {
@@ -94,6 +98,7 @@ impl BatchedStderr {
                             .unwrap_or_else(|e| e.into_inner());
                     }
                 }
+                std::thread::sleep(GATHER);
                 thread_shared.write_pending();
             })?;
         Ok(BatchedStderr { shared })

@@ -34,7 +34,7 @@ use crate::etcd::client::{Conn, EtcdSettings, MAX_MESSAGE};
 use crate::etcd::error::{describe, EtcdError};
 use crate::etcd::lease::LeaseListing;
 use crate::etcd::registry::{
-    check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
+    check_lease_against_config, parse_subnet_key_name, subnets_prefix, Lease, LeaseAttrs, RegistryError,
 };
 use crate::etcd::status::EtcdStatus;
 
@@ -93,6 +93,7 @@ fn spawn(
     let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let w = Watcher {
         prefix: s.prefix.clone(),
+        dir: subnets_prefix(&s.prefix),
         settings: s,
         cfg,
         status,
@@ -116,6 +117,8 @@ enum Break {
 struct Watcher {
     settings: EtcdSettings,
     prefix: String,
+    /// `<prefix>/subnets/`, made once (a mass expiry is thousands of keys).
+    dir: String,
     cfg: NetworkConfig,
     status: Arc<EtcdStatus>,
     tx: mpsc::Sender<LeaseEvent>,
@@ -328,7 +331,7 @@ impl Watcher {
                             }
                         }
                         None => {
-                            if let Some(sn) = key_subnet(&self.prefix, kv) {
+                            if let Some(sn) = key_subnet(&self.dir, kv) {
                                 if self.known.remove(&sn).is_some() {
                                     out.push(LeaseEvent::Removed(sn));
                                 }
@@ -336,7 +339,7 @@ impl Watcher {
                         }
                     },
                     EventType::Delete => {
-                        if let Some(sn) = key_subnet(&self.prefix, kv) {
+                        if let Some(sn) = key_subnet(&self.dir, kv) {
                             if self.known.remove(&sn).is_some() {
                                 out.push(LeaseEvent::Removed(sn));
                             }
@@ -420,8 +423,9 @@ enum OpenError {
     Etcd(EtcdError),
 }
 
-fn key_subnet(prefix: &str, kv: &KeyValue) -> Option<Ipv4Net> {
-    parse_subnet_key(prefix, kv.key_str().ok()?)
+/// The subnet of a lease key under `dir` (`<prefix>/subnets/`).
+fn key_subnet(dir: &str, kv: &KeyValue) -> Option<Ipv4Net> {
+    parse_subnet_key_name(kv.key_str().ok()?.strip_prefix(dir)?)
 }
 
 /// Opens a prefix watch from `start` and waits for etcd's "created" notice.
