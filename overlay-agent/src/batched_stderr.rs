@@ -8,10 +8,14 @@
 //! a moment ([`GATHER`]) and writes them with one write. Lines keep their
 //! order; a line is on stderr a few milliseconds after it was logged.
 //!
-//! What can be lost: lines formatted but not yet written when the process
-//! is killed (SIGKILL, abort), at most the few logged since the thread last
-//! woke. `flush_now` writes the rest synchronously; main calls it before
-//! exiting and the panic hook before reporting a panic.
+//! A WARN or ERROR line is written at once, with everything logged before
+//! it ([`init`]): a problem is on stderr before anything it caused (a
+//! /readyz condition, an exit) can be seen.
+//!
+//! What can be lost: INFO and DEBUG lines formatted but not yet written
+//! when the process is killed (SIGKILL, abort), at most those of the last
+//! few milliseconds. `flush_now` writes the rest synchronously; main calls
+//! it before exiting and the panic hook before reporting a panic.
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
@@ -127,6 +131,44 @@ impl Write for BatchedStderr {
             self.shared.wake.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Installs `builder`'s logger with its lines going through a
+/// [`BatchedStderr`], WARN and ERROR lines written at once, and a panic
+/// hook that writes what is pending before the panic is reported.
+pub fn init(builder: &mut env_logger::Builder) -> io::Result<()> {
+    builder.target(env_logger::Target::Pipe(Box::new(BatchedStderr::new()?)));
+    let logger = builder.build();
+    let max_level = logger.filter();
+    log::set_boxed_logger(Box::new(WarningsAtOnce(logger))).map_err(io::Error::other)?;
+    log::set_max_level(max_level);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        flush_now();
+        default_hook(info);
+    }));
+    Ok(())
+}
+
+/// env_logger's logger, writing a WARN or ERROR line (and what is pending
+/// before it) synchronously.
+struct WarningsAtOnce(env_logger::Logger);
+
+impl log::Log for WarningsAtOnce {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.log(record);
+        if record.level() <= log::Level::Warn && self.0.matches(record) {
+            flush_now();
+        }
+    }
+
+    fn flush(&self) {
+        flush_now();
     }
 }
 

@@ -6,20 +6,12 @@ fn init_logging(default: log::LevelFilter) {
     // RUST_LOG, when set, wins over flanneld's -v.
     let mut builder = env_logger::Builder::new();
     builder.filter_level(default).parse_env("RUST_LOG").format_timestamp_millis();
-    // Lines go out in batches from a thread of their own (one INFO line
+    // INFO lines go out in batches from a thread of their own (one line
     // per lease change is thousands of lines when many leases change).
-    match batched_stderr::BatchedStderr::new() {
-        Ok(w) => {
-            builder.target(env_logger::Target::Pipe(Box::new(w)));
-            let default_hook = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                batched_stderr::flush_now();
-                default_hook(info);
-            }));
-        }
-        Err(e) => eprintln!("overlay-agent: logging unbatched (no log writer thread: {e})"),
+    if let Err(e) = batched_stderr::init(&mut builder) {
+        eprintln!("overlay-agent: logging unbatched (no log writer thread: {e})");
+        builder.init();
     }
-    builder.init();
 }
 
 fn main() -> ExitCode {
