@@ -4,6 +4,7 @@
 //! Flow, one direction: etcd -> `etcd::watch` (typed lease events) -> `node`
 //! (decides) -> `datapath::maps` (whole entries) -> the BPF programs.
 
+pub mod batched_stderr;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

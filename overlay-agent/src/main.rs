@@ -1,14 +1,17 @@
 use std::process::ExitCode;
 
-use overlay_agent::{cleanup, cli, docker_opts, inspect, node};
+use overlay_agent::{batched_stderr, cleanup, cli, docker_opts, inspect, node};
 
 fn init_logging(default: log::LevelFilter) {
     // RUST_LOG, when set, wins over flanneld's -v.
-    env_logger::Builder::new()
-        .filter_level(default)
-        .parse_env("RUST_LOG")
-        .format_timestamp_millis()
-        .init();
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(default).parse_env("RUST_LOG").format_timestamp_millis();
+    // INFO lines go out in batches from a thread of their own (one line
+    // per lease change is thousands of lines when many leases change).
+    if let Err(e) = batched_stderr::init(&mut builder) {
+        eprintln!("overlay-agent: logging unbatched (no log writer thread: {e})");
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
             docker_opts::run(&args)
         }
     };
+    batched_stderr::flush_now();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -336,10 +336,26 @@ impl DatapathMaps {
     /// we send to it.
     pub fn reconcile_peers(&mut self, wanted: &BTreeMap<Ipv4Net, Peer>) -> Result<PeerChanges, DatapathError> {
         self.index = None;
-        let held_peers: BTreeMap<Ipv4Net, Peer> = self.peers()?.into_iter().map(|p| (p.subnet, p)).collect();
+        let want = PeerIndex::from_peers(wanted.values());
+        // One pass over SUBNETS: what it holds, and the keys to remove
+        // (not wanted, or of a mode this agent does not know, which
+        // peers() cannot show). Only we write the map, so this stays true
+        // while we write (a second pass after the writes cost 65,534
+        // syscalls at a full /8).
+        let mut held_peers: StdHashMap<Ipv4Net, Peer> = StdHashMap::new();
+        let mut stale = Vec::new();
+        for item in self.subnets.iter() {
+            let (key, hop) = item.map_err(map_err(map_names::SUBNETS))?;
+            let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(|_| DatapathError::Corrupt("SUBNETS key with a prefix over 32"))?;
+            if !want.peers.contains_key(&subnet) {
+                stale.push(key);
+            } else if let Some(peer) = peer_of(subnet, &hop) {
+                held_peers.insert(subnet, peer);
+            }
+        }
         let held_senders: StdHashMap<Ipv4Addr, u32> =
             self.nodes()?.into_iter().map(|s| (s.public_ip, s.leases)).collect();
-        let want = PeerIndex::from_peers(wanted.values());
         let mut changes = PeerChanges::default();
         for (ip, n) in &want.senders {
             if held_senders.get(ip) != Some(n) {
@@ -351,17 +367,6 @@ impl DatapathMaps {
             if held_peers.get(&peer.subnet) != Some(peer) {
                 self.write_subnet(peer)?;
                 changes.written += 1;
-            }
-        }
-        // Entries the LPM trie holds but peers() cannot show (a mode this
-        // agent does not know) are stale too.
-        let mut stale = Vec::new();
-        for key in self.subnets.keys() {
-            let key = key.map_err(map_err(map_names::SUBNETS))?;
-            let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
-                .map_err(|_| DatapathError::Corrupt("SUBNETS key with a prefix over 32"))?;
-            if !want.peers.contains_key(&subnet) {
-                stale.push(key);
             }
         }
         for key in stale {
@@ -476,15 +481,9 @@ impl DatapathMaps {
         let mut out = Vec::new();
         for item in self.subnets.iter() {
             let (key, hop) = item.map_err(map_err(map_names::SUBNETS))?;
-            let Some(mode) = Mode::from_wire(hop.mode) else { continue };
             let subnet = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
                 .map_err(|_| DatapathError::Corrupt("SUBNETS key with a prefix over 32"))?;
-            out.push(Peer {
-                subnet,
-                public_ip: Ipv4Addr::from(hop.public_ip),
-                vtep_mac: hop.vtep_mac,
-                mode,
-            });
+            out.extend(peer_of(subnet, &hop));
         }
         out.sort_by_key(|p| (p.subnet.network(), p.subnet.prefix_len()));
         Ok(out)
@@ -656,6 +655,17 @@ pub fn coarse_now_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     debug_assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The peer a `SUBNETS` entry stands for; None for a mode this agent does
+/// not know.
+fn peer_of(subnet: Ipv4Net, hop: &NextHop) -> Option<Peer> {
+    Some(Peer {
+        subnet,
+        public_ip: Ipv4Addr::from(hop.public_ip),
+        vtep_mac: hop.vtep_mac,
+        mode: Mode::from_wire(hop.mode)?,
+    })
 }
 
 fn subnet_key(subnet: Ipv4Net) -> Key<[u8; 4]> {

@@ -55,15 +55,15 @@ pub const MAX_ACQUIRE_ATTEMPTS: u32 = 16;
 /// A new subnet is picked at random among this many first free ones.
 const RANDOM_POOL: usize = 100;
 
-/// One key under `<prefix>/subnets/` as listed: its subnets (the key parsed)
-/// and its value (parsed, or why not).
-struct Entry {
-    key: String,
-    subnet: Ipv4Net,
-    ipv6_subnet: Option<Ipv6Net>,
-    lease: Result<Lease, RegistryError>,
-    mod_revision: i64,
-    create_revision: i64,
+/// One lease key under `<prefix>/subnets/` as listed: its subnets (the key
+/// parsed) and its value (parsed, or why not).
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) ipv6_subnet: Option<Ipv6Net>,
+    pub(crate) lease: Result<Lease, RegistryError>,
+    pub(crate) mod_revision: i64,
+    pub(crate) create_revision: i64,
 }
 
 /// The subnets this node held before (from the subnet file), to take again
@@ -80,24 +80,63 @@ impl From<Option<Ipv4Net>> for PreviousSubnets {
     }
 }
 
-/// Every key under `<prefix>/subnets/` as of one etcd revision, as etcd
-/// returned them: made once at start by [`SubnetManager::list`] and shared
-/// by finding our lease, acquiring it and the lease watch's first Snapshot.
+/// A listed key that is no lease key, and why.
+pub(crate) struct OtherKey {
+    pub(crate) key: String,
+    pub(crate) mod_revision: i64,
+    pub(crate) why: String,
+}
+
+/// Every key under `<prefix>/subnets/` as of one etcd revision, decoded
+/// once: made at start by [`SubnetManager::list`] and shared by finding our
+/// lease, acquiring it and the lease watch's first Snapshot. (Decoding is
+/// most of a start's CPU at a full /8: 65,534 JSON values; the raw values
+/// are dropped as they are decoded.)
 pub struct LeaseListing {
-    pub(crate) kvs: Vec<KeyValue>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) others: Vec<OtherKey>,
     /// The etcd revision the keys were read at: a watch from `revision + 1`
     /// misses nothing that changed since.
     pub(crate) revision: i64,
 }
 
 impl LeaseListing {
+    /// Decodes the keys of a listing of `<prefix>/subnets/`.
+    pub(crate) fn decode(prefix: &str, kvs: Vec<KeyValue>, revision: i64) -> LeaseListing {
+        let mut entries = Vec::with_capacity(kvs.len());
+        let mut others = Vec::new();
+        for kv in kvs {
+            let mod_revision = kv.mod_revision();
+            let key = match kv.key_str() {
+                Ok(k) => k,
+                Err(_) => {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    others.push(OtherKey { key, mod_revision, why: "the key is not UTF-8".into() });
+                    continue;
+                }
+            };
+            let (subnet, ipv6_subnet) = match parse_lease_key(prefix, key) {
+                Some(s) => s,
+                None => {
+                    let why = RegistryError::NotASubnetKey { key: key.to_string() }.to_string();
+                    others.push(OtherKey { key: key.to_string(), mod_revision, why });
+                    continue;
+                }
+            };
+            let lease = Lease::from_kv(prefix, key, kv.value(), kv.lease());
+            let create_revision = kv.create_revision();
+            entries.push(Entry { key: key.to_string(), subnet, ipv6_subnet, lease, mod_revision, create_revision });
+        }
+        LeaseListing { entries, others, revision }
+    }
+
     /// How many keys were listed (valid leases or not).
     pub fn len(&self) -> usize {
-        self.kvs.len()
+        self.entries.len() + self.others.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kvs.is_empty()
+        self.len() == 0
     }
 }
 
@@ -201,52 +240,15 @@ impl SubnetManager {
     pub async fn list(&self) -> Result<LeaseListing, EtcdError> {
         let dir = subnets_prefix(&self.conn.settings.prefix);
         let (kvs, revision) = self.conn.list_prefix(&dir).await?;
-        Ok(LeaseListing { kvs, revision })
+        Ok(LeaseListing::decode(&self.conn.settings.prefix, kvs, revision))
     }
 
     /// Every lease under `<prefix>/subnets/` with a valid key and value (any
     /// subnet length), with the revision of the read.
     pub async fn list_leases(&self) -> Result<(Vec<Lease>, i64), EtcdError> {
         let listing = self.list().await?;
-        let leases = self.entries(&listing).into_iter().filter_map(|e| e.lease.ok()).collect();
+        let leases = listing.entries.into_iter().filter_map(|e| e.lease.ok()).collect();
         Ok((leases, listing.revision))
-    }
-
-    /// The subnet lease keys of `listing`, parsed (other keys are skipped).
-    fn entries(&self, listing: &LeaseListing) -> Vec<Entry> {
-        let prefix = &self.conn.settings.prefix;
-        let mut out = Vec::with_capacity(listing.kvs.len());
-        for kv in &listing.kvs {
-            let key = match kv.key_str() {
-                Ok(k) => k.to_string(),
-                Err(_) => continue,
-            };
-            let (subnet, ipv6_subnet) = match parse_lease_key(prefix, &key) {
-                Some(s) => s,
-                None => {
-                    log::debug!("ignoring {key:?}: not a subnet lease key");
-                    continue;
-                }
-            };
-            let lease = Lease::from_kv(prefix, &key, kv.value(), kv.lease());
-            out.push(Entry {
-                key,
-                subnet,
-                ipv6_subnet,
-                lease,
-                mod_revision: kv.mod_revision(),
-                create_revision: kv.create_revision(),
-            });
-        }
-        out
-    }
-
-    /// The entries of `listing`, or of a fresh listing when there is none.
-    async fn entries_of(&self, listing: Option<&LeaseListing>) -> Result<Vec<Entry>, EtcdError> {
-        match listing {
-            Some(l) => Ok(self.entries(l)),
-            None => Ok(self.entries(&self.list().await?)),
-        }
     }
 
     /// The lease whose PublicIP is `public_ip`, if any (for reusing the
@@ -280,13 +282,13 @@ impl SubnetManager {
             public_ipv6,
             ..LeaseAttrs::host_gw(public_ip)
         };
-        let mut found = self
-            .entries(listing)
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
+        let mut found = listing
+            .entries
+            .iter()
+            .filter_map(|e| e.lease.as_ref().ok())
             .filter(|l| l.attrs.same_node(&ours));
         let mut lease = match found.next() {
-            Some(l) => l,
+            Some(l) => l.clone(),
             None => return Ok(None),
         };
         if lease.etcd_lease != 0 {
@@ -352,12 +354,19 @@ impl SubnetManager {
         for attempt in 1..=MAX_ACQUIRE_ATTEMPTS {
             // Only the first attempt may use the given listing: a retry
             // follows a change made since, which it must see.
-            let entries = self.entries_of(listing.take()).await?;
+            let fresh;
+            let entries = match listing.take() {
+                Some(l) => &l.entries,
+                None => {
+                    fresh = self.list().await?;
+                    &fresh.entries
+                }
+            };
 
             // 1. A lease that already carries our PublicIP (IPv6-only: PublicIPv6).
             let mut reuse: Option<&Entry> = None;
             let mut deleted: HashSet<&str> = HashSet::new();
-            for e in &entries {
+            for e in entries {
                 let Ok(l) = &e.lease else { continue };
                 if !l.attrs.same_node(attrs) {
                     continue;
@@ -674,8 +683,8 @@ impl SubnetManager {
     /// Whether a key other than `key` (ours, created at `revision`) holds an
     /// IPv6 subnet overlapping `sn` and was created first.
     async fn ipv6_taken_before(&self, key: &str, sn: Ipv6Net, revision: i64) -> Result<bool, EtcdError> {
-        let entries = self.entries(&self.list().await?);
-        Ok(entries.iter().any(|e| {
+        let listing = self.list().await?;
+        Ok(listing.entries.iter().any(|e| {
             e.key != key && e.create_revision < revision && e.ipv6_subnet.is_some_and(|t| Subnet::overlaps(&t, &sn))
         }))
     }

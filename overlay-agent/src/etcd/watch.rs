@@ -33,7 +33,9 @@ use crate::etcd::backoff::Backoff;
 use crate::etcd::client::{Conn, EtcdSettings, MAX_MESSAGE};
 use crate::etcd::error::{describe, EtcdError};
 use crate::etcd::lease::LeaseListing;
-use crate::etcd::registry::{check_lease_against_config, parse_subnet_key, subnets_prefix, Lease, LeaseAttrs};
+use crate::etcd::registry::{
+    check_lease_against_config, parse_subnet_key_name, subnets_prefix, Lease, LeaseAttrs, RegistryError,
+};
 use crate::etcd::status::EtcdStatus;
 
 /// What the watch task reports.
@@ -91,6 +93,7 @@ fn spawn(
     let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let w = Watcher {
         prefix: s.prefix.clone(),
+        dir: subnets_prefix(&s.prefix),
         settings: s,
         cfg,
         status,
@@ -114,6 +117,8 @@ enum Break {
 struct Watcher {
     settings: EtcdSettings,
     prefix: String,
+    /// `<prefix>/subnets/`, made once (a mass expiry is thousands of keys).
+    dir: String,
     cfg: NetworkConfig,
     status: Arc<EtcdStatus>,
     tx: mpsc::Sender<LeaseEvent>,
@@ -189,11 +194,15 @@ impl Watcher {
     /// One list + watch. Returns how it ended.
     async fn session(&mut self, conn: &Conn, backoff: &mut Backoff, failures: &mut u32) -> Result<Break, EtcdError> {
         let dir = subnets_prefix(&self.prefix);
-        let (kvs, rev) = self.listing(conn, &dir).await?;
-        let mut leases = Vec::with_capacity(kvs.len());
+        let listing = self.listing(conn, &dir).await?;
+        let rev = listing.revision;
+        let mut leases = Vec::with_capacity(listing.entries.len());
         self.known.clear();
-        for kv in &kvs {
-            if let Some(l) = self.parse_kv(kv) {
+        for other in listing.others {
+            self.skip(&other.key, other.mod_revision, &other.why);
+        }
+        for e in listing.entries {
+            if let Some(l) = self.accept(&e.key, e.mod_revision, e.lease) {
                 self.known.insert(l.subnet, l.attrs.clone());
                 leases.push(l);
             }
@@ -263,10 +272,13 @@ impl Watcher {
     /// The keys to snapshot and their revision: the listing handed over at
     /// start for the first session, a fresh listing for every later one
     /// (they follow compaction or an outage, which the old one predates).
-    async fn listing(&mut self, conn: &Conn, dir: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+    async fn listing(&mut self, conn: &Conn, dir: &str) -> Result<LeaseListing, EtcdError> {
         match self.handed_over.take() {
-            Some(l) => Ok((l.kvs, l.revision)),
-            None => conn.list_prefix(dir).await,
+            Some(l) => Ok(l),
+            None => {
+                let (kvs, rev) = conn.list_prefix(dir).await?;
+                Ok(LeaseListing::decode(&self.prefix, kvs, rev))
+            }
         }
     }
 
@@ -319,7 +331,7 @@ impl Watcher {
                             }
                         }
                         None => {
-                            if let Some(sn) = key_subnet(&self.prefix, kv) {
+                            if let Some(sn) = key_subnet(&self.dir, kv) {
                                 if self.known.remove(&sn).is_some() {
                                     out.push(LeaseEvent::Removed(sn));
                                 }
@@ -327,7 +339,7 @@ impl Watcher {
                         }
                     },
                     EventType::Delete => {
-                        if let Some(sn) = key_subnet(&self.prefix, kv) {
+                        if let Some(sn) = key_subnet(&self.dir, kv) {
                             if self.known.remove(&sn).is_some() {
                                 out.push(LeaseEvent::Removed(sn));
                             }
@@ -339,9 +351,17 @@ impl Watcher {
                 }
             }
             self.status.add_events(out.len() as u64);
-            for ev in out {
-                if self.tx.send(ev).await.is_err() {
-                    return Pump::Closed;
+            // Permits for a whole chunk at once: one wake-up of the consumer
+            // per chunk, not per event (a mass expiry is one response of
+            // thousands of deletes).
+            let mut out = out.into_iter().peekable();
+            while out.peek().is_some() {
+                let permits = match self.tx.reserve_many(out.len().min(EVENT_CHANNEL_CAPACITY)).await {
+                    Ok(p) => p,
+                    Err(_) => return Pump::Closed,
+                };
+                for (permit, ev) in permits.zip(&mut out) {
+                    permit.send(ev);
                 }
             }
         }
@@ -357,16 +377,22 @@ impl Watcher {
                 return None;
             }
         };
-        let result = Lease::from_kv(&self.prefix, key, kv.value(), kv.lease())
-            .and_then(|l| check_lease_against_config(key, l.subnet, &self.cfg).map(|_| l));
-        match result {
+        let lease = Lease::from_kv(&self.prefix, key, kv.value(), kv.lease());
+        self.accept(key, kv.mod_revision(), lease)
+    }
+
+    /// A decoded key's lease if it is valid for our network config, else
+    /// `None` (with a warning naming the key, once per revision of it).
+    fn accept(&mut self, key: &str, rev: i64, lease: Result<Lease, RegistryError>) -> Option<Lease> {
+        match lease.and_then(|l| check_lease_against_config(key, l.subnet, &self.cfg).map(|_| l)) {
             Ok(l) => {
-                self.warned.remove(key);
+                if !self.warned.is_empty() {
+                    self.warned.remove(key);
+                }
                 Some(l)
             }
             Err(e) => {
-                let key = key.to_string();
-                self.skip(&key, kv.mod_revision(), &e.to_string());
+                self.skip(key, rev, &e.to_string());
                 None
             }
         }
@@ -397,8 +423,9 @@ enum OpenError {
     Etcd(EtcdError),
 }
 
-fn key_subnet(prefix: &str, kv: &KeyValue) -> Option<Ipv4Net> {
-    parse_subnet_key(prefix, kv.key_str().ok()?)
+/// The subnet of a lease key under `dir` (`<prefix>/subnets/`).
+fn key_subnet(dir: &str, kv: &KeyValue) -> Option<Ipv4Net> {
+    parse_subnet_key_name(kv.key_str().ok()?.strip_prefix(dir)?)
 }
 
 /// Opens a prefix watch from `start` and waits for etcd's "created" notice.
