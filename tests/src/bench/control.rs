@@ -11,11 +11,13 @@
 //!   writer records when each put was sent and acknowledged); a poller looks
 //!   each pending subnet up in `SUBNETS` (one lookup syscall each) every
 //!   ~0.2 ms, and the latency is from the put being sent to the entry being
-//!   there (the put's own etcd round trip, commit included, is in it).
+//!   there (the put's own etcd round trip, commit included, is in it). Each
+//!   change is written with an etcd lease of its own, granted beforehand, as
+//!   flanneld writes every key.
 //! * etcd requests: deltas of etcd's own `grpc_server_started_total` (one
 //!   per unary request or opened stream), by method, from its /metrics
 //!   endpoint, taken around the start (nothing else talks to etcd then) and
-//!   around the change stream (minus the writer's own puts).
+//!   around the change stream (minus the writer's own grants and puts).
 //! * RSS: VmRSS (and the peak, VmHWM) from /proc/<agent pid>/status after
 //!   the change stream (all N peers present), and again after the removal.
 //! * removal of half: half the peers' keys are attached to an etcd lease of
@@ -260,6 +262,19 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
     if stream.len() < m {
         bail!("{n} leases: room for only {} of {m} changes", stream.len());
     }
+    // Each change hangs on an etcd lease of its own, as every flanneld
+    // writes its key. Not on `kept`: etcd 3.4's auth applier walks every key
+    // of a put's lease on each put, also with auth off (later etcd returns
+    // early then); with 32,767 keys on `kept` a put took ~25 ms p50 against
+    // 3 ms with a lease of its own, a cost no cluster of flanneld nodes (one
+    // key per lease) pays. Granted before the stream.
+    let own_leases: Vec<i64> = rt.block_on(async {
+        let mut ids = Vec::with_capacity(stream.len());
+        for _ in &stream {
+            ids.push(client.lease_grant(86_400, None).await?.id());
+        }
+        Ok::<_, etcd_client::Error>(ids)
+    })?;
     // When change j's put was sent and when etcd acknowledged it.
     let sent: Arc<Mutex<Vec<Option<SentAcked>>>> = Arc::new(Mutex::new(vec![None; m]));
     let writer = {
@@ -277,7 +292,7 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
                     }
                     let t = Instant::now();
                     client
-                        .put(l.etcd_key(&prefix), l.etcd_value(1), Some(PutOptions::new().with_lease(kept)))
+                        .put(l.etcd_key(&prefix), l.etcd_value(1), Some(PutOptions::new().with_lease(own_leases[j])))
                         .await?;
                     sent.lock().unwrap()[j] = Some((t, Instant::now()));
                 }
@@ -316,8 +331,11 @@ pub fn run(etcd: &Etcd, n: usize, opts: &ControlOptions) -> Result<ControlResult
     std::thread::sleep(Duration::from_millis(300));
     let after_stream = grpc_started(etcd)?;
     let mut change_requests = requests_between(&after_start, &after_stream);
-    if let Some(p) = change_requests.get_mut("Put") {
-        *p = p.saturating_sub(m as u64);
+    // The writer's own requests: the leases granted and the puts.
+    for method in ["Put", "LeaseGrant"] {
+        if let Some(p) = change_requests.get_mut(method) {
+            *p = p.saturating_sub(m as u64);
+        }
     }
     change_requests.retain(|_, v| *v > 0);
     let sent = sent.lock().unwrap().clone();
