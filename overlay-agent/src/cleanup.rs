@@ -51,7 +51,9 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
         let subnet = env.lease_subnet();
         let mgr = SubnetManager::new(etcd_settings(&args.etcd)).await?;
         let (leases, _) = mgr.list_leases().await?;
-        match leases.into_iter().find(|l| l.subnet == subnet) {
+        // Both subnets: every IPv6-only lease has the same (empty) IPv4 one.
+        let ipv6_subnet = env.ipv6_lease_subnet();
+        match leases.into_iter().find(|l| l.subnet == subnet && (ipv6_subnet.is_none() || l.ipv6_subnet == ipv6_subnet)) {
             Some(lease) => {
                 mgr.release(&lease).await?;
                 println!("released lease {subnet}");

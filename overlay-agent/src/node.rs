@@ -60,18 +60,35 @@ pub fn etcd_settings(etcd: &crate::cli::EtcdArgs) -> EtcdSettings {
     }
 }
 
-fn iface_selection(args: &RunArgs) -> Result<IfaceSelection> {
-    let iface_can_reach = match args.iface_can_reach {
-        None => None,
-        Some(IpAddr::V4(v4)) => Some(v4),
-        Some(IpAddr::V6(v6)) => bail!("--iface-can-reach {v6}: only IPv4 underlays are supported"),
-    };
-    Ok(IfaceSelection {
+fn iface_selection(args: &RunArgs) -> IfaceSelection {
+    IfaceSelection {
         iface: args.iface.clone(),
         iface_regex: args.iface_regex.clone(),
-        iface_can_reach,
+        iface_can_reach: match args.iface_can_reach {
+            Some(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        },
+        iface_can_reach_v6: match args.iface_can_reach {
+            Some(IpAddr::V6(v6)) => Some(v6),
+            _ => None,
+        },
         public_ip: args.public_ip,
-    })
+        public_ipv6: args.public_ipv6,
+    }
+}
+
+/// The one place an IPv6 network config is refused: config, leases,
+/// subnet file and uplink handle IPv6 (`etcd`, `subnet_env`,
+/// `host::iface`), but this daemon does not yet program an IPv6 data path,
+/// and must not run as if it did.
+fn refuse_unwired_ipv6(cfg: &NetworkConfig) -> Result<()> {
+    let Some(v6) = &cfg.ipv6 else { return Ok(()) };
+    bail!(
+        "network config enables IPv6 (EnableIPv6, IPv6Network {}{}): the config is valid, but this \
+         agent's IPv6 data path is not wired yet; run it with an IPv4-only config (no EnableIPv6) for now",
+        v6.network,
+        if cfg.enable_ipv4 { "" } else { ", IPv6-only" }
+    )
 }
 
 /// A locally administered, unicast MAC, like the kernel gives flannel.1.
@@ -79,6 +96,20 @@ fn random_vtep_mac() -> [u8; 6] {
     let mut mac: [u8; 6] = rand::random();
     mac[0] = (mac[0] & 0xfe) | 0x02;
     mac
+}
+
+/// A VtepMAC that survives restarts: the one our lease in etcd carries,
+/// else the pinned data path's, else a new one unlike `other`. The one rule
+/// for both of a node's VtepMACs: IPv4's (`BackendData`, from the pinned
+/// config) and IPv6's (`BackendV6Data`, which must differ from IPv4's as
+/// flannel's two devices' MACs do).
+pub(crate) fn stable_vtep_mac(from_lease: Option<[u8; 6]>, pinned: Option<[u8; 6]>, other: Option<[u8; 6]>) -> [u8; 6] {
+    from_lease.or(pinned).unwrap_or_else(|| loop {
+        let mac = random_vtep_mac();
+        if Some(mac) != other {
+            break mac;
+        }
+    })
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -90,7 +121,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.healthz_port != 0 {
         health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
     }
-    let uplink = iface::select_uplink(&handle, &iface_selection(&args)?)
+    let uplink = iface::select_uplink(&handle, &iface_selection(&args))
         .await
         .context("choosing the uplink interface")?;
     info!(
@@ -101,6 +132,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let settings = etcd_settings(&args.etcd);
     let mgr = Backoff::outage().retry("connecting to etcd", || SubnetManager::new(settings.clone())).await?;
     let cfg = Backoff::outage().retry("reading the network config", || mgr.network_config()).await?;
+    refuse_unwired_ipv6(&cfg)?;
     let backend = cfg.backend.kind;
     let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
     let pod_mtu = match backend {
@@ -119,16 +151,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let own = Backoff::outage()
         .retry("looking up our lease", || mgr.find_own_lease_in(&listing, uplink.public_ip))
         .await?;
-    let vtep_mac = own
-        .as_ref()
-        .and_then(|l| l.attrs.vtep_mac)
-        .or_else(|| DatapathMaps::pinned_vtep_mac(&pins))
-        .unwrap_or_else(random_vtep_mac);
+    let vtep_mac = stable_vtep_mac(
+        own.as_ref().and_then(|l| l.attrs.vtep_mac),
+        DatapathMaps::pinned_vtep_mac(&pins),
+        None,
+    );
     let attrs = match backend {
         BackendType::Vxlan => LeaseAttrs::vxlan(uplink.public_ip, cfg.backend.vni, vtep_mac),
         BackendType::HostGw => LeaseAttrs::host_gw(uplink.public_ip),
     };
-    let previous = subnet_env::read_previous_lease(&args.subnet_file);
+    let previous = subnet_env::read_previous_subnets(&args.subnet_file);
     // A retry after an etcd failure lists afresh: the first attempt may have
     // changed our lease without our seeing the answer.
     let mut start_listing = Some(&listing);

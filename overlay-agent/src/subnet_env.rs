@@ -8,8 +8,17 @@
 //! FLANNEL_IPMASQ=true
 //! ```
 //! with `FLANNEL_IPV6_NETWORK` / `FLANNEL_IPV6_SUBNET` right after the IPv4
-//! pair when present (flanneld's order). The file is replaced atomically
-//! (temporary file in the same directory, fsync, rename) with mode 0644.
+//! pair when IPv6 is enabled (flanneld's order; FLANNEL_IPV6_SUBNET is the
+//! first address of the IPv6 lease with its length, like FLANNEL_SUBNET). An
+//! IPv6-only node's file has no IPv4 pair at all, as flanneld writes it:
+//! ```text
+//! FLANNEL_IPV6_NETWORK=fd00:42::/48
+//! FLANNEL_IPV6_SUBNET=fd00:42:0:7::1/64
+//! FLANNEL_MTU=1450
+//! FLANNEL_IPMASQ=true
+//! ```
+//! The file is replaced atomically (temporary file in the same directory,
+//! fsync, rename) with mode 0644.
 //!
 //! Reading is tolerant: comments, blank lines, `export`, single or double
 //! quotes are accepted, so a file edited by hand or rewritten by a tool
@@ -17,11 +26,15 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::config::NetworkConfig;
+use crate::etcd::lease::PreviousSubnets;
+use crate::etcd::registry::{Lease, EMPTY_IPV4_SUBNET};
 
 pub const KEY_NETWORK: &str = "FLANNEL_NETWORK";
 pub const KEY_SUBNET: &str = "FLANNEL_SUBNET";
@@ -31,6 +44,10 @@ pub const KEY_IPV6_NETWORK: &str = "FLANNEL_IPV6_NETWORK";
 pub const KEY_IPV6_SUBNET: &str = "FLANNEL_IPV6_SUBNET";
 
 /// The contents of a subnet file.
+///
+/// An IPv6-only file (no IPv4 pair) has `network` and `subnet` set to
+/// flannel's empty `0.0.0.0/0` ([`SubnetEnv::has_ipv4`] is false), as the
+/// IPv6-only lease's key has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
     /// The cluster network (`FLANNEL_NETWORK`).
@@ -40,8 +57,11 @@ pub struct SubnetEnv {
     pub subnet: Ipv4Net,
     pub mtu: u32,
     pub ipmasq: bool,
-    pub ipv6_network: Option<String>,
-    pub ipv6_subnet: Option<String>,
+    /// `FLANNEL_IPV6_NETWORK`.
+    pub ipv6_network: Option<Ipv6Net>,
+    /// `FLANNEL_IPV6_SUBNET`: first address of the IPv6 lease with its
+    /// length, e.g. `fd00:42:0:7::1/64` for `fd00:42:0:7::/64`.
+    pub ipv6_subnet: Option<Ipv6Net>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,17 +97,51 @@ impl SubnetEnv {
         }
     }
 
+    /// The file for our lease under `cfg`, as flanneld's `WriteSubnetFile`
+    /// writes it: the IPv4 pair when IPv4 is enabled, the IPv6 pair when
+    /// IPv6 is (and the lease has an IPv6 subnet).
+    pub fn for_lease(cfg: &NetworkConfig, lease: &Lease, mtu: u32, ipmasq: bool) -> SubnetEnv {
+        let mut env = match lease.ipv4_subnet().filter(|_| cfg.enable_ipv4) {
+            Some(sn) => SubnetEnv::from_lease(cfg.network, sn, mtu, ipmasq),
+            None => SubnetEnv {
+                network: EMPTY_IPV4_SUBNET,
+                subnet: EMPTY_IPV4_SUBNET,
+                mtu,
+                ipmasq,
+                ipv6_network: None,
+                ipv6_subnet: None,
+            },
+        };
+        if let (Some(v6), Some(sn)) = (&cfg.ipv6, lease.ipv6_subnet) {
+            env.ipv6_network = Some(v6.network);
+            env.ipv6_subnet = Some(first_usable_v6(sn));
+        }
+        env
+    }
+
+    /// Whether the file has the IPv4 pair (not an IPv6-only node's).
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet != EMPTY_IPV4_SUBNET
+    }
+
     /// The lease (network address with prefix) FLANNEL_SUBNET belongs to:
     /// `10.42.0.1/24` → `10.42.0.0/24`.
     pub fn lease_subnet(&self) -> Ipv4Net {
         self.subnet.trunc()
     }
 
+    /// The IPv6 lease FLANNEL_IPV6_SUBNET belongs to.
+    pub fn ipv6_lease_subnet(&self) -> Option<Ipv6Net> {
+        self.ipv6_subnet.map(|n| n.trunc())
+    }
+
     /// The exact text flanneld writes.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("{KEY_NETWORK}={}\n", self.network));
-        s.push_str(&format!("{KEY_SUBNET}={}\n", self.subnet));
+        if self.has_ipv4() {
+            s.push_str(&format!("{KEY_NETWORK}={}\n", self.network));
+            s.push_str(&format!("{KEY_SUBNET}={}\n", self.subnet));
+        }
         if let Some(n) = &self.ipv6_network {
             s.push_str(&format!("{KEY_IPV6_NETWORK}={n}\n"));
         }
@@ -130,30 +184,52 @@ impl SubnetEnv {
             reason,
         };
 
-        let subnet_s = get(KEY_SUBNET)?;
-        let subnet =
-            parse_flannel_subnet(&subnet_s).map_err(|r| invalid(KEY_SUBNET, &subnet_s, r))?;
+        // An IPv6-only node's file has no IPv4 pair; any other file is read
+        // in the order flanneld writes it, the first problem reported.
+        let ipv6_only = lookup(&vars, KEY_SUBNET).is_none()
+            && lookup(&vars, KEY_NETWORK).is_none()
+            && lookup(&vars, KEY_IPV6_SUBNET).is_some();
+        let (network, subnet) = if ipv6_only {
+            (EMPTY_IPV4_SUBNET, EMPTY_IPV4_SUBNET)
+        } else {
+            let subnet_s = get(KEY_SUBNET)?;
+            let subnet =
+                parse_flannel_subnet(&subnet_s).map_err(|r| invalid(KEY_SUBNET, &subnet_s, r))?;
 
-        // Newer flanneld may write several comma-separated networks; keep the
-        // one holding our subnet.
-        let network_s = get(KEY_NETWORK)?;
-        let mut networks = Vec::new();
-        for part in network_s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let n: Ipv4Net = part
-                .parse()
-                .map_err(|e| invalid(KEY_NETWORK, &network_s, format!("{e}")))?;
-            networks.push(n.trunc());
+            // Newer flanneld may write several comma-separated networks; keep the
+            // one holding our subnet.
+            let network_s = get(KEY_NETWORK)?;
+            let mut networks = Vec::new();
+            for part in network_s
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                let n: Ipv4Net = part
+                    .parse()
+                    .map_err(|e| invalid(KEY_NETWORK, &network_s, format!("{e}")))?;
+                networks.push(n.trunc());
+            }
+            let network = networks
+                .iter()
+                .find(|n| n.contains(&subnet.addr()))
+                .or(networks.first())
+                .copied()
+                .ok_or_else(|| invalid(KEY_NETWORK, &network_s, "empty".to_owned()))?;
+            (network, subnet)
+        };
+
+        let ipv6 = |key: &'static str| -> Result<Option<Ipv6Net>, SubnetEnvError> {
+            match lookup(&vars, key).filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(v) => parse_flannel_ipv6_subnet(&v).map(Some).map_err(|r| invalid(key, &v, r)),
+            }
+        };
+        let ipv6_network = ipv6(KEY_IPV6_NETWORK)?.map(|n| n.trunc());
+        let ipv6_subnet = ipv6(KEY_IPV6_SUBNET)?;
+        if ipv6_subnet.is_some() && ipv6_network.is_none() {
+            return Err(SubnetEnvError::Missing { path: path.to_owned(), key: KEY_IPV6_NETWORK });
         }
-        let network = networks
-            .iter()
-            .find(|n| n.contains(&subnet.addr()))
-            .or(networks.first())
-            .copied()
-            .ok_or_else(|| invalid(KEY_NETWORK, &network_s, "empty".to_owned()))?;
 
         let mtu_s = get(KEY_MTU)?;
         let mtu: u32 = mtu_s
@@ -170,8 +246,8 @@ impl SubnetEnv {
             subnet,
             mtu,
             ipmasq,
-            ipv6_network: lookup(&vars, KEY_IPV6_NETWORK).filter(|v| !v.is_empty()),
-            ipv6_subnet: lookup(&vars, KEY_IPV6_SUBNET).filter(|v| !v.is_empty()),
+            ipv6_network,
+            ipv6_subnet,
         })
     }
 }
@@ -185,18 +261,35 @@ pub fn first_usable(lease: Ipv4Net) -> Ipv4Net {
     Ipv4Net::new(addr, lease.prefix_len()).expect("prefix length comes from an Ipv4Net")
 }
 
-/// A FLANNEL_SUBNET value (`10.42.0.1/24`) as written, host bits kept.
-pub fn parse_flannel_subnet(s: &str) -> Result<Ipv4Net, String> {
+/// The IPv6 counterpart of [`first_usable`]: `fd00:42:0:7::/64` →
+/// `fd00:42:0:7::1/64` (flanneld's FLANNEL_IPV6_SUBNET).
+pub fn first_usable_v6(lease: Ipv6Net) -> Ipv6Net {
+    let addr = Ipv6Addr::from(u128::from(lease.network()).wrapping_add(1));
+    Ipv6Net::new(addr, lease.prefix_len()).expect("prefix length comes from an Ipv6Net")
+}
+
+/// A FLANNEL_IPV6_SUBNET or FLANNEL_IPV6_NETWORK value (`fd00:42:0:7::1/64`)
+/// as written, host bits kept.
+pub fn parse_flannel_ipv6_subnet(s: &str) -> Result<Ipv6Net, String> {
+    let (addr, len) = split_address_prefix::<Ipv6Addr>(s, "an IPv6 address")?;
+    Ipv6Net::new(addr, len).map_err(|e| e.to_string())
+}
+
+/// `ADDRESS/PREFIX` split and parsed, for either family (`what` names the
+/// address kind in errors).
+fn split_address_prefix<A: std::str::FromStr>(s: &str, what: &str) -> Result<(A, u8), String> {
     let s = s.trim();
     let (addr, len) = s
         .split_once('/')
         .ok_or_else(|| format!("'{s}' is not ADDRESS/PREFIX"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
-    let len: u8 = len
-        .parse()
-        .map_err(|_| format!("'{len}' is not a prefix length"))?;
+    let a = addr.parse().map_err(|_| format!("'{addr}' is not {what}"))?;
+    let len = len.parse().map_err(|_| format!("'{len}' is not a prefix length"))?;
+    Ok((a, len))
+}
+
+/// A FLANNEL_SUBNET value (`10.42.0.1/24`) as written, host bits kept.
+pub fn parse_flannel_subnet(s: &str) -> Result<Ipv4Net, String> {
+    let (addr, len) = split_address_prefix::<Ipv4Addr>(s, "an IPv4 address")?;
     Ipv4Net::new(addr, len).map_err(|e| e.to_string())
 }
 
@@ -210,9 +303,22 @@ pub fn lease_from_flannel_subnet(s: &str) -> Result<Ipv4Net, String> {
 /// FLANNEL_SUBNET (what flanneld tries to reclaim on restart). Only
 /// FLANNEL_SUBNET is needed; the other keys may be missing.
 pub fn read_previous_lease(path: &Path) -> Option<Ipv4Net> {
-    let text = fs::read_to_string(path).ok()?;
+    read_previous_subnets(path).ipv4
+}
+
+/// Both leases recorded in a subnet file (FLANNEL_SUBNET and
+/// FLANNEL_IPV6_SUBNET), each when present and valid: what the agent asks
+/// for again on restart (flanneld's previous subnet and previous IPv6
+/// subnet).
+pub fn read_previous_subnets(path: &Path) -> PreviousSubnets {
+    let Ok(text) = fs::read_to_string(path) else {
+        return PreviousSubnets::default();
+    };
     let vars = parse_vars(&text);
-    lease_from_flannel_subnet(&lookup(&vars, KEY_SUBNET)?).ok()
+    PreviousSubnets {
+        ipv4: lookup(&vars, KEY_SUBNET).and_then(|v| lease_from_flannel_subnet(&v).ok()),
+        ipv6: lookup(&vars, KEY_IPV6_SUBNET).and_then(|v| parse_flannel_ipv6_subnet(&v).ok()).map(|n| n.trunc()),
+    }
 }
 
 fn lookup(vars: &[(String, String)], key: &str) -> Option<String> {
@@ -361,6 +467,27 @@ mod tests {
         assert_eq!(first_usable(lease).to_string(), "10.42.7.1/24");
         let e = SubnetEnv::from_lease("10.42.0.0/16".parse().unwrap(), lease, 1450, true);
         assert_eq!(e.lease_subnet(), lease);
+    }
+
+    #[test]
+    fn ipv6_first_usable_and_layouts() {
+        let sn: Ipv6Net = "fd00:42:0:7::/64".parse().unwrap();
+        assert_eq!(first_usable_v6(sn).to_string(), "fd00:42:0:7::1/64");
+        let cfg = NetworkConfig::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:42::/48"}"#).unwrap();
+        let lease = Lease {
+            subnet: EMPTY_IPV4_SUBNET,
+            ipv6_subnet: Some(sn),
+            attrs: crate::etcd::registry::LeaseAttrs::host_gw(Ipv4Addr::UNSPECIFIED),
+            etcd_lease: 0,
+            expiration: None,
+        };
+        let env = SubnetEnv::for_lease(&cfg, &lease, 1450, true);
+        let text = env.render();
+        assert_eq!(text, "FLANNEL_IPV6_NETWORK=fd00:42::/48\nFLANNEL_IPV6_SUBNET=fd00:42:0:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n");
+        let back = SubnetEnv::parse(&text, Path::new("x")).unwrap();
+        assert_eq!(back, env);
+        assert!(!back.has_ipv4());
+        assert_eq!(back.ipv6_lease_subnet(), Some(sn));
     }
 
     #[test]

@@ -5,13 +5,14 @@
 //! round trips where they hold: what we write reads back identically, and
 //! what flanneld writes (Go's `json.Marshal` field order and spelling,
 //! field names in any case, unknown fields) parses to what it means.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use overlay_agent::config::NetworkConfig;
 use overlay_agent::etcd::registry::{
-    format_mac, parse_mac, parse_subnet_key, subnet_key, Lease, LeaseAttrs, RegistryError,
+    format_mac, lease_key, parse_lease_key, parse_mac, parse_subnet_key, subnet_key, Lease, LeaseAttrs,
+    RegistryError, EMPTY_IPV4_SUBNET,
 };
 use overlay_agent::subnet_env::{parse_vars, SubnetEnv, SubnetEnvError};
 use proptest::prelude::*;
@@ -48,7 +49,8 @@ fn field_name() -> impl Strategy<Value = String> {
     let known = prop::sample::select(vec![
         "PublicIP", "PublicIPv6", "BackendType", "BackendData", "VNI", "VtepMAC", "Network", "SubnetLen",
         "SubnetMin", "SubnetMax", "EnableIPv4", "EnableIPv6", "IPv6Network", "Backend", "Type", "Port", "MTU",
-        "DirectRouting", "GBP", "Learning", "EnableNFTables",
+        "DirectRouting", "GBP", "Learning", "EnableNFTables", "BackendV6Data", "IPv6SubnetLen", "IPv6SubnetMin",
+        "IPv6SubnetMax",
     ]);
     prop_oneof![
         3 => (known, any::<u64>()).prop_map(|(k, bits)| random_case(k, bits)),
@@ -63,6 +65,7 @@ fn interesting_string() -> impl Strategy<Value = String> {
         any::<String>(),
         "[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}(/[0-9]{1,3})?",
         "[0-9a-fA-F+-]{1,3}(:[0-9a-fA-F+-]{1,3}){4,6}",
+        "[0-9a-f]{0,4}(:{1,2}[0-9a-f]{0,4}){1,7}(/[0-9]{1,3})?",
         prop::sample::select(vec!["vxlan", "host-gw", "udp", "", "VXLAN", "ipip", "wireguard", "true", "false"])
             .prop_map(str::to_string),
     ]
@@ -85,18 +88,31 @@ fn any_ipv4() -> impl Strategy<Value = Ipv4Addr> {
     any::<u32>().prop_map(Ipv4Addr::from)
 }
 
+fn any_ipv6() -> impl Strategy<Value = Ipv6Addr> {
+    any::<u128>().prop_map(Ipv6Addr::from)
+}
+
 fn any_attrs() -> impl Strategy<Value = LeaseAttrs> {
     (
-        any_ipv4(),
+        (any_ipv4(), prop::option::of(any_ipv6())),
         prop_oneof![Just(String::new()), Just("vxlan".to_string()), Just("host-gw".to_string()), any::<String>()],
-        prop::option::of(any::<u32>()),
-        prop::option::of(any_mac()),
+        (prop::option::of(any::<u32>()), prop::option::of(any_mac())),
+        (prop::option::of(any::<u32>()), prop::option::of(any_mac())),
     )
-        .prop_map(|(public_ip, backend_type, vni, vtep_mac)| LeaseAttrs { public_ip, backend_type, vni, vtep_mac })
+        .prop_map(|((public_ip, public_ipv6), backend_type, (vni, vtep_mac), (v6_vni, v6_vtep_mac))| {
+            let mut a = LeaseAttrs::host_gw(public_ip);
+            (a.public_ipv6, a.backend_type) = (public_ipv6, backend_type);
+            (a.vni, a.vtep_mac, a.v6_vni, a.v6_vtep_mac) = (vni, vtep_mac, v6_vni, v6_vtep_mac);
+            a
+        })
 }
 
 fn any_subnet() -> impl Strategy<Value = Ipv4Net> {
     (any_ipv4(), 0u8..=32).prop_map(|(a, l)| Ipv4Net::new(a, l).unwrap().trunc())
+}
+
+fn any_subnet6() -> impl Strategy<Value = Ipv6Net> {
+    (any_ipv6(), 1u8..=128).prop_map(|(a, l)| Ipv6Net::new(a, l).unwrap().trunc())
 }
 
 /// What a bad lease value's error must say: that it is about a lease value
@@ -171,8 +187,44 @@ proptest! {
             fields.reverse();
         }
         let text = format!("{{{}}}", fields.join(","));
-        let want = LeaseAttrs { public_ip: ip, backend_type: "vxlan".into(), vni, vtep_mac: Some(mac) };
+        let want = LeaseAttrs { vni, ..LeaseAttrs::vxlan(ip, 0, mac) };
         prop_assert_eq!(LeaseAttrs::from_json(&text), Ok(want), "{}", text);
+    }
+
+    /// flanneld's dual-stack and IPv6-only values (its vxlan backend's
+    /// `newSubnetAttrs`), field names in any case: both halves parse.
+    #[test]
+    fn flanneld_dual_stack_lease_values_parse(
+        ip in prop::option::of(any_ipv4()),
+        ip6 in any_ipv6(),
+        vni in 0u32..=16_777_215,
+        mac in any_mac(),
+        mac6 in any_mac(),
+        bits in any::<u64>(),
+    ) {
+        let name = |n: &str, shift: u32| random_case(n, bits >> shift);
+        let bd = |m: &[u8; 6]| format!("{{\"{}\":{vni},\"{}\":\"{}\"}}", name("VNI", 1), name("VtepMAC", 5), format_mac(m));
+        let mut fields = vec![
+            format!("\"{}\":\"{}\"", name("PublicIP", 9), ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            format!("\"{}\":\"{ip6}\"", name("PublicIPv6", 17)),
+            format!("\"{}\":\"vxlan\"", name("BackendType", 27)),
+        ];
+        if ip.is_some() {
+            fields.push(format!("\"{}\":{}", name("BackendData", 38), bd(&mac)));
+        }
+        fields.push(format!("\"{}\":{}", name("BackendV6Data", 49), bd(&mac6)));
+        let text = format!("{{{}}}", fields.join(","));
+        let want = LeaseAttrs::for_node(
+            overlay_agent::config::BackendType::Vxlan,
+            vni,
+            ip.map(|ip| (ip, mac)),
+            Some((ip6, mac6)),
+        );
+        prop_assert_eq!(LeaseAttrs::from_json(&text), Ok(want.clone()), "{}", text);
+        // And we write exactly that (Go's field order) when the names are flannel's.
+        if bits == 0 {
+            prop_assert_eq!(want.to_json(), text.to_string());
+        }
     }
 
     #[test]
@@ -194,6 +246,11 @@ proptest! {
     #[test]
     fn lease_keys(prefix in "(/[a-z.]{1,8}){0,3}/?", subnet in any_subnet(), junk in any::<String>(), value in any::<Vec<u8>>()) {
         let key = subnet_key(&prefix, subnet);
+        if subnet == EMPTY_IPV4_SUBNET {
+            // No subnet at all (the IPv4 part of IPv6-only keys, alone): not a lease.
+            prop_assert_eq!(parse_subnet_key(&prefix, &key), None);
+            return Ok(());
+        }
         prop_assert_eq!(parse_subnet_key(&prefix, &key), Some(subnet), "{}", key);
         let dual = format!("{key}&fd00:{:x}::-64", subnet.addr().octets()[3]);
         prop_assert_eq!(parse_subnet_key(&prefix, &dual), Some(subnet), "{}", dual);
@@ -205,6 +262,28 @@ proptest! {
                 let msg = e.to_string();
                 prop_assert!(msg.contains(&key), "{} does not name the key {}", msg, key);
             }
+        }
+    }
+
+    /// Dual-stack and IPv6-only keys: what we write reads back as both
+    /// subnets; near misses of the IPv6 part are refused, never a panic.
+    #[test]
+    fn dual_stack_lease_keys(
+        prefix in "(/[a-z.]{1,8}){0,3}/?",
+        subnet in any_subnet(),
+        subnet6 in any_subnet6(),
+        junk in "[0-9a-fA-F:.&/-]{0,40}",
+    ) {
+        let key = lease_key(&prefix, subnet, Some(subnet6));
+        prop_assert_eq!(parse_lease_key(&prefix, &key), Some((subnet, Some(subnet6))), "{}", key);
+        prop_assert_eq!(parse_subnet_key(&prefix, &key), Some(subnet), "{}", key);
+        let only6 = lease_key(&prefix, EMPTY_IPV4_SUBNET, Some(subnet6));
+        prop_assert!(only6.contains("/0.0.0.0-0&"), "{}", only6);
+        prop_assert_eq!(parse_lease_key(&prefix, &only6), Some((EMPTY_IPV4_SUBNET, Some(subnet6))));
+        let near = format!("{}&{junk}", subnet_key(&prefix, subnet));
+        if let Some((v4, v6)) = parse_lease_key(&prefix, &near) {
+            // Whatever parses is a canonical key: it is written back the same.
+            prop_assert_eq!(lease_key(&prefix, v4, v6), near);
         }
     }
 
@@ -221,6 +300,53 @@ proptest! {
         if let Err(e) = NetworkConfig::parse(&v.to_string()) {
             let msg = e.to_string();
             prop_assert!(msg.starts_with("network config"), "unclear error {:?}", msg);
+        }
+    }
+
+    /// Dual-stack and IPv6-only net-confs: flannel's IPv6 defaults
+    /// (IPv6SubnetLen 64 from a /62 up, else prefix + 2; the second and the
+    /// last subnet), or a clear error naming an IPv6 field.
+    #[test]
+    fn flannel_ipv6_network_configs_parse(
+        addr in any::<u128>(),
+        net_len in 1u8..=126,
+        subnet_len in prop::option::of(0u8..=130),
+        ipv4 in any::<bool>(),
+        bits in any::<u64>(),
+    ) {
+        let network = Ipv6Net::new(Ipv6Addr::from(addr | (0xfd << 120)), net_len.max(8)).unwrap().trunc();
+        let mut root = Map::new();
+        if ipv4 {
+            root.insert(random_case("Network", bits), json!("10.9.0.0/16"));
+        } else {
+            root.insert(random_case("EnableIPv4", bits >> 7), json!(false));
+        }
+        root.insert(random_case("EnableIPv6", bits >> 17), json!(true));
+        root.insert(random_case("IPv6Network", bits >> 27), json!(network.to_string()));
+        if let Some(l) = subnet_len {
+            root.insert(random_case("IPv6SubnetLen", bits >> 38), json!(l));
+        }
+        let text = Value::Object(root).to_string();
+        match NetworkConfig::parse(&text) {
+            Ok(cfg) => {
+                prop_assert_eq!(cfg.enable_ipv4, ipv4);
+                let v6 = cfg.ipv6.expect("the IPv6 half");
+                prop_assert_eq!(v6.network, network);
+                let len = network.prefix_len();
+                let want = match subnet_len {
+                    None | Some(0) => if len <= 62 { 64 } else { len + 2 },
+                    Some(l) => l,
+                };
+                prop_assert_eq!(v6.subnet_len, want, "{}", text);
+                let size = 1u128 << (128 - v6.subnet_len);
+                prop_assert_eq!(u128::from(v6.subnet_min), u128::from(network.network()) + size, "{}", text);
+                prop_assert_eq!(u128::from(v6.subnet_max), u128::from(network.broadcast()) + 1 - size, "{}", text);
+                prop_assert!(v6.is_compatible_subnet(Ipv6Net::new(v6.subnet_max, v6.subnet_len).unwrap()));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(msg.contains("IPv6Network") || msg.contains("IPv6SubnetLen"), "{} -> {}", text, msg);
+            }
         }
     }
 
@@ -278,7 +404,7 @@ proptest! {
     #[test]
     fn subnet_file_bad_values(
         lines in prop::collection::vec(
-            (prop::sample::select(vec!["FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ", "FLANNEL_IPV6_SUBNET"]),
+            (prop::sample::select(vec!["FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ", "FLANNEL_IPV6_SUBNET", "FLANNEL_IPV6_NETWORK"]),
              prop::sample::select(vec!["", "export ", " "]),
              interesting_string()),
             0..8),
@@ -303,8 +429,8 @@ proptest! {
         // Dual stack: flanneld adds the IPv6 pair after the IPv4 one.
         let v6_lines = match v6 {
             Some(x) => {
-                env.ipv6_network = Some(format!("fd00:{x:x}::/48"));
-                env.ipv6_subnet = Some(format!("fd00:{x:x}:1::1/64"));
+                env.ipv6_network = Some(format!("fd00:{x:x}::/48").parse().unwrap());
+                env.ipv6_subnet = Some(format!("fd00:{x:x}:1::1/64").parse().unwrap());
                 format!("FLANNEL_IPV6_NETWORK=fd00:{x:x}::/48\nFLANNEL_IPV6_SUBNET=fd00:{x:x}:1::1/64\n")
             }
             None => String::new(),

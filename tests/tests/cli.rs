@@ -404,6 +404,8 @@ fn every_flanneld_flag_works_or_is_refused() {
         ("iface-regex", &["--iface-regex=^e"], Works(|r| r.iface_regex == ["^e"])),
         ("iface-can-reach", &["--iface-can-reach=10.0.0.1"], Works(|r| r.iface_can_reach.is_some())),
         ("public-ip", &["--public-ip=192.0.2.7"], Works(|r| r.public_ip.is_some())),
+        ("public-ipv6", &["--public-ipv6=fd00::1"], Works(|r| r.public_ipv6 == Some("fd00::1".parse().unwrap()))),
+        ("iface", &["--iface=fd00:77::10"], Works(|r| r.iface == ["fd00:77::10"])),
         ("subnet-file", &["--subnet-file=/s.env"], Works(|r| r.subnet_file == std::path::Path::new("/s.env"))),
         ("subnet-lease-renew-margin", &["--subnet-lease-renew-margin=5"], Works(|r| r.subnet_lease_renew_margin == 5)),
         ("ip-masq", &["--ip-masq"], Works(|r| r.ip_masq)),
@@ -426,7 +428,6 @@ fn every_flanneld_flag_works_or_is_refused() {
         ("kube-annotation-prefix", &["--kube-annotation-prefix=x"], Refused("Kubernetes subnet manager")),
         ("net-config-path", &["--net-config-path=/n"], Refused("read from etcd")),
         ("set-node-network-unavailable", &["--set-node-network-unavailable=false"], Refused("Kubernetes subnet manager")),
-        ("public-ipv6", &["--public-ipv6=fd00::1"], Refused("IPv6 is not supported")),
         ("vmodule", &["--vmodule=foo=2"], Refused("use -v=N")),
         ("log_backtrace_at", &["--log_backtrace_at=x.go:1"], Refused("no counterpart")),
     ];
@@ -476,6 +477,7 @@ fn empty_values_mean_unset_like_go() {
         "--etcd-certfile",
         "",
         "--public-ip=",
+        "--public-ipv6=",
         "--iface-can-reach=",
         "--etcd-username=",
     ]);
@@ -560,6 +562,8 @@ fn kube_subnet_mgr_is_refused() {
 fn bad_values_are_errors() {
     assert!(err(&["--public-ip=not-an-ip"]).contains("--public-ip"));
     assert!(err(&["--public-ip=fd00::1"]).contains("IPv4"));
+    let e = err(&["--public-ipv6=192.0.2.7"]);
+    assert!(e.contains("--public-ipv6") && e.contains("IPv6"), "{e}");
     assert!(err(&["--healthz-port=70000"]).contains("--healthz-port"));
     assert!(err(&["--iptables-resync=0"]).contains("at least 1 second"));
     assert!(err(&["--healthz-ip=x"]).contains("--healthz-ip"));

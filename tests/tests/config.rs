@@ -1,7 +1,7 @@
 //! flannel's network config: every default, every check, the error messages,
 //! and reading it from a real etcd (missing key, invalid value).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use overlay_agent::config::{BackendConfig, BackendType, ConfigError, NetworkConfig};
 use overlay_agent::etcd::{EtcdError, EtcdSettings, SubnetManager};
@@ -144,12 +144,9 @@ fn network_checks() {
     assert_mentions(&e, &["Network", "banana"]);
     let e = error(r#"{"Network":["10.0.0.0/16"]}"#);
     assert_mentions(&e, &["Network", "10.0.0.0/16"]);
+    // An IPv6 CIDR in Network: named, and where it goes instead.
     let e = error(r#"{"Network":"fd00::/48"}"#);
-    assert_mentions(&e, &["Network", "fd00::/48", "IPv6"]);
-    assert!(matches!(
-        NetworkConfig::parse(r#"{"Network":"fd00::/48"}"#),
-        Err(ConfigError::Ipv6NotSupported { .. })
-    ));
+    assert_mentions(&e, &["Network", "fd00::/48", "IPv6Network", "EnableIPv6"]);
     let e = error("not json");
     assert_mentions(&e, &["JSON"]);
     let e = error(r#""10.0.0.0/16""#);
@@ -158,13 +155,38 @@ fn network_checks() {
 
 #[test]
 fn ipv6_and_ipv4_switches() {
-    let e = error(r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#);
-    assert_mentions(&e, &["EnableIPv6", "true", "not supported yet"]);
+    // The issue's config, as a new user writes it: dual stack, flannel's defaults.
+    let c = parse(r#"{"Network":"10.70.0.0/16","EnableIPv6":true,"IPv6Network":"fd70::/48","Backend":{"Type":"vxlan"}}"#);
+    assert!(c.enable_ipv4 && c.enable_ipv6);
+    let v6 = c.ipv6.as_ref().expect("the IPv6 half");
+    assert_eq!(v6.network, "fd70::/48".parse().unwrap());
+    assert_eq!(v6.subnet_len, 64, "IPv6SubnetLen defaults to 64");
+    assert_eq!(v6.subnet_min, "fd70:0:0:1::".parse::<Ipv6Addr>().unwrap(), "the second /64");
+    assert_eq!(v6.subnet_max, "fd70:0:0:ffff::".parse::<Ipv6Addr>().unwrap(), "the last /64");
+    // Explicit values, checked as flannel checks them.
+    let c = parse(r#"{"Network":"10.70.0.0/16","EnableIPv6":true,"IPv6Network":"fd70::/56","IPv6SubnetLen":60,"IPv6SubnetMin":"fd70:0:0:10::","IPv6SubnetMax":"fd70:0:0:f0::"}"#);
+    let v6 = c.ipv6.unwrap();
+    assert_eq!((v6.subnet_len, v6.candidate_subnets().count()), (60, 15));
+    // IPv6-only: no Network needed; IPv4 disabled.
+    let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd71::/48","Backend":{"Type":"vxlan"}}"#);
+    assert!(!c.enable_ipv4 && c.enable_ipv6);
+    assert_eq!(c.ipv4_network(), None);
     // EnableIPv6 false is fine, and IPv6 fields are then ignored.
     let c = parse(r#"{"Network":"10.0.0.0/16","EnableIPv6":false,"IPv6Network":"fd00::/48"}"#);
     assert!(!c.enable_ipv6);
+    assert_eq!(c.ipv6, None);
+    // Errors name the field once, without repeating themselves.
+    let e = error(r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#);
+    assert_mentions(&e, &["IPv6Network", "missing", "EnableIPv6"]);
+    assert_eq!(e.matches("IPv6Network").count(), 1, "{e}");
+    let e = error(r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":47}"#);
+    assert_mentions(&e, &["IPv6SubnetLen", "47", "four subnets"]);
+    let e = error(r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:1::5"}"#);
+    assert_mentions(&e, &["IPv6SubnetMin", "fd00:0:0:1::5", "boundary"]);
+    let e = error(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fe80::/64"}"#);
+    assert_mentions(&e, &["IPv6Network", "fe80::/64", "link-local"]);
     let e = error(r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#);
-    assert_mentions(&e, &["EnableIPv4", "false"]);
+    assert_mentions(&e, &["EnableIPv4", "false", "EnableIPv6"]);
     let e = error(r#"{"Network":"10.0.0.0/16","EnableIPv6":"yes"}"#);
     assert_mentions(&e, &["EnableIPv6", "yes"]);
 }

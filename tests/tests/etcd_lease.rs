@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::Ipv4Net;
-use overlay_agent::config::NetworkConfig;
+use ipnet::{Ipv4Net, Ipv6Net};
+use overlay_agent::config::{BackendType, NetworkConfig};
 use overlay_agent::etcd::{
-    spawn_lease_keeper, subnet_key, EtcdError, EtcdSettings, Lease, LeaseAttrs, SubnetManager,
+    spawn_lease_keeper, spawn_lease_watch, subnet_key, EtcdError, EtcdSettings, Lease, LeaseAttrs, LeaseEvent,
+    PreviousSubnets, SubnetManager,
 };
 use overlay_tests::etcd::Etcd;
 
@@ -355,4 +356,225 @@ async fn acquiring_from_an_out_of_date_listing_lists_again() {
     assert_eq!(stored, node(9).to_json());
     let other = etcd.get(&subnet_key(PREFIX, net("10.30.1.0/24"))).unwrap();
     assert_eq!(other, Some(node(1).to_json()), "the other node's lease is left alone");
+}
+
+// ---- dual stack and IPv6-only (issue #15) ----
+
+const DUAL_CONFIG: &str = r#"{"Network":"10.50.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:50::/48","Backend":{"Type":"vxlan"}}"#;
+
+fn net6(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+/// Node `i` of a dual-stack vxlan cluster: its two VtepMACs differ.
+fn dual_node(i: u8) -> LeaseAttrs {
+    LeaseAttrs::for_node(
+        BackendType::Vxlan,
+        1,
+        Some((Ipv4Addr::new(192, 168, 64, i), [0x0e, 0, 0, 0, 0, i])),
+        Some((format!("fd00:64::{i}").parse().unwrap(), [0x0e, 0, 0, 0, 6, i])),
+    )
+}
+
+/// Node `i` of an IPv6-only vxlan cluster.
+fn v6_node(i: u8) -> LeaseAttrs {
+    LeaseAttrs::for_node(BackendType::Vxlan, 1, None, Some((format!("fd00:64::{i}").parse().unwrap(), [0x0e, 0, 0, 0, 6, i])))
+}
+
+/// A dual-stack lease is one key holding both subnets, with exactly the
+/// value flanneld writes; a restarted node finds it (and both VtepMACs) by
+/// its PublicIP and reuses it, renews it, and after a release asks for the
+/// same two subnets again from its subnet file.
+#[tokio::test]
+async fn dual_stack_lease_is_flannels_key_and_value_and_is_reused() {
+    let (etcd, mgr, cfg) = setup(DUAL_CONFIG).await;
+    let attrs = dual_node(3);
+    let lease = mgr.acquire(&cfg, &attrs, None).await.unwrap();
+    let v6 = lease.ipv6_subnet.expect("an IPv6 subnet");
+    assert!(cfg.is_compatible_subnet(lease.subnet), "{}", lease.subnet);
+    assert!(cfg.is_compatible_ipv6_subnet(Some(v6)), "{v6}");
+    let key = format!("{PREFIX}/subnets/{}-24&{}-64", lease.subnet.addr(), v6.addr());
+    let want = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:03"}}"#;
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap(), vec![(key.clone(), want.to_string())]);
+    assert_eq!(ttl_of(&mgr, lease.etcd_lease).await.1, 86400);
+
+    // A restart: found by PublicIP with both VtepMACs, reused as it is.
+    let mgr2 = SubnetManager::new(settings(&etcd)).await.unwrap();
+    let listing = mgr2.list().await.unwrap();
+    let own = mgr2.find_own_lease_for(&listing, attrs.public_ip, None).await.unwrap().expect("own lease");
+    assert_eq!((own.subnet, own.ipv6_subnet), (lease.subnet, lease.ipv6_subnet));
+    assert_eq!((own.attrs.vtep_mac, own.attrs.v6_vtep_mac), (attrs.vtep_mac, attrs.v6_vtep_mac));
+    let again = mgr2.acquire_from(Some(&listing), &cfg, &own.attrs, None).await.unwrap();
+    assert_eq!((again.subnet, again.ipv6_subnet, again.etcd_lease), (lease.subnet, lease.ipv6_subnet, lease.etcd_lease));
+    let renewed = mgr2.renew(&again).await.unwrap();
+    assert_eq!(renewed.etcd_lease, lease.etcd_lease);
+    assert_eq!(etcd.get(&key).unwrap().as_deref(), Some(want));
+
+    // Released (the key is gone), then started again with the subnet
+    // file's two subnets: the same pair.
+    mgr2.release(&again).await.unwrap();
+    assert!(etcd.get(&key).unwrap().is_none());
+    let previous = PreviousSubnets { ipv4: Some(lease.subnet), ipv6: lease.ipv6_subnet };
+    let back = mgr2.acquire(&cfg, &attrs, previous).await.unwrap();
+    assert_eq!((back.subnet, back.ipv6_subnet), (lease.subnet, lease.ipv6_subnet));
+    assert_ne!(back.etcd_lease, lease.etcd_lease, "a new etcd lease");
+}
+
+/// A mixed cluster: IPv4-only leases of old nodes (flannel's value without
+/// PublicIPv6) next to dual-stack ones are all listed with their parts; a
+/// new node avoids every taken IPv4 and IPv6 subnet, and running out of
+/// either is said clearly.
+#[tokio::test]
+async fn mixed_ipv4_only_and_dual_leases_are_listed_and_avoided() {
+    let (etcd, mgr, cfg) = setup(
+        r#"{"Network":"10.51.0.0/16","SubnetMin":"10.51.1.0","SubnetMax":"10.51.3.0","EnableIPv6":true,"IPv6Network":"fc00:51::/48","IPv6SubnetMin":"fc00:51:0:1::","IPv6SubnetMax":"fc00:51:0:2::"}"#,
+    )
+    .await;
+    let old = r#"{"PublicIP":"192.168.64.1","BackendType":"vxlan","BackendData":{"VtepMAC":"0e:00:00:00:00:01"}}"#;
+    etcd.put(&format!("{PREFIX}/subnets/10.51.1.0-24"), old).unwrap();
+    etcd.put(&format!("{PREFIX}/subnets/10.51.2.0-24&fc00:51:0:1::-64"), &dual_node(2).to_json()).unwrap();
+    let (mut leases, _) = mgr.list_leases().await.unwrap();
+    leases.sort_by_key(|l| l.subnet);
+    let parts: Vec<_> = leases.iter().map(|l| (l.subnet, l.ipv6_subnet, l.attrs.public_ipv6)).collect();
+    assert_eq!(
+        parts,
+        [
+            (net("10.51.1.0/24"), None, None),
+            (net("10.51.2.0/24"), Some(net6("fc00:51:0:1::/64")), Some("fd00:64::2".parse().unwrap())),
+        ]
+    );
+    assert_eq!(leases[0].attrs.vtep_mac, Some([0x0e, 0, 0, 0, 0, 1]));
+    assert_eq!(leases[1].attrs.v6_vtep_mac, Some([0x0e, 0, 0, 0, 6, 2]));
+    // The lease watch (what the daemon follows) says the same; a stray
+    // IPv6-only lease, which has no IPv4 subnet in this IPv4 network, is
+    // skipped, not taken for the whole IPv4 space.
+    etcd.put(&format!("{PREFIX}/subnets/0.0.0.0-0&fc00:51:0:7::-64"), &v6_node(8).to_json()).unwrap();
+    let mut rx = spawn_lease_watch(settings(&etcd), cfg.clone());
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap() {
+        LeaseEvent::Snapshot(mut got) => {
+            got.sort_by_key(|l| l.subnet);
+            assert_eq!(got, leases, "the watch's Snapshot");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(rx);
+    etcd.delete(&format!("{PREFIX}/subnets/0.0.0.0-0&fc00:51:0:7::-64")).unwrap();
+
+    // The one free pair left.
+    let l = mgr.acquire(&cfg, &dual_node(3), None).await.unwrap();
+    assert_eq!((l.subnet, l.ipv6_subnet), (net("10.51.3.0/24"), Some(net6("fc00:51:0:2::/64"))));
+    assert!(etcd.get(&format!("{PREFIX}/subnets/10.51.3.0-24&fc00:51:0:2::-64")).unwrap().is_some());
+    let e = mgr.acquire(&cfg, &dual_node(4), None).await.unwrap_err().to_string();
+    assert!(e.contains("out of subnets") && e.contains("10.51.0.0/16"), "{e}");
+
+    // IPv4 room but no IPv6 room: the IPv6 range is named.
+    etcd.put(&format!("{PREFIX}/config"), r#"{"Network":"10.51.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:51::/48","IPv6SubnetMin":"fc00:51:0:1::","IPv6SubnetMax":"fc00:51:0:2::"}"#).unwrap();
+    let cfg = mgr.network_config().await.unwrap();
+    let e = mgr.acquire(&cfg, &dual_node(5), None).await.unwrap_err();
+    assert!(matches!(e, EtcdError::OutOfIpv6Subnets { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("IPv6Network fc00:51::/48") && e.contains("fc00:51:0:2::"), "{e}");
+}
+
+/// An IPv6-only node's lease: flannel's `0.0.0.0-0&<v6>-<len>` key and
+/// `"PublicIP":"0.0.0.0"` value without BackendData. Every such lease has
+/// that PublicIP, so a node finds its own by PublicIPv6 (flanneld would
+/// take the first IPv6-only lease it lists for its own).
+#[tokio::test]
+async fn ipv6_only_leases_are_flannels_and_found_by_public_ipv6() {
+    let (etcd, mgr, cfg) = setup(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:52::/48","Backend":{"Type":"vxlan"}}"#).await;
+    let a = mgr.acquire(&cfg, &v6_node(1), None).await.unwrap();
+    assert_eq!(a.ipv4_subnet(), None);
+    let a6 = a.ipv6_subnet.unwrap();
+    let key_a = format!("{PREFIX}/subnets/0.0.0.0-0&{}-64", a6.addr());
+    assert_eq!(
+        etcd.get(&key_a).unwrap().as_deref(),
+        Some(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:01"}}"#)
+    );
+    let b = mgr.acquire(&cfg, &v6_node(2), None).await.unwrap();
+    assert_ne!(b.ipv6_subnet, a.ipv6_subnet, "node 2 took node 1's lease");
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 2);
+    // Each finds its own again.
+    let listing = mgr.list().await.unwrap();
+    let own = mgr.find_own_lease_for(&listing, Ipv4Addr::UNSPECIFIED, Some("fd00:64::2".parse().unwrap())).await.unwrap();
+    assert_eq!(own.map(|l| l.ipv6_subnet), Some(b.ipv6_subnet));
+    let again = mgr.acquire(&cfg, &v6_node(1), None).await.unwrap();
+    assert_eq!((again.ipv6_subnet, again.etcd_lease), (a.ipv6_subnet, a.etcd_lease));
+    let renewed = mgr.renew(&again).await.unwrap();
+    assert_eq!(renewed.etcd_lease, a.etcd_lease);
+    // A previous IPv6 subnet (from the subnet file) is asked for again.
+    mgr.release(&again).await.unwrap();
+    assert!(etcd.get(&key_a).unwrap().is_none());
+    let back = mgr.acquire(&cfg, &v6_node(1), PreviousSubnets { ipv4: None, ipv6: Some(a6) }).await.unwrap();
+    assert_eq!(back.ipv6_subnet, Some(a6));
+}
+
+/// IPv6 enabled on a running IPv4 cluster: the node's IPv4-only lease no
+/// longer fits, and is replaced by a dual one with the same IPv4 subnet
+/// (flanneld deletes it and takes a random one: the node's pods move).
+#[tokio::test]
+async fn enabling_ipv6_keeps_a_nodes_ipv4_subnet() {
+    let (etcd, mgr, cfg) = setup(r#"{"Network":"10.53.0.0/16"}"#).await;
+    let v4 = mgr.acquire(&cfg, &node(7), None).await.unwrap();
+    etcd.put(&format!("{PREFIX}/config"), r#"{"Network":"10.53.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:53::/48"}"#).unwrap();
+    let cfg = mgr.network_config().await.unwrap();
+    let attrs = LeaseAttrs { public_ipv6: Some("fd00:64::7".parse().unwrap()), v6_vni: Some(1), v6_vtep_mac: Some([0x0e, 0, 0, 0, 6, 7]), ..node(7) };
+    let dual = mgr.acquire(&cfg, &attrs, None).await.unwrap();
+    assert_eq!(dual.subnet, v4.subnet, "the IPv4 subnet moved");
+    assert!(dual.ipv6_subnet.is_some());
+    let keys: Vec<String> = etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, [dual.key(PREFIX)], "the IPv4-only key is gone");
+}
+
+/// The keeper of a dual-stack lease renews the dual key and takes the same
+/// pair back when the key is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_keeps_a_dual_stack_lease() {
+    let (etcd, mut mgr, cfg) = setup(DUAL_CONFIG).await;
+    mgr.set_lease_ttl(Duration::from_secs(2));
+    let attrs = dual_node(1);
+    let lease = mgr.acquire(&cfg, &attrs, None).await.unwrap();
+    let key = lease.key(PREFIX);
+    assert!(key.contains('&'), "{key}");
+    let mut rx = spawn_lease_keeper(mgr, cfg.clone(), lease.clone(), Duration::from_secs(3600), attrs.clone());
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(etcd.get(&key).unwrap().as_deref(), Some(attrs.to_json().as_str()), "key survived 2x its TTL");
+    etcd.delete(&key).unwrap();
+    wait_for("the dual key to be back", Duration::from_secs(10), || etcd.get(&key).unwrap().is_some()).await;
+    let now = rx.borrow_and_update().clone();
+    assert_eq!((now.subnet, now.ipv6_subnet), (lease.subnet, lease.ipv6_subnet));
+}
+
+/// Dual-stack keys differ per pair, so put-if-absent alone would let two
+/// nodes starting at once share an IPv4 subnet (with different IPv6 ones),
+/// or an IPv6 subnet: flanneld does. Twelve nodes for twelve pairs, all at
+/// once: every half is handed out once, and an IPv4-only node of a mixed
+/// cluster racing them does not share its subnet either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nodes_acquire_concurrently_without_sharing_a_half() {
+    let (etcd, _mgr, cfg) = setup(
+        r#"{"Network":"10.54.0.0/16","SubnetMin":"10.54.1.0","SubnetMax":"10.54.13.0","EnableIPv6":true,"IPv6Network":"fc00:54::/48","IPv6SubnetMin":"fc00:54:0:1::","IPv6SubnetMax":"fc00:54:0:c::"}"#,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 1..=12u8 {
+        let s = settings(&etcd);
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move { SubnetManager::new(s).await?.acquire(&cfg, &dual_node(i), None).await }));
+    }
+    // An old IPv4-only node (flannel's IPv4 key) taking the 13th IPv4 subnet.
+    let v4cfg = NetworkConfig::parse(r#"{"Network":"10.54.0.0/16","SubnetMin":"10.54.1.0","SubnetMax":"10.54.13.0"}"#).unwrap();
+    let s = settings(&etcd);
+    let old = tokio::spawn(async move { SubnetManager::new(s).await?.acquire(&v4cfg, &node(99), None).await });
+    let mut v4 = HashSet::new();
+    let mut v6 = HashSet::new();
+    for t in tasks {
+        let l = t.await.unwrap().expect("every node gets a lease");
+        assert!(v4.insert(l.subnet), "{} handed out twice", l.subnet);
+        assert!(v6.insert(l.ipv6_subnet.unwrap()), "{:?} handed out twice", l.ipv6_subnet);
+    }
+    let old = old.await.unwrap().expect("the IPv4-only node gets a lease");
+    assert!(v4.insert(old.subnet), "{} shared with the IPv4-only node", old.subnet);
+    assert_eq!((v4.len(), v6.len()), (13, 12));
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 13);
 }

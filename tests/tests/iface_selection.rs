@@ -12,7 +12,10 @@
 //! route out of eth0 and:
 //! - up1 (MTU 1400): 169.254.50.2/16, then 198.18.77.2/24
 //! - up2 (MTU 1300): 172.31.5.2/24, then 172.31.6.2/24, and a route
-//!   198.51.100.0/24 via 172.31.6.1 src 172.31.6.2
+//!   198.51.100.0/24 via 172.31.6.1 src 172.31.6.2; fd00:31::2/64
+//!
+//! (The IPv6 side of the choice, for networks enabling IPv6, is in
+//! `dual_stack_control.rs`.)
 use std::time::Duration;
 
 use overlay_tests::agent::{Agent, AgentOptions, Launch};
@@ -44,6 +47,7 @@ fn launch(etcd: &Etcd, flags: &[&str], env: &[(&str, &str)]) -> (Testbed, Agent,
              ip addr add 172.31.5.2/24 dev up2
              ip addr add 172.31.6.2/24 dev up2
              ip route add 198.51.100.0/24 via 172.31.6.1 dev up2 src 172.31.6.2
+             ip -6 addr add fd00:31::2/64 dev up2 nodad
              ip route add unreachable 203.0.113.0/24
              ip route add default dev eth0",
         )
@@ -112,6 +116,16 @@ fn iface_by_address_takes_that_address() {
     assert!(uplink_line(&c.log).contains("uplink up2 (172.31.6.2/24"), "{}", uplink_line(&c.log));
 }
 
+/// flanneld's `--iface` may name an IPv6 address: the interface carrying
+/// it, whose IPv4 address an IPv4 network uses.
+#[test]
+fn iface_by_ipv6_address_takes_that_interface() {
+    let etcd = Etcd::start().unwrap();
+    let c = choose(&etcd, &["--iface=fd00:31::2"]);
+    assert_eq!((c.public_ip.as_str(), c.mtu), ("172.31.5.2", 1250), "{}", uplink_line(&c.log));
+    assert!(uplink_line(&c.log).contains("uplink up2 "), "{}", uplink_line(&c.log));
+}
+
 #[test]
 fn iface_regex_matches_addresses_then_names() {
     let etcd = Etcd::start().unwrap();
@@ -160,6 +174,8 @@ fn no_usable_interface_is_a_clear_error() {
         (&["--iface=lo"][..], "--iface lo: the interface has no usable IPv4 address"),
         (&["--iface-regex=^zz"][..], "no interface matches --iface-regex"),
         (&["--iface-can-reach=203.0.113.1"][..], "203.0.113.1"),
+        (&["--iface=fd00:99::1"][..], "--iface fd00:99::1: no such interface"),
+        (&["--iface-can-reach=fd00:31::9"][..], "an IPv6 address, but the network config enables IPv4"),
     ] {
         let (_tb, mut agent, _) = launch(&etcd, flags, &[]);
         let status = agent.wait_exit(Duration::from_secs(20));

@@ -5,10 +5,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+use overlay_agent::config::NetworkConfig;
+use overlay_agent::etcd::{Lease, LeaseAttrs, PreviousSubnets, EMPTY_IPV4_SUBNET};
 use overlay_agent::subnet_env::{
-    first_usable, lease_from_flannel_subnet, parse_vars, read_previous_lease, SubnetEnv,
-    SubnetEnvError,
+    first_usable, lease_from_flannel_subnet, parse_vars, read_previous_lease, read_previous_subnets,
+    SubnetEnv, SubnetEnvError,
 };
 
 /// A scratch folder, removed when dropped.
@@ -17,6 +19,10 @@ fn scratch(tag: &str) -> tempfile::TempDir {
 }
 
 fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn net6(s: &str) -> Ipv6Net {
     s.parse().unwrap()
 }
 
@@ -38,8 +44,8 @@ fn render_is_flannels_format() {
     );
     // flanneld puts the IPv6 pair right after the IPv4 pair
     let mut d = example();
-    d.ipv6_network = Some("fd00:42::/48".into());
-    d.ipv6_subnet = Some("fd00:42:0:1::1/64".into());
+    d.ipv6_network = Some(net6("fd00:42::/48"));
+    d.ipv6_subnet = Some(net6("fd00:42:0:1::1/64"));
     assert_eq!(
         d.render(),
         "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_IPV6_NETWORK=fd00:42::/48\n\
@@ -136,8 +142,8 @@ fn read_round_trip() {
         example(),
         SubnetEnv::from_lease(net("10.244.0.0/16"), net("10.244.8.0/24"), 1450, false),
         SubnetEnv {
-            ipv6_network: Some("fd00::/48".into()),
-            ipv6_subnet: Some("fd00:0:0:5::1/64".into()),
+            ipv6_network: Some(net6("fd00::/48")),
+            ipv6_subnet: Some(net6("fd00:0:0:5::1/64")),
             ..SubnetEnv::from_lease(net("10.1.0.0/16"), net("10.1.16.0/21"), 8950, true)
         },
     ] {
@@ -233,4 +239,84 @@ fn read_errors_name_the_problem() {
     assert!(matches!(e, SubnetEnvError::Io { .. }), "{e:?}");
     assert!(e.to_string().contains("nope.env"));
     assert_eq!(read_previous_lease(&missing), None);
+}
+
+fn lease(v4: Option<&str>, v6: Option<&str>) -> Lease {
+    Lease {
+        subnet: v4.map_or(EMPTY_IPV4_SUBNET, net),
+        ipv6_subnet: v6.map(net6),
+        attrs: LeaseAttrs::host_gw("192.168.1.2".parse().unwrap()),
+        etcd_lease: 0,
+        expiration: None,
+    }
+}
+
+/// The file for a dual-stack lease is flanneld's (IPv6 pair after the IPv4
+/// pair, each subnet's first address), and what a restart reads back from
+/// it asks for both subnets again.
+#[test]
+fn dual_stack_file_is_flannels_and_gives_both_previous_subnets() {
+    let tmp = scratch("dual");
+    let path = tmp.path().join("subnet.env");
+    let cfg = NetworkConfig::parse(r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:42::/48"}"#).unwrap();
+    let env = SubnetEnv::for_lease(&cfg, &lease(Some("10.42.7.0/24"), Some("fd00:42:0:7::/64")), 1450, true);
+    env.write_atomic(&path).unwrap();
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.7.1/24\nFLANNEL_IPV6_NETWORK=fd00:42::/48\n\
+         FLANNEL_IPV6_SUBNET=fd00:42:0:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    );
+    assert_eq!(SubnetEnv::read(&path).unwrap(), env);
+    assert_eq!(
+        read_previous_subnets(&path),
+        PreviousSubnets { ipv4: Some(net("10.42.7.0/24")), ipv6: Some(net6("fd00:42:0:7::/64")) }
+    );
+    // An IPv4-only config writes no IPv6 pair, even for a dual lease.
+    let v4cfg = NetworkConfig::parse(r#"{"Network":"10.42.0.0/16"}"#).unwrap();
+    let env = SubnetEnv::for_lease(&v4cfg, &lease(Some("10.42.7.0/24"), Some("fd00:42:0:7::/64")), 1450, true);
+    assert_eq!(env, SubnetEnv::from_lease(net("10.42.0.0/16"), net("10.42.7.0/24"), 1450, true));
+}
+
+/// flanneld's IPv6-only file has no IPv4 pair; it reads back, and a restart
+/// asks for the IPv6 subnet again.
+#[test]
+fn ipv6_only_file_has_no_ipv4_pair() {
+    let tmp = scratch("v6only");
+    let path = tmp.path().join("subnet.env");
+    let cfg = NetworkConfig::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:42::/48"}"#).unwrap();
+    let env = SubnetEnv::for_lease(&cfg, &lease(None, Some("fd00:42:0:9::/64")), 1430, false);
+    env.write_atomic(&path).unwrap();
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "FLANNEL_IPV6_NETWORK=fd00:42::/48\nFLANNEL_IPV6_SUBNET=fd00:42:0:9::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"
+    );
+    let back = SubnetEnv::read(&path).unwrap();
+    assert_eq!(back, env);
+    assert!(!back.has_ipv4());
+    assert_eq!(read_previous_subnets(&path), PreviousSubnets { ipv4: None, ipv6: Some(net6("fd00:42:0:9::/64")) });
+    assert_eq!(read_previous_lease(&path), None);
+}
+
+#[test]
+fn bad_ipv6_values_name_the_key() {
+    let tmp = scratch("bad6");
+    let path = tmp.path().join("subnet.env");
+    let base = "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    for (extra, key, says) in [
+        ("FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=fd00::1\n", "FLANNEL_IPV6_SUBNET", "fd00::1"),
+        ("FLANNEL_IPV6_NETWORK=fd00::/48\nFLANNEL_IPV6_SUBNET=10.0.0.1/24\n", "FLANNEL_IPV6_SUBNET", "10.0.0.1"),
+        ("FLANNEL_IPV6_NETWORK=fd00::/129\nFLANNEL_IPV6_SUBNET=fd00::1/64\n", "FLANNEL_IPV6_NETWORK", "fd00::/129"),
+        ("FLANNEL_IPV6_SUBNET=fd00::1/64\n", "FLANNEL_IPV6_NETWORK", "no FLANNEL_IPV6_NETWORK"),
+    ] {
+        fs::write(&path, format!("{base}{extra}")).unwrap();
+        let e = SubnetEnv::read(&path).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+    // A file with neither pair names the IPv4 key it lacks.
+    fs::write(&path, "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap();
+    let e = SubnetEnv::read(&path).unwrap_err().to_string();
+    assert!(e.contains("FLANNEL_SUBNET"), "{e}");
+    // A bad IPv6 line does not cost a restart the IPv4 subnet.
+    fs::write(&path, format!("{base}FLANNEL_IPV6_SUBNET=junk\n")).unwrap();
+    assert_eq!(read_previous_subnets(&path), PreviousSubnets { ipv4: Some(net("10.42.0.0/24")), ipv6: None });
 }

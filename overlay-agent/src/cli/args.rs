@@ -101,6 +101,10 @@ pub struct RunArgs {
     #[arg(long = "public-ip", value_name = "IP", value_parser = parse_ipv4, help_heading = "Interface selection")]
     pub public_ip: Option<Ipv4Addr>,
 
+    /// IPv6 accessible by other nodes for inter-host communication, with "EnableIPv6" (default: the interface's IPv6 address)
+    #[arg(long = "public-ipv6", value_name = "IP", value_parser = parse_ipv6, help_heading = "Interface selection")]
+    pub public_ipv6: Option<Ipv6Addr>,
+
     /// filename where env variables (subnet, MTU, ...) will be written to
     #[arg(long = "subnet-file", value_name = "PATH", default_value = DEFAULT_SUBNET_FILE)]
     pub subnet_file: PathBuf,
@@ -195,11 +199,6 @@ pub struct CompatArgs {
     #[serde(skip)]
     pub kube_subnet_mgr: bool,
 
-    /// NOT SUPPORTED (IPv6 is not supported): an error when set
-    #[arg(long = "public-ipv6", value_name = "IP", value_parser = parse_ipv6, help_heading = REFUSED)]
-    #[serde(skip)]
-    pub public_ipv6: Option<Ipv6Addr>,
-
     /// NOT SUPPORTED (klog per-Go-file verbosity): an error when set; use -v or RUST_LOG
     #[arg(long = "vmodule", value_name = "SPEC", help_heading = REFUSED)]
     #[serde(skip)]
@@ -276,12 +275,6 @@ impl CompatArgs {
                 "this agent uses etcd for subnet leases; drop the flag and point --etcd-endpoints / \
                  --etcd-prefix at the cluster's etcd"
                     .to_owned(),
-            ));
-        }
-        if let Some(ip) = self.public_ipv6 {
-            return Some((
-                "public-ipv6",
-                format!("{ip}: IPv6 is not supported (the agent is IPv4-only, like a net-conf without EnableIPv6); remove it"),
             ));
         }
         if self.vmodule.as_deref().is_some_and(|v| !v.is_empty()) {

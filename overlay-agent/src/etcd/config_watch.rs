@@ -116,6 +116,7 @@ pub fn difference(running: &NetworkConfig, value: Option<&[u8]>) -> Option<Strin
     field("SubnetMax", running.subnet_max.to_string(), new.subnet_max.to_string());
     field("EnableIPv4", running.enable_ipv4.to_string(), new.enable_ipv4.to_string());
     field("EnableIPv6", running.enable_ipv6.to_string(), new.enable_ipv6.to_string());
+    field("IPv6 settings", format!("{:?}", running.ipv6), format!("{:?}", new.ipv6));
     field("Backend", format!("{:?}", running.backend), format!("{:?}", new.backend));
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }

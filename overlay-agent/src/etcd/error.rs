@@ -1,11 +1,11 @@
 //! Errors of the etcd side. Every message names the key (or endpoints) and the
 //! problem, and says what to do when there is something to do.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::config::ConfigError;
 use crate::etcd::backoff::Transient;
@@ -91,6 +91,20 @@ pub enum EtcdError {
         subnet_min: Ipv4Addr,
         subnet_max: Ipv4Addr,
         total: u64,
+        subnets: String,
+    },
+
+    #[error(
+        "out of IPv6 subnets: all /{subnet_len} subnets of IPv6Network {network} between \
+         IPv6SubnetMin {subnet_min} and IPv6SubnetMax {subnet_max} are leased (or overlap a lease) \
+         under {subnets}; delete stale leases there or enlarge IPv6Network / the \
+         IPv6SubnetMin..IPv6SubnetMax range"
+    )]
+    OutOfIpv6Subnets {
+        network: Ipv6Net,
+        subnet_len: u8,
+        subnet_min: Ipv6Addr,
+        subnet_max: Ipv6Addr,
         subnets: String,
     },
 

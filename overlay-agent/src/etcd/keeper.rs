@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::config::NetworkConfig;
 use crate::etcd::backoff::Backoff;
 use crate::etcd::error::{describe, EtcdError};
-use crate::etcd::lease::{Own, SubnetManager};
+use crate::etcd::lease::{Own, PreviousSubnets, SubnetManager};
 use crate::etcd::registry::{Lease, LeaseAttrs};
 
 /// Background task keeping our lease. Renews at expiry minus `renew_margin`
@@ -81,7 +81,7 @@ impl Keeper {
     /// Keeps `lease` (renewing it, watching its key) until that needs
     /// something else.
     async fn keep(&self, lease: &mut Lease, backoff: &mut Backoff) -> Next {
-        let key = self.mgr.lease_key(lease.subnet);
+        let key = self.mgr.key_of(lease);
         let checked = tokio::select! {
             _ = self.tx.closed() => return Next::Closed,
             c = backoff.retry_all(format!("checking our lease {key}"), || self.check_and_watch(lease, &key)) => c,
@@ -157,7 +157,7 @@ impl Keeper {
                             }
                             EventType::Put => {
                                 match LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value())) {
-                                    Ok(a) if a.public_ip == self.attrs.public_ip => {
+                                    Ok(a) if a.same_node(&self.attrs) => {
                                         if kv.lease() != lease.etcd_lease {
                                             lease.etcd_lease = kv.lease();
                                             self.publish(lease, true);
@@ -165,7 +165,7 @@ impl Keeper {
                                     }
                                     other => {
                                         let what = match other {
-                                            Ok(a) => format!("PublicIP {}", a.public_ip),
+                                            Ok(a) => a.node_address(),
                                             Err(e) => format!("an invalid value ({e})"),
                                         };
                                         log::warn!(
@@ -210,15 +210,15 @@ impl Keeper {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let l = tokio::select! {
             _ = self.tx.closed() => return None,
-            l = backoff.retry_all("acquiring a lease", || self.mgr.acquire(&self.cfg, &self.attrs, Some(old.subnet))) => l,
+            l = backoff.retry_all("acquiring a lease", || self.mgr.acquire(&self.cfg, &self.attrs, previous(old))) => l,
         };
-        if l.subnet == old.subnet {
-            log::info!("took lease {} back", self.mgr.lease_key(l.subnet));
+        if l.subnet == old.subnet && l.ipv6_subnet == old.ipv6_subnet {
+            log::info!("took lease {} back", self.mgr.key_of(&l));
         } else {
             log::warn!(
                 "lease {} could not be taken back; now using {}",
-                self.mgr.lease_key(old.subnet),
-                self.mgr.lease_key(l.subnet)
+                self.mgr.key_of(old),
+                self.mgr.key_of(&l)
             );
         }
         if old.etcd_lease != 0 && old.etcd_lease != l.etcd_lease {
@@ -233,7 +233,11 @@ impl Keeper {
     fn publish(&self, lease: &Lease, notify: bool) {
         let l = lease.clone();
         self.tx.send_if_modified(|cur| {
-            let changed = notify || cur.subnet != l.subnet || cur.attrs != l.attrs || cur.etcd_lease != l.etcd_lease;
+            let changed = notify
+                || cur.subnet != l.subnet
+                || cur.ipv6_subnet != l.ipv6_subnet
+                || cur.attrs != l.attrs
+                || cur.etcd_lease != l.etcd_lease;
             *cur = l;
             changed
         });
@@ -246,6 +250,14 @@ impl Keeper {
             _ = self.tx.closed() => Next::Closed,
             _ = backoff.wait() => Next::Recheck,
         }
+    }
+}
+
+/// The subnets of a lost lease, to take back first.
+fn previous(old: &Lease) -> PreviousSubnets {
+    PreviousSubnets {
+        ipv4: old.ipv4_subnet(),
+        ipv6: old.ipv6_subnet,
     }
 }
 
@@ -281,6 +293,7 @@ mod tests {
         let attrs = LeaseAttrs::host_gw(Ipv4Addr::LOCALHOST);
         let mut l = Lease {
             subnet: "10.0.1.0/24".parse().unwrap(),
+            ipv6_subnet: None,
             attrs,
             etcd_lease: 1,
             expiration: None,
@@ -306,6 +319,7 @@ mod tests {
         let (wall, now) = (SystemTime::now(), Instant::now());
         let l = Lease {
             subnet: "10.0.1.0/24".parse().unwrap(),
+            ipv6_subnet: None,
             attrs,
             etcd_lease: 1,
             expiration: Some(wall + Duration::from_secs(24 * 3600)),

@@ -10,6 +10,18 @@
 //!   value is updated if our attributes changed, its etcd lease kept and
 //!   refreshed); the previous subnet (from the subnet file) if valid and free;
 //!   else a random one among the first 100 free subnets from SubnetMin;
+//! - dual stack: one lease holds both subnets (`10.5.52.0-24&fc00::-64`),
+//!   each picked as above from its own range (flannel: both free); an
+//!   IPv6-only node's lease is `0.0.0.0-0&fc00::-64` and is found by its
+//!   PublicIPv6 (all of them carry PublicIP `0.0.0.0`). Better than flannel:
+//!   a previous subnet is kept per family (flannel drops both when one does
+//!   not fit), and a lease of ours whose IPv6 part no longer fits (IPv6 just
+//!   enabled) keeps its IPv4 subnet (flannel takes a new one); and a
+//!   subnet is never shared after a race: keys differ per pair (and mixed
+//!   clusters hold IPv4-only keys too), so creating also requires that no
+//!   key holds our IPv4 subnet, and a node that finds its IPv6 subnet
+//!   created by another node first gives it up (flannel's put-if-absent
+//!   lets both keep it);
 //! - renew at expiry minus the renew margin (a keep-alive of the same etcd
 //!   lease: the TTL goes back to the granted 86400 s);
 //! - reservations (a key an administrator put without an etcd lease) are used
@@ -19,17 +31,21 @@
 //! shared and cheap to clone), so callers can wrap them in retry closures.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::hash::Hash;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
 use crate::config::NetworkConfig;
 use crate::etcd::client::{Conn, EtcdSettings};
 use crate::etcd::error::{is_lease_not_found, EtcdError};
-use crate::etcd::registry::{config_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError};
+use crate::etcd::registry::{
+    config_key, lease_key, parse_lease_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
+    EMPTY_IPV4_SUBNET,
+};
 
 /// flannel's lease TTL: 24 h.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -39,13 +55,29 @@ pub const MAX_ACQUIRE_ATTEMPTS: u32 = 16;
 /// A new subnet is picked at random among this many first free ones.
 const RANDOM_POOL: usize = 100;
 
-/// One key under `<prefix>/subnets/` as listed: its subnet (the key parsed)
+/// One key under `<prefix>/subnets/` as listed: its subnets (the key parsed)
 /// and its value (parsed, or why not).
 struct Entry {
     key: String,
     subnet: Ipv4Net,
+    ipv6_subnet: Option<Ipv6Net>,
     lease: Result<Lease, RegistryError>,
     mod_revision: i64,
+    create_revision: i64,
+}
+
+/// The subnets this node held before (from the subnet file), to take again
+/// when still free and valid. Each family on its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreviousSubnets {
+    pub ipv4: Option<Ipv4Net>,
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl From<Option<Ipv4Net>> for PreviousSubnets {
+    fn from(ipv4: Option<Ipv4Net>) -> Self {
+        PreviousSubnets { ipv4, ipv6: None }
+    }
 }
 
 /// Every key under `<prefix>/subnets/` as of one etcd revision, as etcd
@@ -112,9 +144,14 @@ impl SubnetManager {
         self.conn.settings.normalized_prefix()
     }
 
-    /// The key of `subnet`'s lease.
+    /// The key of `subnet`'s (IPv4-only) lease.
     pub fn lease_key(&self, subnet: Ipv4Net) -> String {
         subnet_key(&self.conn.settings.prefix, subnet)
+    }
+
+    /// The key of `lease` (dual-stack and IPv6-only keys included).
+    pub fn key_of(&self, lease: &Lease) -> String {
+        lease.key(&self.conn.settings.prefix)
     }
 
     /// A handle on the underlying client (cheap clone).
@@ -184,7 +221,7 @@ impl SubnetManager {
                 Ok(k) => k.to_string(),
                 Err(_) => continue,
             };
-            let subnet = match crate::etcd::registry::parse_subnet_key(prefix, &key) {
+            let (subnet, ipv6_subnet) = match parse_lease_key(prefix, &key) {
                 Some(s) => s,
                 None => {
                     log::debug!("ignoring {key:?}: not a subnet lease key");
@@ -195,8 +232,10 @@ impl SubnetManager {
             out.push(Entry {
                 key,
                 subnet,
+                ipv6_subnet,
                 lease,
                 mod_revision: kv.mod_revision(),
+                create_revision: kv.create_revision(),
             });
         }
         out
@@ -224,18 +263,35 @@ impl SubnetManager {
         listing: &LeaseListing,
         public_ip: Ipv4Addr,
     ) -> Result<Option<Lease>, EtcdError> {
+        self.find_own_lease_for(listing, public_ip, None).await
+    }
+
+    /// The lease of the node with these public addresses (PublicIP, or
+    /// PublicIPv6 for an IPv6-only node whose `public_ip` is `0.0.0.0`), as
+    /// [`LeaseAttrs::same_node`] matches: where the agent reads the
+    /// VtepMACs (IPv4's and IPv6's) it keeps across restarts.
+    pub async fn find_own_lease_for(
+        &self,
+        listing: &LeaseListing,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+    ) -> Result<Option<Lease>, EtcdError> {
+        let ours = LeaseAttrs {
+            public_ipv6,
+            ..LeaseAttrs::host_gw(public_ip)
+        };
         let mut found = self
             .entries(listing)
             .into_iter()
             .filter_map(|e| e.lease.ok())
-            .filter(|l| l.attrs.public_ip == public_ip);
+            .filter(|l| l.attrs.same_node(&ours));
         let mut lease = match found.next() {
             Some(l) => l,
             None => return Ok(None),
         };
         if lease.etcd_lease != 0 {
             let id = lease.etcd_lease;
-            let key = self.lease_key(lease.subnet);
+            let key = self.key_of(&lease);
             let ttl = self
                 .conn
                 .run("lease time-to-live", &key, move |mut c, _| async move {
@@ -255,9 +311,9 @@ impl SubnetManager {
         &self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        previous_subnet: Option<Ipv4Net>,
+        previous: impl Into<PreviousSubnets>,
     ) -> Result<Lease, EtcdError> {
-        self.acquire_from(None, cfg, attrs, previous_subnet).await
+        self.acquire_from(None, cfg, attrs, previous).await
     }
 
     /// [`acquire`](Self::acquire), whose first attempt decides from `listing`
@@ -270,10 +326,10 @@ impl SubnetManager {
         listing: Option<&LeaseListing>,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        previous_subnet: Option<Ipv4Net>,
+        previous: impl Into<PreviousSubnets>,
     ) -> Result<Lease, EtcdError> {
         let mut granted: Option<(i64, i64)> = None;
-        let result = self.acquire_inner(listing, cfg, attrs, previous_subnet, &mut granted).await;
+        let result = self.acquire_inner(listing, cfg, attrs, previous.into(), &mut granted).await;
         if let Some((id, _)) = granted {
             let used = matches!(&result, Ok(l) if l.etcd_lease == id);
             if !used {
@@ -288,42 +344,45 @@ impl SubnetManager {
         mut listing: Option<&LeaseListing>,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        previous_subnet: Option<Ipv4Net>,
+        previous: PreviousSubnets,
         granted: &mut Option<(i64, i64)>,
     ) -> Result<Lease, EtcdError> {
         let value = attrs.to_json();
-        let mut preferred = previous_subnet;
+        let mut preferred = previous;
         for attempt in 1..=MAX_ACQUIRE_ATTEMPTS {
             // Only the first attempt may use the given listing: a retry
             // follows a change made since, which it must see.
             let entries = self.entries_of(listing.take()).await?;
 
-            // 1. A lease that already carries our PublicIP.
+            // 1. A lease that already carries our PublicIP (IPv6-only: PublicIPv6).
             let mut reuse: Option<&Entry> = None;
+            let mut deleted: HashSet<&str> = HashSet::new();
             for e in &entries {
                 let Ok(l) = &e.lease else { continue };
-                if l.attrs.public_ip != attrs.public_ip {
+                if !l.attrs.same_node(attrs) {
                     continue;
                 }
-                if !cfg.is_compatible_subnet(l.subnet) {
+                if !cfg.is_compatible_subnet(l.subnet) || !cfg.is_compatible_ipv6_subnet(l.ipv6_subnet) {
                     log::info!(
-                        "lease {} carries our PublicIP {} but does not fit the network config \
-                         (Network {}, /{} between {} and {}); deleting it",
+                        "lease {} carries our {} but does not fit the network config ({}); deleting it",
                         e.key,
-                        attrs.public_ip,
-                        cfg.network,
-                        cfg.subnet_len,
-                        cfg.subnet_min,
-                        cfg.subnet_max
+                        attrs.node_address(),
+                        describe_ranges(cfg)
                     );
-                    self.delete_if_unchanged(&e.key, e.mod_revision).await?;
+                    if self.delete_if_unchanged(&e.key, e.mod_revision).await? {
+                        deleted.insert(&e.key);
+                    }
+                    // IPv6 just enabled (or disabled): keep the IPv4 subnet.
+                    if cfg.enable_ipv4 && cfg.is_compatible_subnet(l.subnet) && preferred.ipv4.is_none() {
+                        preferred.ipv4 = Some(l.subnet);
+                    }
                 } else if reuse.is_none() {
                     reuse = Some(e);
                 } else {
                     log::warn!(
-                        "lease {} also carries our PublicIP {}; using {} and leaving it to expire",
+                        "lease {} also carries our {}; using {} and leaving it to expire",
                         e.key,
-                        attrs.public_ip,
+                        attrs.node_address(),
                         reuse.map(|r| r.key.as_str()).unwrap_or("")
                     );
                 }
@@ -332,52 +391,53 @@ impl SubnetManager {
                 match self.reuse(e, attrs, &value).await? {
                     Some(lease) => return Ok(lease),
                     None => {
-                        preferred = Some(e.subnet);
+                        preferred = PreviousSubnets {
+                            ipv4: cfg.enable_ipv4.then_some(e.subnet),
+                            ipv6: e.ipv6_subnet,
+                        };
                         continue;
                     }
                 }
             }
 
-            // 2. The previous subnet, 3. a random free one.
-            let taken = Taken::new(entries.iter().map(|e| e.subnet));
-            let mut chosen = None;
-            if let Some(p) = preferred {
-                if !cfg.is_compatible_subnet(p) {
-                    log::warn!(
-                        "previous subnet {p} does not fit the network config (Network {}, /{} \
-                         between {} and {}); ignoring it",
-                        cfg.network,
-                        cfg.subnet_len,
-                        cfg.subnet_min,
-                        cfg.subnet_max
-                    );
-                    preferred = None;
-                } else if taken.overlaps(p) {
-                    log::info!("previous subnet {p} is leased by another node; picking another");
-                    preferred = None;
-                } else {
-                    chosen = Some(p);
+            // 2. The previous subnets, 3. random free ones; per family.
+            let live = || entries.iter().filter(|e| !deleted.contains(e.key.as_str()));
+            let subnet = if cfg.enable_ipv4 {
+                let taken = Taken::new(live().map(|e| e.subnet).filter(|s| *s != EMPTY_IPV4_SUBNET));
+                let p = preferred.ipv4.take();
+                let chosen = p.filter(|p| keep_previous(*p, cfg.is_compatible_subnet(*p), &taken, || describe_ranges(cfg)));
+                preferred.ipv4 = chosen;
+                match chosen {
+                    Some(s) => s,
+                    None => pick_random(cfg.candidate_subnets(), &taken).ok_or_else(|| EtcdError::OutOfSubnets {
+                        network: cfg.network,
+                        subnet_len: cfg.subnet_len,
+                        subnet_min: cfg.subnet_min,
+                        subnet_max: cfg.subnet_max,
+                        total: cfg.subnet_count(),
+                        subnets: subnets_prefix(&self.conn.settings.prefix),
+                    })?,
                 }
-            }
-            let subnet = match chosen {
-                Some(s) => s,
-                None => {
-                    let free: Vec<Ipv4Net> = cfg
-                        .candidate_subnets()
-                        .filter(|s| !taken.overlaps(*s))
-                        .take(RANDOM_POOL)
-                        .collect();
-                    if free.is_empty() {
-                        return Err(EtcdError::OutOfSubnets {
-                            network: cfg.network,
-                            subnet_len: cfg.subnet_len,
-                            subnet_min: cfg.subnet_min,
-                            subnet_max: cfg.subnet_max,
-                            total: cfg.subnet_count(),
+            } else {
+                EMPTY_IPV4_SUBNET
+            };
+            let ipv6_subnet = match &cfg.ipv6 {
+                None => None,
+                Some(v6) => {
+                    let taken = Taken::new(live().filter_map(|e| e.ipv6_subnet));
+                    let p = preferred.ipv6.take();
+                    let chosen = p.filter(|p| keep_previous(*p, v6.is_compatible_subnet(*p), &taken, || describe_ranges(cfg)));
+                    preferred.ipv6 = chosen;
+                    Some(match chosen {
+                        Some(s) => s,
+                        None => pick_random(v6.candidate_subnets(), &taken).ok_or_else(|| EtcdError::OutOfIpv6Subnets {
+                            network: v6.network,
+                            subnet_len: v6.subnet_len,
+                            subnet_min: v6.subnet_min,
+                            subnet_max: v6.subnet_max,
                             subnets: subnets_prefix(&self.conn.settings.prefix),
-                        });
-                    }
-                    free[rand::rng().random_range(0..free.len())]
+                        })?,
+                    })
                 }
             };
 
@@ -390,22 +450,44 @@ impl SubnetManager {
                     g
                 }
             };
-            let key = self.lease_key(subnet);
-            if self.create(&key, &value, lease_id).await? {
+            let key = lease_key(&self.conn.settings.prefix, subnet, ipv6_subnet);
+            let created = match self.create(&key, &value, lease_id, subnet).await? {
+                // The IPv4 half was guarded by the transaction; the IPv6
+                // half cannot be (it is not a key prefix): of two nodes that
+                // took it at once, the later one gives it up.
+                Some(rev) => match ipv6_subnet {
+                    Some(sn) if self.ipv6_taken_before(&key, sn, rev).await? => {
+                        log::info!("IPv6 subnet {sn} was taken by another node at the same time; trying another");
+                        self.delete_if_unchanged(&key, rev).await?;
+                        preferred.ipv6 = None;
+                        continue;
+                    }
+                    _ => true,
+                },
+                None => false,
+            };
+            if created {
                 log::info!(
-                    "acquired lease {key} for PublicIP {} (etcd lease {lease_id:x}, TTL {ttl} s)",
-                    attrs.public_ip
+                    "acquired lease {key} for {} (etcd lease {lease_id:x}, TTL {ttl} s)",
+                    attrs.node_address()
                 );
                 return Ok(Lease {
                     subnet,
+                    ipv6_subnet,
                     attrs: attrs.clone(),
                     etcd_lease: lease_id,
                     expiration: Some(SystemTime::now() + Duration::from_secs(ttl.max(0) as u64)),
                 });
             }
-            log::info!("subnet {subnet} was taken by another node meanwhile (attempt {attempt}); trying another");
-            if preferred == Some(subnet) {
-                preferred = None;
+            // The key exists: another node took this pair (or its IPv6-only
+            // twin) meanwhile. Keys differ per pair, so a half taken by a
+            // key with another other half shows up in the next listing.
+            log::info!("{key} was taken by another node meanwhile (attempt {attempt}); trying another");
+            if preferred.ipv4 == Some(subnet) || !cfg.enable_ipv4 {
+                preferred.ipv4 = None;
+            }
+            if preferred.ipv6 == ipv6_subnet {
+                preferred.ipv6 = None;
             }
         }
         Err(EtcdError::TooManyConflicts {
@@ -451,13 +533,14 @@ impl SubnetManager {
             None
         };
         log::info!(
-            "reusing lease {} (found with our PublicIP {}{})",
+            "reusing lease {} (found with our {}{})",
             e.key,
-            attrs.public_ip,
+            attrs.node_address(),
             if etcd_lease == 0 { ", a reservation" } else { "" }
         );
         Ok(Some(Lease {
             subnet: e.subnet,
+            ipv6_subnet: e.ipv6_subnet,
             attrs: attrs.clone(),
             etcd_lease,
             expiration,
@@ -468,7 +551,7 @@ impl SubnetManager {
     /// the key was deleted, now carries another PublicIP, or its etcd lease
     /// expired: the caller should acquire again.
     pub async fn renew(&self, lease: &Lease) -> Result<Lease, EtcdError> {
-        let key = self.lease_key(lease.subnet);
+        let key = self.key_of(lease);
         let (own, _) = self.check_own(lease).await?;
         let etcd_lease = match own {
             Own::Lost(reason) => return Err(EtcdError::LeaseLost { key, reason }),
@@ -503,7 +586,7 @@ impl SubnetManager {
     /// Gives our lease up (`cleanup --release-lease`): deletes the key if it
     /// is still ours and revokes its etcd lease.
     pub async fn release(&self, lease: &Lease) -> Result<(), EtcdError> {
-        let key = self.lease_key(lease.subnet);
+        let key = self.key_of(lease);
         let resp = self
             .conn
             .run("read", &key, |mut c, k| async move { c.get(k, None).await })
@@ -514,7 +597,7 @@ impl SubnetManager {
         }
         if let Some(kv) = resp.kvs().first() {
             let ours = LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value()))
-                .map(|a| a.public_ip == lease.attrs.public_ip)
+                .map(|a| a.same_node(&lease.attrs))
                 .unwrap_or(false);
             if ours {
                 if kv.lease() != 0 && !ids.contains(&kv.lease()) {
@@ -523,7 +606,7 @@ impl SubnetManager {
                 self.delete_if_unchanged(&key, kv.mod_revision()).await?;
                 log::info!("released lease {key}");
             } else {
-                log::warn!("lease {key} no longer carries our PublicIP {}; leaving it", lease.attrs.public_ip);
+                log::warn!("lease {key} no longer carries our {}; leaving it", lease.attrs.node_address());
                 ids.retain(|id| *id != kv.lease());
             }
         }
@@ -537,7 +620,7 @@ impl SubnetManager {
 
     /// Reads our key: is it still ours? Also returns the header revision.
     pub(super) async fn check_own(&self, lease: &Lease) -> Result<(Own, i64), EtcdError> {
-        let key = self.lease_key(lease.subnet);
+        let key = self.key_of(lease);
         let resp = self
             .conn
             .run("read", &key, |mut c, k| async move { c.get(k, None).await })
@@ -548,8 +631,8 @@ impl SubnetManager {
             Some(kv) => kv,
         };
         match LeaseAttrs::from_json(&String::from_utf8_lossy(kv.value())) {
-            Ok(a) if a.public_ip == lease.attrs.public_ip => Ok((Own::Ours { etcd_lease: kv.lease() }, rev)),
-            Ok(a) => Ok((Own::Lost(format!("the key now carries PublicIP {}", a.public_ip)), rev)),
+            Ok(a) if a.same_node(&lease.attrs) => Ok((Own::Ours { etcd_lease: kv.lease() }, rev)),
+            Ok(a) => Ok((Own::Lost(format!("the key now carries {}", a.node_address())), rev)),
             Err(e) => Ok((Own::Lost(format!("the key now holds an invalid value ({e})")), rev)),
         }
     }
@@ -564,23 +647,37 @@ impl SubnetManager {
         Ok((resp.id(), resp.ttl()))
     }
 
-    /// Put-if-absent. `Ok(false)` when the key exists.
-    async fn create(&self, key: &str, value: &str, lease_id: i64) -> Result<bool, EtcdError> {
+    /// Put-if-absent, and only if no other key holds `subnet` (IPv4): the
+    /// IPv4-only key `…/A-L` and every dual-stack key `…/A-L&…` (a mixed
+    /// cluster has both kinds). The revision of the put, `None` when any of
+    /// them exists.
+    async fn create(&self, key: &str, value: &str, lease_id: i64, subnet: Ipv4Net) -> Result<Option<i64>, EtcdError> {
         let val = value.to_string();
+        let v4_guard = (subnet != EMPTY_IPV4_SUBNET).then(|| subnet_key(&self.conn.settings.prefix, subnet));
         let resp = self
             .conn
             .run("create", key, move |mut c, k| {
+                let mut when = vec![Compare::version(k.clone(), CompareOp::Equal, 0)];
+                if let Some(v4) = &v4_guard {
+                    when.push(Compare::version(v4.clone(), CompareOp::Equal, 0));
+                    when.push(Compare::version(format!("{v4}&"), CompareOp::Equal, 0).with_prefix());
+                }
                 let txn = Txn::new()
-                    .when(vec![Compare::version(k.clone(), CompareOp::Equal, 0)])
-                    .and_then(vec![TxnOp::put(
-                        k,
-                        val.clone(),
-                        Some(PutOptions::new().with_lease(lease_id)),
-                    )]);
+                    .when(when)
+                    .and_then(vec![TxnOp::put(k, val.clone(), Some(PutOptions::new().with_lease(lease_id)))]);
                 async move { c.txn(txn).await }
             })
             .await?;
-        Ok(resp.succeeded())
+        Ok(resp.succeeded().then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Whether a key other than `key` (ours, created at `revision`) holds an
+    /// IPv6 subnet overlapping `sn` and was created first.
+    async fn ipv6_taken_before(&self, key: &str, sn: Ipv6Net, revision: i64) -> Result<bool, EtcdError> {
+        let entries = self.entries(&self.list().await?);
+        Ok(entries.iter().any(|e| {
+            e.key != key && e.create_revision < revision && e.ipv6_subnet.is_some_and(|t| Subnet::overlaps(&t, &sn))
+        }))
     }
 
     async fn delete_if_unchanged(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
@@ -655,30 +752,81 @@ impl SubnetManager {
     }
 }
 
-/// The subnets in use, for overlap checks: same-length ones hashed, the
-/// (rare) others scanned.
-struct Taken {
-    by_net: HashSet<Ipv4Net>,
-    all: Vec<Ipv4Net>,
+/// A subnet of either family, for [`Taken`] and [`pick_random`].
+trait Subnet: Copy + Eq + Hash + std::fmt::Display {
+    fn overlaps(&self, other: &Self) -> bool;
 }
 
-impl Taken {
-    fn new(subnets: impl Iterator<Item = Ipv4Net>) -> Taken {
-        let all: Vec<Ipv4Net> = subnets.collect();
+impl Subnet for Ipv4Net {
+    fn overlaps(&self, other: &Self) -> bool {
+        self.contains(&other.network()) || other.contains(&self.network())
+    }
+}
+
+impl Subnet for Ipv6Net {
+    fn overlaps(&self, other: &Self) -> bool {
+        self.contains(&other.network()) || other.contains(&self.network())
+    }
+}
+
+/// The subnets in use, for overlap checks: same-length ones hashed, the
+/// (rare) others scanned.
+struct Taken<S> {
+    by_net: HashSet<S>,
+    all: Vec<S>,
+}
+
+impl<S: Subnet> Taken<S> {
+    fn new(subnets: impl Iterator<Item = S>) -> Taken<S> {
+        let all: Vec<S> = subnets.collect();
         Taken {
             by_net: all.iter().copied().collect(),
             all,
         }
     }
 
-    fn overlaps(&self, sn: Ipv4Net) -> bool {
-        if self.by_net.contains(&sn) {
-            return true;
-        }
-        self.all
-            .iter()
-            .any(|t| t.contains(&sn.network()) || sn.contains(&t.network()))
+    fn overlaps(&self, sn: S) -> bool {
+        self.by_net.contains(&sn) || self.all.iter().any(|t| t.overlaps(&sn))
     }
+}
+
+/// Whether a previous subnet may be taken again (it fits the config and no
+/// lease holds it); says why not when not.
+fn keep_previous<S: Subnet>(p: S, compatible: bool, taken: &Taken<S>, ranges: impl Fn() -> String) -> bool {
+    if !compatible {
+        log::warn!("previous subnet {p} does not fit the network config ({}); ignoring it", ranges());
+        false
+    } else if taken.overlaps(p) {
+        log::info!("previous subnet {p} is leased by another node; picking another");
+        false
+    } else {
+        true
+    }
+}
+
+/// A random one among the first [`RANDOM_POOL`] free candidates (flannel's
+/// choice), `None` when none is free.
+fn pick_random<S: Subnet>(candidates: impl Iterator<Item = S>, taken: &Taken<S>) -> Option<S> {
+    let free: Vec<S> = candidates.filter(|s| !taken.overlaps(*s)).take(RANDOM_POOL).collect();
+    (!free.is_empty()).then(|| free[rand::rng().random_range(0..free.len())])
+}
+
+/// The ranges leases are taken from, for messages.
+fn describe_ranges(cfg: &NetworkConfig) -> String {
+    let mut parts = Vec::new();
+    if cfg.enable_ipv4 {
+        parts.push(format!(
+            "Network {}, /{} between {} and {}",
+            cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max
+        ));
+    }
+    if let Some(v6) = &cfg.ipv6 {
+        parts.push(format!(
+            "IPv6Network {}, /{} between {} and {}",
+            v6.network, v6.subnet_len, v6.subnet_min, v6.subnet_max
+        ));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]
@@ -687,7 +835,7 @@ mod tests {
 
     #[test]
     fn taken_overlaps() {
-        let t = Taken::new(["10.0.1.0/24", "10.0.8.0/22"].iter().map(|s| s.parse().unwrap()));
+        let t: Taken<Ipv4Net> = Taken::new(["10.0.1.0/24", "10.0.8.0/22"].iter().map(|s| s.parse().unwrap()));
         assert!(t.overlaps("10.0.1.0/24".parse().unwrap()));
         assert!(t.overlaps("10.0.9.0/24".parse().unwrap()));
         assert!(t.overlaps("10.0.0.0/16".parse().unwrap()));

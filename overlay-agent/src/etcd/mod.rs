@@ -24,10 +24,10 @@ pub use client::{connect, EtcdSettings};
 pub use config_watch::spawn_config_watch;
 pub use error::EtcdError;
 pub use keeper::spawn_lease_keeper;
-pub use lease::{LeaseListing, SubnetManager};
+pub use lease::{LeaseListing, PreviousSubnets, SubnetManager};
 pub use registry::{
-    config_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, RegistryError,
-    DEFAULT_PREFIX,
+    config_key, lease_key, parse_lease_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs,
+    RegistryError, DEFAULT_PREFIX, EMPTY_IPV4_SUBNET,
 };
 pub use status::EtcdStatus;
 pub use watch::{spawn_lease_watch, spawn_lease_watch_from, spawn_lease_watch_with_status, LeaseEvent};
