@@ -7,15 +7,16 @@
 #![no_std]
 
 pub mod maps;
+pub mod maps6;
 pub mod stats;
 
 /// Version of the pinned state layout. Part of the pin folder's name.
-pub const PIN_VERSION: u32 = 3;
+pub const PIN_VERSION: u32 = 4;
 /// Where the agent pins its maps, programs and links by default; the
 /// versioned folder is `{PIN_ROOT}/v{PIN_VERSION}`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
 /// `PIN_ROOT` + `/v` + `PIN_VERSION`, for humans and docs.
-pub const PIN_DIR: &str = "/sys/fs/bpf/overlay/v3";
+pub const PIN_DIR: &str = "/sys/fs/bpf/overlay/v4";
 
 /// Linux's default VXLAN port, which flannel uses when Backend.Port is 0
 /// (not IANA's 4789).
@@ -27,8 +28,13 @@ pub const UDP_HLEN: usize = 8;
 pub const VXLAN_HLEN: usize = 8;
 /// Bytes VXLAN adds over IPv4: outer IPv4 + UDP + VXLAN + inner Ethernet.
 pub const VXLAN_OVERHEAD: usize = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+pub const IPV6_HLEN: usize = 40;
+/// Bytes VXLAN adds over IPv6 (flannel-v6's overhead): outer IPv6 + UDP +
+/// VXLAN + inner Ethernet.
+pub const VXLAN6_OVERHEAD: usize = IPV6_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
 
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const IPPROTO_ICMP: u8 = 1;
@@ -57,9 +63,30 @@ pub mod map_names {
     /// delivering them says nothing about NAT, so they are not recorded
     /// in `KERNEL_FLOWS`.
     pub const UNLEARNT_POD_FLOWS: &str = "UNLEARNT_POD_FLOWS";
+    /// The IPv6 counterparts of the maps above (maps6.rs).
+    pub const SUBNETS6: &str = "SUBNETS6";
+    pub const NODES6: &str = "NODES6";
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    pub const CONFIG6: &str = "CONFIG6";
+    pub const KERNEL_FLOWS6: &str = "KERNEL_FLOWS6";
+    pub const UNLEARNT_POD_FLOWS6: &str = "UNLEARNT_POD_FLOWS6";
     /// Every map, all pinned in the pin folder.
-    pub const ALL: [&str; 8] =
-        [SUBNETS, NODES, ENDPOINTS, CONFIG, STATS, UNDERLAY, KERNEL_FLOWS, UNLEARNT_POD_FLOWS];
+    pub const ALL: [&str; 14] = [
+        SUBNETS,
+        NODES,
+        ENDPOINTS,
+        CONFIG,
+        STATS,
+        UNDERLAY,
+        KERNEL_FLOWS,
+        UNLEARNT_POD_FLOWS,
+        SUBNETS6,
+        NODES6,
+        ENDPOINTS6,
+        CONFIG6,
+        KERNEL_FLOWS6,
+        UNLEARNT_POD_FLOWS6,
+    ];
 }
 
 /// Names of the programs in the object.

@@ -48,9 +48,16 @@ pub enum Reason {
     /// Delivered to a local pod by the kernel (pod veth egress): recorded
     /// so that the pod's replies go back through the kernel too.
     KernelDelivered = 17,
+    /// IPv6 VXLAN, left to the kernel's VXLAN driver of the agent's device,
+    /// which builds and takes off the outer IPv6 + UDP header (it carries
+    /// the checksum IPv6 requires; ipv6/encap.rs): on the uplink, v6 VXLAN
+    /// that passed the checks on its way to the device's socket; at the
+    /// device's egress, a frame we gave a tunnel key (already counted
+    /// `encapsulated` where it was handed over) on its way into the driver.
+    PassedToVxlanDriver = 18,
 }
 
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -72,6 +79,7 @@ impl Reason {
         Reason::DropPodToTunnelPort,
         Reason::PassedKernelFlow,
         Reason::KernelDelivered,
+        Reason::PassedToVxlanDriver,
     ];
 
     /// Stable snake_case name, used by `inspect` and the metrics.
@@ -95,6 +103,7 @@ impl Reason {
             Reason::DropPodToTunnelPort => "drop_pod_to_tunnel_port",
             Reason::PassedKernelFlow => "passed_kernel_flow",
             Reason::KernelDelivered => "kernel_delivered",
+            Reason::PassedToVxlanDriver => "passed_to_vxlan_driver",
         }
     }
 

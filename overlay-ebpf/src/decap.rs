@@ -19,6 +19,7 @@ use overlay_common::{
 
 use crate::{
     flows,
+    ipv6::{self, parse::is_ipv6},
     maps::{ENDPOINTS, NODES, SUBNETS},
     parse::{eth_ipv4, in_subnet, load, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
     route::{config, decrement_ttl, set_macs},
@@ -30,6 +31,9 @@ use crate::{
 const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64;
 
 pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
+    if is_ipv6(ctx) {
+        return ipv6::decap::try_ingress(ctx);
+    }
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };
@@ -49,14 +53,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
 
     // Our VXLAN port from here on: anything wrong is dropped and counted.
     sender(ip.src)?;
-    let malformed = Outcome::drop(Reason::DropMalformed);
-    let vxlan: VxlanHdr = load(ctx, l4 + UDP_HLEN).ok_or(malformed)?;
-    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
-        return Err(malformed);
-    }
-    if vxlan.vni() != cfg.vni {
-        return Err(Outcome::drop(Reason::DropBadVni));
-    }
+    vxlan_header(ctx, l4 + UDP_HLEN, cfg.vni)?;
     let inner_eth_off = l4 + UDP_HLEN + VXLAN_HLEN;
     let inner = inner_frame(ctx, &cfg, ip.src, inner_eth_off)?;
 
@@ -64,6 +61,20 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Outcome, Outcome> {
     ctx.adjust_room(-strip, BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .map_err(|_| Outcome::drop(Reason::DropError))?;
     Ok(deliver(ctx, &cfg, &inner))
+}
+
+/// The VXLAN header at `off` must carry the I flag and `vni`.
+#[inline(always)]
+pub fn vxlan_header(ctx: &TcContext, off: usize, vni: u32) -> Result<(), Outcome> {
+    let malformed = Outcome::drop(Reason::DropMalformed);
+    let vxlan: VxlanHdr = load(ctx, off).ok_or(malformed)?;
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
+        return Err(malformed);
+    }
+    if vxlan.vni() != vni {
+        return Err(Outcome::drop(Reason::DropBadVni));
+    }
+    Ok(())
 }
 
 /// Whether the XDP program decapsulated (and checked) this frame: it left

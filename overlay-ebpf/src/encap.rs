@@ -17,6 +17,7 @@ use overlay_common::{
 
 use crate::{
     csum, direct, flows,
+    ipv6::{self, parse::is_ipv6},
     maps::SUBNETS,
     parse::{eth_ipv4, in_subnet, load, Ipv4Hdr},
     pod_guard,
@@ -40,6 +41,9 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | ((ETH_HLEN as u64 & 0xff) << 56);
 
 pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
+    if is_ipv6(ctx) {
+        return ipv6::encap::try_egress(ctx, origin);
+    }
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };
@@ -75,21 +79,38 @@ pub fn try_egress(ctx: &TcContext, origin: Origin) -> Result<Outcome, Outcome> {
         return Ok(Outcome::pass(Reason::PassedNotOurs));
     };
     let flow = flows::key(ctx, ETH_HLEN, &ip);
-    match origin {
-        Origin::Pod => {
-            if cfg.flags & config_flags::KERNEL_FORWARDING != 0 {
-                return Ok(Outcome::pass(Reason::PassedToKernel));
-            }
-            if flows::is_reply_of_kernel_flow(&flow) {
-                return Ok(Outcome::pass(Reason::PassedKernelFlow));
-            }
-        }
-        Origin::Host => flows::record(&flow),
+    if let Some(kernel) =
+        kernel_must_see(origin, cfg.flags, || flows::is_reply_of_kernel_flow(&flow), || flows::record(&flow))
+    {
+        return Ok(kernel);
     }
     match Mode::from_u8(nh.mode) {
         Some(Mode::Vxlan) => vxlan(ctx, &cfg, &nh, &ip, origin),
         Some(Mode::Direct) => direct::forward(ctx, &cfg, &nh, &ip, origin),
         None => Err(Outcome::drop(Reason::DropError)),
+    }
+}
+
+/// A packet to a remote pod takes the fast path unless the kernel must see
+/// it: a pod's with `--kernel-forwarding`, or when it answers a flow the
+/// kernel handled (`is_reply`). The host's (the kernel routed it) goes on,
+/// and its flow is recorded (`record`) so that its replies come back
+/// through the kernel. Shared by v4 and v6 (their flow keys differ).
+#[inline(always)]
+pub fn kernel_must_see(
+    origin: Origin,
+    flags: u32,
+    is_reply: impl FnOnce() -> bool,
+    record: impl FnOnce(),
+) -> Option<Outcome> {
+    match origin {
+        Origin::Pod if flags & config_flags::KERNEL_FORWARDING != 0 => Some(Outcome::pass(Reason::PassedToKernel)),
+        Origin::Pod if is_reply() => Some(Outcome::pass(Reason::PassedKernelFlow)),
+        Origin::Pod => None,
+        Origin::Host => {
+            record();
+            None
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub fn note_unlearnt_pod(key: &FlowKey) {
 }
 
 #[inline(always)]
-fn remember<const N: usize>(map: &LruHashMap<FlowKey, FlowSeen, N>, key: &FlowKey) {
+pub fn remember<K, const N: usize>(map: &LruHashMap<K, FlowSeen, N>, key: &K) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(seen) = map.get_ptr(key) {
@@ -85,6 +85,10 @@ pub fn is_reply_of_kernel_flow(key: &FlowKey) -> bool {
 /// those from anywhere else already return through the kernel.
 pub fn try_to_pod(ctx: &TcContext) -> Result<Outcome, Outcome> {
     let delivered = Outcome::pass(Reason::KernelDelivered);
+    if crate::ipv6::parse::is_ipv6(ctx) {
+        crate::ipv6::flows::on_delivery(ctx);
+        return Ok(delivered);
+    }
     let Some(cfg) = config() else {
         return Ok(Outcome::pass(Reason::PassedToKernel));
     };

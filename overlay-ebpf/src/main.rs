@@ -9,6 +9,7 @@ mod drop_log;
 mod encap;
 mod flows;
 mod guard;
+mod ipv6;
 mod maps;
 mod parse;
 mod pod_guard;

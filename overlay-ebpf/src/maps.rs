@@ -8,6 +8,7 @@ use overlay_common::{
         Endpoint, EndpointKey, FlowKey, FlowSeen, LocalConfig, NextHop, NodeEntry, NodeKey, SubnetAddr,
         UnderlayHop, UnderlayKey,
     },
+    maps6::{EndpointKey6, FlowKey6, LocalConfig6, NextHop6, NodeKey6, SubnetAddr6},
     stats::{Counter, REASON_COUNT},
     MAX_ENDPOINTS, MAX_KERNEL_FLOWS, MAX_NODES, MAX_SUBNETS, MAX_UNLEARNT_POD_FLOWS,
 };
@@ -47,4 +48,29 @@ pub static KERNEL_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_KERNEL_FLOWS as usi
 /// yet -> when (see flows.rs).
 #[btf_map]
 pub static UNLEARNT_POD_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_UNLEARNT_POD_FLOWS as usize }> =
+    LruHashMap::new();
+
+/// Remote v6 pod subnet -> next hop (the v6 maps: ipv6/).
+#[btf_map]
+pub static SUBNETS6: LpmTrie<SubnetAddr6, NextHop6, { MAX_SUBNETS as usize }> = LpmTrie::new();
+
+/// Remote node PublicIPv6 -> how many leases name it.
+#[btf_map]
+pub static NODES6: HashMap<NodeKey6, NodeEntry, { MAX_NODES as usize }> = HashMap::new();
+
+/// Local pod IPv6 -> host-side veth and pod MAC.
+#[btf_map]
+pub static ENDPOINTS6: HashMap<EndpointKey6, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// This node's v6 side (index 0).
+#[btf_map]
+pub static CONFIG6: Array<LocalConfig6, 1> = Array::new();
+
+/// v6 flows the kernel forwarded or delivered -> when last seen.
+#[btf_map]
+pub static KERNEL_FLOWS6: LruHashMap<FlowKey6, FlowSeen, { MAX_KERNEL_FLOWS as usize }> = LruHashMap::new();
+
+/// v6 flows decap handed to the kernel because their pod was not learnt yet.
+#[btf_map]
+pub static UNLEARNT_POD_FLOWS6: LruHashMap<FlowKey6, FlowSeen, { MAX_UNLEARNT_POD_FLOWS as usize }> =
     LruHashMap::new();

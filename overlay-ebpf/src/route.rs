@@ -76,20 +76,29 @@ pub fn router_checks(
     origin: Origin,
     overhead: u32,
 ) -> Result<(), Outcome> {
-    let l3_len = ctx.len().saturating_sub(ETH_HLEN as u32);
-    if !is_gso(ctx) && l3_len + overhead > cfg.uplink_mtu {
-        return Err(match origin {
-            Origin::Pod => Outcome::pass(Reason::PassedToKernel),
-            // The host's own packets already obeyed the bridge MTU; one
-            // that still does not fit cannot be helped here.
-            Origin::Host => Outcome::drop(Reason::DropTooBig),
-        });
-    }
+    fits_uplink(ctx, cfg.uplink_mtu, origin, overhead)?;
     if origin == Origin::Pod {
         if ip.ttl <= 1 {
             return Err(Outcome::pass(Reason::PassedToKernel));
         }
         decrement_ttl(ctx, ETH_HLEN, ip).map_err(|_| Outcome::drop(Reason::DropError))?;
+    }
+    Ok(())
+}
+
+/// A non-GSO packet that will not fit an uplink of `uplink_mtu` once
+/// `overhead` bytes are added: a pod's goes to the kernel (which fragments
+/// or answers "too big"), the host's is dropped.
+#[inline(always)]
+pub fn fits_uplink(ctx: &TcContext, uplink_mtu: u32, origin: Origin, overhead: u32) -> Result<(), Outcome> {
+    let l3_len = ctx.len().saturating_sub(ETH_HLEN as u32);
+    if !is_gso(ctx) && l3_len + overhead > uplink_mtu {
+        return Err(match origin {
+            Origin::Pod => Outcome::pass(Reason::PassedToKernel),
+            // The host's own packets already obeyed the route's MTU; one
+            // that still does not fit cannot be helped here.
+            Origin::Host => Outcome::drop(Reason::DropTooBig),
+        });
     }
     Ok(())
 }

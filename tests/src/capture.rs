@@ -60,6 +60,11 @@ impl Capture {
         vxlan_frames(&self.finish_raw())
     }
 
+    /// The VXLAN-over-IPv6 frames captured.
+    pub fn finish6(self) -> Vec<Vxlan6Frame> {
+        vxlan6_frames(&self.finish_raw())
+    }
+
     /// Every IPv4 frame captured, VXLAN or not.
     pub fn finish_ip(self) -> Vec<IpFrame> {
         ip_frames(&self.finish_raw())
@@ -217,4 +222,62 @@ fn decode(f: &[u8], orig_len: usize) -> Option<VxlanFrame> {
         inner_ttl: f[inner_ip + 8],
         inner_ip_len: be16(inner_ip + 2) as usize,
     })
+}
+
+/// A VXLAN frame over IPv6 (flannel-v6's wire format), as captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vxlan6Frame {
+    /// Length of the whole frame on the wire (Ethernet included).
+    pub len: usize,
+    pub outer_src: std::net::Ipv6Addr,
+    pub outer_dst: std::net::Ipv6Addr,
+    pub traffic_class: u8,
+    pub flow_label: u32,
+    pub hop_limit: u8,
+    pub payload_len: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub udp_len: u16,
+    pub udp_csum: u16,
+    pub vxlan_flags: u8,
+    pub vxlan_reserved: [u8; 4],
+    pub vni: u32,
+    pub inner_dst_mac: [u8; 6],
+    pub inner_src_mac: [u8; 6],
+    pub inner_ethertype: u16,
+}
+
+/// Every UDP/IPv6 frame (no extension headers) of an Ethernet pcap whose
+/// headers were captured whole, decoded as VXLAN.
+pub fn vxlan6_frames(pcap: &[u8]) -> Vec<Vxlan6Frame> {
+    let mut out = Vec::new();
+    for (f, len) in records(pcap) {
+        if f.len() < 14 + 40 + 8 + 8 + 14 || f[12..14] != [0x86, 0xdd] || f[20] != 17 {
+            continue;
+        }
+        let be16 = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
+        let addr = |i: usize| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[i..i + 16]).expect("16 bytes"));
+        let word = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
+        let mac = |i: usize| <[u8; 6]>::try_from(&f[i..i + 6]).expect("6 bytes");
+        out.push(Vxlan6Frame {
+            len,
+            outer_src: addr(22),
+            outer_dst: addr(38),
+            traffic_class: (word >> 20) as u8,
+            flow_label: word & 0xfffff,
+            hop_limit: f[21],
+            payload_len: be16(18),
+            sport: be16(54),
+            dport: be16(56),
+            udp_len: be16(58),
+            udp_csum: be16(60),
+            vxlan_flags: f[62],
+            vxlan_reserved: [f[63], f[64], f[65], f[69]],
+            vni: u32::from_be_bytes([0, f[66], f[67], f[68]]),
+            inner_dst_mac: mac(70),
+            inner_src_mac: mac(76),
+            inner_ethertype: be16(82),
+        });
+    }
+    out
 }

@@ -1,7 +1,9 @@
 //! Builds and inspects the frames the BPF tests feed to the programs.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 
@@ -123,4 +125,75 @@ pub fn checksum(data: &[u8]) -> u16 {
 pub fn ipv4_header_ok(ip: &[u8]) -> bool {
     let hl = ((ip[0] & 0x0f) as usize) * 4;
     ip.len() >= hl && checksum(&ip[..hl]) == 0
+}
+
+/// An IPv6 header (RFC 8200), no extension headers unless the payload
+/// starts with them (`next_hdr` names the first).
+#[derive(Clone, Debug)]
+pub struct Ipv6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub traffic_class: u8,
+    pub flow_label: u32,
+}
+
+impl Ipv6 {
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr, next_hdr: u8) -> Ipv6 {
+        Ipv6 { src, dst, next_hdr, hop_limit: 64, traffic_class: 0, flow_label: 0 }
+    }
+
+    pub fn hop_limit(mut self, hop_limit: u8) -> Self {
+        self.hop_limit = hop_limit;
+        self
+    }
+
+    pub fn build(&self, payload: &[u8]) -> Vec<u8> {
+        let word = (6u32 << 28) | ((self.traffic_class as u32) << 20) | (self.flow_label & 0xfffff);
+        let mut h = Vec::with_capacity(40 + payload.len());
+        h.extend_from_slice(&word.to_be_bytes());
+        h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        h.push(self.next_hdr);
+        h.push(self.hop_limit);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(payload);
+        h
+    }
+}
+
+/// An ICMPv6 echo request (checksum left 0: the programs never read it).
+pub fn icmpv6_echo(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![128u8, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// An IPv6 fragment header (next header, offset in 8-byte units, M flag)
+/// followed by `payload`.
+pub fn ipv6_fragment(next_hdr: u8, offset: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![next_hdr, 0];
+    f.extend_from_slice(&((offset << 3) | more as u16).to_be_bytes());
+    f.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The UDP checksum over IPv6 (RFC 8200 8.1) of the UDP datagram `udp`
+/// (its checksum field zero), as a receiver computes it; 0 comes out as
+/// 0xffff, since 0 means "none", which IPv6 forbids.
+pub fn udp6_checksum(src: Ipv6Addr, dst: Ipv6Addr, udp: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(40 + udp.len());
+    data.extend_from_slice(&src.octets());
+    data.extend_from_slice(&dst.octets());
+    data.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, 17]);
+    data.extend_from_slice(udp);
+    match checksum(&data) {
+        0 => 0xffff,
+        c => c,
+    }
 }

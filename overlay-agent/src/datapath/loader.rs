@@ -22,7 +22,7 @@ use aya::{
 use log::{debug, info, warn};
 use overlay_common::{map_names, program_names};
 
-use super::{maps::DatapathMaps, pins::PinLayout, DatapathError};
+use super::{maps::DatapathMaps, maps6::DatapathMaps6, pins::PinLayout, DatapathError};
 
 /// The BPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("OVERLAY_EBPF_OBJECT"));
@@ -62,6 +62,8 @@ pub struct AttachReport {
 
 pub struct Datapath {
     pub maps: DatapathMaps,
+    /// The IPv6 maps (dual stack); v6 stays the kernel's until their config is set.
+    pub maps6: DatapathMaps6,
     pub report: AttachReport,
     pins: PinLayout,
     /// The pod-side attachments (the pod bridge's ingress, each pod veth's
@@ -101,6 +103,7 @@ impl Datapath {
         loader.override_global(aya_log::LEVEL, &log_level, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
         let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        let maps6 = DatapathMaps6::from_ebpf(&mut ebpf)?;
         if opts.log_drops {
             forward_bpf_logs(&mut ebpf)?;
         }
@@ -143,7 +146,7 @@ impl Datapath {
             report.adopted.join(", "),
             report.created.join(", ")
         );
-        Ok(Datapath { maps, report, pins: pins.clone(), pod_side, ebpf })
+        Ok(Datapath { maps, maps6, report, pins: pins.clone(), pod_side, ebpf })
     }
 
     pub fn pins(&self) -> &PinLayout {

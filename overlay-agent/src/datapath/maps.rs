@@ -37,14 +37,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn to_wire(self) -> wire::Mode {
+    pub(super) fn to_wire(self) -> wire::Mode {
         match self {
             Mode::Vxlan => wire::Mode::Vxlan,
             Mode::Direct => wire::Mode::Direct,
         }
     }
 
-    fn from_wire(v: u8) -> Option<Mode> {
+    pub(super) fn from_wire(v: u8) -> Option<Mode> {
         match wire::Mode::from_u8(v)? {
             wire::Mode::Vxlan => Some(Mode::Vxlan),
             wire::Mode::Direct => Some(Mode::Direct),
@@ -247,7 +247,7 @@ pub struct UnderlayEntry {
     pub refreshed_ns: u64,
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
@@ -642,7 +642,7 @@ fn sum_stats(map: &PerCpuArray<MapData, Counter>) -> Result<Stats, DatapathError
     Ok(Stats { counters })
 }
 
-fn open_pin(pins: &PinLayout, name: &'static str) -> Result<Map, DatapathError> {
+pub(super) fn open_pin(pins: &PinLayout, name: &'static str) -> Result<Map, DatapathError> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })?;
     Map::from_map_data(data).map_err(map_err(name))
@@ -662,7 +662,7 @@ fn subnet_key(subnet: Ipv4Net) -> Key<[u8; 4]> {
     Key::new(subnet.prefix_len() as u32, subnet.network().octets())
 }
 
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

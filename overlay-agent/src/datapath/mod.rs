@@ -5,12 +5,14 @@
 
 pub mod loader;
 pub mod maps;
+pub mod maps6;
 pub mod pins;
 
 use std::path::PathBuf;
 
 pub use loader::{AttachReport, Datapath, DatapathOptions, XdpGuard};
 pub use maps::{DatapathMaps, KernelFlow, Mode, NodeConfig, Peer, PeerChanges, PinnedStats, PodEndpoint, Sender, Stats};
+pub use maps6::{DatapathMaps6, NodeConfig6, Peer6, PodEndpoint6, Sender6};
 pub use pins::PinLayout;
 
 /// Bytes VXLAN adds over an IPv4 underlay (outer IPv4, UDP, VXLAN, inner

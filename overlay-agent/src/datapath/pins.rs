@@ -137,9 +137,9 @@ mod tests {
         let pins = PinLayout::default();
         assert_eq!(pins.root(), Path::new(PIN_ROOT));
         assert_eq!(pins.dir(), Path::new(overlay_common::PIN_DIR));
-        assert_eq!(pins.map(map_names::SUBNETS), Path::new("/sys/fs/bpf/overlay/v3/SUBNETS"));
-        assert_eq!(pins.link("from_pods", "cni0"), Path::new("/sys/fs/bpf/overlay/v3/links/from_pods@cni0"));
-        assert_eq!(pins.prog("from_uplink"), Path::new("/sys/fs/bpf/overlay/v3/progs/from_uplink"));
+        assert_eq!(pins.map(map_names::SUBNETS), Path::new("/sys/fs/bpf/overlay/v4/SUBNETS"));
+        assert_eq!(pins.link("from_pods", "cni0"), Path::new("/sys/fs/bpf/overlay/v4/links/from_pods@cni0"));
+        assert_eq!(pins.prog("from_uplink"), Path::new("/sys/fs/bpf/overlay/v4/progs/from_uplink"));
     }
 
     #[test]
