@@ -218,6 +218,19 @@ impl Agent {
         Ok((Ipv4Addr::from(u32::from(gw) & mask), len, gw))
     }
 
+    /// Our v6 lease from the subnet file's FLANNEL_IPV6_SUBNET: (the
+    /// subnet, its first address: the pods' v6 gateway).
+    pub fn lease6(&self) -> Result<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        let text = fs::read_to_string(&self.subnet_file)
+            .with_context(|| format!("reading {}", self.subnet_file.display()))?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+            .context("no FLANNEL_IPV6_SUBNET")?;
+        let first: ipnet::Ipv6Net = value.trim().parse().context("FLANNEL_IPV6_SUBNET")?;
+        Ok((first.trunc(), first.addr()))
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
