@@ -11,7 +11,7 @@ use ipnet::Ipv6Net;
 use log::info;
 use rtnetlink::{
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags},
         route::{RouteAttribute, RouteMetric, RouteScope},
     },
     Handle, RouteMessageBuilder,
@@ -70,11 +70,11 @@ async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan6) -> Resu
     }
     if !have {
         info!("adding {want}/128 to {TUNNEL_DEVICE}");
-        handle
-            .address()
-            .add(index, want.into(), 128)
-            .replace()
-            .execute()
+        let mut req = handle.address().add(index, want.into(), 128).replace();
+        // No duplicate address detection: a tentative address cannot be
+        // the route's source (EINVAL), and the address is ours by lease.
+        req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
             .await
             .map_err(req_err(format!("add {want}/128 to {TUNNEL_DEVICE}")))?;
     }
