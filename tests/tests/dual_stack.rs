@@ -99,8 +99,13 @@ fn dual_stack_pods_talk_over_v4_and_v6_between_two_agents() {
         assert_eq!(peers.len(), 1, "{peers:?}");
         assert_eq!(peers[0].subnet, v6[other].0);
         assert_eq!(peers[0].public_ip, host_ip6(other).parse::<Ipv6Addr>().unwrap());
-        let eps = m.endpoints().unwrap();
-        assert!(eps.iter().any(|e| e.ip == v6[i].1), "{:?} not in {eps:?}", v6[i].1);
+        // Learnt from the bridge's neighbours within a second or two.
+        poll_until(Duration::from_secs(10), &format!("node {i}'s v6 pod in ENDPOINTS6"), || {
+            let eps = maps6(&c, i).endpoints()?;
+            anyhow::ensure!(eps.iter().any(|e| e.ip == v6[i].1), "{:?} not in {eps:?}", v6[i].1);
+            Ok(())
+        })
+        .unwrap();
         let cfg = m.config().unwrap().expect("CONFIG6 filled in");
         assert_eq!((cfg.subnet, cfg.local_ip), (v6[i].0, host_ip6(i).parse().unwrap()));
     }
