@@ -482,6 +482,9 @@ impl Node {
         } else {
             self.health.set_masq_installed(true);
         }
+        if let Err(e) = self.apply_masq_v6(opts) {
+            failed.push(e);
+        }
         if self.args.ip_blackhole_route {
             if let Err(e) = blackhole::ensure(&self.handle, subnet).await.context("adding the blackhole route for our lease") {
                 failed.push(e);

@@ -9,7 +9,8 @@
 //! other node's v6 lease and our pods' v6 addresses; overlay0 has the v6
 //! address and route with the v6 MTU and FLANNEL_MTU is uplink - 70; a
 //! pod sending from an address not its own is dropped; a removed lease's
-//! v6 subnet becomes unreachable.
+//! v6 subnet becomes unreachable; `--ip-masq` installs flanneld's rules
+//! through ip6tables too, and `cleanup` removes the v6 parts.
 use std::{
     net::{IpAddr, Ipv6Addr},
     time::Duration,
@@ -18,6 +19,7 @@ use std::{
 use ipnet::Ipv6Net;
 use overlay_agent::datapath::DatapathMaps6;
 use overlay_tests::{
+    agent::agent_binary,
     cluster::{Cluster, PREFIX},
     netns::{Netns, Pod},
     poll_until,
@@ -58,7 +60,12 @@ fn maps6(c: &Cluster, i: usize) -> DatapathMaps6 {
 }
 
 fn start() -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
+    start_with_flags(&[])
+}
+
+fn start_with_flags(flags: &[&str]) -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
     let c = Cluster::build(2, 0, 0, DUAL_CONFIG)
+        .agent_flags(flags)
         .prepare(|tb| {
             for (i, h) in tb.hosts().iter().enumerate() {
                 h.ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(i))]).unwrap();
@@ -143,4 +150,51 @@ fn a_forged_v6_source_is_dropped_and_a_removed_lease_is_unreachable() {
     .unwrap();
     let out = ping6(&p0, v6[1].1);
     assert!(out.is_err(), "node 1's v6 pod still answers after its lease was removed: {out:?}");
+}
+
+/// `--ip-masq` (with the default `--iptables-forward-rules`): flanneld's
+/// FLANNEL-POSTRTG and FLANNEL-FWD rules for the IPv6Network and our v6
+/// lease through ip6tables, pods still talking unmasqueraded; `cleanup`
+/// removes them with overlay0's v6 address and route.
+#[test]
+fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
+    let (mut c, v6) = start_with_flags(&["--ip-masq"]);
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+    let host = c.tb.host(0);
+    let pod6 = v6[0].0.to_string();
+    let m = "-m comment --comment \"flanneld masq\"";
+    let f = "-m comment --comment \"flanneld forward\"";
+    let expected = [
+        format!("-A POSTROUTING {m} -j FLANNEL-POSTRTG"),
+        format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {pod6} -d fd42::/48 {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s fd42::/48 -d {pod6} {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG ! -s fd42::/48 -d {pod6} {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s fd42::/48 ! -d ff00::/8 {m} -j MASQUERADE --random-fully"),
+        format!("-A FLANNEL-POSTRTG ! -s fd42::/48 -d fd42::/48 {m} -j MASQUERADE --random-fully"),
+        format!("-A FORWARD {f} -j FLANNEL-FWD"),
+        format!("-A FLANNEL-FWD -s fd42::/48 {f} -j ACCEPT"),
+        format!("-A FLANNEL-FWD -d fd42::/48 {f} -j ACCEPT"),
+    ];
+    let saved = host.run(&["ip6tables-save"]).unwrap();
+    let ours: Vec<&str> = saved.lines().filter(|l| l.contains("flanneld")).collect();
+    assert_eq!(ours, expected.iter().map(String::as_str).collect::<Vec<_>>(), "{saved}");
+
+    c.agents[0].stop();
+    let out = host
+        .exec(&[
+            agent_binary().to_str().unwrap(),
+            "cleanup",
+            &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display()),
+            &format!("--subnet-file={}", c.agents[0].subnet_file.display()),
+        ])
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cleanup failed: {said}");
+    let saved = host.run(&["ip6tables-save"]).unwrap();
+    assert!(!saved.contains("FLANNEL"), "ip6tables rules removed: {saved}");
+    let routes = host.run(&["ip", "-6", "route"]).unwrap();
+    assert!(!routes.contains("fd42::/48"), "IPv6 network route removed: {routes}");
+    assert!(ping6(&p0, v6[1].1).is_err(), "the node no longer routes the v6 overlay");
 }

@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv6Addr,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -24,6 +25,8 @@ use crate::{
     etcd::{registry::format_mac, Lease},
     host::{
         iface::{Uplink, UplinkV6},
+        masq::MasqRules,
+        masquerade::MasqOptions,
         pods::Pod6,
         tunnel_device::TUNNEL_DEVICE,
         tunnel_v6::{self, TunnelPlan6},
@@ -43,6 +46,8 @@ pub(super) struct NodeV6 {
     installed: BTreeMap<Ipv4Net, Ipv6Net>,
     /// v6 halves refused, with why (one warning per change).
     skipped: HashMap<Ipv4Net, String>,
+    /// flanneld's ip6tables rules for our v6 lease and their resync.
+    masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
 }
 
 impl NodeV6 {
@@ -59,6 +64,7 @@ impl NodeV6 {
             plan: TunnelPlan6 { subnet, cluster: v6.network, route_mtu },
             installed: BTreeMap::new(),
             skipped: HashMap::new(),
+            masq: None,
         }))
     }
 
@@ -142,6 +148,36 @@ impl Node {
             Err(e) => failed.push(e),
         }
         combined(failed)
+    }
+
+    /// `--ip-masq` and `--iptables-forward-rules` for IPv6, as flanneld's
+    /// iptables layout has them: the same FLANNEL-POSTRTG / FLANNEL-FWD
+    /// rules through ip6tables for the IPv6Network and our v6 lease
+    /// (re-made when the lease moves, then kept in place by a resync).
+    pub(super) fn apply_masq_v6(&mut self, opts: MasqOptions) -> Result<()> {
+        let interval = Duration::from_secs(self.args.iptables_resync.max(1));
+        let Some(v6) = self.v6.as_mut() else { return Ok(()) };
+        if let Some((_, task)) = v6.masq.take() {
+            task.abort();
+        }
+        if opts.nftables {
+            warn!("EnableNFTables: no IPv6 masquerade or forward rules in the nftables layout yet");
+            return Ok(());
+        }
+        if !opts.ip_masq && !opts.forward {
+            return Ok(());
+        }
+        let rules = MasqRules::new_v6(v6.plan.cluster, v6.plan.subnet, opts.fully_random, opts.forward).with_masq(opts.ip_masq);
+        let task = rules.spawn_resync(interval);
+        let result = tokio::task::block_in_place(|| rules.ensure());
+        v6.masq = Some((rules, task));
+        match result {
+            Ok(_) => {
+                info!("ip6tables rules installed");
+                Ok(())
+            }
+            Err(e) => Err(e.context("installing the ip6tables rules")),
+        }
     }
 
     /// The bridge changed: `CONFIG6` names the new one.
