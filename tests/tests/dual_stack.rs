@@ -165,7 +165,11 @@ fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
     let pod6 = v6[0].0.to_string();
     let m = "-m comment --comment \"flanneld masq\"";
     let f = "-m comment --comment \"flanneld forward\"";
+    // ip6tables-save prints the filter table first.
     let expected = [
+        format!("-A FORWARD {f} -j FLANNEL-FWD"),
+        format!("-A FLANNEL-FWD -s fd42::/48 {f} -j ACCEPT"),
+        format!("-A FLANNEL-FWD -d fd42::/48 {f} -j ACCEPT"),
         format!("-A POSTROUTING {m} -j FLANNEL-POSTRTG"),
         format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN"),
         format!("-A FLANNEL-POSTRTG -s {pod6} -d fd42::/48 {m} -j RETURN"),
@@ -173,9 +177,6 @@ fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
         format!("-A FLANNEL-POSTRTG ! -s fd42::/48 -d {pod6} {m} -j RETURN"),
         format!("-A FLANNEL-POSTRTG -s fd42::/48 ! -d ff00::/8 {m} -j MASQUERADE --random-fully"),
         format!("-A FLANNEL-POSTRTG ! -s fd42::/48 -d fd42::/48 {m} -j MASQUERADE --random-fully"),
-        format!("-A FORWARD {f} -j FLANNEL-FWD"),
-        format!("-A FLANNEL-FWD -s fd42::/48 {f} -j ACCEPT"),
-        format!("-A FLANNEL-FWD -d fd42::/48 {f} -j ACCEPT"),
     ];
     let saved = host.run(&["ip6tables-save"]).unwrap();
     let ours: Vec<&str> = saved.lines().filter(|l| l.contains("flanneld")).collect();
