@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use log::{debug, error, info, warn};
 use rtnetlink::Handle;
 use tokio::{
@@ -154,7 +154,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
     check_network_against_uplink(&cfg, &uplink)?;
-    v6::check_ipv6_network_against_uplink(&cfg, &uplink)?;
 
     // One listing of the leases serves the whole start: finding our lease,
     // acquiring it and the lease watch's first Snapshot (at 10,000 leases a
@@ -261,12 +260,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// config and breaks the node's networking; refuse it before touching
 /// anything.
 fn check_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<()> {
-    for (what, ip) in [("the uplink's address", uplink.iface_addr), ("the public IP", uplink.public_ip)] {
-        if cfg.network.contains(&ip) {
+    let mut checks: Vec<(&str, IpNet, &str, IpAddr)> = vec![
+        ("Network", cfg.network.into(), "the uplink's address", uplink.iface_addr.into()),
+        ("Network", cfg.network.into(), "the public IP", uplink.public_ip.into()),
+    ];
+    // Dual stack: the same for the IPv6Network and the v6 underlay.
+    if let (Some(v6), Some(up6)) = (&cfg.ipv6, &uplink.ipv6) {
+        checks.push(("IPv6Network", v6.network.into(), "the uplink's IPv6 address", up6.iface_addr.into()));
+        checks.push(("IPv6Network", v6.network.into(), "the public IPv6", up6.public_ip.into()));
+    }
+    for (field, network, what, ip) in checks {
+        if network.contains(&ip) {
             bail!(
-                "network config Network {} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
-                 would capture the underlay; choose a Network that does not overlap the nodes' addresses",
-                cfg.network,
+                "network config {field} {network} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
+                 would capture the underlay; choose a {field} that does not overlap the nodes' addresses",
                 uplink.name
             );
         }

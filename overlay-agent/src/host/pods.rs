@@ -86,26 +86,25 @@ pub async fn discover(
         }
     }
 
+    // A pod: a neighbour of the bridge in our lease (not its network
+    // address) whose MAC sits behind a veth port.
+    let behind_port = |found: Vec<(IpAddr, [u8; 6])>| -> Vec<(IpAddr, [u8; 6], u32)> {
+        found.into_iter().filter_map(|(ip, mac)| mac_port.get(&mac).map(|port| (ip, mac, *port))).collect()
+    };
     let mut out = Vec::new();
-    for (ip, mac) in bridge_neighbours(handle, bridge, AddressFamily::Inet).await? {
-        let IpAddr::V4(ip) = ip else { continue };
-        if !subnet.contains(&ip) || ip == subnet.network() {
-            continue;
-        }
-        if let Some(port) = mac_port.get(&mac) {
-            out.push(Pod { ip, mac, veth_ifindex: *port });
+    for (ip, mac, veth_ifindex) in behind_port(bridge_neighbours(handle, bridge, AddressFamily::Inet).await?) {
+        match ip {
+            IpAddr::V4(ip) if subnet.contains(&ip) && ip != subnet.network() => out.push(Pod { ip, mac, veth_ifindex }),
+            _ => {}
         }
     }
     let mut pods6 = Vec::new();
-    if let Some(subnet6) = subnet6 {
+    if let Some(sn) = subnet6 {
         // Link-local addresses (neighbour discovery) stay the kernel's.
-        for (ip, mac) in bridge_neighbours(handle, bridge, AddressFamily::Inet6).await? {
-            let IpAddr::V6(ip) = ip else { continue };
-            if !subnet6.contains(&ip) || ip == subnet6.network() {
-                continue;
-            }
-            if let Some(port) = mac_port.get(&mac) {
-                pods6.push(Pod6 { ip, mac, veth_ifindex: *port });
+        for (ip, mac, veth_ifindex) in behind_port(bridge_neighbours(handle, bridge, AddressFamily::Inet6).await?) {
+            match ip {
+                IpAddr::V6(ip) if sn.contains(&ip) && ip != sn.network() => pods6.push(Pod6 { ip, mac, veth_ifindex }),
+                _ => {}
             }
         }
         pods6.sort_by_key(|p| p.ip);

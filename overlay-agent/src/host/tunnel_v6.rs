@@ -4,22 +4,17 @@
 //! flannel IPv6Network through it, with the MTU a v6 underlay leaves (the
 //! route's MTU, not the device's, is what the kernel answers "packet too
 //! big" from; see docs/datapath.md, "IPv6 (dual stack)").
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
-use futures::TryStreamExt;
 use ipnet::Ipv6Net;
-use log::info;
 use rtnetlink::{
-    packet_route::{
-        address::{AddressAttribute, AddressFlags},
-        route::{RouteAttribute, RouteMetric, RouteScope},
-    },
+    packet_route::route::{RouteAttribute, RouteMetric, RouteScope},
     Handle, RouteMessageBuilder,
 };
 
 use super::{
-    netlink::{replace_route, req_err, NetlinkError},
-    tunnel_device::TUNNEL_DEVICE,
+    netlink::{replace_route, NetlinkError},
+    tunnel_device::{ensure_only_address, TUNNEL_DEVICE},
 };
 
 /// What overlay0 carries for IPv6.
@@ -43,42 +38,8 @@ impl TunnelPlan6 {
 /// The address and the route on overlay0 (ifindex `index`), replacing a
 /// global v6 address of an earlier lease.
 pub async fn ensure(handle: &Handle, index: u32, plan: &TunnelPlan6) -> Result<(), NetlinkError> {
-    ensure_address(handle, index, plan).await?;
+    ensure_only_address(handle, index, plan.local_address().into(), 128).await?;
     ensure_route(handle, index, plan).await
-}
-
-async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan6) -> Result<(), NetlinkError> {
-    let want = plan.local_address();
-    let mut have = false;
-    let mut stale = Vec::new();
-    let mut stream = handle.address().get().set_link_index_filter(index).execute();
-    while let Some(msg) = stream.try_next().await.map_err(req_err(format!("list {TUNNEL_DEVICE} addresses")))? {
-        let addr = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(IpAddr::V6(v6)) => Some(*v6),
-            _ => None,
-        });
-        match addr {
-            // The kernel's own link-local address stays.
-            Some(a) if a.is_unicast_link_local() => {}
-            Some(a) if a == want && msg.header.prefix_len == 128 => have = true,
-            Some(_) => stale.push(msg),
-            None => {}
-        }
-    }
-    for msg in stale {
-        handle.address().del(msg).execute().await.map_err(req_err(format!("delete a stale {TUNNEL_DEVICE} v6 address")))?;
-    }
-    if !have {
-        info!("adding {want}/128 to {TUNNEL_DEVICE}");
-        let mut req = handle.address().add(index, want.into(), 128).replace();
-        // No duplicate address detection: a tentative address cannot be
-        // the route's source (EINVAL), and the address is ours by lease.
-        req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-        req.execute()
-            .await
-            .map_err(req_err(format!("add {want}/128 to {TUNNEL_DEVICE}")))?;
-    }
-    Ok(())
 }
 
 async fn ensure_route(handle: &Handle, index: u32, plan: &TunnelPlan6) -> Result<(), NetlinkError> {

@@ -77,23 +77,6 @@ impl NodeV6 {
     }
 }
 
-/// The IPv6Network must not capture the v6 underlay (as for IPv4, see
-/// `check_network_against_uplink`).
-pub(super) fn check_ipv6_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<()> {
-    let (Some(v6), Some(up6)) = (&cfg.ipv6, &uplink.ipv6) else { return Ok(()) };
-    for (what, ip) in [("the uplink's IPv6 address", up6.iface_addr), ("the public IPv6", up6.public_ip)] {
-        if v6.network.contains(&ip) {
-            bail!(
-                "network config IPv6Network {} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
-                 would capture the underlay; choose an IPv6Network that does not overlap the nodes' addresses",
-                v6.network,
-                uplink.name
-            );
-        }
-    }
-    Ok(())
-}
-
 impl Node {
     /// This node's v6 side as the programs see it.
     fn node_config6(&self, v6: &NodeV6) -> Result<NodeConfig6> {
