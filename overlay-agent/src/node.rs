@@ -31,7 +31,7 @@ use crate::{
     },
     health::{self, condition, Health},
     host::{
-        iface::{self, Families, IfaceSelection, Uplink},
+        iface::{self, Families, IfaceError, IfaceSelection, Uplink},
         blackhole, leftovers,
         masquerade::{MasqOptions, Masquerade},
         netlink,
@@ -125,15 +125,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.healthz_port != 0 {
         health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
     }
+    // A wrong --iface fails the start at once, before etcd answers (a host
+    // with only an IPv6 default route is judged once the config is read).
+    let early = match iface::select_uplink(&handle, &iface_selection(&args)).await {
+        Err(IfaceError::NoDefaultRoute) => None,
+        other => Some(other.context("choosing the uplink interface")?),
+    };
+
     let settings = etcd_settings(&args.etcd);
     let mgr = Backoff::outage().retry("connecting to etcd", || SubnetManager::new(settings.clone())).await?;
     let cfg = Backoff::outage().retry("reading the network config", || mgr.network_config()).await?;
     refuse_unwired_ipv6(&cfg)?;
     // The config says which families the uplink must carry.
-    let families = Families { ipv4: cfg.enable_ipv4, ipv6: cfg.enable_ipv6 };
-    let uplink = iface::select_uplink_for(&handle, &iface_selection(&args), families)
-        .await
-        .context("choosing the uplink interface")?;
+    let uplink = match early {
+        Some(uplink) if cfg.ipv6.is_none() => uplink,
+        _ => {
+            let families = Families { ipv4: cfg.enable_ipv4, ipv6: cfg.enable_ipv6 };
+            iface::select_uplink_for(&handle, &iface_selection(&args), families)
+                .await
+                .context("choosing the uplink interface")?
+        }
+    };
     info!(
         "uplink {} ({}/{}, MTU {}), public IP {}{}",
         uplink.name,
