@@ -21,6 +21,11 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
     }
     masq::remove_all().context("removing the masquerade rules")?;
     println!("removed the FLANNEL-POSTRTG / FLANNEL-FWD rules (if present)");
+    // Dual stack's ip6tables rules; a host without ip6tables has none.
+    match masq::remove_all_with(&["ip6tables"]) {
+        Ok(()) => println!("removed the ip6tables FLANNEL-POSTRTG / FLANNEL-FWD rules (if present)"),
+        Err(e) => println!("ip6tables rules not removed: {e:#}"),
+    }
     match nftables::remove_all() {
         Ok(()) => println!("removed the nftables tables ip flannel-ipv4 / ip6 flannel-ipv6 (if present)"),
         // no nft binary: nothing can have made those tables through it

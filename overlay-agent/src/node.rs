@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use log::{debug, error, info, warn};
 use rtnetlink::Handle;
 use tokio::{
@@ -31,7 +31,7 @@ use crate::{
     },
     health::{self, condition, Health},
     host::{
-        iface::{self, IfaceSelection, Uplink},
+        iface::{self, Families, IfaceError, IfaceSelection, Uplink},
         blackhole, leftovers,
         masquerade::{MasqOptions, Masquerade},
         netlink,
@@ -42,6 +42,8 @@ use crate::{
     notify,
     subnet_env::{self, SubnetEnv},
 };
+
+mod v6;
 
 /// How often the pod bridge, its pods and their veths are looked at again.
 const ENDPOINT_SYNC: Duration = Duration::from_secs(1);
@@ -83,17 +85,19 @@ fn iface_selection(args: &RunArgs) -> IfaceSelection {
     }
 }
 
-/// The one place an IPv6 network config is refused: config, leases,
-/// subnet file and uplink handle IPv6 (`etcd`, `subnet_env`,
-/// `host::iface`), but this daemon does not yet program an IPv6 data path,
-/// and must not run as if it did.
+/// The one place an IPv6-only network config is refused: dual stack runs
+/// (`node::v6`), but the lease watch and this daemon key leases by their
+/// IPv4 subnet, which every IPv6-only lease leaves empty, so it must not
+/// run as if it could.
 fn refuse_unwired_ipv6(cfg: &NetworkConfig) -> Result<()> {
     let Some(v6) = &cfg.ipv6 else { return Ok(()) };
+    if cfg.enable_ipv4 {
+        return Ok(());
+    }
     bail!(
-        "network config enables IPv6 (EnableIPv6, IPv6Network {}{}): the config is valid, but this \
-         agent's IPv6 data path is not wired yet; run it with an IPv4-only config (no EnableIPv6) for now",
-        v6.network,
-        if cfg.enable_ipv4 { "" } else { ", IPv6-only" }
+        "network config is IPv6-only (EnableIPv4 false, IPv6Network {}): the config is valid, but this \
+         agent's IPv6-only mode is not wired yet; run it dual-stack (EnableIPv4 with Network) for now",
+        v6.network
     )
 }
 
@@ -127,22 +131,43 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.healthz_port != 0 {
         health::spawn(args.healthz_ip, args.healthz_port, health.clone()).await?;
     }
-    let uplink = iface::select_uplink(&handle, &iface_selection(&args))
-        .await
-        .context("choosing the uplink interface")?;
-    info!(
-        "uplink {} ({}/{}, MTU {}), public IP {}",
-        uplink.name, uplink.iface_addr, uplink.prefix_len, uplink.mtu, uplink.public_ip
-    );
+    // A wrong --iface fails the start at once, before etcd answers (a host
+    // with only an IPv6 default route is judged once the config is read).
+    let early = match iface::select_uplink(&handle, &iface_selection(&args)).await {
+        Err(IfaceError::NoDefaultRoute) => None,
+        other => Some(other.context("choosing the uplink interface")?),
+    };
 
     let settings = etcd_settings(&args.etcd);
     let mgr = Backoff::outage().retry("connecting to etcd", || SubnetManager::new(settings.clone())).await?;
     let cfg = Backoff::outage().retry("reading the network config", || mgr.network_config()).await?;
     refuse_unwired_ipv6(&cfg)?;
+    // The config says which families the uplink must carry.
+    let uplink = match early {
+        Some(uplink) if cfg.ipv6.is_none() => uplink,
+        _ => {
+            let families = Families { ipv4: cfg.enable_ipv4, ipv6: cfg.enable_ipv6 };
+            iface::select_uplink_for(&handle, &iface_selection(&args), families)
+                .await
+                .context("choosing the uplink interface")?
+        }
+    };
+    info!(
+        "uplink {} ({}/{}, MTU {}), public IP {}{}",
+        uplink.name,
+        uplink.iface_addr,
+        uplink.prefix_len,
+        uplink.mtu,
+        uplink.public_ip,
+        uplink.ipv6.map(|v| format!(", IPv6 {}/{}, public IPv6 {}", v.iface_addr, v.prefix_len, v.public_ip)).unwrap_or_default()
+    );
     let backend = cfg.backend.kind;
     let underlay_mtu = cfg.backend.mtu.unwrap_or(uplink.mtu);
+    // With IPv6 on, pods get the MTU a v6 underlay leaves (70 bytes of
+    // headers, not 50), so one pod MTU fits both families.
+    let overhead = if cfg.ipv6.is_some() { v6::VXLAN6_OVERHEAD } else { VXLAN_OVERHEAD };
     let pod_mtu = match backend {
-        BackendType::Vxlan => underlay_mtu.checked_sub(VXLAN_OVERHEAD).context("uplink MTU below 50")?,
+        BackendType::Vxlan => underlay_mtu.checked_sub(overhead).with_context(|| format!("uplink MTU below {overhead}"))?,
         BackendType::HostGw => underlay_mtu,
     };
     info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
@@ -157,17 +182,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Our VtepMAC survives restarts: from our lease in etcd, else from the
     // pinned data path, else new.
     let own = Backoff::outage()
-        .retry("looking up our lease", || mgr.find_own_lease_in(&listing, uplink.public_ip))
+        .retry("looking up our lease", || {
+            mgr.find_own_lease_for(&listing, uplink.public_ip, uplink.ipv6.map(|v| v.public_ip))
+        })
         .await?;
     let vtep_mac = stable_vtep_mac(
         own.as_ref().and_then(|l| l.attrs.vtep_mac),
         DatapathMaps::pinned_vtep_mac(&pins),
         None,
     );
-    let attrs = match backend {
-        BackendType::Vxlan => LeaseAttrs::vxlan(uplink.public_ip, cfg.backend.vni, vtep_mac),
-        BackendType::HostGw => LeaseAttrs::host_gw(uplink.public_ip),
-    };
+    let vtep_mac6 = v6::NodeV6::stable_vtep_mac(own.as_ref(), &pins, vtep_mac);
+    let attrs = LeaseAttrs::for_node(
+        backend,
+        cfg.backend.vni,
+        Some((uplink.public_ip, vtep_mac)),
+        uplink.ipv6.filter(|_| cfg.ipv6.is_some()).map(|v| (v.public_ip, vtep_mac6)),
+    );
     let previous = subnet_env::read_previous_subnets(&args.subnet_file);
     // A retry after an etcd failure lists afresh: the first attempt may have
     // changed our lease without our seeing the answer.
@@ -178,6 +208,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         })
         .await?;
     info!("lease {} (VtepMAC {})", lease.subnet, format_mac(&vtep_mac));
+    let node_v6 = v6::NodeV6::new(&cfg, &lease, &uplink, vtep_mac6, underlay_mtu)?;
+    if let Some(sn) = lease.ipv6_subnet {
+        info!("IPv6 lease {sn} (VtepMAC {})", format_mac(&vtep_mac6));
+    }
 
     for name in leftovers::remove_flannel_devices(&handle).await? {
         info!("removed {name}");
@@ -185,6 +219,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let tunnel_plan = tunnel_plan(&cfg, lease.subnet, pod_mtu, vtep_mac);
     tunnel_device::ensure(&handle, &tunnel_plan).await.with_context(|| format!("setting up {TUNNEL_DEVICE}"))?;
     sysctl::ensure_sysctls(&uplink.name)?;
+    if node_v6.is_some() {
+        sysctl::ensure_ipv6_forwarding()?;
+    }
 
     let datapath = Datapath::install(&DatapathOptions {
         pins,
@@ -218,6 +255,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         reapply: None,
         args: args.clone(),
         health: health.clone(),
+        v6: node_v6,
     };
     // The pod bridge before the config, so the first config names it.
     node.scan_pod_bridge().await;
@@ -242,12 +280,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// config and breaks the node's networking; refuse it before touching
 /// anything.
 fn check_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<()> {
-    for (what, ip) in [("the uplink's address", uplink.iface_addr), ("the public IP", uplink.public_ip)] {
-        if cfg.network.contains(&ip) {
+    let mut checks: Vec<(&str, IpNet, &str, IpAddr)> = vec![
+        ("Network", cfg.network.into(), "the uplink's address", uplink.iface_addr.into()),
+        ("Network", cfg.network.into(), "the public IP", uplink.public_ip.into()),
+    ];
+    // Dual stack: the same for the IPv6Network and the v6 underlay.
+    if let (Some(v6), Some(up6)) = (&cfg.ipv6, &uplink.ipv6) {
+        checks.push(("IPv6Network", v6.network.into(), "the uplink's IPv6 address", up6.iface_addr.into()));
+        checks.push(("IPv6Network", v6.network.into(), "the public IPv6", up6.public_ip.into()));
+    }
+    for (field, network, what, ip) in checks {
+        if network.contains(&ip) {
             bail!(
-                "network config Network {} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
-                 would capture the underlay; choose a Network that does not overlap the nodes' addresses",
-                cfg.network,
+                "network config {field} {network} contains {what} {ip} (on {}): its route via {TUNNEL_DEVICE} \
+                 would capture the underlay; choose a {field} that does not overlap the nodes' addresses",
                 uplink.name
             );
         }
@@ -302,6 +348,8 @@ struct Node {
     reapply: Option<(Backoff, tokio::time::Instant)>,
     args: RunArgs,
     health: Arc<Health>,
+    /// The IPv6 side (dual stack), None without IPv6 in the config.
+    v6: Option<v6::NodeV6>,
 }
 
 impl Node {
@@ -408,11 +456,18 @@ impl Node {
             if let Err(e) = tunnel_device::ensure(&self.handle, &self.tunnel_plan).await {
                 failed.push(anyhow::Error::new(e).context(format!("setting up {TUNNEL_DEVICE}")));
             }
+        }
+        // After overlay0 (re-)exists: its v6 address and route, CONFIG6.
+        if let Err(e) = self.apply_own_lease_v6().await {
+            failed.push(e);
+        }
+        if !first {
             // Leases skipped as overlapping the old lease, and a peer entry
             // for what is now our own subnet, are looked at again.
             self.recheck_peers().await;
+            self.recheck_peers_v6();
         }
-        let env = SubnetEnv::from_lease(self.cfg.network, subnet, self.pod_mtu, self.args.ip_masq);
+        let env = SubnetEnv::for_lease(&self.cfg, &self.own, self.pod_mtu, self.args.ip_masq);
         match env.write_atomic(&self.args.subnet_file) {
             Ok(()) => info!("wrote {}", self.args.subnet_file.display()),
             Err(e) => failed.push(anyhow::Error::new(e).context(format!("writing {}", self.args.subnet_file.display()))),
@@ -456,6 +511,9 @@ impl Node {
             self.masq = Some((rules, task));
         } else {
             self.health.set_masq_installed(true);
+        }
+        if let Err(e) = self.apply_masq_v6(opts) {
+            failed.push(e);
         }
         if self.args.ip_blackhole_route {
             if let Err(e) = blackhole::ensure(&self.handle, subnet).await.context("adding the blackhole route for our lease") {
@@ -541,6 +599,7 @@ impl Node {
                         wanted.insert(peer.subnet, peer);
                     }
                 }
+                self.snapshot_v6(&leases);
                 self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
                 self.skipped.retain(|s, _| self.leases.contains_key(s));
                 // The maps become exactly what the leases say, whatever an
@@ -569,11 +628,13 @@ impl Node {
             LeaseEvent::Added(lease) => {
                 self.leases.insert(lease.subnet, lease.clone());
                 self.apply_lease(&lease).await;
+                self.apply_lease_v6(&lease);
             }
             LeaseEvent::Removed(subnet) => {
                 self.leases.remove(&subnet);
                 self.skipped.remove(&subnet);
                 self.remove_peer(subnet);
+                self.remove_peer_v6(subnet);
             }
         }
     }
@@ -716,6 +777,7 @@ impl Node {
                 warn!("re-asserting the blackhole route for {}: {e}", self.own.subnet);
             }
         }
+        self.resync_host_v6().await;
     }
 
     /// Finds the pod bridge again; when it changed (appeared, went away,
@@ -758,9 +820,10 @@ impl Node {
             if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
                 warn!("updating the config for the pod bridge: {e}");
             }
+            self.refresh_config6();
         }
         let found = match &self.bridge.bridge {
-            Some(b) => match pods::discover(&self.handle, b.index, self.own.subnet).await {
+            Some(b) => match pods::discover(&self.handle, b.index, self.own.subnet, self.own_subnet_v6()).await {
                 Ok(found) => found,
                 Err(e) => {
                     warn!("reading pod endpoints: {e}");
@@ -781,6 +844,7 @@ impl Node {
             Ok((changed, removed)) => debug!("endpoints: {changed} added or changed, {removed} removed"),
             Err(e) => warn!("updating the endpoint map: {e}"),
         }
+        self.sync_endpoints_v6(&found.pods6);
     }
 }
 

@@ -205,17 +205,28 @@ impl Agent {
 
     /// FLANNEL_SUBNET's lease: (network address, prefix length, gateway).
     pub fn lease(&self) -> Result<(Ipv4Addr, u8, Ipv4Addr)> {
-        let text = fs::read_to_string(&self.subnet_file)
-            .with_context(|| format!("reading {}", self.subnet_file.display()))?;
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .context("no FLANNEL_SUBNET")?;
+        let value = self.subnet_file_value("FLANNEL_SUBNET")?;
         let (addr, len) = value.split_once('/').context("FLANNEL_SUBNET without prefix")?;
         let gw: Ipv4Addr = addr.parse()?;
         let len: u8 = len.parse()?;
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         Ok((Ipv4Addr::from(u32::from(gw) & mask), len, gw))
+    }
+
+    /// Our v6 lease from the subnet file's FLANNEL_IPV6_SUBNET: (the
+    /// subnet, its first address: the pods' v6 gateway).
+    pub fn lease6(&self) -> Result<(ipnet::Ipv6Net, std::net::Ipv6Addr)> {
+        let first: ipnet::Ipv6Net = self.subnet_file_value("FLANNEL_IPV6_SUBNET")?.parse().context("FLANNEL_IPV6_SUBNET")?;
+        Ok((first.trunc(), first.addr()))
+    }
+
+    /// One variable of the subnet file.
+    fn subnet_file_value(&self, name: &str) -> Result<String> {
+        let text = fs::read_to_string(&self.subnet_file)
+            .with_context(|| format!("reading {}", self.subnet_file.display()))?;
+        let prefix = format!("{name}=");
+        let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).with_context(|| format!("no {name}"))?;
+        Ok(value.trim().to_string())
     }
 
     pub fn log_text(&self) -> String {

@@ -3,7 +3,7 @@
 //! UDP echoes.
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -143,7 +143,12 @@ fn pattern(i: usize) -> u8 {
 /// Sends `bytes` over TCP from `from` to `to` and checks every byte arrived
 /// in order (the receiver verifies the pattern and reports the count back).
 pub fn tcp_roundtrip(from: &Pod, to: &Pod, bytes: usize) {
-    let listener = to.in_ns(|| TcpListener::bind(SocketAddrV4::new(to.ip(), 0))).unwrap();
+    tcp_roundtrip_to(from, to, IpAddr::V4(to.ip()), bytes)
+}
+
+/// [`tcp_roundtrip`] to any address of `to` (an IPv6 one, say).
+pub fn tcp_roundtrip_to(from: &Netns, to: &Netns, to_ip: IpAddr, bytes: usize) {
+    let listener = to.in_ns(|| TcpListener::bind(SocketAddr::new(to_ip, 0))).unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();

@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// flanneld's comment on the nat rules.
 pub const MASQ_COMMENT: &str = "flanneld masq";
@@ -135,8 +135,8 @@ struct Group {
 /// flanneld's masquerade (and forward) rules for one network and lease.
 #[derive(Debug, Clone)]
 pub struct MasqRules {
-    cluster: Ipv4Net,
-    pod_subnet: Ipv4Net,
+    cluster: IpNet,
+    pod_subnet: IpNet,
     fully_random: bool,
     forward: bool,
     /// the nat rules (off for a forward-rules-only instance)
@@ -161,8 +161,8 @@ impl MasqRules {
         forward: bool,
     ) -> MasqRules {
         MasqRules {
-            cluster: cluster.trunc(),
-            pod_subnet: pod_subnet.trunc(),
+            cluster: IpNet::V4(cluster.trunc()),
+            pod_subnet: IpNet::V4(pod_subnet.trunc()),
             fully_random,
             forward,
             iptables: vec!["iptables".to_owned()],
@@ -177,6 +177,18 @@ impl MasqRules {
     /// (its default), with or without --ip-masq, so the daemon wants
     /// `MasqRules::new(net, lease, fully_random, forward).with_masq(ip_masq)`
     /// whenever `ip_masq || iptables_forward_rules`.
+    /// flanneld's IPv6 rules (dual stack): the same chains and rules
+    /// through `ip6tables`, for the IPv6Network and our v6 lease, with
+    /// ff00::/8 where IPv4 has 224.0.0.0/4.
+    pub fn new_v6(cluster: Ipv6Net, pod_subnet: Ipv6Net, fully_random: bool, forward: bool) -> MasqRules {
+        MasqRules {
+            cluster: IpNet::V6(cluster.trunc()),
+            pod_subnet: IpNet::V6(pod_subnet.trunc()),
+            iptables: vec!["ip6tables".to_owned()],
+            ..MasqRules::new(Ipv4Net::default(), Ipv4Net::default(), fully_random, forward)
+        }
+    }
+
     pub fn with_masq(mut self, masq: bool) -> MasqRules {
         self.masq = masq;
         self
@@ -190,11 +202,11 @@ impl MasqRules {
         self
     }
 
-    pub fn cluster(&self) -> Ipv4Net {
+    pub fn cluster(&self) -> IpNet {
         self.cluster
     }
 
-    pub fn pod_subnet(&self) -> Ipv4Net {
+    pub fn pod_subnet(&self) -> IpNet {
         self.pod_subnet
     }
 
@@ -220,6 +232,10 @@ impl MasqRules {
     fn groups(&self) -> Vec<Group> {
         let cluster = self.cluster.to_string();
         let pod = self.pod_subnet.to_string();
+        let multicast = match self.cluster {
+            IpNet::V4(_) => "224.0.0.0/4",
+            IpNet::V6(_) => "ff00::/8",
+        };
         let c = MASQ_COMMENT;
         let masq_tail: &[&str] = if self.uses_random_fully() {
             &["-j", "MASQUERADE", "--random-fully"]
@@ -318,7 +334,7 @@ impl MasqRules {
                         &cluster,
                         "!",
                         "-d",
-                        "224.0.0.0/4",
+                        multicast,
                         "-m",
                         "comment",
                         "--comment",

@@ -13,3 +13,4 @@ pub mod pod_bridge;
 pub mod pods;
 pub mod sysctl;
 pub mod tunnel_device;
+pub mod tunnel_v6;

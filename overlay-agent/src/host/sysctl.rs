@@ -43,3 +43,9 @@ fn set_sysctl(path: &str, value: &str, log_change: bool) -> Result<(), SysctlErr
     }
     Ok(())
 }
+
+/// IPv6 forwarding on (dual stack): v6 pods not learnt yet, and what the
+/// programs leave to the kernel, are routed by the host as for IPv4.
+pub fn ensure_ipv6_forwarding() -> Result<(), SysctlError> {
+    set_sysctl("net/ipv6/conf/all/forwarding", "1", true)
+}

@@ -20,14 +20,14 @@
 //!   the egress program writes every header itself.
 //! - With host-gw it is a dummy (an ifb where the kernel has no dummy
 //!   driver): only the route matters.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use log::{info, warn};
 use rtnetlink::{
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags},
         link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
         route::RouteScope,
     },
@@ -201,17 +201,28 @@ async fn create(handle: &Handle, plan: &TunnelPlan) -> Result<u32, NetlinkError>
 /// subnet's network address. One from an older lease would make the host
 /// answer for a subnet that is now someone else's.
 async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<(), NetlinkError> {
-    let want = plan.local_address();
+    ensure_only_address(handle, index, plan.local_address().into(), 32).await
+}
+
+/// `want`/`prefix_len` is overlay0's one address of its family: others of
+/// that family (an earlier lease's) go; IPv6 link-local ones (the
+/// kernel's) stay. An IPv6 address is added without duplicate address
+/// detection: a tentative address cannot source a route (EINVAL), and the
+/// address is ours by lease.
+pub(super) async fn ensure_only_address(handle: &Handle, index: u32, want: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
     let mut have = false;
     let mut stale = Vec::new();
     let mut stream = handle.address().get().set_link_index_filter(index).execute();
     while let Some(msg) = stream.try_next().await.map_err(req_err(format!("list {TUNNEL_DEVICE} addresses")))? {
-        let addr = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(std::net::IpAddr::V4(v4)) => Some(*v4),
+        // IPv4 carries IFA_LOCAL (the address) and IFA_ADDRESS (the peer);
+        // IPv6 only IFA_ADDRESS.
+        let addr = msg.attributes.iter().find_map(|a| match (a, want) {
+            (AddressAttribute::Local(a @ IpAddr::V4(_)), IpAddr::V4(_)) => Some(*a),
+            (AddressAttribute::Address(IpAddr::V6(a)), IpAddr::V6(_)) if !a.is_unicast_link_local() => Some(IpAddr::V6(*a)),
             _ => None,
         });
         match addr {
-            Some(a) if a == want && msg.header.prefix_len == 32 => have = true,
+            Some(a) if a == want && msg.header.prefix_len == prefix_len => have = true,
             Some(_) => stale.push(msg),
             None => {}
         }
@@ -220,14 +231,12 @@ async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan) -> Resul
         handle.address().del(msg).execute().await.map_err(req_err(format!("delete a stale {TUNNEL_DEVICE} address")))?;
     }
     if !have {
-        info!("adding {want}/32 to {TUNNEL_DEVICE}");
-        handle
-            .address()
-            .add(index, want.into(), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(req_err(format!("add {want}/32 to {TUNNEL_DEVICE}")))?;
+        info!("adding {want}/{prefix_len} to {TUNNEL_DEVICE}");
+        let mut req = handle.address().add(index, want, prefix_len).replace();
+        if want.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(req_err(format!("add {want}/{prefix_len} to {TUNNEL_DEVICE}")))?;
     }
     Ok(())
 }

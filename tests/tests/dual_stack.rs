@@ -1,0 +1,201 @@
+//! Dual stack (issue #15) end to end: two real agents with a real etcd and
+//! flannel's `EnableIPv6` config, pods with an IPv4 address (as every
+//! cluster test makes them) plus a global IPv6 address from their node's
+//! v6 lease (FLANNEL_IPV6_SUBNET, gateway its first address on cni0, as the
+//! CNI bridge plugin sets it up). The hosts' eth0 carry an IPv6 address on
+//! the underlay too, so VXLAN runs over IPv6 for the v6 pods.
+//!
+//! Checked: ping and TCP both ways over v4 and v6; the v6 maps hold the
+//! other node's v6 lease and our pods' v6 addresses; overlay0 has the v6
+//! address and route with the v6 MTU and FLANNEL_MTU is uplink - 70; a
+//! pod sending from an address not its own is dropped; a removed lease's
+//! v6 subnet becomes unreachable; `--ip-masq` installs flanneld's rules
+//! through ip6tables too, and `cleanup` removes the v6 parts.
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use ipnet::Ipv6Net;
+use overlay_agent::datapath::DatapathMaps6;
+use overlay_tests::{
+    agent::agent_binary,
+    cluster::{Cluster, PREFIX},
+    netns::{Netns, Pod},
+    poll_until,
+    traffic::{tcp_roundtrip_to, wait_ping},
+};
+
+const DUAL_CONFIG: &str =
+    r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}"#;
+
+fn host_ip6(i: usize) -> String {
+    format!("fd00:77::{}", 10 + i)
+}
+
+/// Node `i`'s pod also gets the second address of the node's v6 lease,
+/// the lease's first address on cni0 as its gateway.
+fn add_pod_v6(c: &Cluster, i: usize) -> (Ipv6Net, Ipv6Addr) {
+    let (subnet, gw) = c.agents[i].lease6().unwrap();
+    let ip = Ipv6Addr::from(u128::from(gw) + 1);
+    let len = subnet.prefix_len();
+    c.tb.host(i).ns().ip_batch(&[format!("addr add {gw}/{len} dev cni0 nodad")]).unwrap();
+    c.pods[i][0]
+        .ns()
+        .ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])
+        .unwrap();
+    (subnet, ip)
+}
+
+fn ping6(from: &Netns, to: Ipv6Addr) -> anyhow::Result<String> {
+    from.run(&["ping", "-6", "-c", "1", "-W", "1", &to.to_string()])
+}
+
+fn wait_ping6(from: &Netns, to: Ipv6Addr) {
+    poll_until(Duration::from_secs(15), &format!("{} pings {to}", from.name()), || ping6(from, to)).unwrap();
+}
+
+fn maps6(c: &Cluster, i: usize) -> DatapathMaps6 {
+    DatapathMaps6::open_pinned(&c.agents[i].pins()).unwrap()
+}
+
+fn start() -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
+    start_with_flags(&[])
+}
+
+fn start_with_flags(flags: &[&str]) -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
+    let c = Cluster::build(2, 0, 0, DUAL_CONFIG)
+        .agent_flags(flags)
+        .prepare(|tb| {
+            for (i, h) in tb.hosts().iter().enumerate() {
+                h.ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(i))]).unwrap();
+            }
+        })
+        .start();
+    let v6 = (0..2).map(|i| add_pod_v6(&c, i)).collect();
+    (c, v6)
+}
+
+#[test]
+fn dual_stack_pods_talk_over_v4_and_v6_between_two_agents() {
+    let (c, v6) = start();
+    let (p0, p1): (&Pod, &Pod) = (&c.pods[0][0], &c.pods[1][0]);
+
+    // FLANNEL_MTU with IPv6 on: the v6 underlay's 70 bytes of headers.
+    assert_eq!(c.pod_mtu, c.tb.underlay_mtu() - 70, "FLANNEL_MTU");
+    // overlay0: our v6 lease's first address as a /128, the IPv6Network
+    // route with the v6 tunnel's MTU.
+    let h0 = c.tb.host(0).ns();
+    let addrs = h0.run(&["ip", "-6", "addr", "show", "dev", "overlay0"]).unwrap();
+    assert!(addrs.contains(&format!("{}/128", v6[0].0.network())), "{addrs}");
+    let route = h0.run(&["ip", "-6", "route", "show", "fd42::/48"]).unwrap();
+    assert!(route.contains("dev overlay0") && route.contains(&format!("mtu {}", c.pod_mtu)), "{route}");
+
+    for (a, b, b6) in [(p0, p1, v6[1].1), (p1, p0, v6[0].1)] {
+        wait_ping(a, b.ip());
+        wait_ping6(a, b6);
+        tcp_roundtrip_to(a, b, IpAddr::V4(b.ip()), 2 << 20);
+        tcp_roundtrip_to(a, b, IpAddr::V6(b6), 2 << 20);
+    }
+
+    // The v6 halves went through the v6 maps: the other node's v6 lease
+    // via its PublicIPv6, our pod's v6 address learnt.
+    for (i, other) in [(0, 1), (1, 0)] {
+        let m = maps6(&c, i);
+        let peers = m.peers().unwrap();
+        assert_eq!(peers.len(), 1, "{peers:?}");
+        assert_eq!(peers[0].subnet, v6[other].0);
+        assert_eq!(peers[0].public_ip, host_ip6(other).parse::<Ipv6Addr>().unwrap());
+        // Learnt from the bridge's neighbours within a second or two.
+        poll_until(Duration::from_secs(10), &format!("node {i}'s v6 pod in ENDPOINTS6"), || {
+            let eps = maps6(&c, i).endpoints()?;
+            anyhow::ensure!(eps.iter().any(|e| e.ip == v6[i].1), "{:?} not in {eps:?}", v6[i].1);
+            Ok(())
+        })
+        .unwrap();
+        let cfg = m.config().unwrap().expect("CONFIG6 filled in");
+        assert_eq!((cfg.subnet, cfg.local_ip), (v6[i].0, host_ip6(i).parse().unwrap()));
+    }
+}
+
+#[test]
+fn a_forged_v6_source_is_dropped_and_a_removed_lease_is_unreachable() {
+    let (mut c, v6) = start();
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+
+    // From pod 0, a source in another node's v6 lease.
+    let forged = Ipv6Addr::from(u128::from(v6[1].1) + 7);
+    p0.ns().ip_batch(&[format!("addr add {forged}/128 dev eth0 nodad")]).unwrap();
+    let before = c.counters(0).get("drop_pod_spoofed_source").copied().unwrap_or(0);
+    let out = p0.run(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", "-I", &forged.to_string(), &v6[1].1.to_string()]);
+    assert!(out.is_err(), "a forged source got answers: {out:?}");
+    let after = c.counters(0).get("drop_pod_spoofed_source").copied().unwrap_or(0);
+    assert!(after >= before + 3, "drop_pod_spoofed_source {before} -> {after}");
+    // (Source selection would prefer the forged address: it is nearer.)
+    p0.ns().ip_batch(&[format!("addr del {forged}/128 dev eth0")]).unwrap();
+    wait_ping6(&p0, v6[1].1);
+
+    // Node 1 goes away and its lease with it: its v6 subnet is no longer
+    // reachable from node 0 (and its entry is gone from the v6 maps).
+    c.agents[1].stop();
+    let leases = c.etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap();
+    let key = leases.iter().map(|(k, _)| k).find(|k| k.contains(&v6[1].0.network().to_string())).expect("node 1's lease");
+    c.etcd.delete(key).unwrap();
+    poll_until(Duration::from_secs(15), "node 1's v6 lease gone from node 0's maps", || {
+        let peers = maps6(&c, 0).peers()?;
+        anyhow::ensure!(peers.is_empty(), "{peers:?}");
+        Ok(())
+    })
+    .unwrap();
+    let out = ping6(&p0, v6[1].1);
+    assert!(out.is_err(), "node 1's v6 pod still answers after its lease was removed: {out:?}");
+}
+
+/// `--ip-masq` (with the default `--iptables-forward-rules`): flanneld's
+/// FLANNEL-POSTRTG and FLANNEL-FWD rules for the IPv6Network and our v6
+/// lease through ip6tables, pods still talking unmasqueraded; `cleanup`
+/// removes them with overlay0's v6 address and route.
+#[test]
+fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
+    let (mut c, v6) = start_with_flags(&["--ip-masq"]);
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+    let host = c.tb.host(0);
+    let pod6 = v6[0].0.to_string();
+    let m = "-m comment --comment \"flanneld masq\"";
+    let f = "-m comment --comment \"flanneld forward\"";
+    // ip6tables-save prints the filter table first.
+    let expected = [
+        format!("-A FORWARD {f} -j FLANNEL-FWD"),
+        format!("-A FLANNEL-FWD -s fd42::/48 {f} -j ACCEPT"),
+        format!("-A FLANNEL-FWD -d fd42::/48 {f} -j ACCEPT"),
+        format!("-A POSTROUTING {m} -j FLANNEL-POSTRTG"),
+        format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {pod6} -d fd42::/48 {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s fd42::/48 -d {pod6} {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG ! -s fd42::/48 -d {pod6} {m} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s fd42::/48 ! -d ff00::/8 {m} -j MASQUERADE --random-fully"),
+        format!("-A FLANNEL-POSTRTG ! -s fd42::/48 -d fd42::/48 {m} -j MASQUERADE --random-fully"),
+    ];
+    let saved = host.run(&["ip6tables-save"]).unwrap();
+    let ours: Vec<&str> = saved.lines().filter(|l| l.contains("flanneld")).collect();
+    assert_eq!(ours, expected.iter().map(String::as_str).collect::<Vec<_>>(), "{saved}");
+
+    c.agents[0].stop();
+    let out = host
+        .exec(&[
+            agent_binary().to_str().unwrap(),
+            "cleanup",
+            &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display()),
+            &format!("--subnet-file={}", c.agents[0].subnet_file.display()),
+        ])
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cleanup failed: {said}");
+    let saved = host.run(&["ip6tables-save"]).unwrap();
+    assert!(!saved.contains("FLANNEL"), "ip6tables rules removed: {saved}");
+    let routes = host.run(&["ip", "-6", "route"]).unwrap();
+    assert!(!routes.contains("fd42::/48"), "IPv6 network route removed: {routes}");
+    assert!(ping6(&p0, v6[1].1).is_err(), "the node no longer routes the v6 overlay");
+}
