@@ -328,8 +328,9 @@ impl Node {
 }
 
 fn remove6(maps6: &mut DatapathMaps6, subnet: Ipv6Net) {
-    let old: Option<Ipv6Addr> = match maps6.peers() {
-        Ok(peers) => peers.into_iter().find(|p| p.subnet == subnet).map(|p| p.public_ip),
+    // The index, not a walk of SUBNETS6: a mass expiry removes thousands.
+    let old: Option<Ipv6Addr> = match maps6.installed_peers() {
+        Ok(peers) => peers.get(&subnet).map(|p| p.public_ip),
         Err(e) => {
             warn!("removing IPv6 peer {subnet}: {e}");
             return;
