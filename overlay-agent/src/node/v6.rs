@@ -271,8 +271,9 @@ impl Node {
         if let Some(old) = v6.installed.insert(lease.subnet, peer.subnet).filter(|old| *old != peer.subnet) {
             remove6(&mut self.datapath.maps6, old);
         }
-        let old = match self.datapath.maps6.peers() {
-            Ok(peers) => peers.into_iter().find(|p| p.subnet == peer.subnet),
+        // The index, not a walk of SUBNETS6: this runs for every lease event.
+        let old = match self.datapath.maps6.installed_peers() {
+            Ok(peers) => peers.get(&peer.subnet).cloned(),
             Err(e) => {
                 warn!("installing IPv6 peer {}: {e}", peer.subnet);
                 return;
