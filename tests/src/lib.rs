@@ -40,6 +40,7 @@ pub mod control_plane;
 pub mod docker;
 pub mod etcd;
 pub mod flannel;
+pub mod flannel6;
 pub mod forward;
 pub mod netns;
 pub mod packet;

@@ -111,6 +111,40 @@ fn control_only_records_removal_and_readyz() {
     }
 }
 
+/// The IPv6 set (issue 15): IPv6 pods over an IPv6 underlay on the
+/// NIC-like cable, the agent dual stack against kernel flannel-v6.1 and v6
+/// host-gw. The traffic runs between the pods' IPv6 addresses, both VXLAN
+/// modes carry the outer UDP checksum IPv6 needs (read back for
+/// flannel-v6.1), every measurement has a positive number and the ratios
+/// are of the v6 modes. Speed is not asserted.
+#[test]
+fn ipv6_modes_measure_v6_pods_against_flannel_v6_and_v6_host_gw() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root (network namespaces, bpffs): run as root");
+    let (json, stdout) = run_bench(&[
+        "--quick", "--no-control", "--modes", "overlay6,flannel6,host-gw6", "--tcp-secs", "1", "--udp-secs", "0.3",
+        "--round-trips", "300",
+    ]);
+    // Each topology's line names its pods' IPv6 addresses and pod MTU:
+    // uplink 1500 - 70 with VXLAN over IPv6.
+    for (mode, mtu) in [("overlay6", 1430), ("flannel6", 1430), ("host-gw6", 1500)] {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(&format!("{mode} "))).unwrap_or_default();
+        assert!(line.contains("fd42:") && line.contains(&format!("(pod MTU {mtu})")), "{mode}: {line:?}\n{stdout}");
+    }
+    let csum = &json["datapath"]["outer_udp_checksum"];
+    assert_eq!(csum["flannel6"], true, "{csum:#}");
+    assert_eq!(csum["overlay6"], true, "{csum:#}");
+    assert!(csum.get("host-gw6").is_none(), "{csum:#}");
+    for m in json["datapath"]["summary"].as_array().unwrap() {
+        for key in ["tcp1_gbps", "tcp8_gbps", "udp64_kpps_per_cpu", "rr_p50_us", "rr_spin_p50_us", "tcp1_cpu_ms_per_gbit"] {
+            let v = m["metrics"][key]["median"].as_f64().unwrap_or(0.0);
+            assert!(v > 0.0, "{} {key} = {v}", m["mode"]);
+        }
+    }
+    let ratios = json["datapath"]["ratios"].as_object().unwrap();
+    let pairs: Vec<&String> = ratios.keys().collect();
+    assert_eq!(pairs, ["overlay6/flannel6", "overlay6/host-gw6"], "{ratios:#?}");
+}
+
 /// Runs overlay-bench against the agent with `args` and a scratch --out:
 /// its bench.json and stdout. Fails the test when the bench fails.
 fn run_bench(args: &[&str]) -> (serde_json::Value, String) {

@@ -16,7 +16,7 @@
 //! | overlay-dr | the same with `Backend.DirectRouting: true` (peers on the same subnet are routed, not encapsulated) | 1450 |
 //! | overlay-xdp | overlay with `--xdp-decap`: VXLAN decapsulated by native XDP on each uplink, before GRO; not run by default | 1450 |
 //! | overlay-xdp-generic | the same in generic XDP (`--xdp-mode=generic`); not run by default | 1450 |
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,10 @@ use crate::agent::{Agent, AgentOptions};
 use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult, Wait};
 use crate::etcd::Etcd;
 use crate::flannel::{add_kernel_peer, kernel_vxlan_udp_csum, setup_kernel_vxlan_with, UdpCsum, VxlanLease};
+use crate::flannel6::{self, add_kernel_peer6, kernel_vxlan6_udp_csum, setup_kernel_vxlan6, Vxlan6Lease};
 use crate::netns::{next, ChildHandle, Pod, Testbed};
-use overlay_agent::datapath::DatapathMaps;
+use ipnet::Ipv6Net;
+use overlay_agent::datapath::{DatapathMaps, DatapathMaps6};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Mode {
@@ -46,10 +48,16 @@ pub enum Mode {
     OverlayXdp,
     #[serde(rename = "overlay-xdp-generic")]
     OverlayXdpGeneric,
+    #[serde(rename = "host-gw6")]
+    HostGw6,
+    #[serde(rename = "flannel6")]
+    Flannel6,
+    #[serde(rename = "overlay6")]
+    Overlay6,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 10] = [
         Mode::HostGw,
         Mode::Flannel,
         Mode::FlannelNoCsum,
@@ -57,6 +65,9 @@ impl Mode {
         Mode::OverlayDirect,
         Mode::OverlayXdp,
         Mode::OverlayXdpGeneric,
+        Mode::HostGw6,
+        Mode::Flannel6,
+        Mode::Overlay6,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +79,9 @@ impl Mode {
             Mode::OverlayDirect => "overlay-dr",
             Mode::OverlayXdp => "overlay-xdp",
             Mode::OverlayXdpGeneric => "overlay-xdp-generic",
+            Mode::HostGw6 => "host-gw6",
+            Mode::Flannel6 => "flannel6",
+            Mode::Overlay6 => "overlay6",
         }
     }
 
@@ -80,6 +94,9 @@ impl Mode {
             Mode::OverlayDirect => "overlay-agent, Backend.DirectRouting: true (same-subnet peers routed by BPF)",
             Mode::OverlayXdp => "overlay-agent with --xdp-decap: VXLAN decapsulated in native XDP on the uplink, before GRO",
             Mode::OverlayXdpGeneric => "overlay-agent with --xdp-decap --xdp-mode=generic: the same in generic XDP",
+            Mode::HostGw6 => "IPv6 pods, plain IPv6 routes via the peer's underlay address, no encapsulation",
+            Mode::Flannel6 => "IPv6 pods over kernel flannel-v6.1 VXLAN on the IPv6 underlay, set up as flanneld does (outer UDP checksum on)",
+            Mode::Overlay6 => "IPv6 pods, overlay-agent dual stack: BPF on the pod side, VXLAN over IPv6 through overlay0 (outer UDP checksum on)",
         }
     }
 
@@ -95,12 +112,17 @@ impl Mode {
 
     /// Whether this mode runs flannel's kernel VXLAN (flannel.1).
     pub fn is_flannel(self) -> bool {
-        matches!(self, Mode::Flannel | Mode::FlannelNoCsum)
+        matches!(self, Mode::Flannel | Mode::FlannelNoCsum | Mode::Flannel6)
+    }
+
+    /// Whether the pods talk over IPv6 (on an IPv6 underlay).
+    pub fn is_v6(self) -> bool {
+        matches!(self, Mode::HostGw6 | Mode::Flannel6 | Mode::Overlay6)
     }
 
     /// Whether this mode runs overlay-agent.
     pub fn is_agent(self) -> bool {
-        matches!(self, Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric)
+        matches!(self, Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric | Mode::Overlay6)
     }
 }
 
@@ -261,6 +283,10 @@ pub struct Topology {
     iperf: Option<ChildHandle>,
     pub client: Pod,
     pub server: Pod,
+    /// The addresses the traffic runs between: the pods' IPv4 addresses, or
+    /// their IPv6 ones in the v6 modes.
+    pub client_ip: IpAddr,
+    pub server_ip: IpAddr,
     pub pod_mtu: u32,
     pub tb: Testbed,
 }
@@ -268,6 +294,39 @@ pub struct Topology {
 fn host_subnet(i: usize) -> (Ipv4Addr, Ipv4Addr) {
     let net = Ipv4Addr::new(10, 42, i as u8 + 1, 0);
     (net, Ipv4Addr::new(10, 42, i as u8 + 1, 1))
+}
+
+/// Node `i`'s address on the IPv6 underlay (the v6 modes).
+fn host_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// Node `i`'s IPv6 pod subnet in host-gw6 and flannel6 (overlay6 takes the
+/// one its lease says).
+fn host_subnet6(i: usize) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::new(0xfd42, 0, i as u16 + 1, 0, 0, 0, 0, 0), 64).expect("a /64")
+}
+
+/// The v6 modes' underlay: an IPv6 address on each node's eth0 (next to
+/// its IPv4 one) and IPv6 forwarding on.
+fn add_underlay6(tb: &Testbed) -> Result<()> {
+    for (i, host) in tb.hosts().iter().enumerate() {
+        host.ip_batch(&[format!("addr add {}/64 dev {} nodad", host_ip6(i), host.uplink())])?;
+        host.set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Gives `pod` (behind cni0 on `host`) the second address of `subnet` and
+/// a default route via its first, which goes on cni0 (what the CNI bridge
+/// plugin does with a v6 range).
+fn add_pod6(host: &crate::netns::Host, pod: &Pod, subnet: Ipv6Net) -> Result<Ipv6Addr> {
+    let gw = Ipv6Addr::from(u128::from(subnet.network()) + 1);
+    let ip = Ipv6Addr::from(u128::from(gw) + 1);
+    let len = subnet.prefix_len();
+    host.ip_batch(&[format!("addr replace {gw}/{len} dev cni0 nodad")])?;
+    pod.ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])?;
+    Ok(ip)
 }
 
 impl Topology {
@@ -290,6 +349,8 @@ impl Topology {
         }
         let mut agents = Vec::new();
         let mut pods = Vec::new();
+        // The pods' IPv6 addresses, in the v6 modes.
+        let mut pods6: Vec<Ipv6Addr> = Vec::new();
         let pod_mtu;
         match mode {
             Mode::HostGw => {
@@ -322,12 +383,46 @@ impl Topology {
                     pods.push(host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?);
                 }
             }
-            Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric => {
+            Mode::HostGw6 => {
+                pod_mtu = 1500;
+                add_underlay6(&tb)?;
+                for i in 0..2 {
+                    let host = tb.host(i);
+                    let (_, gw) = host_subnet(i);
+                    host.add_bridge("cni0", Some(&format!("{gw}/24")), pod_mtu)?;
+                    host.ip_batch(&[format!("route add {} via {}", host_subnet6(1 - i), host_ip6(1 - i))])?;
+                    let pod = host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?;
+                    pods6.push(add_pod6(host, &pod, host_subnet6(i))?);
+                    pods.push(pod);
+                }
+            }
+            Mode::Flannel6 => {
+                pod_mtu = tb.underlay_mtu() - flannel6::VXLAN6_OVERHEAD;
+                add_underlay6(&tb)?;
+                let leases: Vec<Vxlan6Lease> = (0..2)
+                    .map(|i| Vxlan6Lease { subnet: host_subnet6(i), public_ip: host_ip6(i), vtep_mac: [0x0e, 0, 0, 0, 0xf6, i as u8 + 1] })
+                    .collect();
+                for i in 0..2 {
+                    let host = tb.host(i);
+                    setup_kernel_vxlan6(host, host.uplink(), 1, &leases[i], tb.underlay_mtu())?;
+                    add_kernel_peer6(host, 1, &leases[1 - i])?;
+                    let (_, gw) = host_subnet(i);
+                    host.add_bridge("cni0", Some(&format!("{gw}/24")), pod_mtu)?;
+                    let pod = host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?;
+                    pods6.push(add_pod6(host, &pod, leases[i].subnet)?);
+                    pods.push(pod);
+                }
+            }
+            Mode::Overlay | Mode::OverlayDirect | Mode::OverlayXdp | Mode::OverlayXdpGeneric | Mode::Overlay6 => {
                 let etcd = etcd.ok_or_else(|| anyhow!("the agent modes need etcd"))?;
+                if mode.is_v6() {
+                    add_underlay6(&tb)?;
+                }
                 let direct = mode == Mode::OverlayDirect;
                 let prefix = format!("/bench-{}-{}/network", mode.name(), tb.id());
                 let config = format!(
-                    r#"{{"Network":"10.42.0.0/16","Backend":{{"Type":"vxlan"{}}}}}"#,
+                    r#"{{"Network":"10.42.0.0/16"{},"Backend":{{"Type":"vxlan"{}}}}}"#,
+                    if mode.is_v6() { r#","EnableIPv6":true,"IPv6Network":"fd42::/48""# } else { "" },
                     if direct { r#","DirectRouting":true"# } else { "" }
                 );
                 etcd.put(&format!("{prefix}/config"), &config)?;
@@ -353,7 +448,11 @@ impl Topology {
                 pod_mtu = agents[0].flannel_mtu()?;
                 for (i, a) in agents.iter().enumerate() {
                     let (_, len, gw) = a.lease()?;
-                    pods.push(tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, pod_mtu)?);
+                    let pod = tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, pod_mtu)?;
+                    if mode.is_v6() {
+                        pods6.push(add_pod6(tb.host(i), &pod, a.lease6()?.0)?);
+                    }
+                    pods.push(pod);
                 }
                 // Both nodes know each other.
                 for a in &agents {
@@ -361,6 +460,9 @@ impl Topology {
                         let peers = DatapathMaps::open_pinned(&a.pins())?.peers()?;
                         if peers.is_empty() {
                             bail!("no peer yet");
+                        }
+                        if mode.is_v6() && DatapathMaps6::open_pinned(&a.pins())?.peers()?.is_empty() {
+                            bail!("no IPv6 peer yet");
                         }
                         if direct && peers.iter().any(|p| p.mode != overlay_agent::datapath::Mode::Direct) {
                             bail!("DirectRouting: peer not in direct mode yet: {peers:?}");
@@ -372,7 +474,11 @@ impl Topology {
         }
         let server = pods.pop().expect("two pods");
         let client = pods.pop().expect("two pods");
-        let mut topo = Topology { mode, underlay, agents, iperf: None, client, server, pod_mtu, tb };
+        let (client_ip, server_ip) = match pods6[..] {
+            [c, s] => (IpAddr::V6(c), IpAddr::V6(s)),
+            _ => (IpAddr::V4(client.ip()), IpAddr::V4(server.ip())),
+        };
+        let mut topo = Topology { mode, underlay, agents, iperf: None, client, server, client_ip, server_ip, pod_mtu, tb };
         topo.wait_connected()?;
         topo.wait_endpoints()?;
         topo.start_iperf()?;
@@ -382,7 +488,7 @@ impl Topology {
     fn wait_connected(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.client.ping(self.server.ip()).is_ok() && self.server.ping(self.client.ip()).is_ok() {
+            if ping(&self.client, self.server_ip).is_ok() && ping(&self.server, self.client_ip).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -396,12 +502,15 @@ impl Topology {
     /// ENDPOINTS, so that the decap path delivers straight to the pod
     /// (`bpf_redirect_peer`) during the measurements.
     fn wait_endpoints(&self) -> Result<()> {
-        for (a, pod) in self.agents.iter().zip([&self.client, &self.server]) {
-            let pod_ip = pod.ip();
+        for (a, pod_ip) in self.agents.iter().zip([self.client_ip, self.server_ip]) {
             crate::poll_until(Duration::from_secs(20), "the pod in the agent's ENDPOINTS", || {
-                if !DatapathMaps::open_pinned(&a.pins())?.endpoints()?.iter().any(|e| e.ip == pod_ip) {
+                let known = match pod_ip {
+                    IpAddr::V4(ip) => DatapathMaps::open_pinned(&a.pins())?.endpoints()?.iter().any(|e| e.ip == ip),
+                    IpAddr::V6(ip) => DatapathMaps6::open_pinned(&a.pins())?.endpoints()?.iter().any(|e| e.ip == ip),
+                };
+                if !known {
                     // Keep the neighbour entries fresh while waiting.
-                    let _ = self.client.ping(self.server.ip());
+                    let _ = ping(&self.client, self.server_ip);
                     bail!("pod {pod_ip} not in ENDPOINTS yet");
                 }
                 Ok(())
@@ -456,7 +565,12 @@ impl Topology {
     /// encapsulation always writes 0. None for modes without encapsulation.
     pub fn outer_udp_csum(&self) -> Result<Option<bool>> {
         Ok(match self.mode {
+            Mode::Flannel6 => Some(kernel_vxlan6_udp_csum(self.tb.host(0), 1)?),
             m if m.is_flannel() => Some(kernel_vxlan_udp_csum(self.tb.host(0), 1)?),
+            // IPv6 VXLAN leaves through overlay0's kernel driver, with a
+            // tunnel key that asks for the checksum IPv6 UDP must carry.
+            Mode::Overlay6 => Some(true),
+            Mode::OverlayDirect => None,
             m if m.is_agent() => Some(false),
             _ => None,
         })
@@ -491,7 +605,7 @@ impl Topology {
         let out = self.client.exec(&[
             "iperf3",
             "-c",
-            &self.server.ip().to_string(),
+            &self.server_ip.to_string(),
             "-p",
             &IPERF_PORT.to_string(),
             "-t",
@@ -529,24 +643,27 @@ impl Topology {
     }
 
     pub fn udp_pps(&self, secs: f64) -> Result<FloodResult> {
-        sockets::udp_flood(&self.client, &self.server, Duration::from_secs_f64(secs), 64)
+        sockets::udp_flood((&self.client, self.client_ip), (&self.server, self.server_ip), Duration::from_secs_f64(secs), 64)
     }
 
     /// `round_trips` recorded request/response round trips (after a tenth
     /// as many, at least 100, unrecorded), both sockets waiting as `wait` says.
     pub fn latency(&self, round_trips: usize, wait: Wait) -> Result<PingPongResult> {
-        sockets::udp_ping_pong(&self.client, &self.server, round_trips, warmup_round_trips(round_trips), 64, wait)
+        let (from, to) = ((&self.client, self.client_ip), (&self.server, self.server_ip));
+        sockets::udp_ping_pong(from, to, round_trips, warmup_round_trips(round_trips), 64, wait)
     }
 
     /// The same request/response between two sockets of the client pod
     /// over loopback: no data path, only what every mode pays on top of it.
     pub fn latency_floor(&self, round_trips: usize, wait: Wait) -> Result<PingPongResult> {
-        sockets::udp_ping_pong(&self.client, &self.client, round_trips, warmup_round_trips(round_trips), 64, wait)
+        let own = (&self.client, self.client_ip);
+        sockets::udp_ping_pong(own, own, round_trips, warmup_round_trips(round_trips), 64, wait)
     }
 
     /// The same UDP flood between two sockets of the client pod over loopback.
     pub fn udp_pps_floor(&self, secs: f64) -> Result<FloodResult> {
-        sockets::udp_flood(&self.client, &self.client, Duration::from_secs_f64(secs), 64)
+        let own = (&self.client, self.client_ip);
+        sockets::udp_flood(own, own, Duration::from_secs_f64(secs), 64)
     }
 }
 
@@ -559,6 +676,12 @@ pub struct TcpResult {
     pub user_cpu_s: f64,
     pub wall_s: f64,
     pub cpu_s_per_gbit: f64,
+}
+
+/// One ping from `from` to `to`, over IPv4 or IPv6.
+fn ping(from: &Pod, to: IpAddr) -> Result<String> {
+    let family = if to.is_ipv6() { "-6" } else { "-4" };
+    from.run(&["ping", family, "-c", "1", "-W", "1", &to.to_string()])
 }
 
 /// Unrecorded round trips before `round_trips` recorded ones: 2,000 before 20,000.

@@ -109,19 +109,23 @@ pub fn paired_ratio(modes: &[ModeSummary], a: &str, b: &str, key: &str) -> Optio
     (!r.is_empty()).then(|| Summary::of(&r))
 }
 
-/// The modes the agent's modes are compared with (those present in a run).
+/// The modes the agent's IPv4 modes are compared with (those present in a run).
 pub const RATIO_BASES: [&str; 3] = ["flannel", "flannel-nocsum", "host-gw"];
+
+/// (ours, base): every agent mode against the kernel modes of its family.
+pub fn ratio_pairs() -> Vec<(&'static str, &'static str)> {
+    let mut pairs = Vec::new();
+    for ours in ["overlay", "overlay-dr", "overlay-xdp", "overlay-xdp-generic"] {
+        pairs.extend(RATIO_BASES.iter().map(|&base| (ours, base)));
+    }
+    pairs.extend([("overlay6", "flannel6"), ("overlay6", "host-gw6")]);
+    pairs
+}
 
 /// Ratios of each agent mode against flannel and host-gw, per metric.
 pub fn ratio_table(modes: &[ModeSummary]) -> String {
-    let mut pairs = Vec::new();
-    for ours in ["overlay", "overlay-dr", "overlay-xdp", "overlay-xdp-generic"] {
-        for base in RATIO_BASES {
-            if modes.iter().any(|m| m.mode == ours) && modes.iter().any(|m| m.mode == base) {
-                pairs.push((ours, base));
-            }
-        }
-    }
+    let ran = |name: &str| modes.iter().any(|m| m.mode == name);
+    let pairs: Vec<_> = ratio_pairs().into_iter().filter(|(a, b)| ran(a) && ran(b)).collect();
     if pairs.is_empty() {
         return String::new();
     }
@@ -159,9 +163,9 @@ const MODE_COLORS: [RGBColor; 6] = [
 
 fn mode_color(name: &str) -> RGBColor {
     match name {
-        "host-gw" => MODE_COLORS[0],
-        "flannel" => MODE_COLORS[1],
-        "overlay" => MODE_COLORS[2],
+        "host-gw" | "host-gw6" => MODE_COLORS[0],
+        "flannel" | "flannel6" => MODE_COLORS[1],
+        "overlay" | "overlay6" => MODE_COLORS[2],
         "flannel-nocsum" => MODE_COLORS[4],
         "overlay-xdp" | "overlay-xdp-generic" => MODE_COLORS[5],
         _ => MODE_COLORS[3],

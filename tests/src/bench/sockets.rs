@@ -3,7 +3,7 @@
 //! sockets), each on sockets created inside the pod namespaces
 //! ([`Netns::in_ns`]); CPU time from /proc/stat.
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -127,12 +127,14 @@ const BATCH: usize = 64;
 /// the sender's CPU (each veth hop queues to that CPU's backlog), so the
 /// delivered rate is the inverse of the path's cost per packet, sender
 /// syscall included.
-pub fn udp_flood(from: &Pod, to: &Pod, duration: Duration, payload: usize) -> Result<FloodResult> {
-    let rx = to.in_ns(|| UdpSocket::bind(SocketAddrV4::new(to.ip(), 0))).context("binding the receiver")?;
+pub fn udp_flood(from: (&Pod, IpAddr), to: (&Pod, IpAddr), duration: Duration, payload: usize) -> Result<FloodResult> {
+    let (from, from_ip) = from;
+    let (to, to_ip) = to;
+    let rx = to.in_ns(|| UdpSocket::bind(SocketAddr::new(to_ip, 0))).context("binding the receiver")?;
     set_buf(&rx, libc::SO_RCVBUFFORCE, 32 << 20);
     rx.set_read_timeout(Some(Duration::from_millis(50)))?;
     let addr = rx.local_addr()?;
-    let tx = from.in_ns(|| UdpSocket::bind(SocketAddrV4::new(from.ip(), 0))).context("binding the sender")?;
+    let tx = from.in_ns(|| UdpSocket::bind(SocketAddr::new(from_ip, 0))).context("binding the sender")?;
     tx.connect(addr)?;
     let stop_rx = Arc::new(AtomicBool::new(false));
     let receiver = {
@@ -303,9 +305,18 @@ pub struct PingPongResult {
 /// echo server in `to` (after `warmup` unrecorded ones), one outstanding at
 /// a time. Client on CPU 0, server on CPU 1; both sockets blocking, or both
 /// non-blocking and polled without sleeping (`wait`).
-pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usize, wait: Wait) -> Result<PingPongResult> {
+pub fn udp_ping_pong(
+    from: (&Pod, IpAddr),
+    to: (&Pod, IpAddr),
+    n: usize,
+    warmup: usize,
+    payload: usize,
+    wait: Wait,
+) -> Result<PingPongResult> {
+    let (from, from_ip) = from;
+    let (to, to_ip) = to;
     let spin = wait == Wait::Spinning;
-    let server = to.in_ns(|| UdpSocket::bind(SocketAddrV4::new(to.ip(), 0))).context("binding the echo server")?;
+    let server = to.in_ns(|| UdpSocket::bind(SocketAddr::new(to_ip, 0))).context("binding the echo server")?;
     // Spinning: recv_from returns WouldBlock at once and the loop goes on.
     server.set_nonblocking(spin)?;
     server.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -323,7 +334,7 @@ pub fn udp_ping_pong(from: &Pod, to: &Pod, n: usize, warmup: usize, payload: usi
             }
         })
     };
-    let client = from.in_ns(|| UdpSocket::bind(SocketAddrV4::new(from.ip(), 0))).context("binding the client")?;
+    let client = from.in_ns(|| UdpSocket::bind(SocketAddr::new(from_ip, 0))).context("binding the client")?;
     client.connect(addr)?;
     let timeout = Duration::from_millis(200);
     client.set_nonblocking(spin)?;

@@ -37,7 +37,9 @@ struct Args {
     /// Data path modes, comma separated: host-gw, flannel, overlay, overlay-dr,
     /// and, not in the default set, flannel-nocsum (flannel.1 with
     /// `noudpcsum`, outer UDP checksum 0 like ours), overlay-xdp (overlay
-    /// with `--xdp-decap`, native XDP) and overlay-xdp-generic.
+    /// with `--xdp-decap`, native XDP) and overlay-xdp-generic; and the
+    /// IPv6 set (IPv6 pods over an IPv6 underlay): host-gw6, flannel6
+    /// (kernel flannel-v6.1), overlay6 (the agent, dual stack).
     #[arg(long, value_delimiter = ',', default_value = "host-gw,flannel,overlay,overlay-dr")]
     modes: Vec<String>,
     /// How the two nodes' eth0 are connected: `nic`, one veth pair made
@@ -424,8 +426,8 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         println!(
             "  {:<10} {} -> {} (pod MTU {}), ready in {:.1} s: {}",
             mode.name(),
-            topo.client.ip(),
-            topo.server.ip(),
+            topo.client_ip,
+            topo.server_ip,
             topo.pod_mtu,
             t.elapsed().as_secs_f64(),
             mode.describe()
@@ -572,7 +574,7 @@ fn datapath(plan: &Plan, etcd: Option<&Etcd>, background: &mut Background, repor
         "outer_udp_checksum": outer_csum,
         "outer_udp_checksum_source": "flannel modes: udp_csum of `ip -d -j link show flannel.1` on node 0 (flanneld sets no \
                                       IFLA_VXLAN_UDP_CSUM, so the kernel default applies: on); overlay: the BPF \
-                                      encapsulation writes UDP checksum 0; host-gw and overlay-dr do not encapsulate",
+                                      encapsulation writes UDP checksum 0; flannel6: udp_zero_csum6_tx of flannel-v6.1; overlay6: IPv6 VXLAN through overlay0 with a checksummed tunnel key; host-gw, host-gw6 and overlay-dr do not encapsulate",
         "floor": floor_json,
         "summary": summaries,
         "samples": raw,
@@ -609,20 +611,18 @@ fn offloads_note(v: &serde_json::Value) -> String {
 
 fn ratio_json(s: &[ModeSummary]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    for ours in ["overlay", "overlay-dr"] {
-        for base in report::RATIO_BASES {
-            let mut m = serde_json::Map::new();
-            for metric in report::METRICS {
-                if let Some(r) = report::ratio(s, ours, base, metric.key) {
-                    m.insert(metric.key.into(), json!(r));
-                }
-                if let Some(p) = report::paired_ratio(s, ours, base, metric.key) {
-                    m.insert(format!("{}_paired", metric.key), serde_json::to_value(p).unwrap_or_default());
-                }
+    for (ours, base) in report::ratio_pairs() {
+        let mut m = serde_json::Map::new();
+        for metric in report::METRICS {
+            if let Some(r) = report::ratio(s, ours, base, metric.key) {
+                m.insert(metric.key.into(), json!(r));
             }
-            if !m.is_empty() {
-                out.insert(format!("{ours}/{base}"), serde_json::Value::Object(m));
+            if let Some(p) = report::paired_ratio(s, ours, base, metric.key) {
+                m.insert(format!("{}_paired", metric.key), serde_json::to_value(p).unwrap_or_default());
             }
+        }
+        if !m.is_empty() {
+            out.insert(format!("{ours}/{base}"), serde_json::Value::Object(m));
         }
     }
     serde_json::Value::Object(out)
