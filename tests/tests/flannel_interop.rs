@@ -10,7 +10,8 @@
 //! stack: an agent and a reference node with `flannel-v6.1` (VXLAN over the
 //! IPv6 underlay) talk over v6 and v4 both ways, and a v6 packet too big
 //! for the path is answered with ICMPv6 packet too big or fragmented at the
-//! source. Needs root.
+//! source; with DirectRouting, v6 pod traffic between nodes on one link
+//! is plain IPv6 on the cable. Needs root.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -35,6 +36,8 @@ const DIRECT_ROUTING_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Typ
 const HOST_GW_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const DUAL_STACK_CONFIG: &str =
     r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}"#;
+const DUAL_STACK_DIRECT_CONFIG: &str = r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48",
+    "Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 
 /// TCP transfers from `a` to `b` and back, one after the other, until
 /// `stop`; counts the completed ones (each checks every byte).
@@ -358,4 +361,58 @@ fn dual_stack_pods_talk_with_a_kernel_flannel_v6_node_both_ways() {
     assert!(route.contains(&format!("mtu {}", c.tb.underlay_mtu() - 70)), "no packet too big learnt: {route}");
     big_ping(&agent_pod, ref_pod6);
     assert!(reference.errors().is_empty(), "{:?}", reference.errors());
+}
+
+/// DirectRouting in a dual-stack network: two agents (hosts 0, 1) and a
+/// reference node (host 2), all on one IPv6 link. Every v6 peer is on-link,
+/// so the agents install them as direct routes (no VXLAN) and the reference
+/// routes via PublicIPv6 as flannel's vxlan backend does; pods ping and move
+/// TCP over v6 between all three, and on host 0's cable the v6 pod traffic
+/// is plain IPv6 between pod addresses, never VXLAN over IPv6.
+#[test]
+fn direct_routing_sends_v6_pod_traffic_unencapsulated_between_nodes_on_one_link() {
+    let c = Cluster::build(2, 1, 0, DUAL_STACK_DIRECT_CONFIG)
+        .prepare(address_underlay6)
+        .ready(Duration::from_secs(60))
+        .start();
+    let ref6 = c.flannel[0].lease6.expect("the reference took a v6 lease");
+    let subnets6: Vec<ipnet::Ipv6Net> =
+        (0..2).map(|i| c.agents[i].lease6().unwrap().0).chain([ref6.subnet]).collect();
+    let pods: Vec<Pod> = c.pods.iter().map(|p| p[0].clone()).collect();
+    let pods6: Vec<std::net::Ipv6Addr> =
+        (0..3).map(|i| add_pod6(c.tb.host(i), &pods[i], subnets6[i], 2)).collect();
+
+    c.flannel[0].wait_applied6(&subnets6[..2], Duration::from_secs(10)).unwrap();
+    assert!(c.flannel[0].applied().values().all(|l| l.v6.is_some_and(|v| v.direct)), "{:?}", c.flannel[0].applied());
+    for i in 0..2 {
+        poll_until(Duration::from_secs(10), &format!("agent {i}'s v6 peers, direct"), || {
+            let peers = DatapathMaps6::open_pinned(&c.agents[i].pins())?.peers()?;
+            anyhow::ensure!(peers.len() == 2 && peers.iter().all(|p| p.mode == Mode::Direct), "{peers:?}");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    let capture = overlay_tests::capture::Capture::start(&c.tb, 0, "ip6");
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                wait_ping_any(&pods[a], IpAddr::V6(pods6[b]));
+            }
+        }
+    }
+    for b in [1, 2] {
+        tcp_roundtrip_to(&pods[0], &pods[b], IpAddr::V6(pods6[b]), 1 << 20);
+        tcp_roundtrip_to(&pods[b], &pods[0], IpAddr::V6(pods6[0]), 1 << 20);
+    }
+    let frames = capture.finish_ip6();
+    let vxlan: Vec<_> = frames.iter().filter(|f| f.is_vxlan()).collect();
+    assert!(vxlan.is_empty(), "VXLAN over IPv6 on the cable with DirectRouting: {:?}", &vxlan[..vxlan.len().min(3)]);
+    for b in [1, 2] {
+        for (src, dst) in [(pods6[0], pods6[b]), (pods6[b], pods6[0])] {
+            let n = frames.iter().filter(|f| f.src == src && f.dst == dst).count();
+            assert!(n > 10, "{n} plain IPv6 frames {src} -> {dst} on host 0's cable");
+        }
+    }
+    assert!(c.flannel[0].errors().is_empty(), "{:?}", c.flannel[0].errors());
 }
