@@ -24,6 +24,7 @@ use crate::{
     datapath::{loader, DatapathMaps6, Mode, NodeConfig6, Peer6, PodEndpoint6, PinLayout},
     etcd::{registry::format_mac, Lease},
     host::{
+        blackhole,
         iface::{Uplink, UplinkV6},
         masq::MasqRules,
         masquerade::MasqOptions,
@@ -122,6 +123,11 @@ impl Node {
             }
             None => failed.push(anyhow::anyhow!("{TUNNEL_DEVICE} is missing: no IPv6 address or route on it")),
         }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, subnet).await {
+                failed.push(anyhow::Error::new(e).context("adding the blackhole route for our IPv6 lease"));
+            }
+        }
         match self.node_config6(v6) {
             Ok(c) => {
                 if let Err(e) = self.datapath.maps6.set_config(&c) {
@@ -176,6 +182,11 @@ impl Node {
         let (Some(v6), Some(index)) = (&self.v6, loader::ifindex(TUNNEL_DEVICE)) else { return };
         if let Err(e) = tunnel_v6::ensure(&self.handle, index, &v6.plan).await {
             warn!("re-asserting the IPv6 route via {TUNNEL_DEVICE}: {e}");
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, v6.plan.subnet).await {
+                warn!("re-asserting the blackhole route for {}: {e}", v6.plan.subnet);
+            }
         }
     }
 
