@@ -150,7 +150,7 @@ impl Node {
             task.abort();
         }
         if opts.nftables {
-            warn!("EnableNFTables: no IPv6 masquerade or forward rules in the nftables layout yet");
+            // flannel-ipv6 is built with flannel-ipv4 (`nft_ipv6`).
             return Ok(());
         }
         if !opts.ip_masq && !opts.forward {
@@ -167,6 +167,12 @@ impl Node {
             }
             Err(e) => Err(e.context("installing the ip6tables rules")),
         }
+    }
+
+    /// IPv6Network and our v6 lease for the nftables layout's `flannel-ipv6`
+    /// table (None without IPv6: the table stays empty).
+    pub(super) fn nft_ipv6(&self) -> Option<(Ipv6Net, Ipv6Net)> {
+        self.v6.as_ref().map(|v6| (v6.plan.cluster, v6.plan.subnet))
     }
 
     /// The bridge changed: `CONFIG6` names the new one.
