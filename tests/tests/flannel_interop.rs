@@ -394,10 +394,10 @@ fn direct_routing_sends_v6_pod_traffic_unencapsulated_between_nodes_on_one_link(
     }
 
     let capture = overlay_tests::capture::Capture::start(&c.tb, 0, "ip6");
-    for a in 0..3 {
-        for b in 0..3 {
+    for (a, pod) in pods.iter().enumerate() {
+        for (b, ip) in pods6.iter().enumerate() {
             if a != b {
-                wait_ping_any(&pods[a], IpAddr::V6(pods6[b]));
+                wait_ping_any(pod, IpAddr::V6(*ip));
             }
         }
     }
