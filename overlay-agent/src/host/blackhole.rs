@@ -35,20 +35,15 @@ pub async fn ensure(handle: &Handle, lease: impl Into<IpNet>) -> Result<(), Netl
         }
     }
     let route = match lease {
-        IpNet::V4(net) => RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .kind(RouteType::BlackHole)
-            .protocol(RouteProtocol::Static)
-            .priority(BLACKHOLE_METRIC)
-            .build(),
-        IpNet::V6(net) => RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .kind(RouteType::BlackHole)
-            .protocol(RouteProtocol::Static)
-            .priority(BLACKHOLE_METRIC)
-            .build(),
+        IpNet::V4(net) => blackhole_route(RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(net.network(), net.prefix_len())),
+        IpNet::V6(net) => blackhole_route(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(net.network(), net.prefix_len())),
     };
     replace_route(handle, route, format!("blackhole route {lease} metric {BLACKHOLE_METRIC}")).await
+}
+
+/// `blackhole ... proto static metric 4242` for a destination of either family.
+fn blackhole_route<T>(to: RouteMessageBuilder<T>) -> RouteMessage {
+    to.kind(RouteType::BlackHole).protocol(RouteProtocol::Static).priority(BLACKHOLE_METRIC).build()
 }
 
 /// Delete our blackhole routes of both families (all of them, or only the
