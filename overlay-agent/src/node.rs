@@ -490,7 +490,7 @@ impl Node {
         if let Some((_, task)) = self.masq.take() {
             task.abort();
         }
-        if let Some(rules) = Masquerade::new(opts, self.cfg.network, subnet) {
+        if let Some(rules) = Masquerade::new(opts, self.cfg.network, subnet).map(|m| m.with_ipv6(self.nft_ipv6())) {
             // The resync follows the current lease's rules from now on,
             // whether or not this first attempt works: it keeps repairing.
             self.health.set_masq_installed(false);

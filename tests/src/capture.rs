@@ -1,6 +1,6 @@
 //! Capturing on an interface with tcpdump, and reading what it wrote: the
-//! VXLAN frames (outer and inner headers) or the outer IPv4 header of every
-//! frame of an Ethernet pcap.
+//! VXLAN frames (outer and inner headers) or the outer IPv4 or IPv6 header
+//! of every frame of an Ethernet pcap.
 use std::{
     io::Read,
     net::Ipv4Addr,
@@ -68,6 +68,11 @@ impl Capture {
     /// Every IPv4 frame captured, VXLAN or not.
     pub fn finish_ip(self) -> Vec<IpFrame> {
         ip_frames(&self.finish_raw())
+    }
+
+    /// Every IPv6 frame captured, VXLAN or not.
+    pub fn finish_ip6(self) -> Vec<Ip6Frame> {
+        ip6_frames(&self.finish_raw())
     }
 
     /// Stops tcpdump and returns the pcap file's bytes.
@@ -171,6 +176,36 @@ pub fn ip_frames(pcap: &[u8]) -> Vec<IpFrame> {
             let proto = f[23];
             let udp_dport = (proto == 17 && f.len() >= l4 + 4).then(|| u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]));
             out.push(IpFrame { src: ip4(26), dst: ip4(30), proto, udp_dport });
+        }
+    }
+    out
+}
+
+/// The outer IPv6 header of a captured frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ip6Frame {
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    pub next_header: u8,
+    /// UDP destination port, for UDP right after the fixed header.
+    pub udp_dport: Option<u16>,
+}
+
+impl Ip6Frame {
+    pub fn is_vxlan(&self) -> bool {
+        self.next_header == 17 && self.udp_dport == Some(8472)
+    }
+}
+
+/// The IPv6 frames of an Ethernet pcap.
+pub fn ip6_frames(pcap: &[u8]) -> Vec<Ip6Frame> {
+    let mut out = Vec::new();
+    for (f, _) in records(pcap) {
+        if f.len() >= 54 && f[12..14] == [0x86, 0xdd] {
+            let addr = |i: usize| std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[i..i + 16]).expect("16 bytes"));
+            let next_header = f[20];
+            let udp_dport = (next_header == 17 && f.len() >= 58).then(|| u16::from_be_bytes([f[56], f[57]]));
+            out.push(Ip6Frame { src: addr(22), dst: addr(38), next_header, udp_dport });
         }
     }
     out

@@ -17,7 +17,7 @@ use crate::{
     agent::{Agent, AgentOptions},
     etcd::Etcd,
     flannel::{read_watch_events, FlannelRef, RefOptions, VxlanLease},
-    netns::{ensure_bpffs, next, ChildHandle, Pod, Testbed},
+    netns::{ensure_bpffs, next, ChildHandle, Netns, Pod, Testbed},
     poll_until,
 };
 
@@ -318,6 +318,12 @@ pub fn kernel_node_options(tb: &Testbed, host: usize, k: usize) -> RefOptions {
         vtep_mac: [0x0e, 0, 0, 0, 0xfa, k as u8 + 1],
         ip_masq: false,
         subnet_file: crate::agent::subnet_file_for(tb.dir(), tb.host(host)),
+        // Used only with EnableIPv6: fd42:0:0:(250-k)::/64 (inside the tests'
+        // IPv6Network fd42::/48), flannel-v6's VtepMAC 0e:00:00:00:f6:(k+1).
+        v6: Some((
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0xfd42, 0, 0, 250 - k as u16, 0, 0, 0, 0), 64).expect("a /64"),
+            [0x0e, 0, 0, 0, 0xf6, k as u8 + 1],
+        )),
     }
 }
 
@@ -395,4 +401,35 @@ pub fn put_host_2_behind_a_router(tb: &Testbed, mtu: u32) {
     }
     let route = tb.host(0).run(&["ip", "route", "get", "192.168.88.10"]).unwrap();
     assert!(route.contains(&format!("via {}", router.ip())), "{route}");
+}
+
+/// Host `i`'s IPv6 address on the underlay (see [`address_underlay6`]).
+pub fn underlay6(i: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// Gives every host's eth0 its [`underlay6`] address (a /64 shared by all),
+/// for dual-stack clusters: a [`ClusterBuilder::prepare`] hook.
+pub fn address_underlay6(tb: &Testbed) {
+    for (i, h) in tb.hosts().iter().enumerate() {
+        h.ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", underlay6(i))]).unwrap();
+    }
+}
+
+/// Gives `pod` on `host` the `nth` address of the v6 lease `subnet` (the
+/// first, the gateway, on cni0 unless the node already put it there, as
+/// the CNI bridge plugin does) and a default route via it. Returns the
+/// pod's address.
+pub fn add_pod6(host: &Netns, pod: &Pod, subnet: ipnet::Ipv6Net, nth: u32) -> std::net::Ipv6Addr {
+    let gw = std::net::Ipv6Addr::from(u128::from(subnet.network()) + 1);
+    let ip = std::net::Ipv6Addr::from(u128::from(gw) + u128::from(nth - 1));
+    let len = subnet.prefix_len();
+    let on_bridge = host.run(&["ip", "-6", "addr", "show", "dev", "cni0"]).unwrap();
+    if !on_bridge.contains(&format!("{gw}/{len}")) {
+        host.ip_batch(&[format!("addr add {gw}/{len} dev cni0 nodad")]).unwrap();
+    }
+    pod.ns()
+        .ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])
+        .unwrap();
+    ip
 }

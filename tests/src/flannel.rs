@@ -21,10 +21,27 @@
 //! Backend.Port or 8472, nolearning, outer UDP checksum on (the kernel
 //! default, which flanneld keeps), MTU (Backend.MTU or uplink MTU) - 50,
 //! address `<subnet>.0/32`).
+//!
+//! Dual stack (`EnableIPv6`): as flanneld's vxlan backend does, a second
+//! device `flannel-v6.<VNI>` (local = the uplink's global IPv6 address, a
+//! VtepMAC of its own, no checksum flags: flannel sets neither
+//! `udp6zerocsumtx` nor `udp6zerocsumrx`, so the kernel puts and checks a
+//! UDP checksum, as IPv6 wants; MTU uplink - 70, the kernel's default for
+//! a v6 underlay, since flannel passes none; address `<v6 subnet>/128`,
+//! `accept_ra` 0), a dual-stack lease (key `<v4>-<len>&<v6>-<len>`,
+//! `PublicIPv6`, `BackendV6Data`), subnet.env's FLANNEL_IPV6_NETWORK and
+//! FLANNEL_IPV6_SUBNET, and per v6 lease a neighbour, an FDB entry and a
+//! route `<v6 subnet> via <v6 subnet addr> dev flannel-v6.<VNI> onlink`
+//! (vxlan_network.go), or with DirectRouting to an on-link PublicIPv6 a
+//! plain route via it. flanneld still writes FLANNEL_MTU = uplink - 50 with
+//! IPv6 on (its MTU() ignores the v6 device), so a pod on a reference node
+//! can send v6 packets that do not fit flannel-v6; the kernel answers them
+//! with ICMPv6 packet too big. Not re-implemented for v6: `--ip-masq`
+//! (ip6tables), IPv6-only networks.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -32,6 +49,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use ipnet::Ipv6Net;
 
 use crate::{
     etcd::Etcd,
@@ -52,11 +70,7 @@ pub struct VxlanLease {
 impl VxlanLease {
     /// The value flanneld writes to `<prefix>/subnets/<ip>-<len>`.
     pub fn etcd_value(&self, vni: u32) -> String {
-        format!(
-            "{{\"PublicIP\":\"{}\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{}\"}}}}",
-            self.public_ip,
-            mac_str(&self.vtep_mac)
-        )
+        lease_value(RefBackend::Vxlan { vni, port: 8472, direct_routing: false }, self, None)
     }
 
     pub fn etcd_key(&self, prefix: &str) -> String {
@@ -93,33 +107,40 @@ pub enum UdpCsum {
 
 /// [`setup_kernel_vxlan`] with a choice of outer UDP checksum.
 pub fn setup_kernel_vxlan_with(host: &Host, vni: u32, own: &VxlanLease, uplink_mtu: u32, csum: UdpCsum) -> Result<()> {
-    let dev = VxlanDevice { vni, port: 8472, mtu: uplink_mtu - 50, csum };
-    dev.create(host, host.uplink(), own)?;
-    add_pod_bridge(host, own, dev.mtu)
+    let dev = VxlanDevice { vni, port: 8472, mtu: uplink_mtu - 50, csum, v6: false };
+    dev.create(host, host.uplink(), &own.vtep_mac, IpAddr::V4(own.public_ip), &format!("{}/32", own.subnet))?;
+    add_pod_bridge(host, own, None, dev.mtu)
 }
 
-/// `flannel.<vni>` as flanneld's vxlan backend creates it.
+/// `flannel.<vni>` (or `flannel-v6.<vni>`) as flanneld's vxlan backend
+/// creates it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct VxlanDevice {
     vni: u32,
     port: u16,
     mtu: u32,
     csum: UdpCsum,
+    /// The IPv6 device, over the v6 underlay.
+    v6: bool,
 }
 
 impl VxlanDevice {
     fn name(&self) -> String {
-        format!("flannel.{}", self.vni)
+        vxlan_device_name(self.vni, self.v6)
     }
 
-    fn create(&self, ns: &Netns, uplink: &str, own: &VxlanLease) -> Result<()> {
+    /// The device with `mac`, sending from `local`, holding `addr` (the
+    /// lease's network address as a /32 or /128).
+    fn create(&self, ns: &Netns, uplink: &str, mac: &[u8; 6], local: IpAddr, addr: &str) -> Result<()> {
         let dev = self.name();
+        // flanneld adds the v6 address without waiting for DAD to finish;
+        // nodad keeps it from being tentative for the first second here.
+        let nodad = if self.v6 { " nodad" } else { "" };
         ns.ip_batch(&[
             format!(
-                "link add {dev} address {} type vxlan id {} local {} dev {uplink} dstport {} nolearning{}",
-                mac_str(&own.vtep_mac),
+                "link add {dev} address {} type vxlan id {} local {local} dev {uplink} dstport {} nolearning{}",
+                mac_str(mac),
                 self.vni,
-                own.public_ip,
                 self.port,
                 match self.csum {
                     UdpCsum::AsFlanneld => "",
@@ -127,20 +148,58 @@ impl VxlanDevice {
                 }
             ),
             format!("link set {dev} mtu {} up", self.mtu),
-            format!("addr add {}/32 dev {dev}", own.subnet),
-        ])
+            format!("addr add {addr} dev {dev}{nodad}"),
+        ])?;
+        if self.v6 {
+            // newVXLANDevice: net/ipv6/conf/<dev>/accept_ra = 0.
+            ns.set_sysctl(&format!("net/ipv6/conf/{dev}/accept_ra"), "0")?;
+        }
+        Ok(())
     }
 }
 
-/// A `cni0` bridge with the lease's first address (what the CNI bridge
-/// plugin makes from subnet.env; flanneld itself does not), and forwarding.
-fn add_pod_bridge(ns: &Netns, own: &VxlanLease, mtu: u32) -> Result<()> {
-    ns.ip_batch(&[
+/// `flannel.<vni>`, or `flannel-v6.<vni>` for the IPv6 device.
+pub fn vxlan_device_name(vni: u32, v6: bool) -> String {
+    if v6 {
+        format!("flannel-v6.{vni}")
+    } else {
+        format!("flannel.{vni}")
+    }
+}
+
+/// A `cni0` bridge with the lease's first address (and the v6 lease's, if
+/// any: what the CNI bridge plugin makes from subnet.env; flanneld itself
+/// does not), and forwarding.
+fn add_pod_bridge(ns: &Netns, own: &VxlanLease, own6: Option<&Lease6>, mtu: u32) -> Result<()> {
+    let mut lines = vec![
         "link add cni0 type bridge".into(),
         format!("link set cni0 mtu {mtu} up"),
         format!("addr add {}/{} dev cni0", own.gateway(), own.prefix_len),
-    ])?;
+    ];
+    if let Some(l6) = own6 {
+        lines.push(format!("addr add {}/{} dev cni0 nodad", l6.gateway(), l6.subnet.prefix_len()));
+    }
+    ns.ip_batch(&lines)?;
+    if own6.is_some() {
+        ns.set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    }
     ns.set_sysctl("net.ipv4.ip_forward", "1")
+}
+
+/// The IPv6 half of a reference node's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease6 {
+    pub subnet: Ipv6Net,
+    pub public_ip: Ipv6Addr,
+    /// flannel-v6's own VtepMAC (BackendV6Data).
+    pub vtep_mac: [u8; 6],
+}
+
+impl Lease6 {
+    /// The first usable address (the bridge's, FLANNEL_IPV6_SUBNET's).
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.subnet.network()) + 1)
+    }
 }
 
 /// Whether `flannel.<vni>` on `host` puts a UDP checksum in the outer header,
@@ -159,23 +218,27 @@ pub fn add_kernel_peer(host: &Host, vni: u32, peer: &VxlanLease) -> Result<()> {
 }
 
 fn add_kernel_peer_dev(ns: &Netns, dev: &str, peer: &VxlanLease) -> Result<()> {
+    add_vxlan_entries(ns, dev, IpAddr::V4(peer.subnet), peer.prefix_len, IpAddr::V4(peer.public_ip), &peer.vtep_mac)
+}
+
+/// flanneld's three entries for a remote lease (either family): the
+/// neighbour for the subnet's network address, the FDB entry to the
+/// public IP, the onlink route via the network address.
+fn add_vxlan_entries(ns: &Netns, dev: &str, subnet: IpAddr, len: u8, public_ip: IpAddr, mac: &[u8; 6]) -> Result<()> {
     ns.ip_batch(&[
-        format!("neigh replace {} lladdr {} dev {dev} nud permanent", peer.subnet, mac_str(&peer.vtep_mac)),
-        format!("route replace {}/{} via {} dev {dev} onlink", peer.subnet, peer.prefix_len, peer.subnet),
+        format!("neigh replace {subnet} lladdr {} dev {dev} nud permanent", mac_str(mac)),
+        format!("route replace {subnet}/{len} via {subnet} dev {dev} onlink"),
     ])?;
-    ns.run(&[
-        "bridge",
-        "fdb",
-        "replace",
-        &mac_str(&peer.vtep_mac),
-        "dev",
-        dev,
-        "dst",
-        &peer.public_ip.to_string(),
-        "self",
-        "permanent",
-    ])?;
+    ns.run(&["bridge", "fdb", "replace", &mac_str(mac), "dev", dev, "dst", &public_ip.to_string(), "self", "permanent"])?;
     Ok(())
+}
+
+/// Undoes [`add_vxlan_entries`].
+fn del_vxlan_entries(ns: &Netns, dev: &str, subnet: IpAddr, len: u8, public_ip: IpAddr, mac: &[u8; 6]) -> Result<()> {
+    ns.ip_batch(&[format!("neigh del {subnet} dev {dev}")])?;
+    ns.run(&["bridge", "fdb", "del", &mac_str(mac), "dev", dev, "dst", &public_ip.to_string(), "self"])?;
+    // Deleting the neighbour does not take the onlink route with it.
+    ns.ip_batch(&[format!("route del {subnet}/{len} dev {dev}")])
 }
 
 /// The backend flanneld runs, from `<prefix>/config`.
@@ -193,6 +256,8 @@ pub struct RefConfig {
     pub backend: RefBackend,
     /// Backend.MTU: the underlay MTU to assume (default: the uplink's).
     pub mtu: Option<u32>,
+    /// IPv6Network, when EnableIPv6 is true.
+    pub ipv6_network: Option<Ipv6Net>,
 }
 
 impl RefConfig {
@@ -211,11 +276,19 @@ impl RefConfig {
             "host-gw" => RefBackend::HostGw,
             other => bail!("backend {other:?}: the reference does vxlan and host-gw only"),
         };
+        let ipv6_network = match v["EnableIPv6"].as_bool().unwrap_or(false) {
+            true => {
+                let net = v["IPv6Network"].as_str().ok_or_else(|| anyhow!("EnableIPv6 without IPv6Network in {json}"))?;
+                Some(net.parse().with_context(|| format!("IPv6Network {net:?}"))?)
+            }
+            false => None,
+        };
         Ok(RefConfig {
             network: addr.parse()?,
             network_len: len.parse()?,
             backend,
             mtu: b["MTU"].as_u64().map(|m| m as u32),
+            ipv6_network,
         })
     }
 }
@@ -232,6 +305,9 @@ pub struct RefOptions {
     pub ip_masq: bool,
     /// `--subnet-file`.
     pub subnet_file: PathBuf,
+    /// The v6 subnet and flannel-v6's VtepMAC, used when the network
+    /// config has EnableIPv6.
+    pub v6: Option<(Ipv6Net, [u8; 6])>,
 }
 
 /// A remote lease as the reference applied it.
@@ -243,6 +319,18 @@ pub struct AppliedLease {
     pub vtep_mac: Option<[u8; 6]>,
     /// Routed directly (host-gw, or DirectRouting to an on-link peer).
     pub direct: bool,
+    /// The lease's IPv6 half, when both it and this node have one.
+    pub v6: Option<Applied6>,
+}
+
+/// The IPv6 half of a remote lease as the reference applied it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied6 {
+    pub subnet: Ipv6Net,
+    pub public_ip: Ipv6Addr,
+    pub vtep_mac: Option<[u8; 6]>,
+    /// Routed via PublicIPv6 (host-gw, or DirectRouting to an on-link peer).
+    pub direct: bool,
 }
 
 /// Our re-implementation of flanneld's vxlan backend (and host-gw), kernel
@@ -252,6 +340,8 @@ pub struct FlannelRef {
     ns: Netns,
     uplink: String,
     pub lease: VxlanLease,
+    /// The lease's IPv6 half (dual-stack networks).
+    pub lease6: Option<Lease6>,
     pub config: RefConfig,
     /// The pod MTU it chose (FLANNEL_MTU).
     pub pod_mtu: u32,
@@ -329,33 +419,62 @@ impl FlannelRef {
             public_ip,
             vtep_mac: opts.vtep_mac,
         };
+        let lease6 = match config.ipv6_network {
+            None => None,
+            Some(net6) => {
+                let (subnet, vtep_mac) =
+                    opts.v6.ok_or_else(|| anyhow!("EnableIPv6 in the config but no v6 subnet in the options"))?;
+                ensure!(net6.contains(&subnet), "v6 subnet {subnet} outside IPv6Network {net6}");
+                // flanneld's ExtV6Addr: the uplink's global IPv6 address.
+                let public_ip: Ipv6Addr = link
+                    .pointer("/0/addr_info")
+                    .and_then(|a| a.as_array())
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["family"] == "inet6" && a["scope"] == "global")
+                    .and_then(|a| a["local"].as_str())
+                    .ok_or_else(|| anyhow!("EnableIPv6 but no global IPv6 address on {}: {link}", host.uplink()))?
+                    .parse()?;
+                Some(Lease6 { subnet: subnet.trunc(), public_ip, vtep_mac })
+            }
+        };
         let pod_mtu = match config.backend {
             RefBackend::Vxlan { vni, port, .. } => {
-                let dev = VxlanDevice { vni, port, mtu: underlay_mtu - 50, csum: UdpCsum::AsFlanneld };
-                dev.create(&ns, host.uplink(), &lease)?;
+                let dev = VxlanDevice { vni, port, mtu: underlay_mtu - 50, csum: UdpCsum::AsFlanneld, v6: false };
+                dev.create(&ns, host.uplink(), &lease.vtep_mac, IpAddr::V4(public_ip), &format!("{}/32", lease.subnet))?;
+                if let Some(l6) = &lease6 {
+                    let dev6 = VxlanDevice { mtu: underlay_mtu - 70, v6: true, ..dev };
+                    let addr = format!("{}/128", l6.subnet.network());
+                    dev6.create(&ns, host.uplink(), &l6.vtep_mac, IpAddr::V6(l6.public_ip), &addr)?;
+                }
+                // flanneld's FLANNEL_MTU is the v4 device's, IPv6 or not.
                 dev.mtu
             }
             RefBackend::HostGw => underlay_mtu,
         };
-        add_pod_bridge(&ns, &lease, pod_mtu)?;
+        add_pod_bridge(&ns, &lease, lease6.as_ref(), pod_mtu)?;
 
-        let lease_key = lease.etcd_key(&prefix);
+        let lease_key = match &lease6 {
+            None => lease.etcd_key(&prefix),
+            Some(l6) => format!("{}&{}-{}", lease.etcd_key(&prefix), l6.subnet.network(), l6.subnet.prefix_len()),
+        };
         let granted = run_etcdctl_in(&ns, &endpoint, &["lease", "grant", "86400"])?;
         // "lease 694d8a5e1a0c3b0f granted with TTL(86400s)"
         let id = granted.split_whitespace().nth(1).ok_or_else(|| anyhow!("etcdctl lease grant said {granted:?}"))?;
-        let value = match config.backend {
-            RefBackend::Vxlan { vni, .. } => lease.etcd_value(vni),
-            RefBackend::HostGw => {
-                format!("{{\"PublicIP\":\"{}\",\"PublicIPv6\":null,\"BackendType\":\"host-gw\"}}", lease.public_ip)
-            }
-        };
+        let value = lease_value(config.backend, &lease, lease6.as_ref());
         run_etcdctl_in(&ns, &endpoint, &["put", &format!("--lease={id}"), &lease_key, &value])?;
 
         let ipmasq = opts.ip_masq;
+        let v6_env = match (&config.ipv6_network, &lease6) {
+            (Some(net6), Some(l6)) => {
+                format!("FLANNEL_IPV6_NETWORK={net6}\nFLANNEL_IPV6_SUBNET={}/{}\n", l6.gateway(), l6.subnet.prefix_len())
+            }
+            _ => String::new(),
+        };
         std::fs::write(
             &opts.subnet_file,
             format!(
-                "FLANNEL_NETWORK={}/{}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={pod_mtu}\nFLANNEL_IPMASQ={ipmasq}\n",
+                "FLANNEL_NETWORK={}/{}\nFLANNEL_SUBNET={}/{}\n{v6_env}FLANNEL_MTU={pod_mtu}\nFLANNEL_IPMASQ={ipmasq}\n",
                 config.network,
                 config.network_len,
                 lease.gateway(),
@@ -370,6 +489,7 @@ impl FlannelRef {
             ns,
             uplink: host.uplink().to_string(),
             lease,
+            lease6,
             config,
             pod_mtu,
             lease_key,
@@ -397,6 +517,7 @@ impl FlannelRef {
             ns: self.ns.clone(),
             uplink: self.uplink.clone(),
             own: self.lease,
+            v6: self.lease6.is_some(),
             backend: self.config.backend,
             subnets_prefix: subnets.clone(),
             state: self.state.clone(),
@@ -436,6 +557,18 @@ impl FlannelRef {
         want.sort();
         crate::poll_until(timeout, &format!("reference {} applying {want:?}", self.ns.name()), || {
             let mut got: Vec<Ipv4Addr> = self.applied().values().map(|l| l.subnet).collect();
+            got.sort();
+            ensure!(got == want, "applied {got:?}, errors {:?}", self.errors());
+            Ok(())
+        })
+    }
+
+    /// Waits until the v6 subnets it has applied are exactly `subnets`.
+    pub fn wait_applied6(&self, subnets: &[Ipv6Net], timeout: Duration) -> Result<()> {
+        let mut want: Vec<Ipv6Net> = subnets.to_vec();
+        want.sort();
+        crate::poll_until(timeout, &format!("reference {} applying {want:?}", self.ns.name()), || {
+            let mut got: Vec<Ipv6Net> = self.applied().values().filter_map(|l| l.v6.map(|v| v.subnet)).collect();
             got.sort();
             ensure!(got == want, "applied {got:?}, errors {:?}", self.errors());
             Ok(())
@@ -488,6 +621,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The lease value flanneld writes: vxlan with BackendData (and, dual
+/// stack, PublicIPv6 and BackendV6Data with flannel-v6's VtepMAC), or
+/// host-gw with neither.
+fn lease_value(backend: RefBackend, lease: &VxlanLease, lease6: Option<&Lease6>) -> String {
+    let public6 = lease6.map_or("null".to_string(), |l6| format!("\"{}\"", l6.public_ip));
+    match backend {
+        RefBackend::Vxlan { vni, .. } => {
+            let data = |mac: &[u8; 6]| format!("{{\"VNI\":{vni},\"VtepMAC\":\"{}\"}}", mac_str(mac));
+            let v6_data = lease6.map_or(String::new(), |l6| format!(",\"BackendV6Data\":{}", data(&l6.vtep_mac)));
+            format!(
+                "{{\"PublicIP\":\"{}\",\"PublicIPv6\":{public6},\"BackendType\":\"vxlan\",\"BackendData\":{}{v6_data}}}",
+                lease.public_ip,
+                data(&lease.vtep_mac)
+            )
+        }
+        RefBackend::HostGw => {
+            format!("{{\"PublicIP\":\"{}\",\"PublicIPv6\":{public6},\"BackendType\":\"host-gw\"}}", lease.public_ip)
+        }
+    }
+}
+
 /// flanneld's `--ip-masq` rules (iptables mode), in the node's namespace.
 fn write_flanneld_iptables(ns: &Netns, config: &RefConfig, own: &VxlanLease) -> Result<()> {
     let cluster = format!("{}/{}", config.network, config.network_len);
@@ -531,9 +685,31 @@ struct LeaseHandler {
     ns: Netns,
     uplink: String,
     own: VxlanLease,
+    /// This node runs flannel-v6 (EnableIPv6).
+    v6: bool,
     backend: RefBackend,
     subnets_prefix: String,
     state: Arc<Mutex<RefState>>,
+}
+
+/// `10.42.3.0-24`, or the dual-stack `10.42.3.0-24&fd42:0:3::-64`; None
+/// for keys flanneld skips (IPv6-only ones too: the reference does not do
+/// IPv6-only networks).
+fn parse_lease_key(key: &str) -> Option<(Ipv4Addr, u8, Option<Ipv6Net>)> {
+    let (v4, v6) = match key.split_once('&') {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (key, None),
+    };
+    let (net, len) = v4.split_once('-')?;
+    let (subnet, prefix_len) = (net.parse().ok()?, len.parse().ok()?);
+    let v6 = match v6 {
+        None => None,
+        Some(v6) => {
+            let (net, len) = v6.split_once('-')?;
+            Some(Ipv6Net::new(net.parse().ok()?, len.parse().ok()?).ok()?)
+        }
+    };
+    Some((subnet, prefix_len, v6))
 }
 
 impl LeaseHandler {
@@ -545,11 +721,10 @@ impl LeaseHandler {
     }
 
     fn try_event(&self, key: &str, value: Option<&str>) -> Result<()> {
-        // `<prefix>/subnets/10.42.3.0-24`; keys that do not parse are skipped.
-        let Some((net, len)) = key.strip_prefix(&self.subnets_prefix).and_then(|k| k.split_once('-')) else {
-            return Ok(());
-        };
-        let (Ok(subnet), Ok(prefix_len)) = (net.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+        // `<prefix>/subnets/10.42.3.0-24[&fd42:0:3::-64]`; keys that do not
+        // parse are skipped.
+        let Some((subnet, prefix_len, subnet6)) = key.strip_prefix(&self.subnets_prefix).and_then(parse_lease_key)
+        else {
             return Ok(());
         };
         if subnet == self.own.subnet {
@@ -568,6 +743,17 @@ impl LeaseHandler {
         let public_ip: Ipv4Addr =
             v["PublicIP"].as_str().ok_or_else(|| anyhow!("no PublicIP"))?.parse().context("PublicIP")?;
         let backend_type = v["BackendType"].as_str().unwrap_or("");
+        // flannel's ip.DirectRouting: one route to the peer, with no gateway.
+        let on_link = |ip: IpAddr| -> Result<bool> { Ok(!self.ns.run(&["ip", "route", "get", &ip.to_string()])?.contains(" via ")) };
+        let public6: Option<Ipv6Addr> = match v["PublicIPv6"].as_str() {
+            Some(a) => Some(a.parse().context("PublicIPv6")?),
+            None => None,
+        };
+        // The v6 half, when this node and the lease both have one.
+        let half6 = match (self.v6, subnet6, public6) {
+            (true, Some(subnet), Some(public_ip)) => Some((subnet, public_ip)),
+            _ => None,
+        };
         let lease = match self.backend {
             RefBackend::Vxlan { direct_routing, .. } => {
                 if backend_type != "vxlan" {
@@ -577,16 +763,27 @@ impl LeaseHandler {
                 let mac =
                     v.pointer("/BackendData/VtepMAC").and_then(|m| m.as_str()).ok_or_else(|| anyhow!("no VtepMAC"))?;
                 let vtep_mac = crate::netns::parse_mac(mac)?;
-                // flannel's ip.DirectRouting: one route to the peer, with no gateway.
-                let direct =
-                    direct_routing && !self.ns.run(&["ip", "route", "get", &public_ip.to_string()])?.contains(" via ");
-                AppliedLease { subnet, prefix_len, public_ip, vtep_mac: Some(vtep_mac), direct }
+                let direct = direct_routing && on_link(IpAddr::V4(public_ip))?;
+                let v6 = match half6 {
+                    None => None,
+                    Some((subnet, public_ip)) => {
+                        let mac = v
+                            .pointer("/BackendV6Data/VtepMAC")
+                            .and_then(|m| m.as_str())
+                            .ok_or_else(|| anyhow!("no BackendV6Data VtepMAC"))?;
+                        let vtep_mac = Some(crate::netns::parse_mac(mac)?);
+                        let direct = direct_routing && on_link(IpAddr::V6(public_ip))?;
+                        Some(Applied6 { subnet, public_ip, vtep_mac, direct })
+                    }
+                };
+                AppliedLease { subnet, prefix_len, public_ip, vtep_mac: Some(vtep_mac), direct, v6 }
             }
             RefBackend::HostGw => {
                 if backend_type != "host-gw" {
                     return Ok(());
                 }
-                AppliedLease { subnet, prefix_len, public_ip, vtep_mac: None, direct: true }
+                let v6 = half6.map(|(subnet, public_ip)| Applied6 { subnet, public_ip, vtep_mac: None, direct: true });
+                AppliedLease { subnet, prefix_len, public_ip, vtep_mac: None, direct: true, v6 }
             }
         };
         self.add(&lease)?;
@@ -598,41 +795,50 @@ impl LeaseHandler {
         let cidr = format!("{}/{}", l.subnet, l.prefix_len);
         match (self.backend, l.vtep_mac) {
             (RefBackend::HostGw, _) => {
-                self.ns.ip_batch(&[format!("route replace {cidr} via {} dev {}", l.public_ip, self.uplink)])
+                self.ns.ip_batch(&[format!("route replace {cidr} via {} dev {}", l.public_ip, self.uplink)])?
             }
             (RefBackend::Vxlan { .. }, _) if l.direct => {
-                self.ns.ip_batch(&[format!("route replace {cidr} via {}", l.public_ip)])
+                self.ns.ip_batch(&[format!("route replace {cidr} via {}", l.public_ip)])?
             }
             (RefBackend::Vxlan { vni, .. }, Some(mac)) => {
                 let peer =
                     VxlanLease { subnet: l.subnet, prefix_len: l.prefix_len, public_ip: l.public_ip, vtep_mac: mac };
-                add_kernel_peer_dev(&self.ns, &format!("flannel.{vni}"), &peer)
+                add_kernel_peer_dev(&self.ns, &vxlan_device_name(vni, false), &peer)?
             }
             (RefBackend::Vxlan { .. }, None) => bail!("vxlan lease without a VtepMAC"),
+        }
+        let Some(l6) = l.v6 else { return Ok(()) };
+        match (self.backend, l6.vtep_mac) {
+            (RefBackend::HostGw, _) => {
+                self.ns.ip_batch(&[format!("route replace {} via {} dev {}", l6.subnet, l6.public_ip, self.uplink)])
+            }
+            (RefBackend::Vxlan { .. }, _) if l6.direct => {
+                self.ns.ip_batch(&[format!("route replace {} via {}", l6.subnet, l6.public_ip)])
+            }
+            (RefBackend::Vxlan { vni, .. }, Some(mac)) => {
+                let (net, len) = (IpAddr::V6(l6.subnet.network()), l6.subnet.prefix_len());
+                add_vxlan_entries(&self.ns, &vxlan_device_name(vni, true), net, len, IpAddr::V6(l6.public_ip), &mac)
+            }
+            (RefBackend::Vxlan { .. }, None) => bail!("vxlan lease without a BackendV6Data VtepMAC"),
         }
     }
 
     fn remove(&self, l: &AppliedLease) -> Result<()> {
-        let cidr = format!("{}/{}", l.subnet, l.prefix_len);
+        if let Some(l6) = l.v6 {
+            match (self.backend, l6.vtep_mac) {
+                (RefBackend::Vxlan { vni, .. }, Some(mac)) if !l6.direct => {
+                    let (net, len) = (IpAddr::V6(l6.subnet.network()), l6.subnet.prefix_len());
+                    del_vxlan_entries(&self.ns, &vxlan_device_name(vni, true), net, len, IpAddr::V6(l6.public_ip), &mac)?
+                }
+                _ => self.ns.ip_batch(&[format!("route del {} via {}", l6.subnet, l6.public_ip)])?,
+            }
+        }
         match (self.backend, l.vtep_mac) {
             (RefBackend::Vxlan { vni, .. }, Some(mac)) if !l.direct => {
-                let dev = format!("flannel.{vni}");
-                self.ns.ip_batch(&[format!("neigh del {} dev {dev}", l.subnet)])?;
-                self.ns.run(&[
-                    "bridge",
-                    "fdb",
-                    "del",
-                    &mac_str(&mac),
-                    "dev",
-                    &dev,
-                    "dst",
-                    &l.public_ip.to_string(),
-                    "self",
-                ])?;
-                // Deleting the neighbour does not take the onlink route with it.
-                self.ns.ip_batch(&[format!("route del {cidr} dev {dev}")])
+                let (net, public_ip) = (IpAddr::V4(l.subnet), IpAddr::V4(l.public_ip));
+                del_vxlan_entries(&self.ns, &vxlan_device_name(vni, false), net, l.prefix_len, public_ip, &mac)
             }
-            _ => self.ns.ip_batch(&[format!("route del {cidr} via {}", l.public_ip)]),
+            _ => self.ns.ip_batch(&[format!("route del {}/{} via {}", l.subnet, l.prefix_len, l.public_ip)]),
         }
     }
 }

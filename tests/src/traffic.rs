@@ -135,6 +135,14 @@ pub fn wait_ping(from: &Netns, to: Ipv4Addr) {
     }
 }
 
+/// Pings `to` (either family) until answered, up to 15 s.
+pub fn wait_ping_any(from: &Netns, to: IpAddr) {
+    crate::poll_until(Duration::from_secs(15), &format!("{} pings {to}", from.name()), || {
+        from.run(&["ping", "-c", "1", "-W", "1", &to.to_string()])
+    })
+    .unwrap();
+}
+
 /// A byte pattern with period 2^20, so it can be sent in 1 MiB chunks.
 fn pattern(i: usize) -> u8 {
     (((i & 0xfffff) as u64).wrapping_mul(2654435761) >> 13) as u8

@@ -6,10 +6,15 @@
 //! nodes that stay (vxlan, DirectRouting, host-gw); DirectRouting across a
 //! router falls back to VXLAN on both sides; then a reference node is
 //! switched to the agent in place
-//! (the migration of docs/operations.md) and the loss is measured. Needs root.
+//! (the migration of docs/operations.md) and the loss is measured. Dual
+//! stack: an agent and a reference node with `flannel-v6.1` (VXLAN over the
+//! IPv6 underlay) talk over v6 and v4 both ways, and a v6 packet too big
+//! for the path is answered with ICMPv6 packet too big or fragmented at the
+//! source; with DirectRouting, v6 pod traffic between nodes on one link
+//! is plain IPv6 on the cable. Needs root.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -17,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use overlay_agent::datapath::Mode;
+use overlay_agent::datapath::{DatapathMaps6, Mode};
 use overlay_tests::{
     agent::log_time,
     cluster::*,
@@ -29,6 +34,10 @@ use overlay_tests::{
 
 const DIRECT_ROUTING_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 const HOST_GW_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#;
+const DUAL_STACK_CONFIG: &str =
+    r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}"#;
+const DUAL_STACK_DIRECT_CONFIG: &str = r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48",
+    "Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 
 /// TCP transfers from `a` to `b` and back, one after the other, until
 /// `stop`; counts the completed ones (each checks every byte).
@@ -282,4 +291,128 @@ fn direct_routing_falls_back_to_vxlan_for_a_reference_node_behind_a_router() {
             }
         }
     }
+}
+
+/// An agent (host 0) and a reference node (host 1) in a dual-stack network,
+/// the underlay carrying IPv6 too. The reference writes its lease as
+/// flanneld does (`v4&v6` key, PublicIPv6, BackendV6Data with flannel-v6.1's
+/// own VtepMAC) and applies the agent's v6 half to flannel-v6.1 (neighbour,
+/// FDB entry, onlink route); the agent installs the reference's v6 half as
+/// a VXLAN peer. Pods ping and move TCP both ways over v6 and v4. MTU: the
+/// reference's pod has flanneld's FLANNEL_MTU (uplink - 50, which does not
+/// fit flannel-v6.1's uplink - 70): its big v6 packets get ICMPv6 packet
+/// too big from its node and then arrive fragmented; the agent's pod (MTU
+/// uplink - 70) fragments big ones at the source.
+#[test]
+fn dual_stack_pods_talk_with_a_kernel_flannel_v6_node_both_ways() {
+    let c = Cluster::build(1, 1, 0, DUAL_STACK_CONFIG).prepare(address_underlay6).ready(Duration::from_secs(60)).start();
+    let reference = &c.flannel[0];
+    let ref6 = reference.lease6.expect("the reference took a v6 lease");
+    let (agent6, _) = c.agents[0].lease6().unwrap();
+
+    // The reference's lease as flanneld writes it.
+    let key = reference.lease_key();
+    assert!(key.ends_with(&format!("/subnets/10.42.250.0-24&{}-64", ref6.subnet.network())), "{key}");
+    let value = c.etcd.get(key).unwrap().expect("the reference's lease");
+    let v: serde_json::Value = serde_json::from_str(&value).unwrap();
+    assert_eq!(v["PublicIPv6"], underlay6(1).to_string(), "{value}");
+    assert_eq!(v["BackendV6Data"]["VtepMAC"], mac_str(&ref6.vtep_mac), "{value}");
+    assert_ne!(v["BackendV6Data"]["VtepMAC"], v["BackendData"]["VtepMAC"], "one VtepMAC per device: {value}");
+
+    let (agent_pod, ref_pod) = (c.pods[0][0].clone(), c.pods[1][0].clone());
+    let agent_pod6 = add_pod6(c.tb.host(0), &agent_pod, agent6, 2);
+    let ref_pod6 = add_pod6(c.tb.host(1), &ref_pod, ref6.subnet, 2);
+
+    // Each side has the other's v6 half: the agent as a VXLAN peer to
+    // PublicIPv6 with BackendV6Data's VtepMAC, the reference in the kernel.
+    reference.wait_applied6(&[agent6], Duration::from_secs(10)).unwrap();
+    poll_until(Duration::from_secs(10), "the reference's v6 half in the agent's SUBNETS6", || {
+        let peers = DatapathMaps6::open_pinned(&c.agents[0].pins())?.peers()?;
+        anyhow::ensure!(peers.len() == 1, "{peers:?}");
+        let p = &peers[0];
+        anyhow::ensure!(
+            (p.subnet, p.public_ip, p.vtep_mac, p.mode) == (ref6.subnet, underlay6(1), ref6.vtep_mac, Mode::Vxlan),
+            "{p:?}"
+        );
+        Ok(())
+    })
+    .unwrap();
+
+    for (a, b, b6) in [(&agent_pod, &ref_pod, ref_pod6), (&ref_pod, &agent_pod, agent_pod6)] {
+        wait_ping_any(a, IpAddr::V6(b6));
+        wait_ping(a, b.ip());
+        tcp_roundtrip_to(a, b, IpAddr::V6(b6), 2 << 20);
+        tcp_roundtrip(a, b, 2 << 20);
+    }
+
+    // MTU. 1420 bytes of ICMPv6 payload make a 1468-byte packet: over the
+    // agent pod's MTU (1430) and over flannel-v6.1's (1430), under the
+    // reference pod's (1450).
+    assert_eq!((c.pod_mtu, reference.pod_mtu), (c.tb.underlay_mtu() - 70, c.tb.underlay_mtu() - 50));
+    let big_ping = |from: &Pod, to: std::net::Ipv6Addr| {
+        poll_until(Duration::from_secs(10), &format!("{} pings {to} with 1420 bytes", from.name()), || {
+            from.run(&["ping", "-6", "-c", "1", "-W", "1", "-s", "1420", &to.to_string()])
+        })
+        .unwrap();
+    };
+    big_ping(&ref_pod, agent_pod6);
+    // Only an ICMPv6 packet too big sets a path MTU on the reference pod's route.
+    let route = ref_pod.run(&["ip", "-6", "route", "get", &agent_pod6.to_string()]).unwrap();
+    assert!(route.contains(&format!("mtu {}", c.tb.underlay_mtu() - 70)), "no packet too big learnt: {route}");
+    big_ping(&agent_pod, ref_pod6);
+    assert!(reference.errors().is_empty(), "{:?}", reference.errors());
+}
+
+/// DirectRouting in a dual-stack network: two agents (hosts 0, 1) and a
+/// reference node (host 2), all on one IPv6 link. Every v6 peer is on-link,
+/// so the agents install them as direct routes (no VXLAN) and the reference
+/// routes via PublicIPv6 as flannel's vxlan backend does; pods ping and move
+/// TCP over v6 between all three, and on host 0's cable the v6 pod traffic
+/// is plain IPv6 between pod addresses, never VXLAN over IPv6.
+#[test]
+fn direct_routing_sends_v6_pod_traffic_unencapsulated_between_nodes_on_one_link() {
+    let c = Cluster::build(2, 1, 0, DUAL_STACK_DIRECT_CONFIG)
+        .prepare(address_underlay6)
+        .ready(Duration::from_secs(60))
+        .start();
+    let ref6 = c.flannel[0].lease6.expect("the reference took a v6 lease");
+    let subnets6: Vec<ipnet::Ipv6Net> =
+        (0..2).map(|i| c.agents[i].lease6().unwrap().0).chain([ref6.subnet]).collect();
+    let pods: Vec<Pod> = c.pods.iter().map(|p| p[0].clone()).collect();
+    let pods6: Vec<std::net::Ipv6Addr> =
+        (0..3).map(|i| add_pod6(c.tb.host(i), &pods[i], subnets6[i], 2)).collect();
+
+    c.flannel[0].wait_applied6(&subnets6[..2], Duration::from_secs(10)).unwrap();
+    assert!(c.flannel[0].applied().values().all(|l| l.v6.is_some_and(|v| v.direct)), "{:?}", c.flannel[0].applied());
+    for i in 0..2 {
+        poll_until(Duration::from_secs(10), &format!("agent {i}'s v6 peers, direct"), || {
+            let peers = DatapathMaps6::open_pinned(&c.agents[i].pins())?.peers()?;
+            anyhow::ensure!(peers.len() == 2 && peers.iter().all(|p| p.mode == Mode::Direct), "{peers:?}");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    let capture = overlay_tests::capture::Capture::start(&c.tb, 0, "ip6");
+    for (a, pod) in pods.iter().enumerate() {
+        for (b, ip) in pods6.iter().enumerate() {
+            if a != b {
+                wait_ping_any(pod, IpAddr::V6(*ip));
+            }
+        }
+    }
+    for b in [1, 2] {
+        tcp_roundtrip_to(&pods[0], &pods[b], IpAddr::V6(pods6[b]), 1 << 20);
+        tcp_roundtrip_to(&pods[b], &pods[0], IpAddr::V6(pods6[0]), 1 << 20);
+    }
+    let frames = capture.finish_ip6();
+    let vxlan: Vec<_> = frames.iter().filter(|f| f.is_vxlan()).collect();
+    assert!(vxlan.is_empty(), "VXLAN over IPv6 on the cable with DirectRouting: {:?}", &vxlan[..vxlan.len().min(3)]);
+    for b in [1, 2] {
+        for (src, dst) in [(pods6[0], pods6[b]), (pods6[b], pods6[0])] {
+            let n = frames.iter().filter(|f| f.src == src && f.dst == dst).count();
+            assert!(n > 10, "{n} plain IPv6 frames {src} -> {dst} on host 0's cable");
+        }
+    }
+    assert!(c.flannel[0].errors().is_empty(), "{:?}", c.flannel[0].errors());
 }

@@ -2,7 +2,9 @@
 //! and read back with the real `nft` inside testbed network namespaces
 //! (the machine's own ruleset is never touched), and the agent choosing
 //! them over iptables, replacing an earlier iptables-mode run's rules.
-//! Also `--ip-blackhole-route`. Needs root and the nft binary.
+//! Dual stack: `ip6 flannel-ipv6` gets the same layout for IPv6Network and
+//! the v6 lease. Also `--ip-blackhole-route`, for the IPv4 lease and a dual-stack
+//! lease's IPv6 subnet. Needs root and the nft binary.
 
 use std::time::Duration;
 
@@ -37,23 +39,29 @@ fn table(ns: &Netns, family: &str, name: &str) -> Option<String> {
 /// flanneld v0.26+ installs, flannel-compat.md; its comments aside, which
 /// nft's JSON input cannot carry).
 fn expected_v4(pod: &str, fully_random: bool) -> String {
+    expected_table("ip", "flannel-ipv4", "10.42.0.0/16", pod, "224.0.0.0/4", fully_random)
+}
+
+/// The same layout for `family` (`ip` or `ip6`, whose matches say `ip6`).
+fn expected_table(family: &str, name: &str, cluster: &str, pod: &str, multicast: &str, fully_random: bool) -> String {
     let masq = if fully_random { "masquerade fully-random" } else { "masquerade" };
+    let f = family;
     format!(
-        "table ip flannel-ipv4 {{\n\
+        "table {f} {name} {{\n\
          \tchain postrtg {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark 0x00004000 return\n\
-         \t\tip saddr {pod} ip daddr 10.42.0.0/16 return\n\
-         \t\tip saddr 10.42.0.0/16 ip daddr {pod} return\n\
-         \t\tip saddr != {pod} ip daddr 10.42.0.0/16 return\n\
-         \t\tip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 {masq}\n\
-         \t\tip saddr != 10.42.0.0/16 ip daddr 10.42.0.0/16 {masq}\n\
+         \t\t{f} saddr {pod} {f} daddr {cluster} return\n\
+         \t\t{f} saddr {cluster} {f} daddr {pod} return\n\
+         \t\t{f} saddr != {pod} {f} daddr {cluster} return\n\
+         \t\t{f} saddr {cluster} {f} daddr != {multicast} {masq}\n\
+         \t\t{f} saddr != {cluster} {f} daddr {cluster} {masq}\n\
          \t}}\n\
          \n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tip saddr 10.42.0.0/16 accept\n\
-         \t\tip daddr 10.42.0.0/16 accept\n\
+         \t\t{f} saddr {cluster} accept\n\
+         \t\t{f} daddr {cluster} accept\n\
          \t}}\n\
          }}\n"
     )
@@ -306,22 +314,119 @@ fn blackhole_route_follows_the_lease() {
     };
     in_ns(|h| {
         Box::pin(async move {
-            blackhole::ensure(&h, "10.42.3.1/24".parse().unwrap()).await.unwrap();
-            blackhole::ensure(&h, "10.42.3.0/24".parse().unwrap()).await.unwrap();
+            blackhole::ensure(&h, "10.42.3.1/24".parse::<Ipv4Net>().unwrap()).await.unwrap();
+            blackhole::ensure(&h, "10.42.3.0/24".parse::<Ipv4Net>().unwrap()).await.unwrap();
         })
     });
     let bh = ns.run(&["ip", "route", "show", "type", "blackhole"]).unwrap();
     assert_eq!(bh, "blackhole 10.42.3.0/24 proto static metric 4242 \nblackhole 192.0.2.0/24 \n");
-    in_ns(|h| Box::pin(async move { blackhole::ensure(&h, "10.42.9.0/24".parse().unwrap()).await.unwrap() }));
+    in_ns(|h| Box::pin(async move { blackhole::ensure(&h, "10.42.9.0/24".parse::<Ipv4Net>().unwrap()).await.unwrap() }));
     let bh = ns.run(&["ip", "route", "show", "type", "blackhole"]).unwrap();
     assert_eq!(bh, "blackhole 10.42.9.0/24 proto static metric 4242 \nblackhole 192.0.2.0/24 \n");
     in_ns(|h| {
         Box::pin(async move {
             let removed = blackhole::remove(&h, None).await.unwrap();
-            assert_eq!(removed, ["10.42.9.0/24".parse::<Ipv4Net>().unwrap()]);
+            assert_eq!(removed, ["10.42.9.0/24".parse::<ipnet::IpNet>().unwrap()]);
             assert!(blackhole::remove(&h, None).await.unwrap().is_empty());
         })
     });
     let bh = ns.run(&["ip", "route", "show", "type", "blackhole"]).unwrap();
     assert_eq!(bh, "blackhole 192.0.2.0/24 \n", "someone else's blackhole route stays");
+}
+
+const DUAL_STACK_CONFIG: &str =
+    r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// Dual stack: `--ip-blackhole-route` blackholes the v6 lease too (as
+/// flanneld adds one per family); without cni0 the kernel drops the v6
+/// lease's unallocated addresses itself; the route is re-asserted when
+/// deleted; `cleanup` removes both families' routes.
+#[test]
+fn blackhole_route_covers_the_v6_lease_in_dual_stack() {
+    let mut c = Cluster::build(1, 0, 0, DUAL_STACK_CONFIG)
+        .prepare(overlay_tests::cluster::address_underlay6)
+        .agent_flags(&["--ip-blackhole-route"])
+        .start();
+    let (subnet6, _) = c.agents[0].lease6().unwrap();
+    let ns = c.tb.host(0).ns();
+    let show6 = || ns.run(&["ip", "-6", "route", "show", "type", "blackhole"]).unwrap();
+    assert_eq!(show6().trim(), format!("blackhole {subnet6} dev lo proto static metric 4242 pref medium"));
+    let bh4 = ns.run(&["ip", "route", "show", "type", "blackhole"]).unwrap();
+    assert_eq!(bh4.trim(), format!("blackhole {} proto static metric 4242", c.subnet(0)), "the v4 route stays");
+
+    let unallocated = std::net::Ipv6Addr::from(u128::from(subnet6.network()) + 77).to_string();
+    ns.run(&["ip", "link", "del", "cni0"]).unwrap();
+    let with = route_get(ns, &unallocated);
+    assert!(with.contains("Invalid argument") || with.contains("blackhole"), "blackholed: {with}");
+
+    ns.run(&["ip", "-6", "route", "del", "blackhole", &subnet6.to_string(), "metric", "4242"]).unwrap();
+    poll_until(Duration::from_secs(15), "the v6 blackhole route to come back", || {
+        let bh = show6();
+        anyhow::ensure!(bh.contains(&subnet6.to_string()), "{bh}");
+        Ok(())
+    })
+    .unwrap();
+
+    c.agents[0].stop();
+    let said = cleanup(ns, &c.agents[0]);
+    assert_eq!(show6().trim(), "", "{said}");
+    assert_eq!(ns.run(&["ip", "route", "show", "type", "blackhole"]).unwrap().trim(), "", "{said}");
+}
+
+/// The v6 route follows the v6 lease and leaves the v4 one alone.
+#[test]
+fn blackhole_routes_of_the_two_families_are_kept_apart() {
+    let tb = Testbed::new(1).unwrap();
+    let ns = tb.host(0).ns();
+    ns.in_ns(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let h = overlay_agent::host::netlink::connect().unwrap();
+            blackhole::ensure(&h, "10.42.3.0/24".parse::<Ipv4Net>().unwrap()).await.unwrap();
+            blackhole::ensure(&h, "fd42:0:0:3::/64".parse::<ipnet::Ipv6Net>().unwrap()).await.unwrap();
+            blackhole::ensure(&h, "fd42:0:0:9::1/64".parse::<ipnet::Ipv6Net>().unwrap()).await.unwrap();
+        })
+    });
+    assert_eq!(ns.run(&["ip", "route", "show", "type", "blackhole"]).unwrap().trim(), "blackhole 10.42.3.0/24 proto static metric 4242");
+    assert_eq!(
+        ns.run(&["ip", "-6", "route", "show", "type", "blackhole"]).unwrap().trim(),
+        "blackhole fd42:0:0:9::/64 dev lo proto static metric 4242 pref medium"
+    );
+    let removed = ns.in_ns(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { blackhole::remove(&overlay_agent::host::netlink::connect().unwrap(), None).await.unwrap() })
+    });
+    assert_eq!(removed, ["10.42.3.0/24".parse::<ipnet::IpNet>().unwrap(), "fd42:0:0:9::/64".parse().unwrap()]);
+}
+
+/// EnableNFTables in a dual-stack network: `ip6 flannel-ipv6` holds
+/// flanneld's chains for IPv6Network and our v6 lease (multicast ff00::/8),
+/// next to the IPv4 table; the resync restores it when deleted; `cleanup`
+/// deletes both tables.
+#[test]
+fn dual_stack_fills_flannel_ipv6_and_keeps_it() {
+    let config = r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::build(1, 0, 0, config)
+        .prepare(overlay_tests::cluster::address_underlay6)
+        .agent_flags(&["--ip-masq"])
+        .start();
+    let ns = c.tb.host(0).ns();
+    let (subnet6, _) = c.agents[0].lease6().unwrap();
+    let want6 = expected_table("ip6", "flannel-ipv6", "fd42::/48", &subnet6.to_string(), "ff00::/8", true);
+    assert_eq!(table(ns, "ip6", "flannel-ipv6").unwrap(), want6);
+    assert_eq!(table(ns, "ip", "flannel-ipv4").unwrap(), expected_v4(&c.subnet(0).to_string(), true));
+    let log = c.agents[0].log_text();
+    assert!(!log.contains("no IPv6 masquerade"), "{log}");
+
+    ns.run(&["nft", "delete", "table", "ip6", "flannel-ipv6"]).unwrap();
+    poll_until(Duration::from_secs(20), "the agent to restore flannel-ipv6", || match table(ns, "ip6", "flannel-ipv6") {
+        Some(t) if t == want6 => Ok(()),
+        other => anyhow::bail!("{other:?}"),
+    })
+    .unwrap();
+
+    c.agents[0].stop();
+    let said = cleanup(ns, &c.agents[0]);
+    assert_eq!(table(ns, "ip6", "flannel-ipv6"), None, "{said}");
+    assert_eq!(table(ns, "ip", "flannel-ipv4"), None, "{said}");
 }

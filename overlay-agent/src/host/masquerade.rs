@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{masq, nftables};
 
@@ -50,6 +50,16 @@ impl Masquerade {
             ))
         } else {
             None
+        }
+    }
+
+    /// Dual stack in the nftables layout: `flannel-ipv6` gets the rules for
+    /// IPv6Network and our v6 lease (`v6`), built with the IPv4 table. The
+    /// iptables layout's IPv6 rules are separate (ip6tables, `node::v6`).
+    pub fn with_ipv6(self, v6: Option<(Ipv6Net, Ipv6Net)>) -> Masquerade {
+        match self {
+            Masquerade::Nftables(r) => Masquerade::Nftables(r.with_ipv6(v6)),
+            other => other,
         }
     }
 

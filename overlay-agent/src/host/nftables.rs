@@ -18,7 +18,9 @@
 //!     ip daddr CLUSTER accept
 //!   }
 //! }
-//! table ip6 flannel-ipv6 { }   # flanneld makes it too; empty (no IPv6 here)
+//! table ip6 flannel-ipv6 {     # the same chains with ip6 matches for
+//!   ...                        # IPv6Network and our v6 lease (multicast
+//! }                            # ff00::/8); empty without IPv6
 //! ```
 //! The rules, their order and the chains' hooks are flanneld's, rule for
 //! rule (its fourth rule reads `saddr != POD`, not iptables' `! -s CLUSTER
@@ -30,7 +32,11 @@
 //! input (what the `nftables` crate speaks) has no comments on tables and
 //! chains, so ours have none. Nothing reads them.
 //!
-//! Unlike flanneld, which writes the table once, the table is also checked
+//! Both tables are built in one transaction by one [`NftRules`]: the IPv6
+//! half comes with [`NftRules::with_ipv6`] (dual stack), as flanneld fills
+//! `flannel-ipv6` for an `EnableIPv6` network and leaves it empty otherwise.
+//!
+//! Unlike flanneld, which writes the table once, the tables are also checked
 //! every `--iptables-resync` seconds: when it was deleted, flushed or
 //! changed, it is rebuilt in one nft transaction (delete and re-add), so
 //! there is never a moment without the rules.
@@ -41,7 +47,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nftables::{
     batch::Batch,
     expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix},
@@ -52,7 +58,7 @@ use nftables::{
 
 /// flanneld's IPv4 table.
 pub const TABLE_V4: &str = "flannel-ipv4";
-/// flanneld's IPv6 table (created empty: this agent is IPv4-only).
+/// flanneld's IPv6 table (empty unless the network is dual stack).
 pub const TABLE_V6: &str = "flannel-ipv6";
 /// The nat chain (hook postrouting, priority srcnat).
 pub const POSTRTG_CHAIN: &str = "postrtg";
@@ -90,6 +96,8 @@ pub struct NftRules {
     fully_random: bool,
     forward: bool,
     masq: bool,
+    /// IPv6Network and our v6 lease (dual stack): flannel-ipv6's rules.
+    v6: Option<(Ipv6Net, Ipv6Net)>,
     nft: Vec<String>,
     fully_random_supported: Arc<OnceLock<bool>>,
     /// The table as nft listed it right after our last rebuild (rules and
@@ -110,6 +118,7 @@ impl NftRules {
             fully_random,
             forward,
             masq: true,
+            v6: None,
             nft: vec!["nft".to_owned()],
             fully_random_supported: Arc::new(OnceLock::new()),
             installed: Arc::new(Mutex::new(None)),
@@ -119,6 +128,13 @@ impl NftRules {
     /// `false`: no postrtg chain (no --ip-masq).
     pub fn with_masq(mut self, masq: bool) -> NftRules {
         self.masq = masq;
+        self
+    }
+
+    /// Dual stack: `flannel-ipv6` gets the same chains for IPv6Network
+    /// `cluster` and our v6 lease `pod_subnet` (None: it stays empty).
+    pub fn with_ipv6(mut self, v6: Option<(Ipv6Net, Ipv6Net)>) -> NftRules {
+        self.v6 = v6.map(|(cluster, pod)| (cluster.trunc(), pod.trunc()));
         self
     }
 
@@ -155,70 +171,56 @@ impl NftRules {
             b.delete(NfListObject::Table(t.clone()));
             b.add(NfListObject::Table(t));
         }
-        if self.masq {
-            b.add(NfListObject::Chain(base_chain(POSTRTG_CHAIN, NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT)));
-            for expr in self.postrtg_rules(fully_random) {
-                b.add(NfListObject::Rule(rule(POSTRTG_CHAIN, expr)));
-            }
+        let mut families = vec![(TableRef::V4, IpNet::V4(self.cluster), IpNet::V4(self.pod_subnet))];
+        if let Some((cluster, pod)) = self.v6 {
+            families.push((TableRef::V6, IpNet::V6(cluster), IpNet::V6(pod)));
         }
-        if self.forward {
-            b.add(NfListObject::Chain(base_chain(FORWARD_CHAIN, NfChainType::Filter, NfHook::Forward, PRIO_FILTER)));
-            for expr in [
-                vec![ip_match("saddr", Operator::EQ, self.cluster), Statement::Accept(None)],
-                vec![ip_match("daddr", Operator::EQ, self.cluster), Statement::Accept(None)],
-            ] {
-                b.add(NfListObject::Rule(rule(FORWARD_CHAIN, expr)));
+        for (t, cluster, pod) in families {
+            if self.masq {
+                b.add(NfListObject::Chain(base_chain(t, POSTRTG_CHAIN, NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT)));
+                for expr in postrtg_rules(cluster, pod, fully_random) {
+                    b.add(NfListObject::Rule(rule(t, POSTRTG_CHAIN, expr)));
+                }
+            }
+            if self.forward {
+                b.add(NfListObject::Chain(base_chain(t, FORWARD_CHAIN, NfChainType::Filter, NfHook::Forward, PRIO_FILTER)));
+                for expr in [
+                    vec![ip_match("saddr", Operator::EQ, cluster), Statement::Accept(None)],
+                    vec![ip_match("daddr", Operator::EQ, cluster), Statement::Accept(None)],
+                ] {
+                    b.add(NfListObject::Rule(rule(t, FORWARD_CHAIN, expr)));
+                }
             }
         }
         b.to_nftables()
-    }
-
-    fn postrtg_rules(&self, fully_random: bool) -> Vec<Vec<Statement<'static>>> {
-        let (c, p) = (self.cluster, self.pod_subnet);
-        let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("constant");
-        let masquerade = || {
-            Statement::Masquerade(fully_random.then(|| NAT {
-                addr: None,
-                family: None,
-                port: None,
-                flags: Some(HashSet::from([NATFlag::FullyRandom])),
-            }))
-        };
-        let ret = || Statement::Return(None);
-        use Operator::{EQ, NEQ};
-        vec![
-            vec![
-                Statement::Match(Match {
-                    left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark })),
-                    right: Expression::Number(KUBE_PROXY_MARK),
-                    op: EQ,
-                }),
-                ret(),
-            ],
-            vec![ip_match("saddr", EQ, p), ip_match("daddr", EQ, c), ret()],
-            vec![ip_match("saddr", EQ, c), ip_match("daddr", EQ, p), ret()],
-            vec![ip_match("saddr", NEQ, p), ip_match("daddr", EQ, c), ret()],
-            vec![ip_match("saddr", EQ, c), ip_match("daddr", NEQ, multicast), masquerade()],
-            vec![ip_match("saddr", NEQ, c), ip_match("daddr", EQ, c), masquerade()],
-        ]
     }
 
     /// Make the tables be as they should, rebuilding them atomically when
     /// they are missing or differ from what we installed last. Returns what
     /// was repaired (empty when nothing was).
     pub fn ensure(&self) -> Result<Vec<String>, NftError> {
-        let now = list_table(&self.nft, "ip", TABLE_V4)?;
+        let now = self.list_tables()?;
         let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
         let why = match (&now, installed.as_ref()) {
             (Some(now), Some(want)) if now == want => return Ok(Vec::new()),
-            (None, _) => format!("table ip {TABLE_V4} was missing"),
-            (Some(_), None) => format!("table ip {TABLE_V4} (re)built at start"),
-            (Some(now), Some(want)) => format!("table ip {TABLE_V4} had changed: {}", describe_change(want, now)),
+            (None, _) => format!("table ip {TABLE_V4} or ip6 {TABLE_V6} was missing"),
+            (Some(_), None) => format!("tables ip {TABLE_V4} and ip6 {TABLE_V6} (re)built at start"),
+            (Some(now), Some(want)) => format!("the tables had changed: {}", describe_change(want, now)),
         };
         let fully_random = self.uses_fully_random();
         run_batch(&self.nft, &self.batch(fully_random), false)?;
-        *installed = list_table(&self.nft, "ip", TABLE_V4)?;
+        *installed = self.list_tables()?;
         Ok(vec![why])
+    }
+
+    /// Both tables' chains and rules, one list; None when either is missing.
+    fn list_tables(&self) -> Result<Option<serde_json::Value>, NftError> {
+        let (Some(v4), Some(v6)) = (list_table(&self.nft, "ip", TABLE_V4)?, list_table(&self.nft, "ip6", TABLE_V6)?) else {
+            return Ok(None);
+        };
+        let mut all = v4.as_array().cloned().unwrap_or_default();
+        all.extend(v6.as_array().cloned().unwrap_or_default());
+        Ok(Some(serde_json::Value::Array(all)))
     }
 
     /// Delete both tables (what flanneld does on exit and `cleanup` does).
@@ -234,6 +236,43 @@ impl NftRules {
     {
         super::masquerade::spawn_resync_loop("nftables", interval, self.clone(), NftRules::ensure, on_result)
     }
+}
+
+/// flanneld's postrtg rules for one family: `cluster` (Network or
+/// IPv6Network) and our lease `pod` in it.
+fn postrtg_rules(cluster: IpNet, pod: IpNet, fully_random: bool) -> Vec<Vec<Statement<'static>>> {
+    let (c, p) = (cluster, pod);
+    let multicast: IpNet = match cluster {
+        IpNet::V4(_) => "224.0.0.0/4",
+        IpNet::V6(_) => "ff00::/8",
+    }
+    .parse()
+    .expect("constant");
+    let masquerade = || {
+        Statement::Masquerade(fully_random.then(|| NAT {
+            addr: None,
+            family: None,
+            port: None,
+            flags: Some(HashSet::from([NATFlag::FullyRandom])),
+        }))
+    };
+    let ret = || Statement::Return(None);
+    use Operator::{EQ, NEQ};
+    vec![
+        vec![
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark })),
+                right: Expression::Number(KUBE_PROXY_MARK),
+                op: EQ,
+            }),
+            ret(),
+        ],
+        vec![ip_match("saddr", EQ, p), ip_match("daddr", EQ, c), ret()],
+        vec![ip_match("saddr", EQ, c), ip_match("daddr", EQ, p), ret()],
+        vec![ip_match("saddr", NEQ, p), ip_match("daddr", EQ, c), ret()],
+        vec![ip_match("saddr", EQ, c), ip_match("daddr", NEQ, multicast), masquerade()],
+        vec![ip_match("saddr", NEQ, c), ip_match("daddr", EQ, c), masquerade()],
+    ]
 }
 
 /// Delete flanneld's / our nftables tables (both families). Fine when they
@@ -263,10 +302,33 @@ fn table(family: NfFamily, name: &'static str) -> Table<'static> {
     Table { family, name: Cow::Borrowed(name), handle: None }
 }
 
-fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
+/// One of the two tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TableRef {
+    V4,
+    V6,
+}
+
+impl TableRef {
+    fn family(self) -> NfFamily {
+        match self {
+            TableRef::V4 => NfFamily::IP,
+            TableRef::V6 => NfFamily::IP6,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TableRef::V4 => TABLE_V4,
+            TableRef::V6 => TABLE_V6,
+        }
+    }
+}
+
+fn base_chain(t: TableRef, name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
     Chain {
-        family: NfFamily::IP,
-        table: Cow::Borrowed(TABLE_V4),
+        family: t.family(),
+        table: Cow::Borrowed(t.name()),
         name: Cow::Borrowed(name),
         _type: Some(kind),
         hook: Some(hook),
@@ -276,21 +338,22 @@ fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) ->
     }
 }
 
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
+fn rule(t: TableRef, chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
     Rule {
-        family: NfFamily::IP,
-        table: Cow::Borrowed(TABLE_V4),
+        family: t.family(),
+        table: Cow::Borrowed(t.name()),
         chain: Cow::Borrowed(chain),
         expr: Cow::Owned(expr),
         ..Rule::default()
     }
 }
 
-/// `ip <field> [!=] <net>`
-fn ip_match(field: &'static str, op: Operator, net: Ipv4Net) -> Statement<'static> {
+/// `ip <field> [!=] <net>` (`ip6 ...` for an IPv6 net)
+fn ip_match(field: &'static str, op: Operator, net: IpNet) -> Statement<'static> {
+    let protocol = if net.addr().is_ipv4() { "ip" } else { "ip6" };
     Statement::Match(Match {
         left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-            protocol: Cow::Borrowed("ip"),
+            protocol: Cow::Borrowed(protocol),
             field: Cow::Borrowed(field),
         }))),
         right: Expression::Named(NamedExpression::Prefix(Prefix {
@@ -427,5 +490,20 @@ mod tests {
             .with_masq(false);
         let text = serde_json::to_string(&no_masq.batch(false)).unwrap();
         assert!(!text.contains("postrtg") && !text.contains("fully-random"));
+    }
+
+    #[test]
+    fn dual_stack_fills_the_ip6_table_with_the_same_rules() {
+        let r = NftRules::new("10.42.0.0/16".parse().unwrap(), "10.42.3.1/24".parse().unwrap(), true, true)
+            .with_ipv6(Some(("fd42::/48".parse().unwrap(), "fd42:0:0:3::1/64".parse().unwrap())));
+        let json = serde_json::to_value(r.batch(true)).unwrap();
+        let rules: Vec<&serde_json::Value> =
+            json["nftables"].as_array().unwrap().iter().filter_map(|o| o["add"].get("rule")).collect();
+        let v6: Vec<&&serde_json::Value> = rules.iter().filter(|r| r["table"] == TABLE_V6).collect();
+        assert_eq!((rules.len(), v6.len()), (16, 8));
+        assert!(v6.iter().all(|r| r["family"] == "ip6"));
+        let text = serde_json::to_string(&v6).unwrap();
+        assert!(text.contains("\"ff00::\"") && !text.contains("224.0.0.0"), "{text}");
+        assert!(text.contains("\"fd42:0:0:3::\"") && text.contains("\"ip6\""), "{text}");
     }
 }

@@ -24,6 +24,7 @@ use crate::{
     datapath::{loader, DatapathMaps6, Mode, NodeConfig6, Peer6, PodEndpoint6, PinLayout},
     etcd::{registry::format_mac, Lease},
     host::{
+        blackhole,
         iface::{Uplink, UplinkV6},
         masq::MasqRules,
         masquerade::MasqOptions,
@@ -122,6 +123,11 @@ impl Node {
             }
             None => failed.push(anyhow::anyhow!("{TUNNEL_DEVICE} is missing: no IPv6 address or route on it")),
         }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, subnet).await {
+                failed.push(anyhow::Error::new(e).context("adding the blackhole route for our IPv6 lease"));
+            }
+        }
         match self.node_config6(v6) {
             Ok(c) => {
                 if let Err(e) = self.datapath.maps6.set_config(&c) {
@@ -144,7 +150,7 @@ impl Node {
             task.abort();
         }
         if opts.nftables {
-            warn!("EnableNFTables: no IPv6 masquerade or forward rules in the nftables layout yet");
+            // flannel-ipv6 is built with flannel-ipv4 (`nft_ipv6`).
             return Ok(());
         }
         if !opts.ip_masq && !opts.forward {
@@ -163,6 +169,12 @@ impl Node {
         }
     }
 
+    /// IPv6Network and our v6 lease for the nftables layout's `flannel-ipv6`
+    /// table (None without IPv6: the table stays empty).
+    pub(super) fn nft_ipv6(&self) -> Option<(Ipv6Net, Ipv6Net)> {
+        self.v6.as_ref().map(|v6| (v6.plan.cluster, v6.plan.subnet))
+    }
+
     /// The bridge changed: `CONFIG6` names the new one.
     pub(super) fn refresh_config6(&mut self) {
         let Some(v6) = &self.v6 else { return };
@@ -176,6 +188,11 @@ impl Node {
         let (Some(v6), Some(index)) = (&self.v6, loader::ifindex(TUNNEL_DEVICE)) else { return };
         if let Err(e) = tunnel_v6::ensure(&self.handle, index, &v6.plan).await {
             warn!("re-asserting the IPv6 route via {TUNNEL_DEVICE}: {e}");
+        }
+        if self.args.ip_blackhole_route {
+            if let Err(e) = blackhole::ensure(&self.handle, v6.plan.subnet).await {
+                warn!("re-asserting the blackhole route for {}: {e}", v6.plan.subnet);
+            }
         }
     }
 
@@ -213,13 +230,12 @@ impl Node {
             return None;
         }
         v6.skipped.remove(&lease.subnet);
-        Some(Peer6 {
-            subnet,
-            public_ip,
-            vtep_mac: lease.attrs.v6_vtep_mac.unwrap_or([0; 6]),
-            // DirectRouting for v6 peers is not decided per peer yet: VXLAN.
-            mode: if vxlan { Mode::Vxlan } else { Mode::Direct },
-        })
+        let mode = match self.cfg.backend.kind {
+            BackendType::HostGw => Mode::Direct,
+            BackendType::Vxlan if self.cfg.backend.direct_routing && on_uplink_prefix(&v6.uplink, public_ip) => Mode::Direct,
+            BackendType::Vxlan => Mode::Vxlan,
+        };
+        Some(Peer6 { subnet, public_ip, vtep_mac: lease.attrs.v6_vtep_mac.unwrap_or([0; 6]), mode })
     }
 
     /// A Snapshot: the v6 maps become exactly what the leases' v6 halves say.
@@ -344,6 +360,16 @@ fn remove6(maps6: &mut DatapathMaps6, subnet: Ipv6Net) {
     }
 }
 
+/// DirectRouting for an IPv6 peer: its PublicIPv6 is inside our uplink's
+/// own IPv6 prefix, so it is on our link and reachable without a router.
+/// flannel asks the kernel instead (`ip.DirectRouting`: one route to the
+/// address, no gateway); the two agree unless a more specific route sends
+/// part of the uplink's prefix through a router. Deciding from the prefix
+/// keeps this synchronous: a lease event needs no netlink round trip.
+fn on_uplink_prefix(uplink: &UplinkV6, peer: Ipv6Addr) -> bool {
+    Ipv6Net::new(uplink.iface_addr, uplink.prefix_len).is_ok_and(|net| net.trunc().contains(&peer))
+}
+
 fn log_installed6(peer: &Peer6, replaced: bool) {
     let verb = if replaced { "changed" } else { "added" };
     info!(
@@ -353,4 +379,21 @@ fn log_installed6(peer: &Peer6, replaced: bool) {
         peer.mode,
         format_mac(&peer.vtep_mac)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_direct_only_inside_the_uplinks_own_prefix() {
+        let uplink = UplinkV6 { iface_addr: "fd00:77::10".parse().unwrap(), prefix_len: 64, public_ip: "fd00:77::10".parse().unwrap() };
+        assert!(on_uplink_prefix(&uplink, "fd00:77::11".parse().unwrap()));
+        assert!(on_uplink_prefix(&uplink, "fd00:77::ffff:1".parse().unwrap()));
+        assert!(!on_uplink_prefix(&uplink, "fd00:78::11".parse().unwrap()));
+        assert!(!on_uplink_prefix(&uplink, "fd00:77:0:1::11".parse().unwrap()));
+        // A /128 on the uplink: nothing else is on the link by prefix.
+        let lone = UplinkV6 { prefix_len: 128, ..uplink };
+        assert!(!on_uplink_prefix(&lone, "fd00:77::11".parse().unwrap()));
+    }
 }
