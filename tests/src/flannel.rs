@@ -212,6 +212,39 @@ pub fn kernel_vxlan_udp_csum(host: &Host, vni: u32) -> Result<bool> {
         .ok_or_else(|| anyhow!("flannel.{vni}: no linkinfo.info_data.udp_csum in {out}"))
 }
 
+/// Bytes of outer headers on an IPv6 underlay (IPv6 40, UDP 8, VXLAN 8,
+/// Ethernet 14): the kernel's own MTU for a VXLAN device over IPv6.
+pub const VXLAN6_OVERHEAD: u32 = 70;
+
+/// `flannel-v6.<vni>` alone (no bridge, no etcd), as flanneld's vxlan
+/// backend makes it for the v6 half `own` of its lease; with
+/// [`add_kernel_peer6`], a static kernel v6 node for the benchmark.
+pub fn setup_kernel_vxlan6(host: &Host, vni: u32, own: &Lease6, uplink_mtu: u32) -> Result<()> {
+    let dev = VxlanDevice { vni, port: 8472, mtu: uplink_mtu - VXLAN6_OVERHEAD, csum: UdpCsum::AsFlanneld, v6: true };
+    dev.create(host, host.uplink(), &own.vtep_mac, IpAddr::V6(own.public_ip), &format!("{}/128", own.subnet.network()))?;
+    host.set_sysctl("net/ipv6/conf/all/forwarding", "1")
+}
+
+/// What flanneld does on `flannel-v6.<vni>` when the v6 half `peer` of a
+/// remote lease appears.
+pub fn add_kernel_peer6(host: &Host, vni: u32, peer: &Lease6) -> Result<()> {
+    let subnet = peer.subnet;
+    let dev = vxlan_device_name(vni, true);
+    add_vxlan_entries(host, &dev, IpAddr::V6(subnet.network()), subnet.prefix_len(), IpAddr::V6(peer.public_ip), &peer.vtep_mac)
+}
+
+/// Whether `flannel-v6.<vni>` on `host` puts a UDP checksum in the outer
+/// header, as the kernel reports it (`udp_zero_csum6_tx` of `ip -d -j link show`).
+pub fn kernel_vxlan6_udp_csum(host: &Host, vni: u32) -> Result<bool> {
+    let dev = vxlan_device_name(vni, true);
+    let out = host.run(&["ip", "-d", "-j", "link", "show", "dev", &dev])?;
+    let json: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -d -j link show: {out}"))?;
+    json.pointer("/0/linkinfo/info_data/udp_zero_csum6_tx")
+        .and_then(|v| v.as_bool())
+        .map(|zero| !zero)
+        .ok_or_else(|| anyhow!("{dev}: no linkinfo.info_data.udp_zero_csum6_tx in {out}"))
+}
+
 /// What flanneld does when a remote lease appears.
 pub fn add_kernel_peer(host: &Host, vni: u32, peer: &VxlanLease) -> Result<()> {
     add_kernel_peer_dev(host, &format!("flannel.{vni}"), peer)

@@ -40,7 +40,6 @@ pub mod control_plane;
 pub mod docker;
 pub mod etcd;
 pub mod flannel;
-pub mod flannel6;
 pub mod forward;
 pub mod netns;
 pub mod packet;

@@ -26,8 +26,10 @@ use serde::Serialize;
 use crate::agent::{Agent, AgentOptions};
 use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult, Wait};
 use crate::etcd::Etcd;
-use crate::flannel::{add_kernel_peer, kernel_vxlan_udp_csum, setup_kernel_vxlan_with, UdpCsum, VxlanLease};
-use crate::flannel6::{self, add_kernel_peer6, kernel_vxlan6_udp_csum, setup_kernel_vxlan6, Vxlan6Lease};
+use crate::flannel::{
+    add_kernel_peer, add_kernel_peer6, kernel_vxlan6_udp_csum, kernel_vxlan_udp_csum, setup_kernel_vxlan6, setup_kernel_vxlan_with,
+    Lease6, UdpCsum, VxlanLease, VXLAN6_OVERHEAD,
+};
 use crate::netns::{next, ChildHandle, Pod, Testbed};
 use ipnet::Ipv6Net;
 use overlay_agent::datapath::{DatapathMaps, DatapathMaps6};
@@ -397,14 +399,14 @@ impl Topology {
                 }
             }
             Mode::Flannel6 => {
-                pod_mtu = tb.underlay_mtu() - flannel6::VXLAN6_OVERHEAD;
+                pod_mtu = tb.underlay_mtu() - VXLAN6_OVERHEAD;
                 add_underlay6(&tb)?;
-                let leases: Vec<Vxlan6Lease> = (0..2)
-                    .map(|i| Vxlan6Lease { subnet: host_subnet6(i), public_ip: host_ip6(i), vtep_mac: [0x0e, 0, 0, 0, 0xf6, i as u8 + 1] })
+                let leases: Vec<Lease6> = (0..2)
+                    .map(|i| Lease6 { subnet: host_subnet6(i), public_ip: host_ip6(i), vtep_mac: [0x0e, 0, 0, 0, 0xf6, i as u8 + 1] })
                     .collect();
                 for i in 0..2 {
                     let host = tb.host(i);
-                    setup_kernel_vxlan6(host, host.uplink(), 1, &leases[i], tb.underlay_mtu())?;
+                    setup_kernel_vxlan6(host, 1, &leases[i], tb.underlay_mtu())?;
                     add_kernel_peer6(host, 1, &leases[1 - i])?;
                     let (_, gw) = host_subnet(i);
                     host.add_bridge("cni0", Some(&format!("{gw}/24")), pod_mtu)?;
