@@ -364,7 +364,54 @@ pub struct Lease {
     pub expiration: Option<SystemTime>,
 }
 
+/// What names a lease in both address families: its key's subnets. The
+/// IPv4 subnet alone does not (every IPv6-only lease has `0.0.0.0/0`
+/// there), nor the IPv6 one alone (a v4-only lease of a mixed cluster has
+/// none); the pair is what flannel's `MakeSubnetKey` writes into the key.
+/// Ordered by the IPv4 subnet first, so the ids of one IPv4 subnet are
+/// adjacent (see [`LeaseId::ipv4_range`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId {
+    /// The IPv4 subnet, [`EMPTY_IPV4_SUBNET`] for an IPv6-only lease.
+    pub ipv4: Ipv4Net,
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl LeaseId {
+    /// The id of the lease whose key name (after `<prefix>/subnets/`) is
+    /// `name`, if it is one.
+    pub fn from_key_name(name: &str) -> Option<LeaseId> {
+        parse_subnet_key_pair(name).map(|(ipv4, ipv6)| LeaseId { ipv4, ipv6 })
+    }
+
+    /// The IPv4 subnet, `None` for an IPv6-only lease.
+    pub fn ipv4_subnet(&self) -> Option<Ipv4Net> {
+        (self.ipv4 != EMPTY_IPV4_SUBNET).then_some(self.ipv4)
+    }
+
+    /// Every id with IPv4 subnet `subnet`, as a range of the order.
+    pub fn ipv4_range(subnet: Ipv4Net) -> std::ops::RangeInclusive<LeaseId> {
+        LeaseId { ipv4: subnet, ipv6: None }..=LeaseId { ipv4: subnet, ipv6: Some(Ipv6Net::new_assert(Ipv6Addr::from(u128::MAX), 128)) }
+    }
+}
+
+/// The key's name: `10.5.52.0-24`, `10.5.52.0-24&fc00::-64`, `0.0.0.0-0&fc00::-64`.
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ipv4.addr(), self.ipv4.prefix_len())?;
+        if let Some(v6) = self.ipv6 {
+            write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
+        }
+        Ok(())
+    }
+}
+
 impl Lease {
+    /// What names this lease in both families (its key's subnets).
+    pub fn id(&self) -> LeaseId {
+        LeaseId { ipv4: self.subnet, ipv6: self.ipv6_subnet }
+    }
+
     /// This lease's key under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
         lease_key(prefix, self.subnet, self.ipv6_subnet)
@@ -496,11 +543,7 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
 /// IPv6-only (`subnet` = [`EMPTY_IPV4_SUBNET`]) `...0.0.0.0-0&fc00::-64`.
 /// The IPv6 address is written as Go prints it (RFC 5952, lower case).
 pub fn lease_key(prefix: &str, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> String {
-    let mut key = format!("{}{}-{}", subnets_prefix(prefix), subnet.addr(), subnet.prefix_len());
-    if let Some(v6) = ipv6_subnet {
-        key.push_str(&format!("&{}-{}", v6.addr(), v6.prefix_len()));
-    }
-    key
+    format!("{}{}", subnets_prefix(prefix), LeaseId { ipv4: subnet, ipv6: ipv6_subnet })
 }
 
 /// The IPv4 subnet of a lease key under `prefix`, or `None` when `key` is not
