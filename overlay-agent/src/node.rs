@@ -126,6 +126,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // with only an IPv6 default route is judged once the config is read).
     let early = match iface::select_uplink(&handle, &iface_selection(&args)).await {
         Err(IfaceError::NoDefaultRoute) => None,
+        // An uplink without IPv4 serves an IPv6-only config: judged then.
+        Err(e @ (IfaceError::NoAddress(_) | IfaceError::NoneUsable { .. })) => {
+            let v6_only = Families { ipv4: false, ipv6: true };
+            match iface::select_uplink_for(&handle, &iface_selection(&args), v6_only).await {
+                Ok(_) => None,
+                Err(_) => return Err(anyhow::Error::new(e).context("choosing the uplink interface")),
+            }
+        }
         other => Some(other.context("choosing the uplink interface")?),
     };
 
@@ -160,7 +168,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         BackendType::Vxlan => underlay_mtu.checked_sub(overhead).with_context(|| format!("uplink MTU below {overhead}"))?,
         BackendType::HostGw => underlay_mtu,
     };
-    info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
+    let networks = [cfg.ipv4_network().map(|n| n.to_string()), cfg.ipv6.as_ref().map(|v6| v6.network.to_string())];
+    info!("network {} backend {} (pod MTU {pod_mtu})", networks.into_iter().flatten().collect::<Vec<_>>().join(" + "), backend.as_str());
     check_network_against_uplink(&cfg, &uplink)?;
 
     // One listing of the leases serves the whole start: finding our lease,
@@ -185,7 +194,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let attrs = LeaseAttrs::for_node(
         backend,
         cfg.backend.vni,
-        Some((uplink.public_ip, vtep_mac)),
+        // IPv6-only: no PublicIP (0.0.0.0) and no BackendData, as flanneld
+        // makes no IPv4 device then.
+        Some((uplink.public_ip, vtep_mac)).filter(|_| cfg.enable_ipv4),
         uplink.ipv6.filter(|_| cfg.ipv6.is_some()).map(|v| (v.public_ip, vtep_mac6)),
     );
     let previous = subnet_env::read_previous_subnets(&args.subnet_file);
@@ -418,6 +429,16 @@ impl Node {
         Ok(())
     }
 
+    /// `CONFIG` for this node. IPv6-only: the IPv4 programs stay
+    /// unconfigured (they pass every IPv4 packet to the kernel), whatever
+    /// an earlier run left there.
+    fn write_config(&mut self) -> Result<(), crate::datapath::DatapathError> {
+        match own_ipv4(&self.cfg, &self.own) {
+            Some(_) => self.datapath.maps.set_config(&self.node_config()),
+            None => self.datapath.maps.clear_config(),
+        }
+    }
+
     /// This node as the programs see it.
     fn node_config(&self) -> NodeConfig {
         let bridge = self.bridge.bridge.as_ref();
@@ -446,13 +467,7 @@ impl Node {
     async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
         let subnet = own_ipv4(&self.cfg, &self.own);
         let mut failed: Vec<anyhow::Error> = Vec::new();
-        // IPv6-only: the IPv4 programs stay unconfigured (they pass every
-        // IPv4 packet to the kernel), whatever an earlier run left in CONFIG.
-        let config = match subnet {
-            Some(_) => self.datapath.maps.set_config(&self.node_config()),
-            None => self.datapath.maps.clear_config(),
-        };
-        if let Err(e) = config {
+        if let Err(e) = self.write_config() {
             failed.push(anyhow::Error::new(e).context("updating the config map"));
         }
         if !first {
@@ -855,7 +870,7 @@ impl Node {
 
     async fn sync_endpoints(&mut self) {
         if self.scan_pod_bridge().await {
-            if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
+            if let Err(e) = self.write_config() {
                 warn!("updating the config for the pod bridge: {e}");
             }
             self.refresh_config6();
