@@ -545,8 +545,11 @@ impl LeaseHandler {
     }
 
     fn try_event(&self, key: &str, value: Option<&str>) -> Result<()> {
-        // `<prefix>/subnets/10.42.3.0-24`; keys that do not parse are skipped.
-        let Some((net, len)) = key.strip_prefix(&self.subnets_prefix).and_then(|k| k.split_once('-')) else {
+        // `<prefix>/subnets/10.42.3.0-24`, a dual-stack lease's with
+        // `&<v6>-<len>` after it (this IPv4 node routes its IPv4 half, as
+        // flanneld does); keys that do not parse are skipped.
+        let v4_part = key.strip_prefix(&self.subnets_prefix).map(|k| k.split('&').next().unwrap_or(k));
+        let Some((net, len)) = v4_part.and_then(|k| k.split_once('-')) else {
             return Ok(());
         };
         let (Ok(subnet), Ok(prefix_len)) = (net.parse::<Ipv4Addr>(), len.parse::<u8>()) else {

@@ -199,3 +199,100 @@ fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
     assert!(!routes.contains("fd42::/48"), "IPv6 network route removed: {routes}");
     assert!(ping6(&p0, v6[1].1).is_err(), "the node no longer routes the v6 overlay");
 }
+
+/// A mixed cluster: a node with a v4-only lease (our flanneld
+/// re-implementation, whose lease has no IPv6 part) among dual-stack
+/// agents. Its v4 pods reach the agents' pods; the agents' v6 pods still
+/// talk; the v4-only lease is an IPv4 peer only.
+#[test]
+fn a_v4_only_node_in_a_dual_stack_cluster() {
+    let c = Cluster::build(2, 1, 0, DUAL_CONFIG)
+        .prepare(|tb| {
+            for i in 0..2 {
+                tb.host(i).ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(i))]).unwrap();
+            }
+        })
+        .start();
+    let v6: Vec<_> = (0..2).map(|i| add_pod_v6(&c, i)).collect();
+    let kernel = &c.pods[2][0];
+    for i in 0..2 {
+        let pod = &c.pods[i][0];
+        wait_ping(pod, kernel.ip());
+        wait_ping(kernel, pod.ip());
+        let peers = c.peers(i);
+        assert_eq!(peers.len(), 2, "both other nodes are IPv4 peers: {peers:?}");
+        let peers6 = maps6(&c, i).peers().unwrap();
+        assert_eq!(peers6.iter().map(|p| p.subnet).collect::<Vec<_>>(), [v6[1 - i].0], "only the agent is a v6 peer");
+    }
+    wait_ping6(&c.pods[0][0], v6[1].1);
+    wait_ping6(&c.pods[1][0], v6[0].1);
+}
+
+/// The lease keeper hands us back a lease whose IPv6 subnet moved while
+/// its IPv4 subnet stayed (our key was deleted and another node took our
+/// v6 subnet meanwhile): the new v6 lease is applied (subnet.env, overlay0,
+/// CONFIG6), not only noticed.
+#[test]
+fn a_lease_whose_v6_subnet_alone_moved_is_applied() {
+    let (c, v6) = start();
+    let (old6, _) = v6[0];
+    let v4 = c.subnet(0);
+    // Someone else's lease on our v6 subnet, then our key goes.
+    let squatter = format!("{PREFIX}/subnets/10.42.200.0-24&{}-{}", old6.addr(), old6.prefix_len());
+    c.etcd
+        .put(
+            &squatter,
+            r#"{"PublicIP":"192.0.2.99","PublicIPv6":"fd00:77::99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:01:99"}}"#,
+        )
+        .unwrap();
+    let ours = c
+        .etcd
+        .get_prefix(&format!("{PREFIX}/subnets/"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.ends_with(&format!("{}-{}&{}-{}", v4.addr(), v4.prefix_len(), old6.addr(), old6.prefix_len())))
+        .expect("node 0's lease");
+    c.etcd.delete(&ours).unwrap();
+
+    poll_until(Duration::from_secs(20), "node 0's subnet.env names a new v6 lease", || {
+        let (now6, _) = c.agents[0].lease6()?;
+        anyhow::ensure!(now6 != old6, "still {now6}");
+        Ok(())
+    })
+    .unwrap();
+    let (new6, _) = c.agents[0].lease6().unwrap();
+    assert_eq!(c.subnet(0), v4, "the IPv4 subnet stayed");
+    let cfg = maps6(&c, 0).config().unwrap().expect("CONFIG6");
+    assert_eq!(cfg.subnet, new6, "CONFIG6 follows the new v6 lease");
+    let addrs = c.tb.host(0).ns().run(&["ip", "-6", "addr", "show", "dev", "overlay0"]).unwrap();
+    assert!(addrs.contains(&format!("{}/128", new6.network())) && !addrs.contains(&format!("{}/128", old6.network())), "{addrs}");
+}
+
+/// A node restarted IPv4-only (the config lost EnableIPv6) after a
+/// dual-stack run: overlay0's v6 address and the IPv6Network route, the
+/// v6 maps and the ip6tables rules of the earlier run are gone.
+#[test]
+fn an_ipv4_only_restart_after_dual_stack_removes_the_v6_leftovers() {
+    let (mut c, v6) = start_with_flags(&["--ip-masq"]);
+    wait_ping6(&c.pods[0][0], v6[1].1);
+    assert!(!maps6(&c, 0).peers().unwrap().is_empty());
+    c.agents[0].stop();
+    c.etcd.put(&format!("{PREFIX}/config"), r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    c.agents[0].restart(c.tb.host(0)).unwrap();
+    c.agents[0].wait_ready_n(2, Duration::from_secs(30)).unwrap();
+
+    let host = c.tb.host(0).ns();
+    let addrs = host.run(&["ip", "-6", "addr", "show", "dev", "overlay0", "scope", "global"]).unwrap();
+    assert!(addrs.trim().is_empty(), "overlay0's v6 address stayed: {addrs}");
+    let routes = host.run(&["ip", "-6", "route", "show", "fd42::/48"]).unwrap();
+    assert!(routes.trim().is_empty(), "the IPv6Network route stayed: {routes}");
+    let m = maps6(&c, 0);
+    assert!(m.peers().unwrap().is_empty(), "v6 peers stayed: {:?}", m.peers());
+    assert!(m.endpoints().unwrap().is_empty(), "v6 endpoints stayed: {:?}", m.endpoints());
+    assert_eq!(m.config().unwrap(), None, "CONFIG6 stayed filled in");
+    let saved = host.run(&["ip6tables-save"]).unwrap();
+    assert!(!saved.contains("flanneld"), "ip6tables rules stayed: {saved}");
+    // IPv4 still works.
+    wait_ping(&c.pods[0][0], c.pods[1][0].ip());
+}
