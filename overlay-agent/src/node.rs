@@ -210,7 +210,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await?;
     match own_ipv4(&cfg, &lease) {
         Some(sn) => info!("lease {sn} (VtepMAC {})", format_mac(&vtep_mac)),
-        None => info!("lease {} (IPv6-only: no IPv4 subnet)", lease.id()),
+        None => info!("lease {} (IPv6-only)", lease.id()),
     }
     let node_v6 = v6::NodeV6::new(&cfg, &lease, &uplink, vtep_mac6, underlay_mtu)?;
     if let Some(sn) = lease.ipv6_subnet {

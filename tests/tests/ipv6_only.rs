@@ -17,6 +17,7 @@ use overlay_tests::{
     cluster::{Cluster, PREFIX},
     netns::{Netns, Pod6},
     poll_until,
+    control_plane::count_bpf_calls,
     traffic::tcp_roundtrip_to,
 };
 
@@ -41,7 +42,20 @@ fn maps6(c: &Cluster, i: usize) -> DatapathMaps6 {
 
 /// `n` agents on IPv6-only hosts, one IPv6-only pod each.
 fn start(n: usize) -> (Cluster, Vec<(Ipv6Net, Pod6)>) {
-    let c = Cluster::build(n, 0, 0, V6_ONLY_CONFIG)
+    let c = cluster(n);
+    let pods = (0..n)
+        .map(|i| {
+            let (subnet, gw) = c.agents[i].lease6().unwrap();
+            let pod = c.tb.host(i).add_pod6("cni0", subnet, Ipv6Addr::from(u128::from(gw) + 1), gw, c.pod_mtu).unwrap();
+            (subnet, pod)
+        })
+        .collect();
+    (c, pods)
+}
+
+/// `n` agents on IPv6-only hosts, no pods.
+fn cluster(n: usize) -> Cluster {
+    Cluster::build(n, 0, 0, V6_ONLY_CONFIG)
         .without_pods()
         .prepare(|tb| {
             for (i, h) in tb.hosts().iter().enumerate() {
@@ -54,15 +68,7 @@ fn start(n: usize) -> (Cluster, Vec<(Ipv6Net, Pod6)>) {
                     .unwrap();
             }
         })
-        .start();
-    let pods = (0..n)
-        .map(|i| {
-            let (subnet, gw) = c.agents[i].lease6().unwrap();
-            let pod = c.tb.host(i).add_pod6("cni0", subnet, Ipv6Addr::from(u128::from(gw) + 1), gw, c.pod_mtu).unwrap();
-            (subnet, pod)
-        })
-        .collect();
-    (c, pods)
+        .start()
 }
 
 /// The agent's lease key, found by its v6 subnet.
@@ -163,4 +169,50 @@ fn an_ipv6_only_lease_removed_is_unreachable_and_a_restart_reuses_the_lease() {
     let out = ping6(p0, p1.ip());
     assert!(out.is_err(), "node 1's pod still answers after its lease was removed: {out:?}");
     wait_ping6(p0, p2.ip());
+}
+
+/// The IPv6 counterpart of lease_state.rs's count (issue #17): removing k
+/// of N IPv6 peers costs a few map syscalls each, not a walk of SUBNETS6
+/// per removal (O(k*N)). Counted with strace on the running agent while
+/// 256 of 512 IPv6-only leases go; a walk per removal would be ~256 * 512.
+#[test]
+fn removing_ipv6_peers_costs_a_few_map_syscalls_each() {
+    let c = cluster(1);
+    let (n, k) = (512usize, 256usize);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect([c.etcd.endpoint()], None).await?;
+        // fd43:0:0:100:: to fd43:0:0:2ff::, the first half removed below.
+        for j in 0x100..0x100 + n {
+            let key = format!("{PREFIX}/subnets/0.0.0.0-0&fd43:0:0:{j:x}::-64");
+            let value = format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:79::{j:x}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"0e:00:00:00:{:02x}:{:02x}"}}}}"#,
+                j >> 8,
+                j & 0xff
+            );
+            client.put(key, value, None).await?;
+        }
+        anyhow::Ok(())
+    })
+    .unwrap();
+    let peers_become = |want: usize| {
+        poll_until(Duration::from_secs(60), &format!("{want} IPv6 peers"), || {
+            let have = maps6(&c, 0).peers()?.len();
+            anyhow::ensure!(have == want, "{have}");
+            Ok(())
+        })
+        .unwrap()
+    };
+    peers_become(n);
+
+    let pid = c.agents[0].pid().expect("agent running");
+    let (calls, ()) = count_bpf_calls(pid, c.tb.dir(), || {
+        c.etcd.etcdctl(&["del", "--prefix", &format!("{PREFIX}/subnets/0.0.0.0-0&fd43:0:0:1")]).unwrap();
+        peers_become(n - k);
+    })
+    .unwrap();
+    eprintln!("removing {k} of {n} IPv6 peers: {calls} bpf calls");
+    // Per peer: the SUBNETS6 delete and the NODES6 delete; plus the
+    // agent's once-a-second endpoint sync and whatever runs while we wait.
+    assert!(calls <= 8 * k as u64, "{calls} bpf calls to remove {k} of {n} IPv6 peers: more than a few per peer");
 }

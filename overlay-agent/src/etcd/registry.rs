@@ -395,14 +395,28 @@ impl LeaseId {
     }
 }
 
-/// The key's name: `10.5.52.0-24`, `10.5.52.0-24&fc00::-64`, `0.0.0.0-0&fc00::-64`.
+impl LeaseId {
+    /// The key's name as flannel's `MakeSubnetKey` writes it:
+    /// `10.5.52.0-24`, `10.5.52.0-24&fc00::-64`, `0.0.0.0-0&fc00::-64`.
+    pub fn key_name(&self) -> String {
+        let mut name = format!("{}-{}", self.ipv4.addr(), self.ipv4.prefix_len());
+        if let Some(v6) = self.ipv6 {
+            name.push_str(&format!("&{}-{}", v6.addr(), v6.prefix_len()));
+        }
+        name
+    }
+}
+
+/// For messages: `10.5.52.0/24`, `10.5.52.0/24+fc00::/64`, `fc00::/64`
+/// (an IPv6-only lease's empty IPv4 part left out).
 impl std::fmt::Display for LeaseId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ipv4.addr(), self.ipv4.prefix_len())?;
-        if let Some(v6) = self.ipv6 {
-            write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
+        match (self.ipv4_subnet(), self.ipv6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4}+{v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => write!(f, "{}", self.ipv4),
         }
-        Ok(())
     }
 }
 
@@ -543,7 +557,7 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
 /// IPv6-only (`subnet` = [`EMPTY_IPV4_SUBNET`]) `...0.0.0.0-0&fc00::-64`.
 /// The IPv6 address is written as Go prints it (RFC 5952, lower case).
 pub fn lease_key(prefix: &str, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> String {
-    format!("{}{}", subnets_prefix(prefix), LeaseId { ipv4: subnet, ipv6: ipv6_subnet })
+    format!("{}{}", subnets_prefix(prefix), LeaseId { ipv4: subnet, ipv6: ipv6_subnet }.key_name())
 }
 
 /// The IPv4 subnet of a lease key under `prefix`, or `None` when `key` is not

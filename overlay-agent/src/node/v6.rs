@@ -181,6 +181,7 @@ impl Node {
         if let Some((_, task)) = v6.masq.take() {
             task.abort();
         }
+        self.health.set_masq6_installed(true);
         if opts.nftables {
             warn!("EnableNFTables: no IPv6 masquerade or forward rules in the nftables layout yet");
             return Ok(());
@@ -189,12 +190,16 @@ impl Node {
             return Ok(());
         }
         let rules = MasqRules::new_v6(v6.plan.cluster, v6.plan.subnet, opts.fully_random, opts.forward).with_masq(opts.ip_masq);
-        let task = rules.spawn_resync(interval);
+        // /readyz follows the ip6tables rules as it follows iptables'.
+        self.health.set_masq6_installed(false);
+        let health = self.health.clone();
+        let task = rules.spawn_resync_reporting(interval, move |ok| health.set_masq6_installed(ok));
         let result = tokio::task::block_in_place(|| rules.ensure());
         v6.masq = Some((rules, task));
         match result {
             Ok(_) => {
                 info!("ip6tables rules installed");
+                self.health.set_masq6_installed(true);
                 Ok(())
             }
             Err(e) => Err(e.context("installing the ip6tables rules")),
