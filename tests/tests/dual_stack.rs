@@ -19,9 +19,10 @@ use std::{
 use ipnet::Ipv6Net;
 use overlay_agent::datapath::DatapathMaps6;
 use overlay_tests::{
-    agent::agent_binary,
+    agent::{agent_binary, http_get, Agent, AgentOptions, Launch},
     cluster::{Cluster, PREFIX},
-    netns::{Netns, Pod},
+    etcd::Etcd,
+    netns::{ensure_bpffs, Netns, Pod, Testbed},
     poll_until,
     traffic::{tcp_roundtrip_to, wait_ping},
 };
@@ -295,4 +296,55 @@ fn an_ipv4_only_restart_after_dual_stack_removes_the_v6_leftovers() {
     assert!(!saved.contains("flanneld"), "ip6tables rules stayed: {saved}");
     // IPv4 still works.
     wait_ping(&c.pods[0][0], c.pods[1][0].ip());
+}
+
+/// /readyz follows the ip6tables rules as it follows the iptables ones:
+/// when their resync fails (here ip6tables itself fails, through a wrapper
+/// first on the agent's PATH), the node is not ready and says why; when it
+/// works again, it is ready again.
+#[test]
+fn readyz_follows_the_ip6tables_resync() {
+    const PORT: u16 = 10266;
+    ensure_bpffs().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let host = tb.host(0);
+    host.ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(0))]).unwrap();
+    let bin = tb.dir().join("ip6tables-wrapper");
+    std::fs::create_dir_all(&bin).unwrap();
+    let broken = tb.dir().join("ip6tables-broken");
+    let script = format!(
+        "#!/bin/sh\n[ -e {} ] && {{ echo 'ip6tables: broken by the test' >&2; exit 4; }}\nexec /usr/sbin/ip6tables \"$@\"\n",
+        broken.display()
+    );
+    std::fs::write(bin.join("ip6tables"), script).unwrap();
+    std::fs::set_permissions(bin.join("ip6tables"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let etcd = Etcd::start().unwrap();
+    etcd.put(&format!("{PREFIX}/config"), DUAL_CONFIG).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let _agent = Agent::start_forwarded_with(
+        host,
+        AgentOptions {
+            etcd_endpoints: &etcd.endpoint(),
+            prefix: PREFIX,
+            dir: tb.dir(),
+            extra: ["--ip-masq", "--iptables-resync=1", "--healthz-ip=127.0.0.1", &format!("--healthz-port={PORT}")]
+                .map(String::from)
+                .to_vec(),
+        },
+        Launch { env: vec![("PATH".into(), path)], ..Default::default() },
+    )
+    .unwrap();
+    let answer = |status: u16, needle: &str| {
+        poll_until(Duration::from_secs(30), &format!("/readyz {status} with {needle:?}"), || {
+            let (s, body) = http_get(host, PORT, "/readyz", Duration::from_secs(2))?;
+            anyhow::ensure!(s == status && body.contains(needle), "{s}: {body}");
+            Ok(())
+        })
+        .unwrap()
+    };
+    answer(200, "ready");
+    std::fs::write(&broken, "").unwrap();
+    answer(503, "ip6tables");
+    std::fs::remove_file(&broken).unwrap();
+    answer(200, "ready");
 }
