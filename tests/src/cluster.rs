@@ -11,7 +11,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use overlay_agent::datapath::{DatapathMaps, Peer};
+use overlay_agent::datapath::{DatapathMaps, DatapathMaps6, Peer};
 
 use crate::{
     agent::{Agent, AgentOptions},
@@ -247,6 +247,11 @@ impl Cluster {
 
     pub fn maps(&self, i: usize) -> DatapathMaps {
         DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap()
+    }
+
+    /// Agent `i`'s pinned IPv6 maps.
+    pub fn maps6(&self, i: usize) -> DatapathMaps6 {
+        DatapathMaps6::open_pinned(&self.agents[i].pins()).unwrap()
     }
 
     /// Starts an agent on testbed host `host` (normally a spare one) with

@@ -17,14 +17,13 @@ use std::{
 };
 
 use ipnet::Ipv6Net;
-use overlay_agent::datapath::DatapathMaps6;
 use overlay_tests::{
     agent::{agent_binary, http_get, Agent, AgentOptions, Launch},
     cluster::{Cluster, PREFIX},
     etcd::Etcd,
-    netns::{ensure_bpffs, Netns, Pod, Testbed},
+    netns::{ensure_bpffs, Pod, Testbed},
     poll_until,
-    traffic::{tcp_roundtrip_to, wait_ping},
+    traffic::{ping6, tcp_roundtrip_to, wait_ping, wait_ping6},
 };
 
 const DUAL_CONFIG: &str =
@@ -46,18 +45,6 @@ fn add_pod_v6(c: &Cluster, i: usize) -> (Ipv6Net, Ipv6Addr) {
         .ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])
         .unwrap();
     (subnet, ip)
-}
-
-fn ping6(from: &Netns, to: Ipv6Addr) -> anyhow::Result<String> {
-    from.run(&["ping", "-6", "-c", "1", "-W", "1", &to.to_string()])
-}
-
-fn wait_ping6(from: &Netns, to: Ipv6Addr) {
-    poll_until(Duration::from_secs(15), &format!("{} pings {to}", from.name()), || ping6(from, to)).unwrap();
-}
-
-fn maps6(c: &Cluster, i: usize) -> DatapathMaps6 {
-    DatapathMaps6::open_pinned(&c.agents[i].pins()).unwrap()
 }
 
 fn start() -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
@@ -102,14 +89,14 @@ fn dual_stack_pods_talk_over_v4_and_v6_between_two_agents() {
     // The v6 halves went through the v6 maps: the other node's v6 lease
     // via its PublicIPv6, our pod's v6 address learnt.
     for (i, other) in [(0, 1), (1, 0)] {
-        let m = maps6(&c, i);
+        let m = c.maps6(i);
         let peers = m.peers().unwrap();
         assert_eq!(peers.len(), 1, "{peers:?}");
         assert_eq!(peers[0].subnet, v6[other].0);
         assert_eq!(peers[0].public_ip, host_ip6(other).parse::<Ipv6Addr>().unwrap());
         // Learnt from the bridge's neighbours within a second or two.
         poll_until(Duration::from_secs(10), &format!("node {i}'s v6 pod in ENDPOINTS6"), || {
-            let eps = maps6(&c, i).endpoints()?;
+            let eps = c.maps6(i).endpoints()?;
             anyhow::ensure!(eps.iter().any(|e| e.ip == v6[i].1), "{:?} not in {eps:?}", v6[i].1);
             Ok(())
         })
@@ -144,7 +131,7 @@ fn a_forged_v6_source_is_dropped_and_a_removed_lease_is_unreachable() {
     let key = leases.iter().map(|(k, _)| k).find(|k| k.contains(&v6[1].0.network().to_string())).expect("node 1's lease");
     c.etcd.delete(key).unwrap();
     poll_until(Duration::from_secs(15), "node 1's v6 lease gone from node 0's maps", || {
-        let peers = maps6(&c, 0).peers()?;
+        let peers = c.maps6(0).peers()?;
         anyhow::ensure!(peers.is_empty(), "{peers:?}");
         Ok(())
     })
@@ -222,7 +209,7 @@ fn a_v4_only_node_in_a_dual_stack_cluster() {
         wait_ping(kernel, pod.ip());
         let peers = c.peers(i);
         assert_eq!(peers.len(), 2, "both other nodes are IPv4 peers: {peers:?}");
-        let peers6 = maps6(&c, i).peers().unwrap();
+        let peers6 = c.maps6(i).peers().unwrap();
         assert_eq!(peers6.iter().map(|p| p.subnet).collect::<Vec<_>>(), [v6[1 - i].0], "only the agent is a v6 peer");
     }
     wait_ping6(&c.pods[0][0], v6[1].1);
@@ -264,7 +251,7 @@ fn a_lease_whose_v6_subnet_alone_moved_is_applied() {
     .unwrap();
     let (new6, _) = c.agents[0].lease6().unwrap();
     assert_eq!(c.subnet(0), v4, "the IPv4 subnet stayed");
-    let cfg = maps6(&c, 0).config().unwrap().expect("CONFIG6");
+    let cfg = c.maps6(0).config().unwrap().expect("CONFIG6");
     assert_eq!(cfg.subnet, new6, "CONFIG6 follows the new v6 lease");
     let addrs = c.tb.host(0).ns().run(&["ip", "-6", "addr", "show", "dev", "overlay0"]).unwrap();
     assert!(addrs.contains(&format!("{}/128", new6.network())) && !addrs.contains(&format!("{}/128", old6.network())), "{addrs}");
@@ -277,7 +264,7 @@ fn a_lease_whose_v6_subnet_alone_moved_is_applied() {
 fn an_ipv4_only_restart_after_dual_stack_removes_the_v6_leftovers() {
     let (mut c, v6) = start_with_flags(&["--ip-masq"]);
     wait_ping6(&c.pods[0][0], v6[1].1);
-    assert!(!maps6(&c, 0).peers().unwrap().is_empty());
+    assert!(!c.maps6(0).peers().unwrap().is_empty());
     c.agents[0].stop();
     c.etcd.put(&format!("{PREFIX}/config"), r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
     c.agents[0].restart(c.tb.host(0)).unwrap();
@@ -288,7 +275,7 @@ fn an_ipv4_only_restart_after_dual_stack_removes_the_v6_leftovers() {
     assert!(addrs.trim().is_empty(), "overlay0's v6 address stayed: {addrs}");
     let routes = host.run(&["ip", "-6", "route", "show", "fd42::/48"]).unwrap();
     assert!(routes.trim().is_empty(), "the IPv6Network route stayed: {routes}");
-    let m = maps6(&c, 0);
+    let m = c.maps6(0);
     assert!(m.peers().unwrap().is_empty(), "v6 peers stayed: {:?}", m.peers());
     assert!(m.endpoints().unwrap().is_empty(), "v6 endpoints stayed: {:?}", m.endpoints());
     assert_eq!(m.config().unwrap(), None, "CONFIG6 stayed filled in");

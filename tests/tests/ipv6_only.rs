@@ -12,13 +12,13 @@
 use std::{net::Ipv6Addr, time::Duration};
 
 use ipnet::Ipv6Net;
-use overlay_agent::{datapath::DatapathMaps6, etcd::registry::format_mac};
+use overlay_agent::etcd::registry::format_mac;
 use overlay_tests::{
     cluster::{Cluster, PREFIX},
-    netns::{Netns, Pod6},
+    netns::Pod6,
     poll_until,
     control_plane::count_bpf_calls,
-    traffic::tcp_roundtrip_to,
+    traffic::{ping6, tcp_roundtrip_to, wait_ping6},
 };
 
 const V6_ONLY_CONFIG: &str =
@@ -26,18 +26,6 @@ const V6_ONLY_CONFIG: &str =
 
 fn host_ip6(i: usize) -> Ipv6Addr {
     format!("fd00:78::{}", 10 + i).parse().unwrap()
-}
-
-fn ping6(from: &Netns, to: Ipv6Addr) -> anyhow::Result<String> {
-    from.run(&["ping", "-6", "-c", "1", "-W", "1", &to.to_string()])
-}
-
-fn wait_ping6(from: &Netns, to: Ipv6Addr) {
-    poll_until(Duration::from_secs(15), &format!("{} pings {to}", from.name()), || ping6(from, to)).unwrap();
-}
-
-fn maps6(c: &Cluster, i: usize) -> DatapathMaps6 {
-    DatapathMaps6::open_pinned(&c.agents[i].pins()).unwrap()
 }
 
 /// `n` agents on IPv6-only hosts, one IPv6-only pod each.
@@ -85,7 +73,7 @@ fn ipv6_only_nodes_write_flannels_leases_and_pods_talk_both_ways() {
     assert_eq!(leases.len(), 2, "{leases:?}");
     for (i, (subnet, _)) in pods.iter().enumerate() {
         assert!("fd43::/48".parse::<Ipv6Net>().unwrap().contains(subnet) && subnet.prefix_len() == 64, "{subnet}");
-        let mac = maps6(&c, i).config().unwrap().expect("CONFIG6 filled in").vtep_mac;
+        let mac = c.maps6(i).config().unwrap().expect("CONFIG6 filled in").vtep_mac;
         let value = c.etcd.get(&lease_key(*subnet)).unwrap().unwrap_or_else(|| panic!("no {} in {leases:?}", lease_key(*subnet)));
         assert_eq!(
             value,
@@ -116,11 +104,11 @@ fn ipv6_only_nodes_write_flannels_leases_and_pods_talk_both_ways() {
     for (i, other) in [(0, 1), (1, 0)] {
         // The v6 maps hold the other node and our pod (learnt from the
         // bridge found by its v6 gateway).
-        let peers = maps6(&c, i).peers().unwrap();
+        let peers = c.maps6(i).peers().unwrap();
         assert_eq!(peers.len(), 1, "{peers:?}");
         assert_eq!((peers[0].subnet, peers[0].public_ip), (pods[other].0, host_ip6(other)));
         poll_until(Duration::from_secs(10), &format!("node {i}'s v6 pod in ENDPOINTS6"), || {
-            let eps = maps6(&c, i).endpoints()?;
+            let eps = c.maps6(i).endpoints()?;
             anyhow::ensure!(eps.iter().any(|e| e.ip == pods[i].1.ip()), "{:?} not in {eps:?}", pods[i].1.ip());
             Ok(())
         })
@@ -161,7 +149,7 @@ fn an_ipv6_only_lease_removed_is_unreachable_and_a_restart_reuses_the_lease() {
     c.agents[1].stop();
     c.etcd.delete(&lease_key(*sn1)).unwrap();
     poll_until(Duration::from_secs(15), "node 1's lease gone from node 0's maps", || {
-        let peers = maps6(&c, 0).peers()?;
+        let peers = c.maps6(0).peers()?;
         anyhow::ensure!(peers.len() == 1 && peers[0].subnet == pods[2].0, "{peers:?}");
         Ok(())
     })
@@ -197,7 +185,7 @@ fn removing_ipv6_peers_costs_a_few_map_syscalls_each() {
     .unwrap();
     let peers_become = |want: usize| {
         poll_until(Duration::from_secs(60), &format!("{want} IPv6 peers"), || {
-            let have = maps6(&c, 0).peers()?.len();
+            let have = c.maps6(0).peers()?.len();
             anyhow::ensure!(have == want, "{have}");
             Ok(())
         })
