@@ -817,6 +817,24 @@ mod tests {
     }
 
     #[test]
+    fn lease_ids_tell_ipv6_only_leases_apart() {
+        let v4: Ipv4Net = "10.5.52.0/24".parse().unwrap();
+        let a = LeaseId::from_key_name("0.0.0.0-0&fc00::-64").unwrap();
+        let b = LeaseId::from_key_name("0.0.0.0-0&fc00:0:0:1::-64").unwrap();
+        assert_ne!(a, b, "two IPv6-only leases share only their empty IPv4 part");
+        assert_eq!((a.ipv4_subnet(), a.key_name(), a.to_string()), (None, "0.0.0.0-0&fc00::-64".into(), "fc00::/64".into()));
+        let dual = LeaseId::from_key_name("10.5.52.0-24&fc00::-64").unwrap();
+        assert_eq!((dual.key_name(), dual.to_string()), ("10.5.52.0-24&fc00::-64".into(), "10.5.52.0/24+fc00::/64".into()));
+        let v4_only = LeaseId::from_key_name("10.5.52.0-24").unwrap();
+        assert_eq!(v4_only.to_string(), "10.5.52.0/24");
+        // The ids of one IPv4 subnet, and only those, are in its range.
+        let other = LeaseId::from_key_name("10.5.53.0-24&fc00::-64").unwrap();
+        let set: std::collections::BTreeSet<LeaseId> = [a, b, dual, v4_only, other].into();
+        let in_range: Vec<_> = set.range(LeaseId::ipv4_range(v4)).copied().collect();
+        assert_eq!(in_range, [v4_only, dual]);
+    }
+
+    #[test]
     fn dual_stack_keys() {
         let p = "/coreos.com/network";
         let v4: Ipv4Net = "10.5.52.0/24".parse().unwrap();
