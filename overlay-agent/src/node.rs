@@ -512,8 +512,9 @@ impl Node {
             tokio::task::block_in_place(|| Masquerade::remove_other_layout(opts.nftables));
             if subnet.is_none() && !opts.nftables {
                 // An earlier run's IPv4 rules (IPv4 is disabled now).
+                // Without iptables there is nothing of it to remove.
                 if let Err(e) = tokio::task::block_in_place(crate::host::masq::remove_all) {
-                    failed.push(e.context("removing the iptables rules of an earlier IPv4 run"));
+                    warn!("removing the iptables rules of an earlier IPv4 run: {e:#}");
                 }
             }
         }
