@@ -57,6 +57,9 @@ pub struct Health {
     /// flanneld v0.28.9's /readyz: the masquerade (and forward) rules are in
     /// place (true when none are asked for).
     masq_installed: AtomicBool,
+    /// The same for IPv6's ip6tables rules (true without IPv6 or when
+    /// none are asked for).
+    masq6_installed: AtomicBool,
     peers: AtomicUsize,
     lease: Mutex<Option<(Ipv4Net, Option<SystemTime>)>>,
     /// The pod bridge found (None while there is none).
@@ -81,6 +84,7 @@ impl Health {
             etcd: EtcdStatus::new(),
             ready: AtomicBool::new(false),
             masq_installed: AtomicBool::new(false),
+            masq6_installed: AtomicBool::new(true),
             peers: AtomicUsize::new(0),
             lease: Mutex::new(None),
             pod_bridge: Mutex::new(None),
@@ -127,6 +131,10 @@ impl Health {
         self.masq_installed.store(installed, Ordering::SeqCst);
     }
 
+    pub fn set_masq6_installed(&self, installed: bool) {
+        self.masq6_installed.store(installed, Ordering::SeqCst);
+    }
+
     pub fn set_peers(&self, n: usize) {
         self.peers.store(n, Ordering::Relaxed);
     }
@@ -157,6 +165,9 @@ impl Health {
         }
         if !self.masq_installed.load(Ordering::SeqCst) {
             return Some("the masquerade rules are not installed".into());
+        }
+        if !self.masq6_installed.load(Ordering::SeqCst) {
+            return Some("the IPv6 (ip6tables) masquerade rules are not installed".into());
         }
         let mut why = Vec::new();
         if let Some(age) = self.main_loop_stalled() {
@@ -412,6 +423,9 @@ mod tests {
         assert_eq!(h.not_ready_reason().as_deref(), Some("the masquerade rules are not installed"));
         h.set_masq_installed(true);
         assert_eq!(h.not_ready_reason(), None);
+        h.set_masq6_installed(false);
+        assert_eq!(h.not_ready_reason().as_deref(), Some("the IPv6 (ip6tables) masquerade rules are not installed"));
+        h.set_masq6_installed(true);
         let text = h.metrics();
         check_exposition(&text);
         assert!(text.contains("\noverlay_ready 1\n") && text.contains("\noverlay_leases_known 4\n"), "{text}");

@@ -27,7 +27,7 @@ use crate::{
     },
     etcd::{
         registry::format_mac, spawn_config_watch, spawn_lease_keeper, spawn_lease_watch_from, Backoff,
-        EtcdSettings, Lease, LeaseAttrs, LeaseEvent, SubnetManager,
+        EtcdSettings, Lease, LeaseAttrs, LeaseEvent, LeaseId, SubnetManager,
     },
     health::{self, condition, Health},
     host::{
@@ -37,7 +37,7 @@ use crate::{
         netlink,
         pod_bridge::{self, BridgeScan},
         pods, sysctl,
-        tunnel_device::{self, TunnelKind, TunnelPlan, TUNNEL_DEVICE},
+        tunnel_device::{self, TunnelKind, TunnelPlan, TunnelPlan4, TUNNEL_DEVICE},
     },
     notify,
     subnet_env::{self, SubnetEnv},
@@ -85,20 +85,11 @@ fn iface_selection(args: &RunArgs) -> IfaceSelection {
     }
 }
 
-/// The one place an IPv6-only network config is refused: dual stack runs
-/// (`node::v6`), but the lease watch and this daemon key leases by their
-/// IPv4 subnet, which every IPv6-only lease leaves empty, so it must not
-/// run as if it could.
-fn refuse_unwired_ipv6(cfg: &NetworkConfig) -> Result<()> {
-    let Some(v6) = &cfg.ipv6 else { return Ok(()) };
-    if cfg.enable_ipv4 {
-        return Ok(());
-    }
-    bail!(
-        "network config is IPv6-only (EnableIPv4 false, IPv6Network {}): the config is valid, but this \
-         agent's IPv6-only mode is not wired yet; run it dual-stack (EnableIPv4 with Network) for now",
-        v6.network
-    )
+/// Our lease's IPv4 subnet when this node runs IPv4: None on an IPv6-only
+/// node (`EnableIPv4: false`), whose lease carries flannel's empty
+/// `0.0.0.0/0` there, which must never be routed, configured or masqueraded.
+fn own_ipv4(cfg: &NetworkConfig, own: &Lease) -> Option<Ipv4Net> {
+    own.ipv4_subnet().filter(|_| cfg.enable_ipv4)
 }
 
 /// A locally administered, unicast MAC, like the kernel gives flannel.1.
@@ -135,13 +126,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // with only an IPv6 default route is judged once the config is read).
     let early = match iface::select_uplink(&handle, &iface_selection(&args)).await {
         Err(IfaceError::NoDefaultRoute) => None,
+        // An uplink without IPv4 serves an IPv6-only config: judged then.
+        Err(e @ (IfaceError::NoAddress(_) | IfaceError::NoneUsable { .. })) => {
+            let v6_only = Families { ipv4: false, ipv6: true };
+            match iface::select_uplink_for(&handle, &iface_selection(&args), v6_only).await {
+                Ok(_) => None,
+                Err(_) => return Err(anyhow::Error::new(e).context("choosing the uplink interface")),
+            }
+        }
         other => Some(other.context("choosing the uplink interface")?),
     };
 
     let settings = etcd_settings(&args.etcd);
     let mgr = Backoff::outage().retry("connecting to etcd", || SubnetManager::new(settings.clone())).await?;
     let cfg = Backoff::outage().retry("reading the network config", || mgr.network_config()).await?;
-    refuse_unwired_ipv6(&cfg)?;
     // The config says which families the uplink must carry.
     let uplink = match early {
         Some(uplink) if cfg.ipv6.is_none() => uplink,
@@ -170,7 +168,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         BackendType::Vxlan => underlay_mtu.checked_sub(overhead).with_context(|| format!("uplink MTU below {overhead}"))?,
         BackendType::HostGw => underlay_mtu,
     };
-    info!("network {} backend {} (pod MTU {pod_mtu})", cfg.network, backend.as_str());
+    let networks = [cfg.ipv4_network().map(|n| n.to_string()), cfg.ipv6.as_ref().map(|v6| v6.network.to_string())];
+    info!("network {} backend {} (pod MTU {pod_mtu})", networks.into_iter().flatten().collect::<Vec<_>>().join(" + "), backend.as_str());
     check_network_against_uplink(&cfg, &uplink)?;
 
     // One listing of the leases serves the whole start: finding our lease,
@@ -195,7 +194,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let attrs = LeaseAttrs::for_node(
         backend,
         cfg.backend.vni,
-        Some((uplink.public_ip, vtep_mac)),
+        // IPv6-only: no PublicIP (0.0.0.0) and no BackendData, as flanneld
+        // makes no IPv4 device then.
+        Some((uplink.public_ip, vtep_mac)).filter(|_| cfg.enable_ipv4),
         uplink.ipv6.filter(|_| cfg.ipv6.is_some()).map(|v| (v.public_ip, vtep_mac6)),
     );
     let previous = subnet_env::read_previous_subnets(&args.subnet_file);
@@ -207,7 +208,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             mgr.acquire_from(start_listing.take(), &cfg, &attrs, previous)
         })
         .await?;
-    info!("lease {} (VtepMAC {})", lease.subnet, format_mac(&vtep_mac));
+    match own_ipv4(&cfg, &lease) {
+        Some(sn) => info!("lease {sn} (VtepMAC {})", format_mac(&vtep_mac)),
+        None => info!("lease {} (IPv6-only)", lease.id()),
+    }
     let node_v6 = v6::NodeV6::new(&cfg, &lease, &uplink, vtep_mac6, underlay_mtu)?;
     if let Some(sn) = lease.ipv6_subnet {
         info!("IPv6 lease {sn} (VtepMAC {})", format_mac(&vtep_mac6));
@@ -216,7 +220,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for name in leftovers::remove_flannel_devices(&handle).await? {
         info!("removed {name}");
     }
-    let tunnel_plan = tunnel_plan(&cfg, lease.subnet, pod_mtu, vtep_mac);
+    let tunnel_plan = tunnel_plan(&cfg, &lease, pod_mtu, vtep_mac);
     tunnel_device::ensure(&handle, &tunnel_plan).await.with_context(|| format!("setting up {TUNNEL_DEVICE}"))?;
     sysctl::ensure_sysctls(&uplink.name)?;
     if node_v6.is_some() {
@@ -280,10 +284,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// config and breaks the node's networking; refuse it before touching
 /// anything.
 fn check_network_against_uplink(cfg: &NetworkConfig, uplink: &Uplink) -> Result<()> {
-    let mut checks: Vec<(&str, IpNet, &str, IpAddr)> = vec![
-        ("Network", cfg.network.into(), "the uplink's address", uplink.iface_addr.into()),
-        ("Network", cfg.network.into(), "the public IP", uplink.public_ip.into()),
-    ];
+    let mut checks: Vec<(&str, IpNet, &str, IpAddr)> = Vec::new();
+    // IPv6-only: Network is flannel's empty 0.0.0.0/0, routed nowhere.
+    if cfg.enable_ipv4 {
+        checks.push(("Network", cfg.network.into(), "the uplink's address", uplink.iface_addr.into()));
+        checks.push(("Network", cfg.network.into(), "the public IP", uplink.public_ip.into()));
+    }
     // Dual stack: the same for the IPv6Network and the v6 underlay.
     if let (Some(v6), Some(up6)) = (&cfg.ipv6, &uplink.ipv6) {
         checks.push(("IPv6Network", v6.network.into(), "the uplink's IPv6 address", up6.iface_addr.into()));
@@ -312,7 +318,7 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b) || b.contains(&a)
 }
 
-fn tunnel_plan(cfg: &NetworkConfig, subnet: Ipv4Net, pod_mtu: u32, vtep_mac: [u8; 6]) -> TunnelPlan {
+fn tunnel_plan(cfg: &NetworkConfig, own: &Lease, pod_mtu: u32, vtep_mac: [u8; 6]) -> TunnelPlan {
     TunnelPlan {
         kind: match cfg.backend.kind {
             BackendType::Vxlan => TunnelKind::Vxlan { port: cfg.backend.port },
@@ -320,8 +326,7 @@ fn tunnel_plan(cfg: &NetworkConfig, subnet: Ipv4Net, pod_mtu: u32, vtep_mac: [u8
         },
         mtu: pod_mtu,
         mac: vtep_mac,
-        subnet,
-        cluster: cfg.network,
+        ipv4: own_ipv4(cfg, own).map(|subnet| TunnelPlan4 { subnet, cluster: cfg.network }),
     }
 }
 
@@ -338,11 +343,13 @@ struct Node {
     underlay_mtu: u32,
     pod_mtu: u32,
     own: Lease,
-    /// Every lease etcd holds, as the lease watch last said, by subnet: the
-    /// peer maps are a function of these and `own` (see `peer_for`).
-    leases: BTreeMap<Ipv4Net, Lease>,
+    /// Every lease etcd holds, as the lease watch last said, by its key's
+    /// subnets (the IPv4 subnet alone is 0.0.0.0/0 for every IPv6-only
+    /// lease): the peer maps are a function of these and `own` (see
+    /// `peer_for`).
+    leases: BTreeMap<LeaseId, Lease>,
     /// Leases we refused, with why (to warn once per change, not per resync).
-    skipped: HashMap<Ipv4Net, String>,
+    skipped: HashMap<LeaseId, String>,
     masq: Option<(Masquerade, tokio::task::JoinHandle<()>)>,
     /// While applying our moved lease fails: the backoff and the next try.
     reapply: Option<(Backoff, tokio::time::Instant)>,
@@ -383,8 +390,10 @@ impl Node {
                         bail!("the lease keeper stopped");
                     }
                     let lease = own.borrow_and_update().clone();
-                    if lease.subnet != self.own.subnet {
-                        warn!("our lease moved from {} to {}", self.own.subnet, lease.subnet);
+                    // Either family's subnet may move (the v6 one alone
+                    // when the keeper re-acquires a dual-stack lease).
+                    if lease.id() != self.own.id() {
+                        warn!("our lease moved from {} to {}", self.own.id(), lease.id());
                         self.own = lease;
                         self.health.set_lease(&self.own);
                         self.reapply = None;
@@ -420,6 +429,16 @@ impl Node {
         Ok(())
     }
 
+    /// `CONFIG` for this node. IPv6-only: the IPv4 programs stay
+    /// unconfigured (they pass every IPv4 packet to the kernel), whatever
+    /// an earlier run left there.
+    fn write_config(&mut self) -> Result<(), crate::datapath::DatapathError> {
+        match own_ipv4(&self.cfg, &self.own) {
+            Some(_) => self.datapath.maps.set_config(&self.node_config()),
+            None => self.datapath.maps.clear_config(),
+        }
+    }
+
     /// This node as the programs see it.
     fn node_config(&self) -> NodeConfig {
         let bridge = self.bridge.bridge.as_ref();
@@ -446,13 +465,13 @@ impl Node {
     /// an earlier one failed (a full /run must not leave the old lease's
     /// iptables rules in place), and the failures are returned together.
     async fn apply_own_lease(&mut self, first: bool) -> Result<()> {
-        let subnet = self.own.subnet;
+        let subnet = own_ipv4(&self.cfg, &self.own);
         let mut failed: Vec<anyhow::Error> = Vec::new();
-        if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
+        if let Err(e) = self.write_config() {
             failed.push(anyhow::Error::new(e).context("updating the config map"));
         }
         if !first {
-            self.tunnel_plan.subnet = subnet;
+            self.tunnel_plan = tunnel_plan(&self.cfg, &self.own, self.pod_mtu, self.vtep_mac);
             if let Err(e) = tunnel_device::ensure(&self.handle, &self.tunnel_plan).await {
                 failed.push(anyhow::Error::new(e).context(format!("setting up {TUNNEL_DEVICE}")));
             }
@@ -460,6 +479,11 @@ impl Node {
         // After overlay0 (re-)exists: its v6 address and route, CONFIG6.
         if let Err(e) = self.apply_own_lease_v6().await {
             failed.push(e);
+        }
+        if first {
+            if let Err(e) = self.remove_v6_leftovers().await {
+                failed.push(e);
+            }
         }
         if !first {
             // Leases skipped as overlapping the old lease, and a peer entry
@@ -486,11 +510,20 @@ impl Node {
         };
         if first {
             tokio::task::block_in_place(|| Masquerade::remove_other_layout(opts.nftables));
+            if subnet.is_none() && !opts.nftables {
+                // An earlier run's IPv4 rules (IPv4 is disabled now).
+                // Without iptables there is nothing of it to remove.
+                if let Err(e) = tokio::task::block_in_place(crate::host::masq::remove_all) {
+                    warn!("removing the iptables rules of an earlier IPv4 run: {e:#}");
+                }
+            }
         }
         if let Some((_, task)) = self.masq.take() {
             task.abort();
         }
-        if let Some(rules) = Masquerade::new(opts, self.cfg.network, subnet).map(|m| m.with_ipv6(self.nft_ipv6())) {
+        if let Some(rules) =
+            subnet.and_then(|subnet| Masquerade::new(opts, self.cfg.network, subnet)).map(|m| m.with_ipv6(self.nft_ipv6()))
+        {
             // The resync follows the current lease's rules from now on,
             // whether or not this first attempt works: it keeps repairing.
             self.health.set_masq_installed(false);
@@ -515,7 +548,7 @@ impl Node {
         if let Err(e) = self.apply_masq_v6(opts) {
             failed.push(e);
         }
-        if self.args.ip_blackhole_route {
+        if let (true, Some(subnet)) = (self.args.ip_blackhole_route, subnet) {
             if let Err(e) = blackhole::ensure(&self.handle, subnet).await.context("adding the blackhole route for our lease") {
                 failed.push(e);
             }
@@ -538,7 +571,7 @@ impl Node {
     /// works. flanneld logs the failure once and carries on with a half
     /// applied lease.
     async fn reapply_own_lease(&mut self) {
-        let subnet = self.own.subnet;
+        let subnet = self.own.id();
         match self.apply_own_lease(false).await {
             Ok(()) => {
                 if self.reapply.take().is_some() {
@@ -600,8 +633,8 @@ impl Node {
                     }
                 }
                 self.snapshot_v6(&leases);
-                self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
-                self.skipped.retain(|s, _| self.leases.contains_key(s));
+                self.leases = leases.into_iter().map(|l| (l.id(), l)).collect();
+                self.skipped.retain(|id, _| self.leases.contains_key(id));
                 // The maps become exactly what the leases say, whatever an
                 // earlier run (or a SIGKILL between two writes) left in them.
                 let before = self.datapath.maps.installed_peers().cloned().unwrap_or_default();
@@ -626,15 +659,22 @@ impl Node {
                 debug!("resynced: {} peers from {} leases", wanted.len(), self.leases.len());
             }
             LeaseEvent::Added(lease) => {
-                self.leases.insert(lease.subnet, lease.clone());
+                self.leases.insert(lease.id(), lease.clone());
                 self.apply_lease(&lease).await;
                 self.apply_lease_v6(&lease);
             }
-            LeaseEvent::Removed(subnet) => {
-                self.leases.remove(&subnet);
-                self.skipped.remove(&subnet);
-                self.remove_peer(subnet);
-                self.remove_peer_v6(subnet);
+            LeaseEvent::Removed(id) => {
+                self.leases.remove(&id);
+                self.skipped.remove(&id);
+                if let Some(subnet) = id.ipv4_subnet() {
+                    // Another key with the same IPv4 subnet (its v6 part
+                    // changed, the new key came first) keeps the entry.
+                    match self.leases.range(LeaseId::ipv4_range(subnet)).next().map(|(_, l)| l.clone()) {
+                        Some(other) => self.apply_lease(&other).await,
+                        None => self.remove_peer(subnet),
+                    }
+                }
+                self.remove_peer_v6(id);
             }
         }
     }
@@ -644,7 +684,11 @@ impl Node {
         match self.peer_for(lease).await {
             Some(peer) => self.upsert_peer(peer),
             // A lease that turned invalid no longer routes anywhere.
-            None => self.remove_peer(lease.subnet),
+            None => {
+                if let Some(subnet) = lease.ipv4_subnet() {
+                    self.remove_peer(subnet);
+                }
+            }
         }
     }
 
@@ -653,7 +697,7 @@ impl Node {
     /// now, and an installed one may overlap our new lease. flanneld exits
     /// when it loses its lease; we move, so we look again.
     async fn recheck_peers(&mut self) {
-        let own = self.own.subnet;
+        let Some(own) = own_ipv4(&self.cfg, &self.own) else { return };
         let installed = match self.datapath.maps.installed_peers() {
             Ok(peers) => peers.keys().copied().collect::<std::collections::BTreeSet<_>>(),
             Err(e) => {
@@ -664,7 +708,7 @@ impl Node {
         let affected: Vec<Lease> = self
             .leases
             .values()
-            .filter(|l| !installed.contains(&l.subnet) || overlaps(l.subnet, own))
+            .filter(|l| l.ipv4_subnet().is_some_and(|s| !installed.contains(&s) || overlaps(s, own)))
             .cloned()
             .collect();
         for lease in &affected {
@@ -672,8 +716,10 @@ impl Node {
         }
         // An entry overlapping our new lease with no lease behind it (left
         // from before the first Snapshot) goes too.
-        let orphans: Vec<Ipv4Net> =
-            installed.into_iter().filter(|s| overlaps(*s, own) && !self.leases.contains_key(s)).collect();
+        let orphans: Vec<Ipv4Net> = installed
+            .into_iter()
+            .filter(|s| overlaps(*s, own) && self.leases.range(LeaseId::ipv4_range(*s)).next().is_none())
+            .collect();
         for subnet in orphans {
             self.remove_peer(subnet);
         }
@@ -690,12 +736,16 @@ impl Node {
     /// The data path entry for a lease, or None (with a warning naming the
     /// lease) when it must not be installed.
     async fn peer_for(&mut self, lease: &Lease) -> Option<Peer> {
-        if lease.subnet == self.own.subnet {
+        // No IPv4 here (an IPv6-only node) or there (a lease's IPv4 half
+        // is the empty 0.0.0.0/0): nothing for the IPv4 maps, no warning.
+        let own = own_ipv4(&self.cfg, &self.own)?;
+        lease.ipv4_subnet()?;
+        if lease.id() == self.own.id() || lease.subnet == own {
             return None;
         }
         let backend = self.cfg.backend.kind.as_str();
-        let problem = if overlaps(lease.subnet, self.own.subnet) {
-            Some(format!("overlaps our lease {}", self.own.subnet))
+        let problem = if overlaps(lease.subnet, own) {
+            Some(format!("overlaps our lease {own}"))
         } else if lease.attrs.public_ip == self.uplink.public_ip {
             Some(format!("claims our PublicIP {}", self.uplink.public_ip))
         } else if lease.attrs.backend_type != backend {
@@ -706,13 +756,13 @@ impl Node {
             None
         };
         if let Some(problem) = problem {
-            if self.skipped.get(&lease.subnet) != Some(&problem) {
+            if self.skipped.get(&lease.id()) != Some(&problem) {
                 warn!("ignoring lease {} from {}: {problem}", lease.subnet, lease.attrs.public_ip);
-                self.skipped.insert(lease.subnet, problem);
+                self.skipped.insert(lease.id(), problem);
             }
             return None;
         }
-        self.skipped.remove(&lease.subnet);
+        self.skipped.remove(&lease.id());
         let mode = match self.cfg.backend.kind {
             BackendType::HostGw => Mode::Direct,
             BackendType::Vxlan if self.cfg.backend.direct_routing => {
@@ -772,9 +822,9 @@ impl Node {
         if let Err(e) = tunnel_device::resync_route(&self.handle, &self.tunnel_plan).await {
             warn!("re-asserting the cluster route via {TUNNEL_DEVICE}: {e}");
         }
-        if self.args.ip_blackhole_route {
-            if let Err(e) = blackhole::ensure(&self.handle, self.own.subnet).await {
-                warn!("re-asserting the blackhole route for {}: {e}", self.own.subnet);
+        if let (true, Some(subnet)) = (self.args.ip_blackhole_route, own_ipv4(&self.cfg, &self.own)) {
+            if let Err(e) = blackhole::ensure(&self.handle, subnet).await {
+                warn!("re-asserting the blackhole route for {subnet}: {e}");
             }
         }
         self.resync_host_v6().await;
@@ -784,7 +834,13 @@ impl Node {
     /// was re-made, another bridge took the gateway address), the programs
     /// follow and the config names the new one.
     async fn scan_pod_bridge(&mut self) -> bool {
-        let gateway = subnet_env::first_usable(self.own.subnet);
+        // The bridge carrying our lease's first address: the IPv4 one, or
+        // on an IPv6-only node the IPv6 one (FLANNEL_IPV6_SUBNET).
+        let gateway: IpNet = match (own_ipv4(&self.cfg, &self.own), self.own_subnet_v6()) {
+            (Some(sn), _) => subnet_env::first_usable(sn).into(),
+            (None, Some(sn6)) => subnet_env::first_usable_v6(sn6).into(),
+            (None, None) => return false,
+        };
         let scan = match pod_bridge::scan(&self.handle, self.args.bridge.as_deref(), gateway).await {
             Ok(scan) => scan,
             Err(e) => {
@@ -817,13 +873,13 @@ impl Node {
 
     async fn sync_endpoints(&mut self) {
         if self.scan_pod_bridge().await {
-            if let Err(e) = self.datapath.maps.set_config(&self.node_config()) {
+            if let Err(e) = self.write_config() {
                 warn!("updating the config for the pod bridge: {e}");
             }
             self.refresh_config6();
         }
         let found = match &self.bridge.bridge {
-            Some(b) => match pods::discover(&self.handle, b.index, self.own.subnet, self.own_subnet_v6()).await {
+            Some(b) => match pods::discover(&self.handle, b.index, own_ipv4(&self.cfg, &self.own), self.own_subnet_v6()).await {
                 Ok(found) => found,
                 Err(e) => {
                     warn!("reading pod endpoints: {e}");

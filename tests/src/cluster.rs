@@ -11,7 +11,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use overlay_agent::datapath::{DatapathMaps, Peer};
+use overlay_agent::datapath::{DatapathMaps, DatapathMaps6, Peer};
 
 use crate::{
     agent::{Agent, AgentOptions},
@@ -53,6 +53,8 @@ pub struct ClusterBuilder<'a> {
     /// Extra command-line flags, one list per agent.
     flags: Vec<Vec<String>>,
     prepare: Option<Prepare<'a>>,
+    /// Give every node its IPv4 pod (false: the caller makes its pods).
+    pods: bool,
 }
 
 /// A hook run on the testbed before any node is set up.
@@ -82,6 +84,13 @@ impl<'a> ClusterBuilder<'a> {
         self
     }
 
+    /// No IPv4 pod per node (an IPv6-only cluster has no IPv4 lease to
+    /// take one from): `pods` stays empty and the caller makes its own.
+    pub fn without_pods(mut self) -> Self {
+        self.pods = false;
+        self
+    }
+
     /// Called on the testbed before any node is set up (e.g. to re-address
     /// hosts or add routers).
     pub fn prepare(mut self, prepare: impl FnOnce(&Testbed) + 'a) -> Self {
@@ -90,7 +99,7 @@ impl<'a> ClusterBuilder<'a> {
     }
 
     pub fn start(self) -> Cluster {
-        let ClusterBuilder { agents, kernels, spare, config, ready, flags, prepare } = self;
+        let ClusterBuilder { agents, kernels, spare, config, ready, flags, prepare, pods } = self;
         ensure_bpffs().unwrap();
         let tb = Testbed::new(agents + kernels + spare).unwrap();
         if let Some(prepare) = prepare {
@@ -124,7 +133,7 @@ impl<'a> ClusterBuilder<'a> {
         if let Some(a) = cluster.agents.first() {
             cluster.pod_mtu = a.flannel_mtu().unwrap();
         }
-        for i in 0..agents {
+        for i in (0..agents).filter(|_| pods) {
             let (_, len, gw) = cluster.agents[i].lease().unwrap();
             let pod = cluster.tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, cluster.pod_mtu).unwrap();
             cluster.pods.push(vec![pod]);
@@ -144,7 +153,16 @@ impl Cluster {
     /// nodes, then `spare` unconfigured hosts; one pod on each node. Set
     /// more (agent flags, ...) on the builder, then `.start()`.
     pub fn build(agents: usize, kernels: usize, spare: usize, config: &str) -> ClusterBuilder<'_> {
-        ClusterBuilder { agents, kernels, spare, config, ready: READY, flags: vec![Vec::new(); agents], prepare: None }
+        ClusterBuilder {
+            agents,
+            kernels,
+            spare,
+            config,
+            ready: READY,
+            flags: vec![Vec::new(); agents],
+            prepare: None,
+            pods: true,
+        }
     }
 
     /// `Cluster::build(agents, kernels, spare, config).start()`.
@@ -229,6 +247,11 @@ impl Cluster {
 
     pub fn maps(&self, i: usize) -> DatapathMaps {
         DatapathMaps::open_pinned(&self.agents[i].pins()).unwrap()
+    }
+
+    /// Agent `i`'s pinned IPv6 maps.
+    pub fn maps6(&self, i: usize) -> DatapathMaps6 {
+        DatapathMaps6::open_pinned(&self.agents[i].pins()).unwrap()
     }
 
     /// Starts an agent on testbed host `host` (normally a spare one) with

@@ -100,6 +100,57 @@ pub fn count_subnets(subnets: &LpmTrie<MapData, [u8; 4], NextHop>) -> usize {
     subnets.keys().filter(|k| k.is_ok()).count()
 }
 
+/// How many bpf(2) calls process `pid` (all its threads) makes while
+/// `action` runs, counted by `strace -f -c -e trace=bpf` attached to it
+/// (its summary written under `dir`). Fails when strace is missing.
+pub fn count_bpf_calls<T>(pid: u32, dir: &Path, action: impl FnOnce() -> T) -> Result<(u64, T)> {
+    use std::process::{Command, Stdio};
+    let which = Command::new("strace").arg("-V").stdout(Stdio::null()).status();
+    anyhow::ensure!(
+        which.is_ok_and(|s| s.success()),
+        "strace is needed to count the agent's bpf calls (apt-get install strace)"
+    );
+    let out = dir.join(format!("strace-{pid}-{}.txt", crate::random_hex(3)));
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=bpf", "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Killed if anything below fails, so no strace outlives the test.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the strace child we spawned.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let guard = KillOnDrop(strace.id());
+    // strace says so on stderr once it is attached to every thread.
+    let mut stderr = std::io::BufReader::new(strace.stderr.take().expect("piped"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line)?;
+    anyhow::ensure!(line.contains("attached"), "strace: {line}");
+    std::thread::sleep(Duration::from_millis(500));
+    let result = action();
+    // SIGINT: strace detaches and writes its summary.
+    // SAFETY: kill(2) on the strace child we spawned.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    let status = strace.wait()?;
+    drop(guard);
+    anyhow::ensure!(status.success() || status.code() == Some(130) || status.code().is_none(), "strace: {status}");
+    let summary = std::fs::read_to_string(&out)?;
+    let calls = summary
+        .lines()
+        .find(|l| l.trim_end().ends_with(" bpf"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no bpf row in strace's summary:\n{summary}"))?;
+    Ok((calls, result))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,3 +185,4 @@ mod tests {
         assert_eq!(d, BTreeMap::from([("Range".to_string(), 7), ("Watch".to_string(), 2)]));
     }
 }
+

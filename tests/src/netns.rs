@@ -24,7 +24,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use ipnet::Ipv6Net;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -675,29 +676,50 @@ impl Host {
             let (a, l) = addr_cidr.split_once('/').ok_or_else(|| anyhow!("{addr_cidr:?} is not a CIDR"))?;
             (a.parse::<Ipv4Addr>()?, l.parse::<u8>()?)
         };
+        let (ns, host_veth, mac) = self.pod_netns(bridge, &format!("{gateway}/{prefix_len}"), mtu, &[
+            format!("addr add {addr_cidr} dev eth0"),
+            format!("route add default via {gateway} dev eth0"),
+        ])?;
+        let pod = Pod { ns, ip, prefix_len, gateway, host_veth, mac, host_index: self.index };
+        lock(&self.pods).push(pod.clone());
+        Ok(pod)
+    }
+
+    /// An IPv6-only pod (an IPv6-only cluster's): as [`Host::add_pod`], but
+    /// `eth0` has only the IPv6 address `addr` in `subnet` and a default
+    /// route via `gateway` (a missing bridge gets `gateway/<len>`). It is
+    /// not among [`Host::pods`], which are IPv4 pods.
+    pub fn add_pod6(&self, bridge: &str, subnet: Ipv6Net, addr: Ipv6Addr, gateway: Ipv6Addr, mtu: u32) -> Result<Pod6> {
+        let len = subnet.prefix_len();
+        let (ns, host_veth, mac) = self.pod_netns(bridge, &format!("{gateway}/{len} nodad"), mtu, &[
+            format!("addr add {addr}/{len} dev eth0 nodad"),
+            format!("route add default via {gateway} dev eth0"),
+        ])?;
+        Ok(Pod6 { ns, ip: addr, host_veth, mac })
+    }
+
+    /// A pod namespace whose `eth0` is a veth on `bridge` (created with
+    /// `bridge_addr` when missing), configured by `lines`: its namespace,
+    /// the host veth's name and the pod's MAC.
+    fn pod_netns(&self, bridge: &str, bridge_addr: &str, mtu: u32, lines: &[String]) -> Result<(Netns, String, [u8; 6])> {
         if self.ns.run(&["ip", "link", "show", "dev", bridge]).is_err() {
-            self.add_bridge(bridge, Some(&format!("{gateway}/{prefix_len}")), mtu)?;
+            self.add_bridge(bridge, Some(bridge_addr), mtu)?;
         }
         let j = self.next_pod.fetch_add(1, Ordering::Relaxed);
         let ns = create_netns(&self.ns.tracker, &format!("{}p{j}", self.ns.name))?;
         let host_veth = format!("vethp{j}");
         ip_batch(None, &[format!("link add eth0 netns {} type veth peer name {host_veth} netns {}", ns.name, self.ns.name)])?;
         self.ns.ip_batch(&[format!("link set {host_veth} mtu {mtu} master {bridge} up")])?;
-        ns.ip_batch(&[
-            "link set lo up".into(),
-            format!("link set eth0 mtu {mtu} up"),
-            format!("addr add {addr_cidr} dev eth0"),
-            format!("route add default via {gateway} dev eth0"),
-        ])?;
+        let mut setup = vec!["link set lo up".into(), format!("link set eth0 mtu {mtu} up")];
+        setup.extend(lines.iter().cloned());
+        ns.ip_batch(&setup)?;
         wait_links_up(&self.ns.name, &[&host_veth])?;
         // A bridge made a moment ago may still say UNKNOWN until the kernel's
         // link watch runs (it is up and forwarding already).
         wait_links(&self.ns.name, &[bridge], &["UP", "UNKNOWN"])?;
         wait_links_up(&ns.name, &["eth0"])?;
         let mac = ns.mac("eth0")?;
-        let pod = Pod { ns, ip, prefix_len, gateway, host_veth, mac, host_index: self.index };
-        lock(&self.pods).push(pod.clone());
-        Ok(pod)
+        Ok((ns, host_veth, mac))
     }
 
     /// The pods added so far.
@@ -755,6 +777,42 @@ impl Pod {
     /// Index of the host it hangs off.
     pub fn host_index(&self) -> usize {
         self.host_index
+    }
+}
+
+/// An IPv6-only pod namespace behind a host bridge ([`Host::add_pod6`]).
+#[derive(Clone, Debug)]
+pub struct Pod6 {
+    ns: Netns,
+    ip: Ipv6Addr,
+    host_veth: String,
+    mac: [u8; 6],
+}
+
+impl Deref for Pod6 {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+impl Pod6 {
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    pub fn ip(&self) -> Ipv6Addr {
+        self.ip
+    }
+
+    /// The host-side veth's name (in the host namespace).
+    pub fn host_veth(&self) -> &str {
+        &self.host_veth
+    }
+
+    /// MAC address of the pod's `eth0`.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
     }
 }
 

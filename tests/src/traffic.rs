@@ -3,7 +3,7 @@
 //! UDP echoes.
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -141,6 +141,16 @@ pub fn wait_ping_any(from: &Netns, to: IpAddr) {
         from.run(&["ping", "-c", "1", "-W", "1", &to.to_string()])
     })
     .unwrap();
+}
+
+/// One IPv6 ping from `from` to `to` (1 s to answer).
+pub fn ping6(from: &Netns, to: Ipv6Addr) -> anyhow::Result<String> {
+    from.run(&["ping", "-6", "-c", "1", "-W", "1", &to.to_string()])
+}
+
+/// Pings `to` over IPv6 until answered (up to 15 s).
+pub fn wait_ping6(from: &Netns, to: Ipv6Addr) {
+    crate::poll_until(Duration::from_secs(15), &format!("{} pings {to}", from.name()), || ping6(from, to)).unwrap();
 }
 
 /// A byte pattern with period 2^20, so it can be sent in 1 MiB chunks.

@@ -17,13 +17,13 @@ use std::{
 };
 
 use ipnet::Ipv6Net;
-use overlay_agent::datapath::DatapathMaps6;
 use overlay_tests::{
-    agent::agent_binary,
+    agent::{agent_binary, http_get, Agent, AgentOptions, Launch},
     cluster::{Cluster, PREFIX},
-    netns::{Netns, Pod},
+    etcd::Etcd,
+    netns::{ensure_bpffs, Pod, Testbed},
     poll_until,
-    traffic::{tcp_roundtrip_to, wait_ping},
+    traffic::{ping6, tcp_roundtrip_to, wait_ping, wait_ping6},
 };
 
 const DUAL_CONFIG: &str =
@@ -45,18 +45,6 @@ fn add_pod_v6(c: &Cluster, i: usize) -> (Ipv6Net, Ipv6Addr) {
         .ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])
         .unwrap();
     (subnet, ip)
-}
-
-fn ping6(from: &Netns, to: Ipv6Addr) -> anyhow::Result<String> {
-    from.run(&["ping", "-6", "-c", "1", "-W", "1", &to.to_string()])
-}
-
-fn wait_ping6(from: &Netns, to: Ipv6Addr) {
-    poll_until(Duration::from_secs(15), &format!("{} pings {to}", from.name()), || ping6(from, to)).unwrap();
-}
-
-fn maps6(c: &Cluster, i: usize) -> DatapathMaps6 {
-    DatapathMaps6::open_pinned(&c.agents[i].pins()).unwrap()
 }
 
 fn start() -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
@@ -101,14 +89,14 @@ fn dual_stack_pods_talk_over_v4_and_v6_between_two_agents() {
     // The v6 halves went through the v6 maps: the other node's v6 lease
     // via its PublicIPv6, our pod's v6 address learnt.
     for (i, other) in [(0, 1), (1, 0)] {
-        let m = maps6(&c, i);
+        let m = c.maps6(i);
         let peers = m.peers().unwrap();
         assert_eq!(peers.len(), 1, "{peers:?}");
         assert_eq!(peers[0].subnet, v6[other].0);
         assert_eq!(peers[0].public_ip, host_ip6(other).parse::<Ipv6Addr>().unwrap());
         // Learnt from the bridge's neighbours within a second or two.
         poll_until(Duration::from_secs(10), &format!("node {i}'s v6 pod in ENDPOINTS6"), || {
-            let eps = maps6(&c, i).endpoints()?;
+            let eps = c.maps6(i).endpoints()?;
             anyhow::ensure!(eps.iter().any(|e| e.ip == v6[i].1), "{:?} not in {eps:?}", v6[i].1);
             Ok(())
         })
@@ -143,7 +131,7 @@ fn a_forged_v6_source_is_dropped_and_a_removed_lease_is_unreachable() {
     let key = leases.iter().map(|(k, _)| k).find(|k| k.contains(&v6[1].0.network().to_string())).expect("node 1's lease");
     c.etcd.delete(key).unwrap();
     poll_until(Duration::from_secs(15), "node 1's v6 lease gone from node 0's maps", || {
-        let peers = maps6(&c, 0).peers()?;
+        let peers = c.maps6(0).peers()?;
         anyhow::ensure!(peers.is_empty(), "{peers:?}");
         Ok(())
     })
@@ -198,4 +186,152 @@ fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
     let routes = host.run(&["ip", "-6", "route"]).unwrap();
     assert!(!routes.contains("fd42::/48"), "IPv6 network route removed: {routes}");
     assert!(ping6(&p0, v6[1].1).is_err(), "the node no longer routes the v6 overlay");
+}
+
+/// A mixed cluster: a node with a v4-only lease (our flanneld
+/// re-implementation, whose lease has no IPv6 part) among dual-stack
+/// agents. Its v4 pods reach the agents' pods; the agents' v6 pods still
+/// talk; the v4-only lease is an IPv4 peer only.
+#[test]
+fn a_v4_only_node_in_a_dual_stack_cluster() {
+    let c = Cluster::build(2, 1, 0, DUAL_CONFIG)
+        .prepare(|tb| {
+            for i in 0..2 {
+                tb.host(i).ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(i))]).unwrap();
+            }
+        })
+        .start();
+    let v6: Vec<_> = (0..2).map(|i| add_pod_v6(&c, i)).collect();
+    let kernel = &c.pods[2][0];
+    for i in 0..2 {
+        let pod = &c.pods[i][0];
+        wait_ping(pod, kernel.ip());
+        wait_ping(kernel, pod.ip());
+        let peers = c.peers(i);
+        assert_eq!(peers.len(), 2, "both other nodes are IPv4 peers: {peers:?}");
+        let peers6 = c.maps6(i).peers().unwrap();
+        assert_eq!(peers6.iter().map(|p| p.subnet).collect::<Vec<_>>(), [v6[1 - i].0], "only the agent is a v6 peer");
+    }
+    wait_ping6(&c.pods[0][0], v6[1].1);
+    wait_ping6(&c.pods[1][0], v6[0].1);
+}
+
+/// The lease keeper hands us back a lease whose IPv6 subnet moved while
+/// its IPv4 subnet stayed (our key was deleted and another node took our
+/// v6 subnet meanwhile): the new v6 lease is applied (subnet.env, overlay0,
+/// CONFIG6), not only noticed.
+#[test]
+fn a_lease_whose_v6_subnet_alone_moved_is_applied() {
+    let (c, v6) = start();
+    let (old6, _) = v6[0];
+    let v4 = c.subnet(0);
+    // Someone else's lease on our v6 subnet, then our key goes.
+    let squatter = format!("{PREFIX}/subnets/10.42.200.0-24&{}-{}", old6.addr(), old6.prefix_len());
+    c.etcd
+        .put(
+            &squatter,
+            r#"{"PublicIP":"192.0.2.99","PublicIPv6":"fd00:77::99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:01:99"}}"#,
+        )
+        .unwrap();
+    let ours = c
+        .etcd
+        .get_prefix(&format!("{PREFIX}/subnets/"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.ends_with(&format!("{}-{}&{}-{}", v4.addr(), v4.prefix_len(), old6.addr(), old6.prefix_len())))
+        .expect("node 0's lease");
+    c.etcd.delete(&ours).unwrap();
+
+    poll_until(Duration::from_secs(20), "node 0's subnet.env names a new v6 lease", || {
+        let (now6, _) = c.agents[0].lease6()?;
+        anyhow::ensure!(now6 != old6, "still {now6}");
+        Ok(())
+    })
+    .unwrap();
+    let (new6, _) = c.agents[0].lease6().unwrap();
+    assert_eq!(c.subnet(0), v4, "the IPv4 subnet stayed");
+    let cfg = c.maps6(0).config().unwrap().expect("CONFIG6");
+    assert_eq!(cfg.subnet, new6, "CONFIG6 follows the new v6 lease");
+    let addrs = c.tb.host(0).ns().run(&["ip", "-6", "addr", "show", "dev", "overlay0"]).unwrap();
+    assert!(addrs.contains(&format!("{}/128", new6.network())) && !addrs.contains(&format!("{}/128", old6.network())), "{addrs}");
+}
+
+/// A node restarted IPv4-only (the config lost EnableIPv6) after a
+/// dual-stack run: overlay0's v6 address and the IPv6Network route, the
+/// v6 maps and the ip6tables rules of the earlier run are gone.
+#[test]
+fn an_ipv4_only_restart_after_dual_stack_removes_the_v6_leftovers() {
+    let (mut c, v6) = start_with_flags(&["--ip-masq"]);
+    wait_ping6(&c.pods[0][0], v6[1].1);
+    assert!(!c.maps6(0).peers().unwrap().is_empty());
+    c.agents[0].stop();
+    c.etcd.put(&format!("{PREFIX}/config"), r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    c.agents[0].restart(c.tb.host(0)).unwrap();
+    c.agents[0].wait_ready_n(2, Duration::from_secs(30)).unwrap();
+
+    let host = c.tb.host(0).ns();
+    let addrs = host.run(&["ip", "-6", "addr", "show", "dev", "overlay0", "scope", "global"]).unwrap();
+    assert!(addrs.trim().is_empty(), "overlay0's v6 address stayed: {addrs}");
+    let routes = host.run(&["ip", "-6", "route", "show", "fd42::/48"]).unwrap();
+    assert!(routes.trim().is_empty(), "the IPv6Network route stayed: {routes}");
+    let m = c.maps6(0);
+    assert!(m.peers().unwrap().is_empty(), "v6 peers stayed: {:?}", m.peers());
+    assert!(m.endpoints().unwrap().is_empty(), "v6 endpoints stayed: {:?}", m.endpoints());
+    assert_eq!(m.config().unwrap(), None, "CONFIG6 stayed filled in");
+    let saved = host.run(&["ip6tables-save"]).unwrap();
+    assert!(!saved.contains("flanneld"), "ip6tables rules stayed: {saved}");
+    // IPv4 still works.
+    wait_ping(&c.pods[0][0], c.pods[1][0].ip());
+}
+
+/// /readyz follows the ip6tables rules as it follows the iptables ones:
+/// when their resync fails (here ip6tables itself fails, through a wrapper
+/// first on the agent's PATH), the node is not ready and says why; when it
+/// works again, it is ready again.
+#[test]
+fn readyz_follows_the_ip6tables_resync() {
+    const PORT: u16 = 10266;
+    ensure_bpffs().unwrap();
+    let tb = Testbed::new(1).unwrap();
+    let host = tb.host(0);
+    host.ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(0))]).unwrap();
+    let bin = tb.dir().join("ip6tables-wrapper");
+    std::fs::create_dir_all(&bin).unwrap();
+    let broken = tb.dir().join("ip6tables-broken");
+    let script = format!(
+        "#!/bin/sh\n[ -e {} ] && {{ echo 'ip6tables: broken by the test' >&2; exit 4; }}\nexec /usr/sbin/ip6tables \"$@\"\n",
+        broken.display()
+    );
+    std::fs::write(bin.join("ip6tables"), script).unwrap();
+    std::fs::set_permissions(bin.join("ip6tables"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let etcd = Etcd::start().unwrap();
+    etcd.put(&format!("{PREFIX}/config"), DUAL_CONFIG).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let _agent = Agent::start_forwarded_with(
+        host,
+        AgentOptions {
+            etcd_endpoints: &etcd.endpoint(),
+            prefix: PREFIX,
+            dir: tb.dir(),
+            extra: ["--ip-masq", "--iptables-resync=1", "--healthz-ip=127.0.0.1", &format!("--healthz-port={PORT}")]
+                .map(String::from)
+                .to_vec(),
+        },
+        Launch { env: vec![("PATH".into(), path)], ..Default::default() },
+    )
+    .unwrap();
+    let answer = |status: u16, needle: &str| {
+        poll_until(Duration::from_secs(30), &format!("/readyz {status} with {needle:?}"), || {
+            let (s, body) = http_get(host, PORT, "/readyz", Duration::from_secs(2))?;
+            anyhow::ensure!(s == status && body.contains(needle), "{s}: {body}");
+            Ok(())
+        })
+        .unwrap()
+    };
+    answer(200, "ready");
+    std::fs::write(&broken, "").unwrap();
+    answer(503, "ip6tables");
+    std::fs::remove_file(&broken).unwrap();
+    answer(200, "ready");
 }

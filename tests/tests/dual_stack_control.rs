@@ -4,9 +4,9 @@
 //!   testbed host's network namespace), against flanneld's rules
 //!   (`ipmatch.LookupExtIface`): `--iface` by IPv6 address, `--public-ipv6`,
 //!   the IPv6 default route when there is no IPv4 one, both default routes
-//!   on one interface;
-//! - the agent binary refusing an IPv6-only network config, once, with the
-//!   reason (IPv6-only is not wired yet), before touching the host.
+//!   on one interface.
+//!
+//! IPv6-only clusters end to end: tests/tests/ipv6_only.rs.
 //!
 //! The hosts (testbed nodes: eth0 on the underlay) get:
 //! - eth0: fd00:77::10/64 (plus its IPv4 underlay address)
@@ -16,13 +16,10 @@
 //! - up2: 172.31.5.2/24 and only a link-local IPv6 address
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use overlay_agent::host::iface::{self, Families, IfaceError, IfaceSelection, Uplink};
 use overlay_agent::host::netlink;
-use overlay_tests::agent::{Agent, AgentOptions};
-use overlay_tests::etcd::Etcd;
-use overlay_tests::netns::{ensure_bpffs, Host, Testbed};
+use overlay_tests::netns::{Host, Testbed};
 
 const DUAL: Families = Families { ipv4: true, ipv6: true };
 const V6_ONLY: Families = Families { ipv4: false, ipv6: true };
@@ -147,36 +144,4 @@ fn ipv6_only_uplink_needs_no_ipv4() {
     let tb = host_with(&["ip route add default dev eth0"]);
     let e = choose(tb.host(0), IfaceSelection::default(), V6_ONLY).unwrap_err().to_string();
     assert!(e.contains("no IPv6 default route"), "{e}");
-}
-
-/// Starts the agent on a fresh host with `config`, expecting it to exit.
-fn refused_start(config: &str) -> String {
-    ensure_bpffs().unwrap();
-    let tb = Testbed::new(1).unwrap();
-    let etcd = Etcd::start().unwrap();
-    let prefix = format!("/v6-{}/network", tb.id());
-    etcd.put(&format!("{prefix}/config"), config).unwrap();
-    let mut agent = Agent::start_forwarded(
-        tb.host(0),
-        AgentOptions { etcd_endpoints: &etcd.endpoint(), prefix: &prefix, dir: tb.dir(), extra: vec![] },
-    )
-    .unwrap();
-    let status = agent.wait_exit(Duration::from_secs(20)).expect("the agent should have exited");
-    let log = agent.log_text();
-    assert!(!status.success(), "{log}");
-    assert!(etcd.get_prefix(&format!("{prefix}/subnets/")).unwrap().is_empty(), "no lease taken: {log}");
-    assert!(!agent.pin_dir().join("CONFIG").exists(), "no data path installed: {log}");
-    log
-}
-
-/// A valid IPv6-only config is not run as if the agent could carry it
-/// (dual stack runs: tests/tests/dual_stack.rs): it exits before taking a
-/// lease, saying why once.
-#[test]
-fn the_agent_refuses_an_ipv6_only_config_once_with_the_reason() {
-    let config = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd71::/48","Backend":{"Type":"vxlan"}}"#;
-    let log = refused_start(config);
-    let reason = "IPv6-only mode is not wired yet";
-    assert_eq!(log.matches(reason).count(), 1, "the reason once: {log}");
-    assert!(log.contains("fd71::/48") && !log.contains("not supported yet"), "{log}");
 }

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use overlay_agent::config::NetworkConfig;
 use overlay_agent::etcd::{
     spawn_lease_watch, spawn_lease_watch_from, spawn_lease_watch_with_status, EtcdSettings, EtcdStatus, LeaseAttrs,
-    LeaseEvent, SubnetManager,
+    LeaseEvent, LeaseId, SubnetManager,
 };
 use overlay_tests::control_plane::{grpc_started, requests_between};
 use overlay_tests::etcd::Etcd;
@@ -66,7 +66,7 @@ async fn added(rx: &mut Receiver<LeaseEvent>) -> (Ipv4Net, LeaseAttrs) {
 
 async fn removed(rx: &mut Receiver<LeaseEvent>) -> Ipv4Net {
     match next(rx).await {
-        LeaseEvent::Removed(n) => n,
+        LeaseEvent::Removed(id) => id.ipv4,
         other => panic!("expected Removed, got {other:?}"),
     }
 }
@@ -306,7 +306,7 @@ async fn a_watch_from_a_listing_misses_nothing_changed_after_it() {
     };
     assert!(added("10.20.3.0/24", &attrs(3)), "the new lease: {events:?}");
     assert!(added("10.20.2.0/24", &changed), "the changed lease: {events:?}");
-    assert!(events.contains(&LeaseEvent::Removed(net("10.20.1.0/24"))), "the deleted lease: {events:?}");
+    assert!(events.contains(&LeaseEvent::Removed(LeaseId { ipv4: net("10.20.1.0/24"), ipv6: None })), "the deleted lease: {events:?}");
     assert_eq!(status.snapshots(), 1);
 
     let during = requests_between(&before, &grpc_started(&etcd).unwrap());

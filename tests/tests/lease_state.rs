@@ -11,7 +11,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -22,6 +21,7 @@ use overlay_common::maps::{NextHop, NodeEntry};
 use overlay_tests::{
     agent::Agent,
     cluster::{put_host_2_behind_a_router, Cluster, PREFIX, VXLAN_CONFIG},
+    control_plane::count_bpf_calls,
     flannel::{mac_str, VxlanLease},
     poll_until,
     traffic::wait_ping,
@@ -248,8 +248,6 @@ fn two_subnets_behind_one_public_ip_both_reach_our_pods() {
 /// go. A scan per removal would make ~250 * 500 * 2 calls.
 #[test]
 fn removing_leases_costs_a_few_map_syscalls_each() {
-    let which = Command::new("strace").arg("-V").stdout(Stdio::null()).status();
-    assert!(which.is_ok_and(|s| s.success()), "strace is needed to count the agent's bpf calls (apt-get install strace)");
     let c = Cluster::start_with(1, 0, 0, WIDE_CONFIG);
     let own_ip = c.tb.host(0).ip();
     let (n, k) = (500usize, 250usize);
@@ -264,51 +262,16 @@ fn removing_leases_costs_a_few_map_syscalls_each() {
     assert_eq!(want.subnets.len(), n);
 
     let pid = c.agents[0].pid().expect("agent running");
-    let out = c.tb.dir().join("strace-remove.txt");
-    let mut strace = Command::new("strace")
-        .args(["-f", "-c", "-e", "trace=bpf", "-o"])
-        .arg(&out)
-        .args(["-p", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace");
-    let guard = KillOnDrop(strace.id());
-    // strace says so on stderr once it is attached to every thread.
-    let mut stderr = std::io::BufReader::new(strace.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.contains("attached"), "strace: {line}");
-    std::thread::sleep(Duration::from_millis(500));
-
-    c.etcd.etcdctl(&["del", "--prefix", &format!("{PREFIX}/subnets/10.201.")]).unwrap();
-    let want = maps_follow_leases(&c, 0, own_ip).unwrap();
-    assert_eq!(want.subnets.len(), n - k);
-    // SIGINT: strace detaches and writes its summary.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    let status = strace.wait().unwrap();
-    drop(guard);
-    assert!(status.success() || status.code() == Some(130) || status.code().is_none(), "strace: {status}");
-    let summary = std::fs::read_to_string(&out).unwrap();
-    let calls: u64 = summary
-        .lines()
-        .find(|l| l.trim_end().ends_with(" bpf"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no bpf row in strace's summary:\n{summary}"));
-    eprintln!("removing {k} of {n} leases: {calls} bpf calls\n{summary}");
+    let (calls, ()) = count_bpf_calls(pid, c.tb.dir(), || {
+        c.etcd.etcdctl(&["del", "--prefix", &format!("{PREFIX}/subnets/10.201.")]).unwrap();
+        let want = maps_follow_leases(&c, 0, own_ip).unwrap();
+        assert_eq!(want.subnets.len(), n - k);
+    })
+    .unwrap();
+    eprintln!("removing {k} of {n} leases: {calls} bpf calls");
     // Per lease: the SUBNETS delete and the NODES delete; plus the agent's
     // once-a-second endpoint sync and whatever runs while we wait.
     assert!(calls <= 8 * k as u64, "{calls} bpf calls to remove {k} of {n} leases: more than a few per lease");
-}
-
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
 }
 
 /// Writes many leases at once (one etcd client, not an etcdctl per key).

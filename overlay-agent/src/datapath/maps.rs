@@ -315,6 +315,18 @@ impl DatapathMaps {
         self.config.set(0, cfg.to_wire(), 0).map_err(map_err(map_names::CONFIG))
     }
 
+    /// Marks the configuration as not filled in: the IPv4 programs then
+    /// pass every IPv4 packet to the kernel (an IPv6-only node). The VtepMAC
+    /// and the rest stay for whoever reads the pins.
+    pub fn clear_config(&mut self) -> Result<(), DatapathError> {
+        let mut c = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        if c.flags & config_flags::READY == 0 {
+            return Ok(());
+        }
+        c.flags &= !config_flags::READY;
+        self.config.set(0, c, 0).map_err(map_err(map_names::CONFIG))
+    }
+
     /// The configuration, or `None` when the agent never filled it in.
     pub fn config(&self) -> Result<Option<NodeConfig>, DatapathError> {
         NodeConfig::from_wire(self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?)

@@ -26,7 +26,7 @@ pub use error::EtcdError;
 pub use keeper::spawn_lease_keeper;
 pub use lease::{LeaseListing, PreviousSubnets, SubnetManager};
 pub use registry::{
-    config_key, lease_key, parse_lease_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs,
+    config_key, lease_key, parse_lease_key, parse_subnet_key, subnet_key, subnets_prefix, Lease, LeaseAttrs, LeaseId,
     RegistryError, DEFAULT_PREFIX, EMPTY_IPV4_SUBNET,
 };
 pub use status::EtcdStatus;

@@ -364,7 +364,68 @@ pub struct Lease {
     pub expiration: Option<SystemTime>,
 }
 
+/// What names a lease in both address families: its key's subnets. The
+/// IPv4 subnet alone does not (every IPv6-only lease has `0.0.0.0/0`
+/// there), nor the IPv6 one alone (a v4-only lease of a mixed cluster has
+/// none); the pair is what flannel's `MakeSubnetKey` writes into the key.
+/// Ordered by the IPv4 subnet first, so the ids of one IPv4 subnet are
+/// adjacent (see [`LeaseId::ipv4_range`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId {
+    /// The IPv4 subnet, [`EMPTY_IPV4_SUBNET`] for an IPv6-only lease.
+    pub ipv4: Ipv4Net,
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl LeaseId {
+    /// The id of the lease whose key name (after `<prefix>/subnets/`) is
+    /// `name`, if it is one.
+    pub fn from_key_name(name: &str) -> Option<LeaseId> {
+        parse_subnet_key_pair(name).map(|(ipv4, ipv6)| LeaseId { ipv4, ipv6 })
+    }
+
+    /// The IPv4 subnet, `None` for an IPv6-only lease.
+    pub fn ipv4_subnet(&self) -> Option<Ipv4Net> {
+        (self.ipv4 != EMPTY_IPV4_SUBNET).then_some(self.ipv4)
+    }
+
+    /// Every id with IPv4 subnet `subnet`, as a range of the order.
+    pub fn ipv4_range(subnet: Ipv4Net) -> std::ops::RangeInclusive<LeaseId> {
+        LeaseId { ipv4: subnet, ipv6: None }..=LeaseId { ipv4: subnet, ipv6: Some(Ipv6Net::new_assert(Ipv6Addr::from(u128::MAX), 128)) }
+    }
+}
+
+impl LeaseId {
+    /// The key's name as flannel's `MakeSubnetKey` writes it:
+    /// `10.5.52.0-24`, `10.5.52.0-24&fc00::-64`, `0.0.0.0-0&fc00::-64`.
+    pub fn key_name(&self) -> String {
+        let mut name = format!("{}-{}", self.ipv4.addr(), self.ipv4.prefix_len());
+        if let Some(v6) = self.ipv6 {
+            name.push_str(&format!("&{}-{}", v6.addr(), v6.prefix_len()));
+        }
+        name
+    }
+}
+
+/// For messages: `10.5.52.0/24`, `10.5.52.0/24+fc00::/64`, `fc00::/64`
+/// (an IPv6-only lease's empty IPv4 part left out).
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ipv4_subnet(), self.ipv6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4}+{v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => write!(f, "{}", self.ipv4),
+        }
+    }
+}
+
 impl Lease {
+    /// What names this lease in both families (its key's subnets).
+    pub fn id(&self) -> LeaseId {
+        LeaseId { ipv4: self.subnet, ipv6: self.ipv6_subnet }
+    }
+
     /// This lease's key under `prefix`.
     pub fn key(&self, prefix: &str) -> String {
         lease_key(prefix, self.subnet, self.ipv6_subnet)
@@ -496,11 +557,7 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
 /// IPv6-only (`subnet` = [`EMPTY_IPV4_SUBNET`]) `...0.0.0.0-0&fc00::-64`.
 /// The IPv6 address is written as Go prints it (RFC 5952, lower case).
 pub fn lease_key(prefix: &str, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> String {
-    let mut key = format!("{}{}-{}", subnets_prefix(prefix), subnet.addr(), subnet.prefix_len());
-    if let Some(v6) = ipv6_subnet {
-        key.push_str(&format!("&{}-{}", v6.addr(), v6.prefix_len()));
-    }
-    key
+    format!("{}{}", subnets_prefix(prefix), LeaseId { ipv4: subnet, ipv6: ipv6_subnet }.key_name())
 }
 
 /// The IPv4 subnet of a lease key under `prefix`, or `None` when `key` is not
@@ -757,6 +814,24 @@ mod tests {
         let a = LeaseAttrs::from_json(r#"{"publicip":"1.2.3.4","publicipv6":"FD00::1","backendv6data":{"vtepmac":"AA:BB:CC:DD:EE:FF"}}"#).unwrap();
         assert_eq!(a.public_ipv6, Some("fd00::1".parse().unwrap()));
         assert_eq!((a.v6_vni, a.v6_vtep_mac), (None, Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])));
+    }
+
+    #[test]
+    fn lease_ids_tell_ipv6_only_leases_apart() {
+        let v4: Ipv4Net = "10.5.52.0/24".parse().unwrap();
+        let a = LeaseId::from_key_name("0.0.0.0-0&fc00::-64").unwrap();
+        let b = LeaseId::from_key_name("0.0.0.0-0&fc00:0:0:1::-64").unwrap();
+        assert_ne!(a, b, "two IPv6-only leases share only their empty IPv4 part");
+        assert_eq!((a.ipv4_subnet(), a.key_name(), a.to_string()), (None, "0.0.0.0-0&fc00::-64".into(), "fc00::/64".into()));
+        let dual = LeaseId::from_key_name("10.5.52.0-24&fc00::-64").unwrap();
+        assert_eq!((dual.key_name(), dual.to_string()), ("10.5.52.0-24&fc00::-64".into(), "10.5.52.0/24+fc00::/64".into()));
+        let v4_only = LeaseId::from_key_name("10.5.52.0-24").unwrap();
+        assert_eq!(v4_only.to_string(), "10.5.52.0/24");
+        // The ids of one IPv4 subnet, and only those, are in its range.
+        let other = LeaseId::from_key_name("10.5.53.0-24&fc00::-64").unwrap();
+        let set: std::collections::BTreeSet<LeaseId> = [a, b, dual, v4_only, other].into();
+        let in_range: Vec<_> = set.range(LeaseId::ipv4_range(v4)).copied().collect();
+        assert_eq!(in_range, [v4_only, dual]);
     }
 
     #[test]

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, KeyValue, WatchOptions, WatchStream};
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
@@ -34,7 +33,7 @@ use crate::etcd::client::{Conn, EtcdSettings, MAX_MESSAGE};
 use crate::etcd::error::{describe, EtcdError};
 use crate::etcd::lease::LeaseListing;
 use crate::etcd::registry::{
-    check_lease_against_config, parse_subnet_key_name, subnets_prefix, Lease, LeaseAttrs, RegistryError,
+    check_lease_against_config, subnets_prefix, Lease, LeaseAttrs, LeaseId, RegistryError,
 };
 use crate::etcd::status::EtcdStatus;
 
@@ -45,8 +44,10 @@ pub enum LeaseEvent {
     Snapshot(Vec<Lease>),
     /// A new lease, or a lease whose value changed.
     Added(Lease),
-    /// A lease went away (deleted, expired, or replaced by an invalid value).
-    Removed(Ipv4Net),
+    /// A lease went away (deleted, expired, or replaced by an invalid value),
+    /// named by its key's subnets (an IPv6-only lease's IPv4 subnet is the
+    /// empty `0.0.0.0/0` they all share).
+    Removed(LeaseId),
 }
 
 /// Events buffered between the task and the consumer.
@@ -126,7 +127,7 @@ struct Watcher {
     handed_over: Option<LeaseListing>,
     /// Valid leases as last reported (to report Removed only for those and
     /// to skip re-puts of identical values).
-    known: HashMap<Ipv4Net, LeaseAttrs>,
+    known: HashMap<LeaseId, LeaseAttrs>,
     /// Bad keys already warned about, with the revision warned at.
     warned: HashMap<String, i64>,
 }
@@ -203,7 +204,7 @@ impl Watcher {
         }
         for e in listing.entries {
             if let Some(l) = self.accept(&e.key, e.mod_revision, e.lease) {
-                self.known.insert(l.subnet, l.attrs.clone());
+                self.known.insert(l.id(), l.attrs.clone());
                 leases.push(l);
             }
         }
@@ -325,23 +326,23 @@ impl Watcher {
                 match ev.event_type() {
                     EventType::Put => match self.parse_kv(kv) {
                         Some(l) => {
-                            if self.known.get(&l.subnet) != Some(&l.attrs) {
-                                self.known.insert(l.subnet, l.attrs.clone());
+                            if self.known.get(&l.id()) != Some(&l.attrs) {
+                                self.known.insert(l.id(), l.attrs.clone());
                                 out.push(LeaseEvent::Added(l));
                             }
                         }
                         None => {
-                            if let Some(sn) = key_subnet(&self.dir, kv) {
-                                if self.known.remove(&sn).is_some() {
-                                    out.push(LeaseEvent::Removed(sn));
+                            if let Some(id) = key_id(&self.dir, kv) {
+                                if self.known.remove(&id).is_some() {
+                                    out.push(LeaseEvent::Removed(id));
                                 }
                             }
                         }
                     },
                     EventType::Delete => {
-                        if let Some(sn) = key_subnet(&self.dir, kv) {
-                            if self.known.remove(&sn).is_some() {
-                                out.push(LeaseEvent::Removed(sn));
+                        if let Some(id) = key_id(&self.dir, kv) {
+                            if self.known.remove(&id).is_some() {
+                                out.push(LeaseEvent::Removed(id));
                             }
                         }
                         if let Ok(k) = kv.key_str() {
@@ -423,9 +424,9 @@ enum OpenError {
     Etcd(EtcdError),
 }
 
-/// The subnet of a lease key under `dir` (`<prefix>/subnets/`).
-fn key_subnet(dir: &str, kv: &KeyValue) -> Option<Ipv4Net> {
-    parse_subnet_key_name(kv.key_str().ok()?.strip_prefix(dir)?)
+/// The lease a key under `dir` (`<prefix>/subnets/`) names.
+fn key_id(dir: &str, kv: &KeyValue) -> Option<LeaseId> {
+    LeaseId::from_key_name(kv.key_str().ok()?.strip_prefix(dir)?)
 }
 
 /// Opens a prefix watch from `start` and waits for etcd's "created" notice.

@@ -402,7 +402,7 @@ fn is_global_unicast_v6(a: Ipv6Addr) -> bool {
 }
 
 /// IPv6 addresses, in the kernel's order per interface.
-async fn ipv6_addrs(handle: &Handle) -> Result<Vec<IfAddr6>, NetlinkError> {
+pub(super) async fn ipv6_addrs(handle: &Handle) -> Result<Vec<IfAddr6>, NetlinkError> {
     let mut out = Vec::new();
     let mut stream = handle.address().get().execute();
     while let Some(msg) = stream.try_next().await.map_err(req_err("list addresses"))? {

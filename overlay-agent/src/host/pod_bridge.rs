@@ -9,11 +9,14 @@
 //!
 //! Nothing depends on finding it but the fast path: until a bridge is
 //! found, pod traffic takes the kernel's route via the tunnel device.
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{collections::BTreeSet, fmt, net::IpAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-use super::netlink::{ipv4_addrs, links, IfAddr, Link, NetlinkError};
+use super::{
+    iface::ipv6_addrs,
+    netlink::{ipv4_addrs, links, Link, NetlinkError},
+};
 use rtnetlink::Handle;
 
 /// The bridge the pods are on.
@@ -30,11 +33,11 @@ pub struct PodBridge {
 pub enum BridgeProblem {
     /// Several bridges carry the gateway address: the kernel routes our
     /// subnet to one of them; pods on the others are unreachable.
-    Ambiguous { gateway: Ipv4Addr, bridges: Vec<String> },
+    Ambiguous { gateway: IpAddr, bridges: Vec<String> },
     /// A bridge has an address in our lease that is not the gateway (e.g.
     /// `--bip` with another address): its containers are not on our pod
     /// bridge and only get the kernel path.
-    NotGateway { bridge: String, addr: Ipv4Net, gateway: Ipv4Net },
+    NotGateway { bridge: String, addr: IpNet, gateway: IpNet },
     /// `--bridge` names a device that is not a bridge.
     NotABridge { name: String },
 }
@@ -76,19 +79,39 @@ pub struct BridgeScan {
     pub problems: BTreeSet<BridgeProblem>,
 }
 
+/// An address on an interface, of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BridgeAddr {
+    pub index: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
 /// Looks for the pod bridge: `explicit` (`--bridge`) when given, else the
 /// one bridge that carries `gateway` (FLANNEL_SUBNET: the lease's first
-/// address with its prefix).
-pub async fn scan(handle: &Handle, explicit: Option<&str>, gateway: Ipv4Net) -> Result<BridgeScan, NetlinkError> {
-    Ok(choose(&links(handle).await?, &ipv4_addrs(handle).await?, explicit, gateway))
+/// address with its prefix; on an IPv6-only node FLANNEL_IPV6_SUBNET).
+pub async fn scan(handle: &Handle, explicit: Option<&str>, gateway: IpNet) -> Result<BridgeScan, NetlinkError> {
+    let addrs: Vec<BridgeAddr> = match gateway {
+        IpNet::V4(_) => ipv4_addrs(handle)
+            .await?
+            .into_iter()
+            .map(|a| BridgeAddr { index: a.index, addr: a.addr.into(), prefix_len: a.prefix_len })
+            .collect(),
+        IpNet::V6(_) => ipv6_addrs(handle)
+            .await?
+            .into_iter()
+            .map(|a| BridgeAddr { index: a.index, addr: a.addr.into(), prefix_len: a.prefix_len })
+            .collect(),
+    };
+    Ok(choose(&links(handle).await?, &addrs, explicit, gateway))
 }
 
 /// The decision, apart from netlink.
-pub fn choose(links: &[Link], addrs: &[IfAddr], explicit: Option<&str>, gateway: Ipv4Net) -> BridgeScan {
+pub fn choose(links: &[Link], addrs: &[BridgeAddr], explicit: Option<&str>, gateway: IpNet) -> BridgeScan {
     let mut scan = BridgeScan::default();
     let lease = gateway.trunc();
     let bridges: Vec<&Link> = links.iter().filter(|l| l.kind.as_deref() == Some("bridge")).collect();
-    let carries = |link: &Link, addr: Ipv4Addr| addrs.iter().any(|a| a.index == link.index && a.addr == addr);
+    let carries = |link: &Link, addr: IpAddr| addrs.iter().any(|a| a.index == link.index && a.addr == addr);
 
     if let Some(name) = explicit {
         match links.iter().find(|l| l.name == name) {
@@ -114,7 +137,7 @@ pub fn choose(links: &[Link], addrs: &[IfAddr], explicit: Option<&str>, gateway:
     for bridge in &bridges {
         for a in addrs.iter().filter(|a| a.index == bridge.index) {
             if lease.contains(&a.addr) && a.addr != gateway.addr() {
-                let addr = Ipv4Net::new(a.addr, a.prefix_len).unwrap_or(lease);
+                let addr = IpNet::new(a.addr, a.prefix_len).unwrap_or(lease);
                 scan.problems.insert(BridgeProblem::NotGateway { bridge: bridge.name.clone(), addr, gateway });
             }
         }
@@ -135,13 +158,23 @@ mod tests {
         Link { index, name: name.into(), mtu: 1450, mac: Some([2, 0, 0, 0, 0, index as u8]), kind: Some(kind.into()), master: None }
     }
 
-    fn addr(index: u32, a: &str) -> IfAddr {
-        let net: Ipv4Net = a.parse().unwrap();
-        IfAddr { index, addr: net.addr(), prefix_len: net.prefix_len() }
+    fn addr(index: u32, a: &str) -> BridgeAddr {
+        let net: IpNet = a.parse().unwrap();
+        BridgeAddr { index, addr: net.addr(), prefix_len: net.prefix_len() }
     }
 
-    fn gw() -> Ipv4Net {
+    fn gw() -> IpNet {
         "10.1.74.1/24".parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_only_node_finds_the_bridge_by_its_v6_gateway() {
+        let links = [link(1, "eth0", "veth"), link(7, "cni0", "bridge"), link(8, "docker0", "bridge")];
+        let addrs = [addr(1, "fd00::10/64"), addr(7, "fd42:0:0:3::1/64"), addr(8, "fd42:0:0:3::80/64")];
+        let scan = choose(&links, &addrs, None, "fd42:0:0:3::1/64".parse().unwrap());
+        assert_eq!(scan.bridge.map(|b| b.name), Some("cni0".to_string()));
+        let kinds: Vec<_> = scan.problems.iter().map(|p| p.kind()).collect();
+        assert_eq!(kinds, ["address_not_gateway"]);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct BridgePods {
 pub async fn discover(
     handle: &Handle,
     bridge: u32,
-    subnet: Ipv4Net,
+    subnet: Option<Ipv4Net>,
     subnet6: Option<Ipv6Net>,
 ) -> Result<BridgePods, NetlinkError> {
     // Ports of the bridge that are veths (bpf_redirect_peer needs a veth).
@@ -92,10 +92,13 @@ pub async fn discover(
         found.into_iter().filter_map(|(ip, mac)| mac_port.get(&mac).map(|port| (ip, mac, *port))).collect()
     };
     let mut out = Vec::new();
-    for (ip, mac, veth_ifindex) in behind_port(bridge_neighbours(handle, bridge, AddressFamily::Inet).await?) {
-        match ip {
-            IpAddr::V4(ip) if subnet.contains(&ip) && ip != subnet.network() => out.push(Pod { ip, mac, veth_ifindex }),
-            _ => {}
+    // None: an IPv6-only node, whose bridge's IPv4 neighbours are no pods of ours.
+    if let Some(subnet) = subnet {
+        for (ip, mac, veth_ifindex) in behind_port(bridge_neighbours(handle, bridge, AddressFamily::Inet).await?) {
+            match ip {
+                IpAddr::V4(ip) if subnet.contains(&ip) && ip != subnet.network() => out.push(Pod { ip, mac, veth_ifindex }),
+                _ => {}
+            }
         }
     }
     let mut pods6 = Vec::new();

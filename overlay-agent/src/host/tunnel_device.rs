@@ -29,7 +29,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags},
         link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
-        route::RouteScope,
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteScope},
     },
     Handle, LinkDummy, LinkIfb, LinkUnspec, LinkVxlan, RouteMessageBuilder,
 };
@@ -54,17 +54,32 @@ pub struct TunnelPlan {
     pub mtu: u32,
     /// Our VtepMAC (the vxlan device's MAC).
     pub mac: [u8; 6],
+    /// The IPv4 side; None on an IPv6-only node, whose device then carries
+    /// no IPv4 address or route at all (an earlier run's are removed).
+    pub ipv4: Option<TunnelPlan4>,
+}
+
+/// What overlay0 carries for IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelPlan4 {
     /// Our lease: the device holds its network address as a /32.
     pub subnet: Ipv4Net,
     /// The flannel Network, routed via the device.
     pub cluster: Ipv4Net,
 }
 
-impl TunnelPlan {
+impl TunnelPlan4 {
     /// The host's own address towards remote pods (flannel.1's address).
     pub fn local_address(&self) -> Ipv4Addr {
         self.subnet.network()
     }
+}
+
+/// An address family of overlay0's addresses and routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
 
 /// The device as found.
@@ -97,8 +112,17 @@ pub async fn ensure(handle: &Handle, plan: &TunnelPlan) -> Result<TunnelDevice, 
         .execute()
         .await
         .map_err(req_err(format!("set {TUNNEL_DEVICE} up with MTU {}", plan.mtu)))?;
-    ensure_address(handle, index, plan).await?;
-    ensure_route(handle, index, plan).await?;
+    match &plan.ipv4 {
+        Some(p4) => {
+            ensure_address(handle, index, p4).await?;
+            ensure_route(handle, index, p4).await?;
+        }
+        None => {
+            for gone in clear_family(handle, index, Family::V4).await? {
+                info!("removed {gone} from {TUNNEL_DEVICE} (IPv4 is disabled)");
+            }
+        }
+    }
     Ok(TunnelDevice { index })
 }
 
@@ -106,7 +130,10 @@ pub async fn ensure(handle: &Handle, plan: &TunnelPlan) -> Result<TunnelDevice, 
 /// must not cut the host off from remote pods for long.
 pub async fn resync_route(handle: &Handle, plan: &TunnelPlan) -> Result<(), NetlinkError> {
     match find(handle).await? {
-        Some((index, _)) => ensure_route(handle, index, plan).await,
+        Some((index, _)) => match &plan.ipv4 {
+            Some(p4) => ensure_route(handle, index, p4).await,
+            None => Ok(()),
+        },
         None => {
             warn!("{TUNNEL_DEVICE} is gone: re-creating it");
             ensure(handle, plan).await.map(|_| ())
@@ -200,7 +227,7 @@ async fn create(handle: &Handle, plan: &TunnelPlan) -> Result<u32, NetlinkError>
 /// Exactly one address from the cluster network on the device: our
 /// subnet's network address. One from an older lease would make the host
 /// answer for a subnet that is now someone else's.
-async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<(), NetlinkError> {
+async fn ensure_address(handle: &Handle, index: u32, plan: &TunnelPlan4) -> Result<(), NetlinkError> {
     ensure_only_address(handle, index, plan.local_address().into(), 32).await
 }
 
@@ -241,7 +268,7 @@ pub(super) async fn ensure_only_address(handle: &Handle, index: u32, want: IpAdd
     Ok(())
 }
 
-async fn ensure_route(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<(), NetlinkError> {
+async fn ensure_route(handle: &Handle, index: u32, plan: &TunnelPlan4) -> Result<(), NetlinkError> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(plan.cluster.network(), plan.cluster.prefix_len())
         .output_interface(index)
@@ -249,4 +276,65 @@ async fn ensure_route(handle: &Handle, index: u32, plan: &TunnelPlan) -> Result<
         .pref_source(plan.local_address())
         .build();
     replace_route(handle, route, format!("route {} dev {TUNNEL_DEVICE}", plan.cluster)).await
+}
+
+/// Removes every address and main-table route of `family` from overlay0
+/// (ifindex `index`), but the kernel's own IPv6 link-local and multicast
+/// ones: what an earlier run with that family enabled left (a dual-stack
+/// run before an IPv4-only or IPv6-only one) would otherwise keep routing
+/// that family's cluster network into a device whose programs no longer
+/// handle it. Returns what was removed, for the log.
+pub async fn clear_family(handle: &Handle, index: u32, family: Family) -> Result<Vec<String>, NetlinkError> {
+    let mut removed = Vec::new();
+    let mut addrs = Vec::new();
+    let mut stream = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = stream.try_next().await.map_err(req_err(format!("list {TUNNEL_DEVICE} addresses")))? {
+        let addr = msg.attributes.iter().find_map(|a| match (a, family) {
+            (AddressAttribute::Local(a @ IpAddr::V4(_)), Family::V4) => Some(*a),
+            (AddressAttribute::Address(IpAddr::V6(a)), Family::V6) if !a.is_unicast_link_local() => Some(IpAddr::V6(*a)),
+            _ => None,
+        });
+        if let Some(addr) = addr {
+            addrs.push((format!("address {addr}/{}", msg.header.prefix_len), msg));
+        }
+    }
+    for (what, msg) in addrs {
+        handle.address().del(msg).execute().await.map_err(req_err(format!("delete {what} from {TUNNEL_DEVICE}")))?;
+        removed.push(what);
+    }
+    let filter = match family {
+        Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        Family::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    };
+    let mut routes = Vec::new();
+    let mut stream = handle.route().get(filter).execute();
+    while let Some(msg) = stream.try_next().await.map_err(req_err("list routes"))? {
+        let oif = msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if oif != Some(index) || msg.header.table != RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        let dst = msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+            _ => None,
+        });
+        let kernel_v6 = matches!(dst, Some(IpAddr::V6(a)) if a.is_unicast_link_local() || a.is_multicast());
+        if kernel_v6 {
+            continue;
+        }
+        let dst = dst.map_or("default".to_string(), |a| format!("{a}/{}", msg.header.destination_prefix_length));
+        routes.push((format!("route {dst}"), msg));
+    }
+    for (what, msg) in routes {
+        match handle.route().del(msg).execute().await {
+            Ok(()) => removed.push(what),
+            // Gone with the address it used as its source.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+            Err(e) => return Err(req_err(format!("delete {what} via {TUNNEL_DEVICE}"))(e)),
+        }
+    }
+    Ok(removed)
 }

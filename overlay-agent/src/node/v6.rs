@@ -4,10 +4,12 @@
 //! route (`host::tunnel_v6`). A node without IPv6 in its config has no
 //! [`NodeV6`] and nothing here runs.
 //!
-//! Leases are keyed by their IPv4 subnet as in `node.rs` (dual stack: every
-//! lease has one); [`NodeV6::installed`] remembers which v6 subnet each one
-//! put into the maps, so a removal or a lease losing its v6 half removes
-//! exactly that.
+//! Leases are keyed by their key's subnets ([`LeaseId`]) as in `node.rs`
+//! (an IPv6-only lease's IPv4 subnet is the empty `0.0.0.0/0` they all
+//! share); [`NodeV6::installed`] remembers which v6 subnet each one put
+//! into the maps, so a removal or a lease losing its v6 half removes
+//! exactly that. On an IPv6-only node (`EnableIPv4: false`) this is the
+//! whole data path; `node.rs` leaves the IPv4 side unconfigured.
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv6Addr,
@@ -15,21 +17,21 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv6Net;
 use log::{debug, info, warn};
 
 use super::{combined, Node};
 use crate::{
     config::{BackendType, NetworkConfig},
     datapath::{loader, DatapathMaps6, Mode, NodeConfig6, Peer6, PodEndpoint6, PinLayout},
-    etcd::{registry::format_mac, Lease},
+    etcd::{registry::format_mac, Lease, LeaseId},
     host::{
         blackhole,
         iface::{Uplink, UplinkV6},
-        masq::MasqRules,
+        masq::{self, MasqRules},
         masquerade::MasqOptions,
         pods::Pod6,
-        tunnel_device::TUNNEL_DEVICE,
+        tunnel_device::{self, Family, TUNNEL_DEVICE},
         tunnel_v6::{self, TunnelPlan6},
     },
 };
@@ -43,10 +45,10 @@ pub(super) struct NodeV6 {
     /// `BackendV6Data`'s VtepMAC.
     vtep_mac: [u8; 6],
     plan: TunnelPlan6,
-    /// The v6 subnet each lease (by its IPv4 subnet) put into the maps.
-    installed: BTreeMap<Ipv4Net, Ipv6Net>,
+    /// The v6 subnet each lease put into the maps.
+    installed: BTreeMap<LeaseId, Ipv6Net>,
     /// v6 halves refused, with why (one warning per change).
-    skipped: HashMap<Ipv4Net, String>,
+    skipped: HashMap<LeaseId, String>,
     /// flanneld's ip6tables rules for our v6 lease and their resync.
     masq: Option<(MasqRules, tokio::task::JoinHandle<()>)>,
 }
@@ -56,7 +58,7 @@ impl NodeV6 {
     pub(super) fn new(cfg: &NetworkConfig, own: &Lease, uplink: &Uplink, vtep_mac: [u8; 6], underlay_mtu: u32) -> Result<Option<NodeV6>> {
         let Some(v6) = &cfg.ipv6 else { return Ok(None) };
         let (Some(up6), Some(subnet)) = (uplink.ipv6, own.ipv6_subnet) else {
-            bail!("IPv6 is enabled but our lease {} or the uplink {} has no IPv6 part", own.subnet, uplink.name);
+            bail!("IPv6 is enabled but our lease {} or the uplink {} has no IPv6 part", own.id(), uplink.name);
         };
         let route_mtu = underlay_mtu.checked_sub(VXLAN6_OVERHEAD).context("uplink MTU below 70 for VXLAN over IPv6")?;
         Ok(Some(NodeV6 {
@@ -111,7 +113,7 @@ impl Node {
 
     async fn try_apply_own_lease_v6(&mut self, v6: &mut NodeV6) -> Result<()> {
         let Some(subnet) = self.own.ipv6_subnet else {
-            bail!("our lease {} lost its IPv6 subnet", self.own.subnet);
+            bail!("our lease {} lost its IPv6 subnet", self.own.id());
         };
         let mut failed = Vec::new();
         v6.plan.subnet = subnet;
@@ -139,6 +141,42 @@ impl Node {
         combined(failed)
     }
 
+    /// A node without IPv6 in its config: what an earlier dual-stack run
+    /// left goes (overlay0's v6 address and IPv6Network route, the v6
+    /// peers, endpoints and `CONFIG6`, the ip6tables rules), so the v6
+    /// programs pass everything to the kernel and the host no longer
+    /// routes the old IPv6Network into overlay0.
+    pub(super) async fn remove_v6_leftovers(&mut self) -> Result<()> {
+        if self.v6.is_some() {
+            return Ok(());
+        }
+        let mut failed = Vec::new();
+        if let Some(index) = loader::ifindex(TUNNEL_DEVICE) {
+            match tunnel_device::clear_family(&self.handle, index, Family::V6).await {
+                Ok(removed) => {
+                    for gone in removed {
+                        info!("removed {gone} from {TUNNEL_DEVICE} (IPv6 is disabled)");
+                    }
+                }
+                Err(e) => failed.push(anyhow::Error::new(e).context(format!("removing IPv6 leftovers from {TUNNEL_DEVICE}"))),
+            }
+        }
+        let maps6 = &mut self.datapath.maps6;
+        match maps6.reconcile_peers(&BTreeMap::new()) {
+            Ok(c) if c.removed > 0 => info!("removed {} IPv6 peers of an earlier run (IPv6 is disabled)", c.removed),
+            Ok(_) => {}
+            Err(e) => failed.push(anyhow::Error::new(e).context("emptying the IPv6 peer maps")),
+        }
+        if let Err(e) = maps6.reconcile_endpoints(&[]).and_then(|_| maps6.clear_config()) {
+            failed.push(anyhow::Error::new(e).context("emptying the IPv6 endpoints and config"));
+        }
+        // Without ip6tables there is nothing of it to remove.
+        if let Err(e) = tokio::task::block_in_place(|| masq::remove_all_with(&["ip6tables"])) {
+            warn!("removing the ip6tables rules of an earlier IPv6 run: {e:#}");
+        }
+        combined(failed)
+    }
+
     /// `--ip-masq` and `--iptables-forward-rules` for IPv6, as flanneld's
     /// iptables layout has them: the same FLANNEL-POSTRTG / FLANNEL-FWD
     /// rules through ip6tables for the IPv6Network and our v6 lease
@@ -149,6 +187,7 @@ impl Node {
         if let Some((_, task)) = v6.masq.take() {
             task.abort();
         }
+        self.health.set_masq6_installed(true);
         if opts.nftables {
             // flannel-ipv6 is built with flannel-ipv4 (`nft_ipv6`).
             return Ok(());
@@ -157,12 +196,16 @@ impl Node {
             return Ok(());
         }
         let rules = MasqRules::new_v6(v6.plan.cluster, v6.plan.subnet, opts.fully_random, opts.forward).with_masq(opts.ip_masq);
-        let task = rules.spawn_resync(interval);
+        // /readyz follows the ip6tables rules as it follows iptables'.
+        self.health.set_masq6_installed(false);
+        let health = self.health.clone();
+        let task = rules.spawn_resync_reporting(interval, move |ok| health.set_masq6_installed(ok));
         let result = tokio::task::block_in_place(|| rules.ensure());
         v6.masq = Some((rules, task));
         match result {
             Ok(_) => {
                 info!("ip6tables rules installed");
+                self.health.set_masq6_installed(true);
                 Ok(())
             }
             Err(e) => Err(e.context("installing the ip6tables rules")),
@@ -200,11 +243,11 @@ impl Node {
     /// naming the lease when it is refused rather than just v4-only).
     fn peer6_for(&mut self, lease: &Lease) -> Option<Peer6> {
         let v6 = self.v6.as_mut()?;
-        if lease.subnet == self.own.subnet {
+        if lease.id() == self.own.id() {
             return None;
         }
         let (Some(subnet), Some(public_ip)) = (lease.ipv6_subnet, lease.attrs.public_ipv6) else {
-            v6.skipped.remove(&lease.subnet);
+            v6.skipped.remove(&lease.id());
             return None;
         };
         let backend = self.cfg.backend.kind.as_str();
@@ -223,13 +266,13 @@ impl Node {
             None
         };
         if let Some(problem) = problem {
-            if v6.skipped.get(&lease.subnet) != Some(&problem) {
-                warn!("ignoring the IPv6 half {subnet} of lease {} from {public_ip}: {problem}", lease.subnet);
-                v6.skipped.insert(lease.subnet, problem);
+            if v6.skipped.get(&lease.id()) != Some(&problem) {
+                warn!("ignoring the IPv6 half {subnet} of lease {} from {public_ip}: {problem}", lease.id());
+                v6.skipped.insert(lease.id(), problem);
             }
             return None;
         }
-        v6.skipped.remove(&lease.subnet);
+        v6.skipped.remove(&lease.id());
         let mode = match self.cfg.backend.kind {
             BackendType::HostGw => Mode::Direct,
             BackendType::Vxlan if self.cfg.backend.direct_routing && on_uplink_prefix(&v6.uplink, public_ip) => Mode::Direct,
@@ -247,13 +290,16 @@ impl Node {
         let mut installed = BTreeMap::new();
         for lease in leases {
             if let Some(peer) = self.peer6_for(lease) {
-                installed.insert(lease.subnet, peer.subnet);
+                installed.insert(lease.id(), peer.subnet);
                 wanted.insert(peer.subnet, peer);
             }
         }
         let Some(v6) = self.v6.as_mut() else { return };
         v6.installed = installed;
-        v6.skipped.retain(|s, _| leases.iter().any(|l| l.subnet == *s));
+        if !v6.skipped.is_empty() {
+            let ids: std::collections::HashSet<LeaseId> = leases.iter().map(Lease::id).collect();
+            v6.skipped.retain(|id, _| ids.contains(id));
+        }
         let before: BTreeMap<Ipv6Net, Peer6> = match self.datapath.maps6.peers() {
             Ok(peers) => peers.into_iter().map(|p| (p.subnet, p)).collect(),
             Err(e) => {
@@ -279,12 +325,12 @@ impl Node {
     /// A lease added or changed: its v6 half installed, changed or removed.
     pub(super) fn apply_lease_v6(&mut self, lease: &Lease) {
         let Some(peer) = self.peer6_for(lease) else {
-            self.remove_peer_v6(lease.subnet);
+            self.remove_peer_v6(lease.id());
             return;
         };
         let Some(v6) = self.v6.as_mut() else { return };
         // The lease's v6 subnet changed: the old one goes.
-        if let Some(old) = v6.installed.insert(lease.subnet, peer.subnet).filter(|old| *old != peer.subnet) {
+        if let Some(old) = v6.installed.insert(lease.id(), peer.subnet).filter(|old| *old != peer.subnet) {
             remove6(&mut self.datapath.maps6, old);
         }
         // The index, not a walk of SUBNETS6: this runs for every lease event.
@@ -304,10 +350,10 @@ impl Node {
         }
     }
 
-    /// The lease with IPv4 subnet `subnet` is gone (or has no valid v6 half).
-    pub(super) fn remove_peer_v6(&mut self, subnet: Ipv4Net) {
+    /// The lease `id` is gone (or has no valid v6 half).
+    pub(super) fn remove_peer_v6(&mut self, id: LeaseId) {
         let Some(v6) = self.v6.as_mut() else { return };
-        if let Some(old) = v6.installed.remove(&subnet) {
+        if let Some(old) = v6.installed.remove(&id) {
             remove6(&mut self.datapath.maps6, old);
         }
     }
