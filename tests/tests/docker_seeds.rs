@@ -190,7 +190,8 @@ fn tcp_server(d: &mut Dockerd, name: &str, network: Option<&str>) -> Ipv4Addr {
 
 /// From container `from` of `d`: ping `to` until answered (up to 15 s:
 /// leases propagate), then 3 of 3 pings must be answered.
-fn ping_across(d: &Dockerd, from: &str, to: Ipv4Addr) {
+fn ping_across(d: &Dockerd, from: &str, to: impl Into<IpAddr>) {
+    let to = to.into();
     poll_until(Duration::from_secs(15), &format!("{from} -> {to} answered"), || d.ping(from, to))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", diagnose(d.netns())));
     let out = d.exec_output(from, &["ping", "-c", "3", "-W", "2", &to.to_string()]).unwrap();
@@ -199,7 +200,8 @@ fn ping_across(d: &Dockerd, from: &str, to: Ipv4Addr) {
 }
 
 /// From container `from`: a TCP connection to `to`:7000 gets `expect`.
-fn tcp_across(d: &Dockerd, from: &str, to: Ipv4Addr, expect: &str) {
+fn tcp_across(d: &Dockerd, from: &str, to: impl Into<IpAddr>, expect: &str) {
+    let to = to.into();
     let got = poll_until(Duration::from_secs(15), &format!("TCP {from} -> {to}:7000"), || {
         let out = d.exec(from, &["sh", "-c", &format!("nc -w 3 {to} 7000 </dev/null")])?;
         anyhow::ensure!(out.trim() == expect, "got {out:?}");
@@ -230,6 +232,56 @@ fn containers_talk(d: &mut [Dockerd], network: Option<&str>) {
             tcp_across(&d[a], "ctr", srv[b], &format!("pong-srv{b}"));
         }
     }
+}
+
+/// Issue #15: dockerd with `--ipv6 --fixed-cidr-v6=<the node's v6 lease>`
+/// (by hand: flannel's mk-docker-opts.sh, and so `docker-opts`, emits no
+/// IPv6 option) besides `docker-opts -c`'s words, on two dual-stack agent
+/// nodes: docker0 takes the v6 lease's first address (FLANNEL_IPV6_SUBNET),
+/// containers get addresses of both leases and talk over v4 and v6 both
+/// ways; the agent learns the containers' v6 addresses.
+#[test]
+fn docker_ipv6_fixed_cidr_v6_containers_talk_across_two_dual_stack_agent_nodes() {
+    let nodes = Nodes::start_dual(2, &[]);
+    let lease6: Vec<(Ipv6Net, Ipv6Addr)> = nodes.agents.iter().map(|a| a.lease6().unwrap()).collect();
+    let mut docker = Vec::new();
+    for (i, (net6, gw6)) in lease6.iter().enumerate() {
+        let mut opts = dockerd_opts(&nodes, i);
+        assert!(!opts.iter().any(|o| o.contains("v6")), "mk-docker-opts.sh has no IPv6 option: {opts:?}");
+        assert_eq!(*net6, lease_network_v6(&nodes.agents[i].subnet_file));
+        let fixed = format!("--fixed-cidr-v6={net6}");
+        opts.extend(["--ipv6".to_string(), fixed]);
+        docker.push(Dockerd::start(nodes.host(i), &opts).unwrap());
+        let docker0 = nodes.host(i).run(&["ip", "-6", "-br", "addr", "show", "dev", "docker0"]).unwrap();
+        let gw6 = format!("{gw6}/{}", net6.prefix_len());
+        assert!(docker0.contains(&gw6), "docker0 has FLANNEL_IPV6_SUBNET {gw6}: {docker0}");
+    }
+    containers_talk(&mut docker, None);
+    let ctr6: Vec<Ipv6Addr> = docker.iter().map(|d| d.container_ip6("ctr").unwrap()).collect();
+    let srv6: Vec<Ipv6Addr> = docker.iter().enumerate().map(|(i, d)| d.container_ip6(&format!("srv{i}")).unwrap()).collect();
+    for i in 0..2 {
+        assert!(lease6[i].0.contains(&ctr6[i]) && lease6[i].0.contains(&srv6[i]), "{ctr6:?} {srv6:?} in {}", lease6[i].0);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        ping_across(&docker[a], "ctr", ctr6[b]);
+        ping_across(&docker[a], "ctr", srv6[b]);
+        tcp_across(&docker[a], "ctr", srv6[b], &format!("pong-srv{b}"));
+    }
+    for i in 0..2 {
+        poll_until(Duration::from_secs(10), &format!("node {i}'s containers' v6 addresses in ENDPOINTS6"), || {
+            let eps = DatapathMaps6::open_pinned(&nodes.agents[i].pins())?.endpoints()?;
+            for ip in [ctr6[i], srv6[i]] {
+                anyhow::ensure!(eps.iter().any(|e| e.ip == ip), "{ip} not in {eps:?}");
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+/// FLANNEL_IPV6_SUBNET's lease as a network (`fd42:0:0:5::/64`).
+fn lease_network_v6(subnet_file: &Path) -> Ipv6Net {
+    env_value(subnet_file, "FLANNEL_IPV6_SUBNET").parse::<Ipv6Net>().unwrap().trunc()
 }
 
 /// Two agent nodes, dockerd on each started from `docker-opts <flags>`'s
