@@ -19,7 +19,7 @@ use std::{
 use ipnet::Ipv6Net;
 use overlay_agent::datapath::DatapathMaps6;
 use overlay_tests::{
-    agent::agent_binary,
+    agent::{agent_binary, http_get},
     cluster::{Cluster, PREFIX},
     netns::{Netns, Pod},
     poll_until,
@@ -198,4 +198,63 @@ fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
     let routes = host.run(&["ip", "-6", "route"]).unwrap();
     assert!(!routes.contains("fd42::/48"), "IPv6 network route removed: {routes}");
     assert!(ping6(&p0, v6[1].1).is_err(), "the node no longer routes the v6 overlay");
+}
+
+/// `inspect` and /metrics on a dual-stack agent show the v6 side: CONFIG6
+/// (our v6 lease, PublicIPv6), the other node's v6 lease as a remote
+/// subnet and sender, our pod's v6 address as an endpoint, in JSON and
+/// in the text; /metrics counts the v6 peers and endpoints.
+#[test]
+fn inspect_and_metrics_show_the_v6_maps() {
+    const PORT: u16 = 9_361;
+    let healthz = ["--healthz-ip=127.0.0.1".to_string(), format!("--healthz-port={PORT}")];
+    let (c, v6) = start_with_flags(&healthz.iter().map(String::as_str).collect::<Vec<_>>());
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+    wait_ping6(&c.pods[1][0], v6[0].1);
+    poll_until(Duration::from_secs(10), "node 0's v6 pod learnt", || {
+        let eps = maps6(&c, 0).endpoints()?;
+        anyhow::ensure!(eps.iter().any(|e| e.ip == v6[0].1), "{eps:?}");
+        Ok(())
+    })
+    .unwrap();
+
+    let j = c.agents[0].inspect().unwrap();
+    let v = &j["ipv6"];
+    let (me, other) = (host_ip6(0), host_ip6(1));
+    assert_eq!(v["config"]["subnet"], v6[0].0.to_string(), "{v:#}");
+    assert_eq!(v["config"]["public_ip"], me, "{v:#}");
+    assert_eq!(v["config"]["network"], "fd42::/48", "{v:#}");
+    assert_eq!(v["subnets"][0]["subnet"], v6[1].0.to_string(), "{v:#}");
+    assert_eq!(v["subnets"][0]["public_ip"], other, "{v:#}");
+    assert_eq!(v["subnets"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["nodes"][0]["public_ip"], other, "{v:#}");
+    assert_eq!(v["nodes"][0]["subnets"], serde_json::json!([v6[1].0.to_string()]), "{v:#}");
+    assert!(v["endpoints"].as_array().unwrap().iter().any(|e| e["ip"] == v6[0].1.to_string()), "{v:#}");
+
+    let out = std::process::Command::new(agent_binary())
+        .args(["inspect", &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        format!("public IPv6    {me}"),
+        format!("our subnet     {}", v6[0].0),
+        "remote IPv6 subnets (1)".to_string(),
+        v6[1].0.to_string(),
+        other.clone(),
+        "local IPv6 pods with direct delivery".to_string(),
+        v6[0].1.to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in:\n{text}");
+    }
+
+    let (status, body) = http_get(c.tb.host(0), PORT, "/metrics", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let value = |name: &str| -> Option<u64> {
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(value("overlay_leases_known_v6"), Some(1), "{body}");
+    assert!(value("overlay_pod_endpoints_v6").is_some_and(|n| n >= 1), "{body}");
 }
