@@ -258,3 +258,27 @@ fn inspect_and_metrics_show_the_v6_maps() {
     assert_eq!(value("overlay_leases_known_v6"), Some(1), "{body}");
     assert!(value("overlay_pod_endpoints_v6").is_some_and(|n| n >= 1), "{body}");
 }
+
+/// `--bpf-log-drops` on a dual-stack node: a pod's packet from a forged v6
+/// source is logged with both v6 addresses (before issue #15's step 3 the
+/// record only said "not IPv4").
+#[test]
+fn a_forged_v6_source_is_logged_with_its_v6_addresses() {
+    let (c, v6) = start_with_flags(&["--bpf-log-drops"]);
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+    let forged = Ipv6Addr::from(u128::from(v6[1].1) + 9);
+    p0.ns().ip_batch(&[format!("addr add {forged}/128 dev eth0 nodad")]).unwrap();
+    // A UDP datagram (next header 17).
+    let dst = std::net::SocketAddrV6::new(v6[1].1, 7777, 0, 0);
+    p0.in_ns(|| -> std::io::Result<()> {
+        let s = std::net::UdpSocket::bind(std::net::SocketAddrV6::new(forged, 5555, 0, 0))?;
+        for _ in 0..3 {
+            s.send_to(b"forged", dst)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let expected = format!("from_pods drop_pod_spoofed_source: {forged} -> {} next header 17", v6[1].1);
+    c.agents[0].wait_log(&expected, Duration::from_secs(5)).unwrap();
+}
