@@ -35,12 +35,12 @@ const SRC_OFF: usize = 8;
 
 /// Logs the drop of the packet in `ctx` by program `program`. Not inlined,
 /// and each family's record in a function of its own (not inlined
-/// either): a record is built on the stack, and the v6 one inlined into
-/// this frame, or either into a program whose own frame is large, would
-/// push the chain of frames past the verifier's 512 bytes.
-/// The three frames (the program's, this one's 48 bytes, a record's) must
-/// stay within 512 bytes under from_tunnel's own 344: the v6 header is
-/// loaded field by field, and the v6 record has no ports.
+/// either): a record is built on the stack, and either inlined into a
+/// program whose own frame is large would push the chain of frames past
+/// the verifier's 512 bytes. The three frames (the program's, this one's
+/// 48 bytes, a record's) must fit under from_tunnel's own 344: hence the
+/// v6 header loaded field by field and no ports in the v6 record (with
+/// them the chain was 528 bytes).
 #[inline(never)]
 pub fn tc(ctx: &TcContext, program: &str, reason: Reason) {
     if tc4(ctx, program, reason) || tc6(ctx, program, reason) {
@@ -83,8 +83,6 @@ fn tc6(ctx: &TcContext, program: &str, reason: Reason) -> bool {
     ) else {
         return false;
     };
-    // (No ports: their loads would make this frame too large under
-    // from_tunnel's 344 bytes.)
     warn!(ctx, "{} {}: {:i} -> {:i} next header {} len {}", program, reason.name(), src, dst, next_hdr, ctx.len());
     true
 }
