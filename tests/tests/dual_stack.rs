@@ -250,6 +250,15 @@ fn inspect_and_metrics_show_the_v6_maps() {
         assert!(text.contains(&want), "{want:?} not in:\n{text}");
     }
 
+    // bpftool reads the v6 maps with field names too (they carry BTF).
+    for (map, field) in [("CONFIG6", "local_subnet"), ("SUBNETS6", "public_ip"), ("ENDPOINTS6", "ifindex")] {
+        let pin = c.agents[0].pins().map(map);
+        let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&pin).output();
+        let out = out.unwrap_or_else(|e| panic!("bpftool is needed for this test (cargo xtask setup installs it): {e}"));
+        let dump = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && dump.contains(&format!("\"{field}\"")), "{map}: {dump}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     let (status, body) = http_get(c.tb.host(0), PORT, "/metrics", Duration::from_secs(5)).unwrap();
     assert_eq!(status, 200, "{body}");
     let value = |name: &str| -> Option<u64> {
