@@ -59,47 +59,36 @@ pub struct Absent {
     pub installed: bool,
 }
 
+/// `CONFIG` (`CONFIG6` with v6 types: [`ConfigView6`]).
 #[derive(Serialize)]
-pub struct ConfigView {
+#[serde(bound(serialize = "A: Serialize, N: fmt::Display"))]
+pub struct ConfigView<A = Ipv4Addr, N = Ipv4Net> {
     /// Outer source of what we send, destination of what we accept.
-    pub local_ip: Ipv4Addr,
-    /// Our lease's PublicIP.
-    pub public_ip: Ipv4Addr,
+    pub local_ip: A,
+    /// Our lease's PublicIP (PublicIPv6).
+    pub public_ip: A,
     #[serde(serialize_with = "display")]
-    pub network: Ipv4Net,
+    pub network: N,
     #[serde(serialize_with = "display")]
-    pub subnet: Ipv4Net,
+    pub subnet: N,
     pub vni: u32,
     pub port: u16,
+    /// BackendData's (BackendV6Data's) VtepMAC.
     pub vtep_mac: Mac,
+    /// overlay0's ifindex (only the v6 side keeps it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_ifindex: Option<u32>,
     pub uplink_ifindex: u32,
     pub uplink_mtu: u32,
     pub bridge_ifindex: u32,
     pub bridge_mac: Mac,
+    /// Only the v6 side keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_forwarding: Option<bool>,
 }
 
 /// `CONFIG6`: the node's v6 side.
-#[derive(Serialize)]
-pub struct ConfigView6 {
-    /// The uplink's v6 address: outer source of what we send.
-    pub local_ip: Ipv6Addr,
-    /// Our lease's PublicIPv6.
-    pub public_ip: Ipv6Addr,
-    #[serde(serialize_with = "display")]
-    pub network: Ipv6Net,
-    #[serde(serialize_with = "display")]
-    pub subnet: Ipv6Net,
-    pub vni: u32,
-    pub port: u16,
-    /// BackendV6Data's VtepMAC.
-    pub vtep_mac: Mac,
-    pub tunnel_ifindex: u32,
-    pub uplink_ifindex: u32,
-    pub uplink_mtu: u32,
-    pub bridge_ifindex: u32,
-    pub bridge_mac: Mac,
-    pub kernel_forwarding: bool,
-}
+pub type ConfigView6 = ConfigView<Ipv6Addr, Ipv6Net>;
 
 /// A remote subnet (`SUBNETS`; `SUBNETS6` with v6 types).
 #[derive(Serialize)]
@@ -200,6 +189,8 @@ impl From<NodeConfig> for ConfigView {
             uplink_mtu: c.uplink_mtu,
             bridge_ifindex: c.bridge_ifindex,
             bridge_mac: Mac(c.bridge_mac),
+            tunnel_ifindex: None,
+            kernel_forwarding: None,
         }
     }
 }
@@ -214,12 +205,12 @@ impl From<NodeConfig6> for ConfigView6 {
             vni: c.vni,
             port: c.port,
             vtep_mac: Mac(c.vtep_mac),
-            tunnel_ifindex: c.tunnel_ifindex,
+            tunnel_ifindex: Some(c.tunnel_ifindex),
             uplink_ifindex: c.uplink_ifindex,
             uplink_mtu: c.uplink_mtu,
             bridge_ifindex: c.bridge_ifindex,
             bridge_mac: Mac(c.bridge_mac),
-            kernel_forwarding: c.kernel_forwarding,
+            kernel_forwarding: Some(c.kernel_forwarding),
         }
     }
 }
@@ -254,28 +245,11 @@ pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled
     }
     let maps = DatapathMaps::open_pinned(pins)?;
     let config = maps.config()?.map(ConfigView::from);
-    let peers = maps.peers()?;
-    let nodes = maps
-        .nodes()?
-        .into_iter()
-        .map(|n| SenderView {
-            public_ip: n.public_ip,
-            leases: n.leases,
-            subnets: peers.iter().filter(|p| p.public_ip == n.public_ip).map(|p| p.subnet).collect(),
-        })
-        .collect();
-    let subnets = peers
-        .into_iter()
-        .map(|p| SubnetView {
-            subnet: p.subnet,
-            next_hop: p.public_ip,
-            public_ip: p.public_ip,
-            mode: p.mode,
-            vtep_mac: Mac(p.vtep_mac),
-        })
-        .collect();
-    let endpoints =
-        maps.endpoints()?.into_iter().map(|e| EndpointView { ip: e.ip, ifindex: e.ifindex, mac: Mac(e.mac) }).collect();
+    let (subnets, nodes, endpoints) = peer_views(
+        maps.peers()?.into_iter().map(|p| (p.subnet, p.public_ip, p.mode, p.vtep_mac)).collect(),
+        maps.nodes()?.into_iter().map(|n| (n.public_ip, n.leases)),
+        maps.endpoints()?.into_iter().map(|e| (e.ip, e.ifindex, e.mac)),
+    );
     let now_ns = coarse_now_ns();
     let underlay = maps
         .underlay()?
@@ -309,23 +283,38 @@ pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled
 
 fn gather6(pins: &PinLayout) -> Result<View6> {
     let maps = DatapathMaps6::open_pinned(pins)?;
-    let peers = maps.peers()?;
-    let nodes = maps
-        .nodes()?
-        .into_iter()
-        .map(|n| SenderView {
-            public_ip: n.public_ip,
-            leases: n.leases,
-            subnets: peers.iter().filter(|p| p.public_ip == n.public_ip).map(|p| p.subnet).collect(),
+    let (subnets, nodes, endpoints) = peer_views(
+        maps.peers()?.into_iter().map(|p| (p.subnet, p.public_ip, p.mode, p.vtep_mac)).collect(),
+        maps.nodes()?.into_iter().map(|n| (n.public_ip, n.leases)),
+        maps.endpoints()?.into_iter().map(|e| (e.ip, e.ifindex, e.mac)),
+    );
+    Ok(View6 { config: maps.config()?.map(ConfigView6::from), subnets, nodes, endpoints })
+}
+
+/// One family's views, built from its maps' rows.
+type PeerViews<N, A> = (Vec<SubnetView<N, A>>, Vec<SenderView<A, N>>, Vec<EndpointView<A>>);
+
+/// The views of one family's maps: `peers` as (subnet, public IP, mode,
+/// VtepMAC), `senders` as (public IP, leases naming it), `endpoints` as
+/// (address, ifindex, MAC). A sender lists the subnets whose entry names it.
+fn peer_views<N: Copy, A: Copy + PartialEq>(
+    peers: Vec<(N, A, Mode, [u8; 6])>,
+    senders: impl Iterator<Item = (A, u32)>,
+    endpoints: impl Iterator<Item = (A, u32, [u8; 6])>,
+) -> PeerViews<N, A> {
+    let nodes = senders
+        .map(|(public_ip, leases)| SenderView {
+            public_ip,
+            leases,
+            subnets: peers.iter().filter(|p| p.1 == public_ip).map(|p| p.0).collect(),
         })
         .collect();
     let subnets = peers
         .into_iter()
-        .map(|p| SubnetView { subnet: p.subnet, next_hop: p.public_ip, public_ip: p.public_ip, mode: p.mode, vtep_mac: Mac(p.vtep_mac) })
+        .map(|(subnet, public_ip, mode, vtep_mac)| SubnetView { subnet, next_hop: public_ip, public_ip, mode, vtep_mac: Mac(vtep_mac) })
         .collect();
-    let endpoints =
-        maps.endpoints()?.into_iter().map(|e| EndpointView { ip: e.ip, ifindex: e.ifindex, mac: Mac(e.mac) }).collect();
-    Ok(View6 { config: maps.config()?.map(ConfigView6::from), subnets, nodes, endpoints })
+    let endpoints = endpoints.map(|(ip, ifindex, mac)| EndpointView { ip, ifindex, mac: Mac(mac) }).collect();
+    (subnets, nodes, endpoints)
 }
 
 /// One family's remote subnets, known senders and local pods.
@@ -358,6 +347,27 @@ fn fmt_peers<N: fmt::Display, A: fmt::Display>(
     Ok(())
 }
 
+impl<A: fmt::Display + PartialEq, N: fmt::Display> ConfigView<A, N> {
+    /// The config's lines in `inspect`'s text: the public address as
+    /// `public_label`, the tunnel address (when not the public one) with
+    /// what it is for.
+    fn fmt_lines(&self, f: &mut fmt::Formatter<'_>, public_label: &str, tunnel_what: &str) -> fmt::Result {
+        writeln!(f, "  {public_label:<14} {}", self.public_ip)?;
+        if self.local_ip != self.public_ip {
+            writeln!(f, "  tunnel address {} ({tunnel_what})", self.local_ip)?;
+        }
+        writeln!(f, "  network        {}", self.network)?;
+        writeln!(f, "  our subnet     {}", self.subnet)?;
+        writeln!(f, "  VNI / port     {} / {}", self.vni, self.port)?;
+        writeln!(f, "  VtepMAC        {}", self.vtep_mac)?;
+        if let Some(i) = self.tunnel_ifindex {
+            writeln!(f, "  tunnel         ifindex {i}")?;
+        }
+        writeln!(f, "  uplink         ifindex {} (MTU {})", self.uplink_ifindex, self.uplink_mtu)?;
+        writeln!(f, "  bridge         ifindex {} ({})", self.bridge_ifindex, self.bridge_mac)
+    }
+}
+
 impl fmt::Display for View {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // ipnet's and Ipv4Addr's Display may ignore width: columns pad strings.
@@ -365,16 +375,7 @@ impl fmt::Display for View {
         match &self.config {
             Some(c) => {
                 writeln!(f, "\nnode")?;
-                writeln!(f, "  public IP      {}", c.public_ip)?;
-                if c.local_ip != c.public_ip {
-                    writeln!(f, "  tunnel address {} (outer source and destination; NAT to the public IP)", c.local_ip)?;
-                }
-                writeln!(f, "  network        {}", c.network)?;
-                writeln!(f, "  our subnet     {}", c.subnet)?;
-                writeln!(f, "  VNI / port     {} / {}", c.vni, c.port)?;
-                writeln!(f, "  VtepMAC        {}", c.vtep_mac)?;
-                writeln!(f, "  uplink         ifindex {} (MTU {})", c.uplink_ifindex, c.uplink_mtu)?;
-                writeln!(f, "  bridge         ifindex {} ({})", c.bridge_ifindex, c.bridge_mac)?;
+                c.fmt_lines(f, "public IP", "outer source and destination; NAT to the public IP")?;
             }
             None => writeln!(f, "\nnode: not configured yet (the agent has not finished starting)")?,
         }
@@ -397,17 +398,7 @@ impl fmt::Display for View {
         match &v6.config {
             Some(c) => {
                 writeln!(f, "\nIPv6")?;
-                writeln!(f, "  public IPv6    {}", c.public_ip)?;
-                if c.local_ip != c.public_ip {
-                    writeln!(f, "  tunnel address {} (outer source)", c.local_ip)?;
-                }
-                writeln!(f, "  network        {}", c.network)?;
-                writeln!(f, "  our subnet     {}", c.subnet)?;
-                writeln!(f, "  VNI / port     {} / {}", c.vni, c.port)?;
-                writeln!(f, "  VtepMAC        {}", c.vtep_mac)?;
-                writeln!(f, "  tunnel         ifindex {}", c.tunnel_ifindex)?;
-                writeln!(f, "  uplink         ifindex {} (MTU {})", c.uplink_ifindex, c.uplink_mtu)?;
-                writeln!(f, "  bridge         ifindex {} ({})", c.bridge_ifindex, c.bridge_mac)?;
+                c.fmt_lines(f, "public IPv6", "outer source")?;
             }
             None => writeln!(f, "\nIPv6: off (no IPv6 config in the maps)")?,
         }
