@@ -21,6 +21,9 @@
 //! - the output file (default `/run/docker_opts.env`) is replaced, even when
 //!   it is the env file itself (seed 003's `-d /run/flannel/subnet.env`: the
 //!   FLANNEL_* lines are read first, then the file holds only the docker lines);
+//! - FLANNEL_IPV6_NETWORK / FLANNEL_IPV6_SUBNET (dual stack) give no
+//!   option: the script reads neither, so Docker's `--ipv6
+//!   --fixed-cidr-v6=<the IPv6 lease>` is the user's to add;
 //! - finally, if the routing table already has a `via` route for the node's
 //!   own subnet, it fails with "Your routing table already contains the
 //!   subnet: ..." (the file has been written by then, as with the script).

@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    datapath::{PinLayout, PinnedStats},
+    datapath::{DatapathMaps6, PinLayout, PinnedStats},
     etcd::{Backoff, EtcdStatus, Lease},
 };
 
@@ -69,6 +69,8 @@ pub struct Health {
     /// Kept open across scrapes; the server starts before the data path is
     /// pinned, so it opens on the first scrape that finds the pin.
     counters: Mutex<PinnedStats>,
+    /// Where the v6 maps are pinned (see [`v6_counts`]).
+    pins: PinLayout,
     /// Active conditions (see [`condition`]) with what is wrong.
     conditions: Mutex<BTreeMap<&'static str, String>>,
     /// Failed attempts at applying our lease after it moved.
@@ -90,6 +92,7 @@ impl Health {
             pod_bridge: Mutex::new(None),
             bridge_problems: Mutex::new(Vec::new()),
             counters: Mutex::new(PinnedStats::new(pins)),
+            pins: pins.clone(),
             conditions: Mutex::new(BTreeMap::new()),
             lease_apply_failures: AtomicU64::new(0),
             heartbeat: Mutex::new(None),
@@ -215,6 +218,10 @@ impl Health {
             crate::datapath::pins::VERSION
         );
         gauge(&mut out, "overlay_leases_known", "Remote subnets installed in the data path.", self.peers.load(Ordering::Relaxed).to_string());
+        if let Some((peers, endpoints)) = v6_counts(&self.pins) {
+            gauge(&mut out, "overlay_leases_known_v6", "Remote IPv6 subnets installed in the data path (IPv6 on only).", peers.to_string());
+            gauge(&mut out, "overlay_pod_endpoints_v6", "Local pods' IPv6 addresses on the fast path (IPv6 on only).", endpoints.to_string());
+        }
         gauge(&mut out, "overlay_etcd_connected", "1 while the lease watch is connected to etcd.", u8::from(self.etcd.is_connected()).to_string());
         counter(&mut out, "overlay_etcd_watch_events_total", "Lease additions and removals received from etcd.", self.etcd.events());
         counter(&mut out, "overlay_etcd_resyncs_total", "Full lease lists read from etcd (1 at start, then after each outage or compaction).", self.etcd.snapshots());
@@ -266,6 +273,24 @@ impl Health {
         gauge(&mut out, "overlay_ready", "1 once the data path is attached, the lease held and the subnet file written.", u8::from(self.is_ready()).to_string());
         out
     }
+}
+
+/// (remote v6 subnets, local v6 pod endpoints) from the pinned v6 maps,
+/// None while IPv6 is off (no CONFIG6) or nothing is pinned. Opened anew
+/// per scrape: cheap next to a scrape, and never a stale map after the
+/// agent re-pins. (The drop counters are shared by both families.)
+fn v6_counts(pins: &PinLayout) -> Option<(usize, usize)> {
+    let read = || -> Result<Option<(usize, usize)>, crate::datapath::DatapathError> {
+        let maps = DatapathMaps6::open_pinned(pins)?;
+        if maps.config()?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some((maps.peers()?.len(), maps.endpoints()?.len())))
+    };
+    read().unwrap_or_else(|e| {
+        debug!("metrics: cannot read the v6 maps: {e}");
+        None
+    })
 }
 
 fn unix(t: SystemTime) -> String {

@@ -5,17 +5,17 @@
 //! serialisation and the text its `Display`, so the two cannot disagree.
 use std::{
     fmt::{self, Write as _},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
 use anyhow::Result;
 use aya::programs::links::{FdLink, PinnedLink};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    datapath::{maps::coarse_now_ns, pins, DatapathMaps, Mode, NodeConfig, PinLayout},
+    datapath::{maps::coarse_now_ns, pins, DatapathMaps, DatapathMaps6, Mode, NodeConfig, NodeConfig6, PinLayout},
     etcd::registry::format_mac,
 };
 
@@ -33,9 +33,23 @@ pub struct View {
     pub endpoints: Vec<EndpointView>,
     pub underlay: Vec<UnderlayView>,
     pub programs: Vec<Attachment>,
-    /// In the order of the reasons; an object by reason name in JSON.
+    /// The IPv6 maps (dual stack, IPv6-only): empty with no config on an
+    /// IPv4-only node.
+    pub ipv6: View6,
+    /// In the order of the reasons (both families count in the same
+    /// ones); an object by reason name in JSON.
     #[serde(serialize_with = "counters_by_name")]
     pub counters: Vec<CounterView>,
+}
+
+/// The IPv6 maps (`CONFIG6`, `SUBNETS6`, `NODES6`, `ENDPOINTS6`).
+#[derive(Serialize)]
+pub struct View6 {
+    /// None on an IPv4-only node (and until the v6 side is set up).
+    pub config: Option<ConfigView6>,
+    pub subnets: Vec<SubnetView<Ipv6Net, Ipv6Addr>>,
+    pub nodes: Vec<SenderView<Ipv6Addr, Ipv6Net>>,
+    pub endpoints: Vec<EndpointView<Ipv6Addr>>,
 }
 
 /// `--json` when nothing is installed.
@@ -45,33 +59,47 @@ pub struct Absent {
     pub installed: bool,
 }
 
+/// `CONFIG` (`CONFIG6` with v6 types: [`ConfigView6`]).
 #[derive(Serialize)]
-pub struct ConfigView {
+#[serde(bound(serialize = "A: Serialize, N: fmt::Display"))]
+pub struct ConfigView<A = Ipv4Addr, N = Ipv4Net> {
     /// Outer source of what we send, destination of what we accept.
-    pub local_ip: Ipv4Addr,
-    /// Our lease's PublicIP.
-    pub public_ip: Ipv4Addr,
+    pub local_ip: A,
+    /// Our lease's PublicIP (PublicIPv6).
+    pub public_ip: A,
     #[serde(serialize_with = "display")]
-    pub network: Ipv4Net,
+    pub network: N,
     #[serde(serialize_with = "display")]
-    pub subnet: Ipv4Net,
+    pub subnet: N,
     pub vni: u32,
     pub port: u16,
+    /// BackendData's (BackendV6Data's) VtepMAC.
     pub vtep_mac: Mac,
+    /// overlay0's ifindex (only the v6 side keeps it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_ifindex: Option<u32>,
     pub uplink_ifindex: u32,
     pub uplink_mtu: u32,
     pub bridge_ifindex: u32,
     pub bridge_mac: Mac,
+    /// Only the v6 side keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_forwarding: Option<bool>,
 }
 
+/// `CONFIG6`: the node's v6 side.
+pub type ConfigView6 = ConfigView<Ipv6Addr, Ipv6Net>;
+
+/// A remote subnet (`SUBNETS`; `SUBNETS6` with v6 types).
 #[derive(Serialize)]
-pub struct SubnetView {
+#[serde(bound(serialize = "N: fmt::Display, A: Serialize"))]
+pub struct SubnetView<N = Ipv4Net, A = Ipv4Addr> {
     #[serde(serialize_with = "display")]
-    pub subnet: Ipv4Net,
+    pub subnet: N,
     /// Both modes send to the node itself: VXLAN to its public IP, direct
     /// routing via it.
-    pub next_hop: Ipv4Addr,
-    pub public_ip: Ipv4Addr,
+    pub next_hop: A,
+    pub public_ip: A,
     #[serde(serialize_with = "display")]
     pub mode: Mode,
     pub vtep_mac: Mac,
@@ -80,17 +108,18 @@ pub struct SubnetView {
 /// A PublicIP VXLAN is accepted from (`NODES`), and the subnets it may
 /// send from: those whose `SUBNETS` entry names it.
 #[derive(Serialize)]
-pub struct SenderView {
-    pub public_ip: Ipv4Addr,
+#[serde(bound(serialize = "A: Serialize, N: fmt::Display"))]
+pub struct SenderView<A = Ipv4Addr, N = Ipv4Net> {
+    pub public_ip: A,
     /// How many leases name it, as `NODES` counts them.
     pub leases: u32,
     #[serde(serialize_with = "display_all")]
-    pub subnets: Vec<Ipv4Net>,
+    pub subnets: Vec<N>,
 }
 
 #[derive(Serialize)]
-pub struct EndpointView {
-    pub ip: Ipv4Addr,
+pub struct EndpointView<A = Ipv4Addr> {
+    pub ip: A,
     pub ifindex: u32,
     pub mac: Mac,
 }
@@ -160,11 +189,33 @@ impl From<NodeConfig> for ConfigView {
             uplink_mtu: c.uplink_mtu,
             bridge_ifindex: c.bridge_ifindex,
             bridge_mac: Mac(c.bridge_mac),
+            tunnel_ifindex: None,
+            kernel_forwarding: None,
         }
     }
 }
 
-impl SubnetView {
+impl From<NodeConfig6> for ConfigView6 {
+    fn from(c: NodeConfig6) -> Self {
+        ConfigView6 {
+            local_ip: c.local_ip,
+            public_ip: c.public_ip,
+            network: c.network,
+            subnet: c.subnet,
+            vni: c.vni,
+            port: c.port,
+            vtep_mac: Mac(c.vtep_mac),
+            tunnel_ifindex: Some(c.tunnel_ifindex),
+            uplink_ifindex: c.uplink_ifindex,
+            uplink_mtu: c.uplink_mtu,
+            bridge_ifindex: c.bridge_ifindex,
+            bridge_mac: Mac(c.bridge_mac),
+            kernel_forwarding: Some(c.kernel_forwarding),
+        }
+    }
+}
+
+impl<N, A> SubnetView<N, A> {
     /// The VtepMAC column: none for directly routed (host-gw) peers.
     fn vtep_text(&self) -> String {
         if self.mode == Mode::Direct && self.vtep_mac.0 == [0; 6] {
@@ -194,28 +245,11 @@ pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled
     }
     let maps = DatapathMaps::open_pinned(pins)?;
     let config = maps.config()?.map(ConfigView::from);
-    let peers = maps.peers()?;
-    let nodes = maps
-        .nodes()?
-        .into_iter()
-        .map(|n| SenderView {
-            public_ip: n.public_ip,
-            leases: n.leases,
-            subnets: peers.iter().filter(|p| p.public_ip == n.public_ip).map(|p| p.subnet).collect(),
-        })
-        .collect();
-    let subnets = peers
-        .into_iter()
-        .map(|p| SubnetView {
-            subnet: p.subnet,
-            next_hop: p.public_ip,
-            public_ip: p.public_ip,
-            mode: p.mode,
-            vtep_mac: Mac(p.vtep_mac),
-        })
-        .collect();
-    let endpoints =
-        maps.endpoints()?.into_iter().map(|e| EndpointView { ip: e.ip, ifindex: e.ifindex, mac: Mac(e.mac) }).collect();
+    let (subnets, nodes, endpoints) = peer_views(
+        maps.peers()?.into_iter().map(|p| (p.subnet, p.public_ip, p.mode, p.vtep_mac)).collect(),
+        maps.nodes()?.into_iter().map(|n| (n.public_ip, n.leases)),
+        maps.endpoints()?.into_iter().map(|e| (e.ip, e.ifindex, e.mac)),
+    );
     let now_ns = coarse_now_ns();
     let underlay = maps
         .underlay()?
@@ -242,8 +276,96 @@ pub fn gather(pins: &PinLayout) -> Result<std::result::Result<View, NotInstalled
         endpoints,
         underlay,
         programs: attachments(pins),
+        ipv6: gather6(pins)?,
         counters,
     }))
+}
+
+fn gather6(pins: &PinLayout) -> Result<View6> {
+    let maps = DatapathMaps6::open_pinned(pins)?;
+    let (subnets, nodes, endpoints) = peer_views(
+        maps.peers()?.into_iter().map(|p| (p.subnet, p.public_ip, p.mode, p.vtep_mac)).collect(),
+        maps.nodes()?.into_iter().map(|n| (n.public_ip, n.leases)),
+        maps.endpoints()?.into_iter().map(|e| (e.ip, e.ifindex, e.mac)),
+    );
+    Ok(View6 { config: maps.config()?.map(ConfigView6::from), subnets, nodes, endpoints })
+}
+
+/// One family's views, built from its maps' rows.
+type PeerViews<N, A> = (Vec<SubnetView<N, A>>, Vec<SenderView<A, N>>, Vec<EndpointView<A>>);
+
+/// The views of one family's maps: `peers` as (subnet, public IP, mode,
+/// VtepMAC), `senders` as (public IP, leases naming it), `endpoints` as
+/// (address, ifindex, MAC). A sender lists the subnets whose entry names it.
+fn peer_views<N: Copy, A: Copy + PartialEq>(
+    peers: Vec<(N, A, Mode, [u8; 6])>,
+    senders: impl Iterator<Item = (A, u32)>,
+    endpoints: impl Iterator<Item = (A, u32, [u8; 6])>,
+) -> PeerViews<N, A> {
+    let nodes = senders
+        .map(|(public_ip, leases)| SenderView {
+            public_ip,
+            leases,
+            subnets: peers.iter().filter(|p| p.1 == public_ip).map(|p| p.0).collect(),
+        })
+        .collect();
+    let subnets = peers
+        .into_iter()
+        .map(|(subnet, public_ip, mode, vtep_mac)| SubnetView { subnet, next_hop: public_ip, public_ip, mode, vtep_mac: Mac(vtep_mac) })
+        .collect();
+    let endpoints = endpoints.map(|(ip, ifindex, mac)| EndpointView { ip, ifindex, mac: Mac(mac) }).collect();
+    (subnets, nodes, endpoints)
+}
+
+/// One family's remote subnets, known senders and local pods.
+type PeerLists<'a, N, A> = (&'a [SubnetView<N, A>], &'a [SenderView<A, N>], &'a [EndpointView<A>]);
+
+/// The remote subnets, known senders and local pods of one family, in
+/// columns `w` wide (addresses, then subnets with their prefix).
+fn fmt_peers<N: fmt::Display, A: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    family: &str,
+    (subnets, nodes, endpoints): PeerLists<'_, N, A>,
+    (wa, wn): (usize, usize),
+) -> fmt::Result {
+    writeln!(f, "\nremote {family}subnets ({})", subnets.len())?;
+    writeln!(f, "  {:<wn$} {:<wa$} {:<7} VTEP MAC", "SUBNET", "NEXT HOP", "MODE")?;
+    for s in subnets {
+        let (subnet, next_hop) = (s.subnet.to_string(), s.next_hop.to_string());
+        writeln!(f, "  {subnet:<wn$} {next_hop:<wa$} {:<7} {}", s.mode, s.vtep_text())?;
+    }
+    writeln!(f, "\nknown {family}senders ({})", nodes.len())?;
+    for n in nodes {
+        let subnets: Vec<String> = n.subnets.iter().map(|s| s.to_string()).collect();
+        let from = if subnets.is_empty() { "nothing (no subnet names it)".to_string() } else { subnets.join(", ") };
+        writeln!(f, "  {:<wa$} may send from {from}", n.public_ip.to_string())?;
+    }
+    writeln!(f, "\nlocal {family}pods with direct delivery ({})", endpoints.len())?;
+    for e in endpoints {
+        writeln!(f, "  {:<wa$} ifindex {:<5} {}", e.ip.to_string(), e.ifindex, e.mac)?;
+    }
+    Ok(())
+}
+
+impl<A: fmt::Display + PartialEq, N: fmt::Display> ConfigView<A, N> {
+    /// The config's lines in `inspect`'s text: the public address as
+    /// `public_label`, the tunnel address (when not the public one) with
+    /// what it is for.
+    fn fmt_lines(&self, f: &mut fmt::Formatter<'_>, public_label: &str, tunnel_what: &str) -> fmt::Result {
+        writeln!(f, "  {public_label:<14} {}", self.public_ip)?;
+        if self.local_ip != self.public_ip {
+            writeln!(f, "  tunnel address {} ({tunnel_what})", self.local_ip)?;
+        }
+        writeln!(f, "  network        {}", self.network)?;
+        writeln!(f, "  our subnet     {}", self.subnet)?;
+        writeln!(f, "  VNI / port     {} / {}", self.vni, self.port)?;
+        writeln!(f, "  VtepMAC        {}", self.vtep_mac)?;
+        if let Some(i) = self.tunnel_ifindex {
+            writeln!(f, "  tunnel         ifindex {i}")?;
+        }
+        writeln!(f, "  uplink         ifindex {} (MTU {})", self.uplink_ifindex, self.uplink_mtu)?;
+        writeln!(f, "  bridge         ifindex {} ({})", self.bridge_ifindex, self.bridge_mac)
+    }
 }
 
 impl fmt::Display for View {
@@ -253,35 +375,11 @@ impl fmt::Display for View {
         match &self.config {
             Some(c) => {
                 writeln!(f, "\nnode")?;
-                writeln!(f, "  public IP      {}", c.public_ip)?;
-                if c.local_ip != c.public_ip {
-                    writeln!(f, "  tunnel address {} (outer source and destination; NAT to the public IP)", c.local_ip)?;
-                }
-                writeln!(f, "  network        {}", c.network)?;
-                writeln!(f, "  our subnet     {}", c.subnet)?;
-                writeln!(f, "  VNI / port     {} / {}", c.vni, c.port)?;
-                writeln!(f, "  VtepMAC        {}", c.vtep_mac)?;
-                writeln!(f, "  uplink         ifindex {} (MTU {})", c.uplink_ifindex, c.uplink_mtu)?;
-                writeln!(f, "  bridge         ifindex {} ({})", c.bridge_ifindex, c.bridge_mac)?;
+                c.fmt_lines(f, "public IP", "outer source and destination; NAT to the public IP")?;
             }
             None => writeln!(f, "\nnode: not configured yet (the agent has not finished starting)")?,
         }
-        writeln!(f, "\nremote subnets ({})", self.subnets.len())?;
-        writeln!(f, "  {:<18} {:<16} {:<7} VTEP MAC", "SUBNET", "NEXT HOP", "MODE")?;
-        for s in &self.subnets {
-            let (subnet, next_hop) = (s.subnet.to_string(), s.next_hop.to_string());
-            writeln!(f, "  {subnet:<18} {next_hop:<16} {:<7} {}", s.mode, s.vtep_text())?;
-        }
-        writeln!(f, "\nknown senders ({})", self.nodes.len())?;
-        for n in &self.nodes {
-            let subnets: Vec<String> = n.subnets.iter().map(|s| s.to_string()).collect();
-            let from = if subnets.is_empty() { "nothing (no subnet names it)".to_string() } else { subnets.join(", ") };
-            writeln!(f, "  {:<16} may send from {from}", n.public_ip.to_string())?;
-        }
-        writeln!(f, "\nlocal pods with direct delivery ({})", self.endpoints.len())?;
-        for e in &self.endpoints {
-            writeln!(f, "  {:<16} ifindex {:<5} {}", e.ip.to_string(), e.ifindex, e.mac)?;
-        }
+        fmt_peers(f, "", (&self.subnets, &self.nodes, &self.endpoints), (16, 18))?;
         // Entries older than a second are no longer used: the next packet to
         // that node refreshes them through the kernel's neighbour table.
         writeln!(f, "\nunderlay next hops cached by the send path ({})", self.underlay.len())?;
@@ -296,7 +394,18 @@ impl fmt::Display for View {
             };
             writeln!(f, "  {:<28} {ids}", a.pin)?;
         }
-        writeln!(f, "\npacket counters")?;
+        let v6 = &self.ipv6;
+        match &v6.config {
+            Some(c) => {
+                writeln!(f, "\nIPv6")?;
+                c.fmt_lines(f, "public IPv6", "outer source")?;
+            }
+            None => writeln!(f, "\nIPv6: off (no IPv6 config in the maps)")?,
+        }
+        if v6.config.is_some() || !v6.subnets.is_empty() || !v6.endpoints.is_empty() {
+            fmt_peers(f, "IPv6 ", (&v6.subnets, &v6.nodes, &v6.endpoints), (26, 30))?;
+        }
+        writeln!(f, "\npacket counters (both families)")?;
         writeln!(f, "  {:<22} {:>14} {:>16}", "REASON", "PACKETS", "BYTES")?;
         for c in &self.counters {
             writeln!(f, "  {:<22} {:>14} {:>16}", c.reason, c.packets, c.bytes)?;

@@ -26,7 +26,7 @@
 //! Dropping the [`CniNode`] runs DEL for the pods still there and deletes
 //! their namespaces and its directory.
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -54,7 +54,24 @@ const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// host-local over the lease (`FLANNEL_SUBNET` as a network: host-local
 /// rejects host bits) with a route to `FLANNEL_NETWORK`. `data_dir` is
 /// host-local's `dataDir`.
+///
+/// With IPv6 (flannel-io/cni-plugin's getDelegateIPAM): one range set per
+/// family, the IPv4 lease first, then the IPv6 lease (`FLANNEL_IPV6_SUBNET`
+/// as a network), and a route to `FLANNEL_IPV6_NETWORK` after the IPv4
+/// one; an IPv6-only node's file gives the IPv6 range and route alone.
 pub fn flannel_delegate_conf(env: &SubnetEnv, data_dir: &Path) -> Value {
+    let mut ranges = Vec::new();
+    let mut routes = Vec::new();
+    if env.has_ipv4() {
+        ranges.push(json!([{ "subnet": env.lease_subnet().to_string() }]));
+        routes.push(json!({ "dst": env.network.to_string() }));
+    }
+    if let Some(sn) = env.ipv6_lease_subnet() {
+        ranges.push(json!([{ "subnet": sn.to_string() }]));
+    }
+    if let Some(net) = env.ipv6_network {
+        routes.push(json!({ "dst": net.to_string() }));
+    }
     json!({
         "cniVersion": CNI_VERSION,
         "name": NETWORK_NAME,
@@ -67,8 +84,8 @@ pub fn flannel_delegate_conf(env: &SubnetEnv, data_dir: &Path) -> Value {
         "hairpinMode": true,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{ "subnet": env.lease_subnet().to_string() }]],
-            "routes": [{ "dst": env.network.to_string() }],
+            "ranges": ranges,
+            "routes": routes,
             "dataDir": data_dir,
         },
     })
@@ -114,6 +131,9 @@ pub struct CniPod {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    /// The IPv6 address, its prefix length and gateway, when the
+    /// configuration had an IPv6 range (dual stack).
+    pub ip6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
     /// The bridge plugin's JSON result.
     pub result: Value,
     /// The delegate configuration used at ADD (flannel reuses it at DEL).
@@ -156,6 +176,17 @@ impl CniPod {
     /// One ping from the pod, answered within 2 s.
     pub fn ping(&self, dst: Ipv4Addr) -> Result<()> {
         self.run(&["ping", "-c", "1", "-W", "2", "-q", &dst.to_string()]).map(drop)
+    }
+
+    /// One IPv6 ping from the pod, answered within 2 s.
+    pub fn ping6(&self, dst: Ipv6Addr) -> Result<()> {
+        self.run(&["ping", "-6", "-c", "1", "-W", "2", "-q", &dst.to_string()]).map(drop)
+    }
+
+    /// The pod's IPv6 address (a dual-stack pod's); an error for a pod
+    /// without one.
+    pub fn ipv6(&self) -> Result<Ipv6Addr> {
+        self.ip6.map(|(ip, _, _)| ip).ok_or_else(|| anyhow!("pod {} has no IPv6 address: {}", self.name, self.result))
     }
 }
 
@@ -251,6 +282,7 @@ impl CniNode {
             ip: Ipv4Addr::UNSPECIFIED,
             prefix_len: 0,
             gateway: Ipv4Addr::UNSPECIFIED,
+            ip6: None,
             result: Value::Null,
             conf: conf.clone(),
             chained: Vec::new(),
@@ -258,18 +290,16 @@ impl CniNode {
         let lo = json!({ "cniVersion": CNI_VERSION, "name": "lo", "type": "loopback" });
         self.invoke("loopback", "ADD", &container_id, &netns, "lo", &lo)?;
         let result = self.invoke("bridge", "ADD", &container_id, &netns, "eth0", &conf)?;
-        let ip_entry = result
-            .get("ips")
-            .and_then(|ips| ips.as_array())
-            .and_then(|ips| ips.first())
-            .ok_or_else(|| anyhow!("bridge ADD result has no ips: {result}"))?;
-        let address = ip_entry.get("address").and_then(|a| a.as_str()).ok_or_else(|| anyhow!("no address in {result}"))?;
-        let (ip, len) = address.split_once('/').ok_or_else(|| anyhow!("address {address:?} has no prefix"))?;
-        let gateway = ip_entry.get("gateway").and_then(|g| g.as_str()).ok_or_else(|| anyhow!("no gateway in {result}"))?;
+        let (v4, v6) = parse_ips(&result)?;
         let pod = self.pods.last_mut().expect("pushed");
-        pod.ip = ip.parse()?;
-        pod.prefix_len = len.parse()?;
-        pod.gateway = gateway.parse()?;
+        if v4.is_none() && v6.is_none() {
+            bail!("bridge ADD result has no address: {result}");
+        }
+        // (An IPv6-only node's pod keeps the unspecified IPv4 address.)
+        if let Some((ip, len, gw)) = v4 {
+            (pod.ip, pod.prefix_len, pod.gateway) = (ip, len, gw);
+        }
+        pod.ip6 = v6;
         pod.result = result;
         Ok(pod.clone())
     }
@@ -306,11 +336,22 @@ impl CniNode {
     /// host-local's allocations: (address, container id) from its files
     /// `<dataDir>/cbr0/<address>`.
     pub fn allocated(&self) -> Result<Vec<(Ipv4Addr, String)>> {
+        self.allocated_of()
+    }
+
+    /// host-local's IPv6 allocations (a dual-stack configuration's second
+    /// range), as [`CniNode::allocated`].
+    pub fn allocated_v6(&self) -> Result<Vec<(Ipv6Addr, String)>> {
+        self.allocated_of()
+    }
+
+    fn allocated_of<T: std::str::FromStr + Ord>(&self) -> Result<Vec<(T, String)>> {
         let dir = self.data_dir().join(NETWORK_NAME);
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(vec![]) };
         let mut out = Vec::new();
         for e in entries.flatten() {
-            let Some(ip) = e.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
+            // (Besides the addresses: `lock`, `last_reserved_ip.<range>`.)
+            let Some(ip) = e.file_name().to_str().and_then(|n| n.parse::<T>().ok()) else { continue };
             let text = fs::read_to_string(e.path())?;
             out.push((ip, text.lines().next().unwrap_or("").trim().to_string()));
         }
@@ -333,6 +374,27 @@ impl CniNode {
         }
         bail!("no free pod namespace name under {}", self.ns.name())
     }
+}
+
+/// A bridge result's first IPv4 and first IPv6 entry of `ips`: (address,
+/// prefix length, gateway) each.
+type Ips = (Option<(Ipv4Addr, u8, Ipv4Addr)>, Option<(Ipv6Addr, u8, Ipv6Addr)>);
+
+fn parse_ips(result: &Value) -> Result<Ips> {
+    let ips = result.get("ips").and_then(|ips| ips.as_array()).ok_or_else(|| anyhow!("bridge ADD result has no ips: {result}"))?;
+    let (mut v4, mut v6) = (None, None);
+    for entry in ips {
+        let address = entry.get("address").and_then(|a| a.as_str()).ok_or_else(|| anyhow!("no address in {result}"))?;
+        let (ip, len) = address.split_once('/').ok_or_else(|| anyhow!("address {address:?} has no prefix"))?;
+        let gateway = entry.get("gateway").and_then(|g| g.as_str()).ok_or_else(|| anyhow!("no gateway in {result}"))?;
+        let len: u8 = len.parse().with_context(|| format!("prefix of {address:?}"))?;
+        match ip.parse::<IpAddr>().with_context(|| format!("address {address:?}"))? {
+            IpAddr::V4(ip) if v4.is_none() => v4 = Some((ip, len, gateway.parse()?)),
+            IpAddr::V6(ip) if v6.is_none() => v6 = Some((ip, len, gateway.parse()?)),
+            _ => {}
+        }
+    }
+    Ok((v4, v6))
 }
 
 fn remove_netns(name: &str) {

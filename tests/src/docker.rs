@@ -29,7 +29,7 @@
 //! deletes it.
 use std::fs;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -449,9 +449,21 @@ impl Dockerd {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// One ping from `container` to `dst`, answered within 2 s.
-    pub fn ping(&self, container: &str, dst: Ipv4Addr) -> Result<()> {
-        self.exec(container, &["ping", "-c", "1", "-W", "2", "-q", &dst.to_string()]).map(drop)
+    /// One ping from `container` to `dst` (IPv4 or IPv6: busybox's ping
+    /// goes by the address), answered within 2 s.
+    pub fn ping(&self, container: &str, dst: impl Into<IpAddr>) -> Result<()> {
+        self.exec(container, &["ping", "-c", "1", "-W", "2", "-q", &dst.into().to_string()]).map(drop)
+    }
+
+    /// The container's global IPv6 address on its only network (dockerd
+    /// with `--ipv6 --fixed-cidr-v6`).
+    pub fn container_ip6(&self, container: &str) -> Result<Ipv6Addr> {
+        let out = self.docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}} {{end}}", container])?;
+        let addrs: Vec<&str> = out.split_whitespace().collect();
+        match addrs.as_slice() {
+            [one] => one.parse().with_context(|| format!("container {container}'s IPv6 address {one:?}")),
+            _ => bail!("container {container} has IPv6 addresses {addrs:?} (is dockerd running with --ipv6?)"),
+        }
     }
 
     /// The container's IPv4 address on `network`, or on its only network.

@@ -108,6 +108,22 @@ fn ipmasq_is_inverted() {
     assert!(check(&vars(SAMPLE), &Options::default()).is_ok());
 }
 
+/// flannel's mk-docker-opts.sh reads FLANNEL_SUBNET, FLANNEL_MTU and
+/// FLANNEL_IPMASQ only: a dual-stack subnet.env (issue #15) gives the same
+/// bytes as the IPv4 part alone, no `--ipv6` or `--fixed-cidr-v6`; an
+/// IPv6-only node's file gives the MTU and ip-masq options alone.
+#[test]
+fn ipv6_lines_add_no_option_as_with_the_script() {
+    let dual = format!("{SAMPLE}FLANNEL_IPV6_NETWORK=fd42::/48\nFLANNEL_IPV6_SUBNET=fd42:0:0:5::1/64\n");
+    for flags in [&[][..], &["-i"], &["-c"], &["-m"], &["-k", "DOCKER_NETWORK_OPTIONS"]] {
+        assert_eq!(out(&dual, flags), out(SAMPLE, flags), "{flags:?}");
+    }
+    assert_eq!(
+        out("FLANNEL_IPV6_NETWORK=fd42::/48\nFLANNEL_IPV6_SUBNET=fd42:0:0:5::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n", &[]),
+        "DOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_MTU=\"--mtu=1430\"\nDOCKER_OPTS=\" --ip-masq=false --mtu=1430\"\n"
+    );
+}
+
 #[test]
 fn missing_values_are_left_out() {
     assert_eq!(out("", &[]), "DOCKER_OPTS=\"\"\n");

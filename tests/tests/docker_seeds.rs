@@ -10,12 +10,14 @@
 //! address. With an agent that makes its own `cni0` with that address, the
 //! client's bridge gets the same address and the cluster route points at
 //! the empty cni0: the bug of issue 12; these tests are its acceptance.
-use std::net::Ipv4Addr;
 use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use ipnet::Ipv6Net;
+use overlay_agent::datapath::DatapathMaps6;
 use overlay_tests::{
     agent::{agent_binary, Agent, AgentOptions},
     cni::{CniNode, CniPod, PortMapping},
@@ -29,6 +31,9 @@ use overlay_tests::{
 
 const PREFIX: &str = "/overlay-test/network";
 const VXLAN_CONFIG: &str = r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// Dual stack (issue #15), as tests/dual_stack.rs configures it.
+const DUAL_CONFIG: &str =
+    r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"vxlan"}}"#;
 const READY: Duration = Duration::from_secs(30);
 
 /// Hosts on one underlay and a real etcd with the network config; agents
@@ -45,11 +50,31 @@ struct Nodes {
 impl Nodes {
     /// `hosts` hosts, etcd with [`VXLAN_CONFIG`], no agent yet.
     fn new(hosts: usize) -> Nodes {
+        Self::with_config(hosts, VXLAN_CONFIG)
+    }
+
+    /// `hosts` hosts, etcd with `config`, no agent yet.
+    fn with_config(hosts: usize, config: &str) -> Nodes {
         ensure_bpffs().unwrap();
         let tb = Testbed::new(hosts).unwrap();
         let etcd = Etcd::start().unwrap();
-        etcd.put(&format!("{PREFIX}/config"), VXLAN_CONFIG).unwrap();
+        etcd.put(&format!("{PREFIX}/config"), config).unwrap();
         Nodes { agents: vec![], forwards: vec![], etcd, tb }
+    }
+
+    /// Dual stack: hosts whose eth0 also has an IPv6 underlay address
+    /// (`fd00:77::<10+i>`, so VXLAN runs over IPv6 for the v6 pods), etcd
+    /// with [`DUAL_CONFIG`], agents on hosts 0..n with `flags`, all ready.
+    fn start_dual(n: usize, flags: &[&str]) -> Nodes {
+        let mut nodes = Nodes::with_config(n, DUAL_CONFIG);
+        for i in 0..n {
+            nodes.host(i).ip_batch(&[format!("addr add fd00:77::{}/64 dev eth0 nodad", 10 + i)]).unwrap();
+        }
+        for i in 0..n {
+            nodes.start_agent(i, flags);
+        }
+        nodes.wait_ready();
+        nodes
     }
 
     /// Agents on hosts 0..n with `flags`, all ready.
@@ -165,7 +190,8 @@ fn tcp_server(d: &mut Dockerd, name: &str, network: Option<&str>) -> Ipv4Addr {
 
 /// From container `from` of `d`: ping `to` until answered (up to 15 s:
 /// leases propagate), then 3 of 3 pings must be answered.
-fn ping_across(d: &Dockerd, from: &str, to: Ipv4Addr) {
+fn ping_across(d: &Dockerd, from: &str, to: impl Into<IpAddr>) {
+    let to = to.into();
     poll_until(Duration::from_secs(15), &format!("{from} -> {to} answered"), || d.ping(from, to))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", diagnose(d.netns())));
     let out = d.exec_output(from, &["ping", "-c", "3", "-W", "2", &to.to_string()]).unwrap();
@@ -174,7 +200,8 @@ fn ping_across(d: &Dockerd, from: &str, to: Ipv4Addr) {
 }
 
 /// From container `from`: a TCP connection to `to`:7000 gets `expect`.
-fn tcp_across(d: &Dockerd, from: &str, to: Ipv4Addr, expect: &str) {
+fn tcp_across(d: &Dockerd, from: &str, to: impl Into<IpAddr>, expect: &str) {
+    let to = to.into();
     let got = poll_until(Duration::from_secs(15), &format!("TCP {from} -> {to}:7000"), || {
         let out = d.exec(from, &["sh", "-c", &format!("nc -w 3 {to} 7000 </dev/null")])?;
         anyhow::ensure!(out.trim() == expect, "got {out:?}");
@@ -205,6 +232,56 @@ fn containers_talk(d: &mut [Dockerd], network: Option<&str>) {
             tcp_across(&d[a], "ctr", srv[b], &format!("pong-srv{b}"));
         }
     }
+}
+
+/// Issue #15: dockerd with `--ipv6 --fixed-cidr-v6=<the node's v6 lease>`
+/// (by hand: flannel's mk-docker-opts.sh, and so `docker-opts`, emits no
+/// IPv6 option) besides `docker-opts -c`'s words, on two dual-stack agent
+/// nodes: docker0 takes the v6 lease's first address (FLANNEL_IPV6_SUBNET),
+/// containers get addresses of both leases and talk over v4 and v6 both
+/// ways; the agent learns the containers' v6 addresses.
+#[test]
+fn docker_ipv6_fixed_cidr_v6_containers_talk_across_two_dual_stack_agent_nodes() {
+    let nodes = Nodes::start_dual(2, &[]);
+    let lease6: Vec<(Ipv6Net, Ipv6Addr)> = nodes.agents.iter().map(|a| a.lease6().unwrap()).collect();
+    let mut docker = Vec::new();
+    for (i, (net6, gw6)) in lease6.iter().enumerate() {
+        let mut opts = dockerd_opts(&nodes, i);
+        assert!(!opts.iter().any(|o| o.contains("v6")), "mk-docker-opts.sh has no IPv6 option: {opts:?}");
+        assert_eq!(*net6, lease_network_v6(&nodes.agents[i].subnet_file));
+        let fixed = format!("--fixed-cidr-v6={net6}");
+        opts.extend(["--ipv6".to_string(), fixed]);
+        docker.push(Dockerd::start(nodes.host(i), &opts).unwrap());
+        let docker0 = nodes.host(i).run(&["ip", "-6", "-br", "addr", "show", "dev", "docker0"]).unwrap();
+        let gw6 = format!("{gw6}/{}", net6.prefix_len());
+        assert!(docker0.contains(&gw6), "docker0 has FLANNEL_IPV6_SUBNET {gw6}: {docker0}");
+    }
+    containers_talk(&mut docker, None);
+    let ctr6: Vec<Ipv6Addr> = docker.iter().map(|d| d.container_ip6("ctr").unwrap()).collect();
+    let srv6: Vec<Ipv6Addr> = docker.iter().enumerate().map(|(i, d)| d.container_ip6(&format!("srv{i}")).unwrap()).collect();
+    for i in 0..2 {
+        assert!(lease6[i].0.contains(&ctr6[i]) && lease6[i].0.contains(&srv6[i]), "{ctr6:?} {srv6:?} in {}", lease6[i].0);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        ping_across(&docker[a], "ctr", ctr6[b]);
+        ping_across(&docker[a], "ctr", srv6[b]);
+        tcp_across(&docker[a], "ctr", srv6[b], &format!("pong-srv{b}"));
+    }
+    for i in 0..2 {
+        poll_until(Duration::from_secs(10), &format!("node {i}'s containers' v6 addresses in ENDPOINTS6"), || {
+            let eps = DatapathMaps6::open_pinned(&nodes.agents[i].pins())?.endpoints()?;
+            for ip in [ctr6[i], srv6[i]] {
+                anyhow::ensure!(eps.iter().any(|e| e.ip == ip), "{ip} not in {eps:?}");
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+/// FLANNEL_IPV6_SUBNET's lease as a network (`fd42:0:0:5::/64`).
+fn lease_network_v6(subnet_file: &Path) -> Ipv6Net {
+    env_value(subnet_file, "FLANNEL_IPV6_SUBNET").parse::<Ipv6Net>().unwrap().trunc()
 }
 
 /// Two agent nodes, dockerd on each started from `docker-opts <flags>`'s
@@ -466,7 +543,7 @@ fn pod_tcp_server(node: &Host, pod: &CniPod, port: u16) {
 }
 
 /// From pod `from`: a TCP connection to `to:port` gets `expect`.
-fn pod_tcp(from: &CniPod, to: Ipv4Addr, port: u16, expect: &str) {
+fn pod_tcp(from: &CniPod, to: IpAddr, port: u16, expect: &str) {
     poll_until(Duration::from_secs(15), &format!("TCP {} -> {to}:{port}", from.name), || {
         let out = from.run(&["/bin/busybox", "sh", "-c", &format!("/bin/busybox nc -w 3 {to} {port} </dev/null")])?;
         anyhow::ensure!(out.trim() == expect, "got {out:?}");
@@ -484,8 +561,82 @@ fn pods_talk(a: &CniPod, b: &CniPod, diag: &[&Netns]) {
         });
         let out = from.run(&["ping", "-c", "3", "-W", "2", &to.ip.to_string()]).unwrap();
         assert!(out.contains("3 packets transmitted, 3 received"), "{} -> {}:\n{out}", from.name, to.ip);
-        pod_tcp(from, to.ip, 7000, &format!("pong-{}", to.name));
+        pod_tcp(from, IpAddr::V4(to.ip), 7000, &format!("pong-{}", to.name));
     }
+}
+
+/// [`pods_talk`] over IPv6: ping6 (until answered, then 3 of 3) and TCP
+/// to each other's IPv6 address, both ways.
+fn pods_talk_v6(a: &CniPod, b: &CniPod, diag: &[&Netns]) {
+    for (from, to) in [(a, b), (b, a)] {
+        let to6 = to.ipv6().unwrap();
+        poll_until(Duration::from_secs(15), &format!("{} -> {to6}", from.name), || from.ping6(to6)).unwrap_or_else(|e| {
+            panic!("{e:#}\n{}", diag.iter().map(|n| diagnose6(n)).collect::<Vec<_>>().join("\n"))
+        });
+        let out = from.run(&["ping", "-6", "-c", "3", "-W", "2", &to6.to_string()]).unwrap();
+        assert!(out.contains("3 packets transmitted, 3 received"), "{} -> {to6}:\n{out}", from.name);
+        pod_tcp(from, IpAddr::V6(to6), 7000, &format!("pong-{}", to.name));
+    }
+}
+
+/// A node's IPv6 addresses, routes and neighbours, for failure messages.
+fn diagnose6(ns: &Netns) -> String {
+    let addrs = ns.run(&["ip", "-br", "-6", "addr"]).unwrap_or_default();
+    let routes = ns.run(&["ip", "-6", "route"]).unwrap_or_default();
+    let neigh = ns.run(&["ip", "-6", "neigh"]).unwrap_or_default();
+    format!("--- {} v6 addresses ---\n{addrs}--- routes ---\n{routes}--- neighbours ---\n{neigh}", ns.name())
+}
+
+/// Issue #15: flannel's CNI plugin with dual stack hands `bridge` +
+/// `host-local` two ranges, the node's v4 lease and its v6 lease
+/// (FLANNEL_IPV6_SUBNET), and routes to both networks. Pods on two agent
+/// nodes get an address of each, talk over v4 and v6 both ways, and the
+/// agent learns their v6 addresses (the v6 fast path).
+#[test]
+fn cni_pods_with_v4_and_v6_ranges_talk_across_two_agent_nodes() {
+    let nodes = Nodes::start_dual(2, &["--ip-masq"]);
+    let mut cni: Vec<CniNode> = (0..2).map(|i| CniNode::new(nodes.host(i), &nodes.agents[i].subnet_file).unwrap()).collect();
+    let lease6: Vec<(Ipv6Net, Ipv6Addr)> = nodes.agents.iter().map(|a| a.lease6().unwrap()).collect();
+    let conf = cni[0].conf().unwrap();
+    let v4_lease = lease_network(&nodes.agents[0].subnet_file);
+    assert_eq!(
+        conf["ipam"]["ranges"],
+        serde_json::json!([[{ "subnet": v4_lease }], [{ "subnet": lease6[0].0.to_string() }]]),
+        "flannel's plugin: the v4 lease, then the v6 lease"
+    );
+    assert_eq!(conf["ipam"]["routes"], serde_json::json!([{ "dst": "10.42.0.0/16" }, { "dst": "fd42::/48" }]));
+
+    let pods = [cni[0].add_pod().unwrap(), cni[1].add_pod().unwrap()];
+    for (i, p) in pods.iter().enumerate() {
+        let (ip6, len, gw6) = p.ip6.unwrap_or_else(|| panic!("pod {} got no IPv6 address: {}", p.name, p.result));
+        assert!(lease6[i].0.contains(&ip6) && ip6 != lease6[i].1, "{ip6} in {}", lease6[i].0);
+        assert_eq!((len, gw6), (lease6[i].0.prefix_len(), lease6[i].1), "the v6 lease's first address is the gateway");
+        let routes = p.run(&["ip", "-6", "route"]).unwrap();
+        assert!(routes.contains(&format!("fd42::/48 via {gw6} dev eth0")), "routes of {}:\n{routes}", p.name);
+        assert_eq!(cni[i].allocated_v6().unwrap(), vec![(ip6, p.container_id.clone())], "host-local's v6 range");
+    }
+    pod_tcp_server(nodes.host(0), &pods[0], 7000);
+    pod_tcp_server(nodes.host(1), &pods[1], 7000);
+    let diag: [&Netns; 2] = [nodes.host(0), nodes.host(1)];
+    pods_talk(&pods[0], &pods[1], &diag);
+    pods_talk_v6(&pods[0], &pods[1], &diag);
+
+    // The agent found the plugin's cni0 and learnt the pods' v6 addresses
+    // from its neighbours, and the other node's v6 lease is a v6 peer.
+    for i in 0..2 {
+        let ip6 = pods[i].ipv6().unwrap();
+        poll_until(Duration::from_secs(10), &format!("node {i}'s CNI pod {ip6} in ENDPOINTS6"), || {
+            let eps = DatapathMaps6::open_pinned(&nodes.agents[i].pins())?.endpoints()?;
+            anyhow::ensure!(eps.iter().any(|e| e.ip == ip6), "{ip6} not in {eps:?}");
+            Ok(())
+        })
+        .unwrap();
+        let peers = DatapathMaps6::open_pinned(&nodes.agents[i].pins()).unwrap().peers().unwrap();
+        assert_eq!(peers.iter().map(|p| p.subnet).collect::<Vec<_>>(), vec![lease6[1 - i].0], "{peers:?}");
+    }
+    // DEL releases the v6 address too.
+    cni[0].del_pod(&pods[0]).unwrap();
+    assert!(cni[0].allocated_v6().unwrap().is_empty(), "{:?}", cni[0].allocated_v6());
 }
 
 #[test]
@@ -583,7 +734,7 @@ fn cni_portmap_host_port_reached_from_a_pod_on_the_other_node() {
     // The overlay between the two pods, both ways.
     pods_talk(&web, &client, &[nodes.host(0), nodes.host(1)]);
     // node 0's IP:8080 from the pod on node 1 reaches the pod on node 0.
-    pod_tcp(&client, nodes.host(0).ip(), 8080, &format!("pong-{}", web.name));
+    pod_tcp(&client, IpAddr::V4(nodes.host(0).ip()), 8080, &format!("pong-{}", web.name));
     let rules = nodes.host(0).run(&["iptables-save", "-t", "nat"]).unwrap();
     assert!(rules.contains("CNI-HOSTPORT-DNAT") && rules.contains("--dport 8080"), "portmap's rules:\n{rules}");
     // DEL runs portmap's DEL too: its rules for the pod go, the address is free.

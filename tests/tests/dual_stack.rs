@@ -335,3 +335,95 @@ fn readyz_follows_the_ip6tables_resync() {
     std::fs::remove_file(&broken).unwrap();
     answer(200, "ready");
 }
+
+/// `inspect` and /metrics on a dual-stack agent show the v6 side: CONFIG6
+/// (our v6 lease, PublicIPv6), the other node's v6 lease as a remote
+/// subnet and sender, our pod's v6 address as an endpoint, in JSON and
+/// in the text; /metrics counts the v6 peers and endpoints.
+#[test]
+fn inspect_and_metrics_show_the_v6_maps() {
+    const PORT: u16 = 9_361;
+    let healthz = ["--healthz-ip=127.0.0.1".to_string(), format!("--healthz-port={PORT}")];
+    let (c, v6) = start_with_flags(&healthz.iter().map(String::as_str).collect::<Vec<_>>());
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+    wait_ping6(&c.pods[1][0], v6[0].1);
+    poll_until(Duration::from_secs(10), "node 0's v6 pod learnt", || {
+        let eps = c.maps6(0).endpoints()?;
+        anyhow::ensure!(eps.iter().any(|e| e.ip == v6[0].1), "{eps:?}");
+        Ok(())
+    })
+    .unwrap();
+
+    let j = c.agents[0].inspect().unwrap();
+    let v = &j["ipv6"];
+    let (me, other) = (host_ip6(0), host_ip6(1));
+    assert_eq!(v["config"]["subnet"], v6[0].0.to_string(), "{v:#}");
+    assert_eq!(v["config"]["public_ip"], me, "{v:#}");
+    assert_eq!(v["config"]["network"], "fd42::/48", "{v:#}");
+    assert_eq!(v["subnets"][0]["subnet"], v6[1].0.to_string(), "{v:#}");
+    assert_eq!(v["subnets"][0]["public_ip"], other, "{v:#}");
+    assert_eq!(v["subnets"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["nodes"][0]["public_ip"], other, "{v:#}");
+    assert_eq!(v["nodes"][0]["subnets"], serde_json::json!([v6[1].0.to_string()]), "{v:#}");
+    assert!(v["endpoints"].as_array().unwrap().iter().any(|e| e["ip"] == v6[0].1.to_string()), "{v:#}");
+
+    let out = std::process::Command::new(agent_binary())
+        .args(["inspect", &format!("--bpf-pin-dir={}", c.agents[0].pin_root.display())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        format!("public IPv6    {me}"),
+        format!("our subnet     {}", v6[0].0),
+        "remote IPv6 subnets (1)".to_string(),
+        v6[1].0.to_string(),
+        other.clone(),
+        "local IPv6 pods with direct delivery".to_string(),
+        v6[0].1.to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in:\n{text}");
+    }
+
+    // bpftool reads the v6 maps with field names too (they carry BTF).
+    for (map, field) in [("CONFIG6", "local_subnet"), ("SUBNETS6", "public_ip"), ("ENDPOINTS6", "ifindex")] {
+        let pin = c.agents[0].pins().map(map);
+        let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&pin).output();
+        let out = out.unwrap_or_else(|e| panic!("bpftool is needed for this test (cargo xtask setup installs it): {e}"));
+        let dump = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && dump.contains(&format!("\"{field}\"")), "{map}: {dump}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let (status, body) = http_get(c.tb.host(0), PORT, "/metrics", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let value = |name: &str| -> Option<u64> {
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(value("overlay_leases_known_v6"), Some(1), "{body}");
+    assert!(value("overlay_pod_endpoints_v6").is_some_and(|n| n >= 1), "{body}");
+}
+
+/// `--bpf-log-drops` on a dual-stack node: a pod's packet from a forged v6
+/// source is logged with both v6 addresses (before issue #15's step 3 the
+/// record only said "not IPv4").
+#[test]
+fn a_forged_v6_source_is_logged_with_its_v6_addresses() {
+    let (c, v6) = start_with_flags(&["--bpf-log-drops"]);
+    let p0 = c.pods[0][0].clone();
+    wait_ping6(&p0, v6[1].1);
+    let forged = Ipv6Addr::from(u128::from(v6[1].1) + 9);
+    p0.ns().ip_batch(&[format!("addr add {forged}/128 dev eth0 nodad")]).unwrap();
+    // A UDP datagram (next header 17).
+    let dst = std::net::SocketAddrV6::new(v6[1].1, 7777, 0, 0);
+    p0.in_ns(|| -> std::io::Result<()> {
+        let s = std::net::UdpSocket::bind(std::net::SocketAddrV6::new(forged, 5555, 0, 0))?;
+        for _ in 0..3 {
+            s.send_to(b"forged", dst)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let expected = format!("from_pods drop_pod_spoofed_source: {forged} -> {} next header 17", v6[1].1);
+    c.agents[0].wait_log(&expected, Duration::from_secs(5)).unwrap();
+}
