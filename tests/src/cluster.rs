@@ -55,6 +55,9 @@ pub struct ClusterBuilder<'a> {
     prepare: Option<Prepare<'a>>,
     /// Give every node its IPv4 pod (false: the caller makes its pods).
     pods: bool,
+    /// The kernel nodes take IPv4-only leases even when the config has
+    /// EnableIPv6 (a flanneld from before dual stack).
+    kernels_v4_only: bool,
 }
 
 /// A hook run on the testbed before any node is set up.
@@ -91,6 +94,13 @@ impl<'a> ClusterBuilder<'a> {
         self
     }
 
+    /// The kernel nodes run IPv4 only (no `flannel-v6`, leases without an
+    /// IPv6 part), whatever the config says: a mixed cluster.
+    pub fn kernel_nodes_v4_only(mut self) -> Self {
+        self.kernels_v4_only = true;
+        self
+    }
+
     /// Called on the testbed before any node is set up (e.g. to re-address
     /// hosts or add routers).
     pub fn prepare(mut self, prepare: impl FnOnce(&Testbed) + 'a) -> Self {
@@ -99,7 +109,7 @@ impl<'a> ClusterBuilder<'a> {
     }
 
     pub fn start(self) -> Cluster {
-        let ClusterBuilder { agents, kernels, spare, config, ready, flags, prepare, pods } = self;
+        let ClusterBuilder { agents, kernels, spare, config, ready, flags, prepare, pods, kernels_v4_only } = self;
         ensure_bpffs().unwrap();
         let tb = Testbed::new(agents + kernels + spare).unwrap();
         if let Some(prepare) = prepare {
@@ -110,7 +120,11 @@ impl<'a> ClusterBuilder<'a> {
 
         let mut flannel = Vec::new();
         for k in 0..kernels {
-            let node = FlannelRef::start(tb.host(agents + k), &etcd, PREFIX, &kernel_node_options(&tb, agents + k, k))
+            let mut opts = kernel_node_options(&tb, agents + k, k);
+            if kernels_v4_only {
+                opts.v6 = None;
+            }
+            let node = FlannelRef::start(tb.host(agents + k), &etcd, PREFIX, &opts)
                 .unwrap();
             flannel.push(node);
         }
@@ -162,6 +176,7 @@ impl Cluster {
             flags: vec![Vec::new(); agents],
             prepare: None,
             pods: true,
+            kernels_v4_only: false,
         }
     }
 

@@ -452,11 +452,11 @@ impl FlannelRef {
             public_ip,
             vtep_mac: opts.vtep_mac,
         };
-        let lease6 = match config.ipv6_network {
-            None => None,
-            Some(net6) => {
-                let (subnet, vtep_mac) =
-                    opts.v6.ok_or_else(|| anyhow!("EnableIPv6 in the config but no v6 subnet in the options"))?;
+        // Without a v6 subnet in the options, the node is IPv4-only whatever
+        // the config says (as a flanneld from before dual stack would be).
+        let lease6 = match (config.ipv6_network, opts.v6) {
+            (None, _) | (_, None) => None,
+            (Some(net6), Some((subnet, vtep_mac))) => {
                 ensure!(net6.contains(&subnet), "v6 subnet {subnet} outside IPv6Network {net6}");
                 // flanneld's ExtV6Addr: the uplink's global IPv6 address.
                 let public_ip: Ipv6Addr = link

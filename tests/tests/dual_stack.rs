@@ -52,7 +52,11 @@ fn start() -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
 }
 
 fn start_with_flags(flags: &[&str]) -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
-    let c = Cluster::build(2, 0, 0, DUAL_CONFIG)
+    start_config(DUAL_CONFIG, flags)
+}
+
+fn start_config(config: &str, flags: &[&str]) -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {
+    let c = Cluster::build(2, 0, 0, config)
         .agent_flags(flags)
         .prepare(|tb| {
             for (i, h) in tb.hosts().iter().enumerate() {
@@ -195,6 +199,7 @@ fn ip_masq_installs_the_v6_rules_and_cleanup_removes_the_v6_parts() {
 #[test]
 fn a_v4_only_node_in_a_dual_stack_cluster() {
     let c = Cluster::build(2, 1, 0, DUAL_CONFIG)
+        .kernel_nodes_v4_only()
         .prepare(|tb| {
             for i in 0..2 {
                 tb.host(i).ns().ip_batch(&[format!("addr add {}/64 dev eth0 nodad", host_ip6(i))]).unwrap();
@@ -426,4 +431,37 @@ fn a_forged_v6_source_is_logged_with_its_v6_addresses() {
     .unwrap();
     let expected = format!("from_pods drop_pod_spoofed_source: {forged} -> {} next header 17", v6[1].1);
     c.agents[0].wait_log(&expected, Duration::from_secs(5)).unwrap();
+}
+
+/// host-gw with IPv6 between two agents: each other's v6 lease is a direct
+/// peer, and v6 pod traffic crosses the cable as plain IPv6 between the
+/// pods' addresses (no VXLAN), both ways, ping and TCP.
+#[test]
+fn host_gw_routes_v6_pods_between_two_agents() {
+    const HOST_GW_DUAL: &str =
+        r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/48","Backend":{"Type":"host-gw"}}"#;
+    let (c, v6) = start_config(HOST_GW_DUAL, &[]);
+    assert_eq!(c.pod_mtu, c.tb.underlay_mtu(), "host-gw: no encapsulation, the uplink's MTU");
+    for i in 0..2 {
+        poll_until(Duration::from_secs(10), &format!("node {i}'s v6 peer, direct"), || {
+            let peers = c.maps6(i).peers()?;
+            anyhow::ensure!(peers.len() == 1 && peers[0].mode == overlay_agent::datapath::Mode::Direct, "{peers:?}");
+            anyhow::ensure!(peers[0].subnet == v6[1 - i].0, "{peers:?}");
+            Ok(())
+        })
+        .unwrap();
+    }
+    let (p0, p1) = (&c.pods[0][0], &c.pods[1][0]);
+    let capture = overlay_tests::capture::Capture::start(&c.tb, 0, "ip6");
+    wait_ping6(p0, v6[1].1);
+    wait_ping6(p1, v6[0].1);
+    tcp_roundtrip_to(p0, p1, IpAddr::V6(v6[1].1), 1 << 20);
+    tcp_roundtrip_to(p1, p0, IpAddr::V6(v6[0].1), 1 << 20);
+    let frames = capture.finish_ip6();
+    let vxlan: Vec<_> = frames.iter().filter(|f| f.is_vxlan()).collect();
+    assert!(vxlan.is_empty(), "VXLAN over IPv6 on the cable with host-gw: {:?}", &vxlan[..vxlan.len().min(3)]);
+    for (src, dst) in [(v6[0].1, v6[1].1), (v6[1].1, v6[0].1)] {
+        let n = frames.iter().filter(|f| f.src == src && f.dst == dst).count();
+        assert!(n > 10, "{n} plain IPv6 frames {src} -> {dst} on host 0's cable");
+    }
 }
