@@ -209,8 +209,20 @@ impl NftRules {
         };
         let fully_random = self.uses_fully_random();
         run_batch(&self.nft, &self.batch(fully_random), false)?;
-        *installed = self.list_tables()?;
+        // The read-back is what later passes compare with, so it must be
+        // our layout: someone flushing or adding a rule between our
+        // transaction and this listing would otherwise be taken as the
+        // layout and never repaired. A listing with other counts than the
+        // batch built is not recorded, and the next pass rebuilds.
+        *installed = self.list_tables()?.filter(|now| object_counts(now) == self.expected_counts());
         Ok(vec![why])
+    }
+
+    /// (chains, rules) that [`Self::batch`] puts into the two tables.
+    fn expected_counts(&self) -> (usize, usize) {
+        let families = 1 + usize::from(self.v6.is_some());
+        let (masq, forward) = (usize::from(self.masq), usize::from(self.forward));
+        (families * (masq + forward), families * (POSTRTG_RULES * masq + FORWARD_RULES * forward))
     }
 
     /// Both tables' chains and rules, one list; None when either is missing.
@@ -449,6 +461,16 @@ fn list_table(argv: &[String], family: &str, name: &str) -> Result<Option<serde_
     Ok(Some(serde_json::Value::Array(items)))
 }
 
+/// Rules in each family's postrtg chain ([`postrtg_rules`]) and forward chain.
+const POSTRTG_RULES: usize = 6;
+const FORWARD_RULES: usize = 2;
+
+/// (chains, rules) in a listing of [`list_table`]s.
+fn object_counts(listing: &serde_json::Value) -> (usize, usize) {
+    let count = |kind: &str| listing.as_array().map_or(0, |a| a.iter().filter(|o| o.get(kind).is_some()).count());
+    (count("chain"), count("rule"))
+}
+
 /// "3 of 8 objects" style summary for the repair log.
 fn describe_change(want: &serde_json::Value, now: &serde_json::Value) -> String {
     let len = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
@@ -505,5 +527,26 @@ mod tests {
         let text = serde_json::to_string(&v6).unwrap();
         assert!(text.contains("\"ff00::\"") && !text.contains("224.0.0.0"), "{text}");
         assert!(text.contains("\"fd42:0:0:3::\"") && text.contains("\"ip6\""), "{text}");
+    }
+
+    /// What `ensure` accepts as a read-back is what `batch` builds, for
+    /// every combination of options.
+    #[test]
+    fn expected_counts_are_what_the_batch_adds() {
+        for (masq, forward, v6) in [(true, true, false), (true, false, true), (false, true, true), (true, true, true)] {
+            let r = NftRules::new("10.42.0.0/16".parse().unwrap(), "10.42.3.1/24".parse().unwrap(), true, forward)
+                .with_masq(masq)
+                .with_ipv6(v6.then(|| ("fd42::/48".parse().unwrap(), "fd42:0:0:3::1/64".parse().unwrap())));
+            let json = serde_json::to_value(r.batch(false)).unwrap();
+            let adds = |kind: &str| json["nftables"].as_array().unwrap().iter().filter(|o| o["add"].get(kind).is_some()).count();
+            assert_eq!((adds("chain"), adds("rule")), r.expected_counts(), "masq {masq} forward {forward} v6 {v6}");
+        }
+    }
+
+    #[test]
+    fn a_listing_is_counted_by_chains_and_rules() {
+        let listing = serde_json::json!([{"chain": {"name": "postrtg"}}, {"rule": {}}, {"rule": {}}, {"set": {}}]);
+        assert_eq!(object_counts(&listing), (1, 2));
+        assert_eq!(object_counts(&serde_json::json!([])), (0, 0));
     }
 }
