@@ -36,15 +36,8 @@ fn host_ip6(i: usize) -> String {
 /// Node `i`'s pod also gets the second address of the node's v6 lease,
 /// the lease's first address on cni0 as its gateway.
 fn add_pod_v6(c: &Cluster, i: usize) -> (Ipv6Net, Ipv6Addr) {
-    let (subnet, gw) = c.agents[i].lease6().unwrap();
-    let ip = Ipv6Addr::from(u128::from(gw) + 1);
-    let len = subnet.prefix_len();
-    c.tb.host(i).ns().ip_batch(&[format!("addr add {gw}/{len} dev cni0 nodad")]).unwrap();
-    c.pods[i][0]
-        .ns()
-        .ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])
-        .unwrap();
-    (subnet, ip)
+    let (subnet, _) = c.agents[i].lease6().unwrap();
+    (subnet, overlay_tests::cluster::add_pod6(c.tb.host(i).ns(), &c.pods[i][0], subnet, 2))
 }
 
 fn start() -> (Cluster, Vec<(Ipv6Net, Ipv6Addr)>) {

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::agent::{Agent, AgentOptions};
 use crate::bench::sockets::{self, CpuTimes, FloodResult, PingPongResult, Wait};
+use crate::cluster::add_pod6;
 use crate::etcd::Etcd;
 use crate::flannel::{
     add_kernel_peer, add_kernel_peer6, kernel_vxlan6_udp_csum, kernel_vxlan_udp_csum, setup_kernel_vxlan6, setup_kernel_vxlan_with,
@@ -319,18 +320,6 @@ fn add_underlay6(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// Gives `pod` (behind cni0 on `host`) the second address of `subnet` and
-/// a default route via its first, which goes on cni0 (what the CNI bridge
-/// plugin does with a v6 range).
-fn add_pod6(host: &crate::netns::Host, pod: &Pod, subnet: Ipv6Net) -> Result<Ipv6Addr> {
-    let gw = Ipv6Addr::from(u128::from(subnet.network()) + 1);
-    let ip = Ipv6Addr::from(u128::from(gw) + 1);
-    let len = subnet.prefix_len();
-    host.ip_batch(&[format!("addr replace {gw}/{len} dev cni0 nodad")])?;
-    pod.ip_batch(&[format!("addr add {ip}/{len} dev eth0 nodad"), format!("route add default via {gw} dev eth0")])?;
-    Ok(ip)
-}
-
 impl Topology {
     /// Builds `mode`'s two nodes on `underlay`. `etcd` is needed for the
     /// agent modes.
@@ -394,7 +383,7 @@ impl Topology {
                     host.add_bridge("cni0", Some(&format!("{gw}/24")), pod_mtu)?;
                     host.ip_batch(&[format!("route add {} via {}", host_subnet6(1 - i), host_ip6(1 - i))])?;
                     let pod = host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?;
-                    pods6.push(add_pod6(host, &pod, host_subnet6(i))?);
+                    pods6.push(add_pod6(host, &pod, host_subnet6(i), 2));
                     pods.push(pod);
                 }
             }
@@ -411,7 +400,7 @@ impl Topology {
                     let (_, gw) = host_subnet(i);
                     host.add_bridge("cni0", Some(&format!("{gw}/24")), pod_mtu)?;
                     let pod = host.add_pod("cni0", &format!("{}/24", next(gw, 1)), gw, pod_mtu)?;
-                    pods6.push(add_pod6(host, &pod, leases[i].subnet)?);
+                    pods6.push(add_pod6(host, &pod, leases[i].subnet, 2));
                     pods.push(pod);
                 }
             }
@@ -452,7 +441,7 @@ impl Topology {
                     let (_, len, gw) = a.lease()?;
                     let pod = tb.host(i).add_pod("cni0", &format!("{}/{len}", next(gw, 1)), gw, pod_mtu)?;
                     if mode.is_v6() {
-                        pods6.push(add_pod6(tb.host(i), &pod, a.lease6()?.0)?);
+                        pods6.push(add_pod6(tb.host(i), &pod, a.lease6()?.0, 2));
                     }
                     pods.push(pod);
                 }
